@@ -6,7 +6,8 @@ items per language. The three tasks of the paper (`emotion`, `snli`, `paws`) are
 is accepted.
 
 task.json keys: `labels` (English label words), `fields` (text fields of an item), `shots`
-(optional, informational), and `languages`: {lang: {"demonstrations", "query_template"}}. The
+(optional, informational), and `languages`: {lang: {"demonstrations", "query_template",
+"label_words" (optional: English label -> word in that language, for the logit lens)}}. The
 query template uses `{field}` placeholders and ends where the answer's first token follows.
 
 Item lines: {"index": int (optional, defaults to the line number), "label": English label
@@ -60,6 +61,8 @@ class LanguagePrompt:
 
     demonstrations: str
     query_template: str
+    #: English label -> the label word in this language (optional; used by the logit lens).
+    label_words: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,13 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
             raise AlignlensError(
                 f"{spec_path}: field '{ctx}query_template' uses unknown placeholder(s) {sorted(unknown)}"
             )
-        prompts[lang] = LanguagePrompt(demonstrations=demos, query_template=template)
+        words = entry.get("test_file_label_words", entry.get("label_words", {}))
+        if not isinstance(words, dict) or not all(isinstance(v, str) for v in words.values()):
+            raise AlignlensError(f"{spec_path}: field '{ctx}label_words' must map labels to words")
+        bad = set(words) - set(labels)
+        if bad:
+            raise AlignlensError(f"{spec_path}: field '{ctx}label_words' has unknown labels {sorted(bad)}")
+        prompts[lang] = LanguagePrompt(demonstrations=demos, query_template=template, label_words=dict(words))
     shots = raw.get("shots")
     return TaskSpec(
         name=str(raw.get("name", folder.name)),
