@@ -1,0 +1,155 @@
+"""Logit lens (nostalgebraist 2020; Wendler et al. 2024) on label words.
+
+Pure summary part: given, per language, the lens probabilities of each label word at
+every layer (final norm + unembedding applied to the last-position residual), report
+per-layer means with 95% Student-t intervals of
+
+* ``p_en``: probability of the gold label's English word (summed over its token set);
+* ``p_target``: the same for the gold label's target-language word;
+* ``p_correct``: ``p_en[gold] / sum_labels p_en`` (the correct label among the label words);
+* ``entropy_bits``: entropy of the full next-token distribution, in bits.
+
+Items whose gold label's English and target-language token sets share a token are
+dropped for that language (as Wendler et al. 2024), except for English itself.
+The model-side capture ``lens_label_probs`` lives in the marked section at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alignlens import AlignlensError
+from alignlens.stats import mean_ci
+
+__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report"]
+
+_METRICS = ("p_en", "p_target", "p_correct", "entropy_bits")
+
+
+def entropy_bits(logits: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Entropy in bits of softmax(``logits``) over the last dim: [..., V] -> [...] float64.
+
+    Computed from ``log_softmax`` in float64 (stable for large logits; -inf logits
+    contribute 0). Returns a tensor for a tensor input, an ndarray for an ndarray input.
+    """
+    is_np = not isinstance(logits, torch.Tensor)
+    x = torch.as_tensor(logits).to(torch.float64)
+    logp = torch.log_softmax(x, dim=-1)
+    p = logp.exp()
+    h = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1) / math.log(2.0)
+    return h.numpy() if is_np else h
+
+
+@dataclass
+class LensCapture:
+    """Captured lens quantities for one language (tensors or arrays).
+
+    p_en: [n_items, n_layers, n_labels] summed probability of each label's English token set.
+    p_target: [n_items, n_layers, n_labels] the same for the target-language token sets.
+    entropy_bits: [n_items, n_layers] entropy of the lens distribution (bits).
+    gold: [n_items] int gold label index.
+    overlap: [n_labels] bool, True if the label's English and target token sets share a token.
+    """
+
+    p_en: torch.Tensor | np.ndarray
+    p_target: torch.Tensor | np.ndarray
+    entropy_bits: torch.Tensor | np.ndarray
+    gold: torch.Tensor | np.ndarray
+    overlap: torch.Tensor | np.ndarray
+
+
+def _np(x, dtype=np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.double() if dtype == np.float64 else x
+        x = x.numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _json(arr: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in np.asarray(arr, dtype=np.float64)]
+
+
+def lens_summary(
+    cap: LensCapture, drop_overlap: bool = True, confidence: float = 0.95
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], int, int]:
+    """Per-layer (mean, lo, hi), each float64 [n_layers], of the four metrics for one language.
+
+    Returns (metrics, n_kept, n_dropped_overlap). ``p_correct`` is NaN for an item whose
+    label words have zero total English mass at a layer (NaN then propagates to that mean).
+    """
+    p_en, p_tg, ent = _np(cap.p_en), _np(cap.p_target), _np(cap.entropy_bits)
+    gold = _np(cap.gold, np.int64).reshape(-1)
+    overlap = _np(cap.overlap, np.bool_).reshape(-1)
+    if p_en.ndim != 3 or p_tg.shape != p_en.shape:
+        raise AlignlensError(f"lens: p_en / p_target must be equal [n_items, n_layers, n_labels], "
+                             f"got {p_en.shape} / {p_tg.shape}")
+    n_items, n_layers, n_labels = p_en.shape
+    if ent.shape != (n_items, n_layers) or gold.shape != (n_items,) or overlap.shape != (n_labels,):
+        raise AlignlensError(f"lens: shapes disagree: entropy {ent.shape}, gold {gold.shape}, "
+                             f"overlap {overlap.shape} for p_en {p_en.shape}")
+    if n_items and (gold.min() < 0 or gold.max() >= n_labels):
+        raise AlignlensError(f"lens: gold label index out of range 0..{n_labels - 1}")
+
+    keep = ~overlap[gold] if drop_overlap else np.ones(n_items, dtype=bool)
+    p_en, p_tg, ent, gold = p_en[keep], p_tg[keep], ent[keep], gold[keep]
+    idx = np.arange(gold.shape[0])
+    gold_en = p_en[idx, :, gold]  # [n, n_layers]
+    gold_tg = p_tg[idx, :, gold]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = p_en.sum(axis=-1)
+        p_correct = np.where(total > 0, gold_en / np.where(total > 0, total, 1.0), np.nan)
+    values = {"p_en": gold_en, "p_target": gold_tg, "p_correct": p_correct, "entropy_bits": ent}
+    out = {}
+    for name in _METRICS:
+        if gold.shape[0] == 0:
+            nan = np.full(n_layers, np.nan)
+            out[name] = (nan, nan.copy(), nan.copy())
+        else:
+            out[name] = mean_ci(values[name], confidence=confidence, axis=0)
+    return out, int(keep.sum()), int((~keep).sum())
+
+
+def lens_report(
+    per_lang: Mapping[str, LensCapture],
+    english: str = "en",
+    drop_overlap: bool = True,
+    confidence: float = 0.95,
+) -> dict:
+    """JSON-able logit-lens summary. Overlap-dropping is skipped for ``english``.
+
+    Schema::
+
+        {"n_layers": L, "per_language": {lang: {"n": int, "n_dropped_overlap": int,
+            "p_en": {"mean": [L], "lo": [L], "hi": [L]}, "p_target": {...},
+            "p_correct": {...}, "entropy_bits": {...}}}}
+
+    NaN (e.g. n == 0 after dropping) is reported as None.
+    """
+    if not per_lang:
+        raise AlignlensError("lens_report: no languages given")
+    out: dict = {"n_layers": None, "per_language": {}}
+    for lang, cap in per_lang.items():
+        metrics, n, dropped = lens_summary(cap, drop_overlap=drop_overlap and lang != english, confidence=confidence)
+        n_layers = len(metrics["p_en"][0])
+        if out["n_layers"] is None:
+            out["n_layers"] = n_layers
+        elif out["n_layers"] != n_layers:
+            raise AlignlensError(f"lens_report: {lang} has {n_layers} layers, expected {out['n_layers']}")
+        entry: dict = {"n": n, "n_dropped_overlap": dropped}
+        for name in _METRICS:
+            mean, lo, hi = metrics[name]
+            entry[name] = {"mean": _json(mean), "lo": _json(lo), "hi": _json(hi)}
+        out["per_language"][lang] = entry
+    return out
+
+
+# =====================================================================================
+# Model-side capture (owned by the capture engineer): `lens_label_probs(...)` goes here.
+# It produces the LensCapture fields above from a HookedTransformer forward pass.
+# =====================================================================================
