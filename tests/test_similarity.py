@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from alignlens import AlignlensError
+from alignlens import AlignlensError, similarity
 from alignlens.similarity import (
     cosine_per_item,
     linear_cka,
@@ -94,8 +94,12 @@ def test_retrieval():
     assert retrieval_accuracy(a, b) == pytest.approx(expected)
 
 
-def test_pca_scores_lanczos_matches_full_svd():
-    x = RNG.normal(size=(150, 90)) @ np.diag(np.linspace(3, 0.1, 90))  # > 64 -> svds path
+@pytest.mark.parametrize("shape,eigh_max", [((150, 90), 1024), ((40, 90), 1024), ((150, 90), 16)])
+def test_pca_scores_match_full_svd(monkeypatch, shape, eigh_max):
+    """All three paths (X'X eigh, XX' eigh, Lanczos svds) agree with a full SVD."""
+    monkeypatch.setattr(similarity, "_EIGH_MAX", eigh_max)
+    n, d = shape
+    x = RNG.normal(size=(n, d)) @ np.diag(np.linspace(3, 0.1, d)) + 5.0
     s = pca_scores(x)
     xc = x - x.mean(0)
     ref = xc @ np.linalg.svd(xc, full_matrices=False)[2][0]

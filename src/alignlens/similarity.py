@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import scipy.linalg
@@ -27,6 +28,9 @@ from scipy import stats as sps
 from scipy.sparse.linalg import svds
 
 from alignlens import AlignlensError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "cosine_per_item",
@@ -39,7 +43,7 @@ __all__ = [
     "similarity_report",
 ]
 
-ArrayLike = np.ndarray  # numpy arrays or torch tensors (converted to float64 numpy)
+ArrayLike = Union[np.ndarray, "torch.Tensor"]  # converted to float64 numpy
 
 
 def _f64(x) -> np.ndarray:
@@ -102,6 +106,9 @@ def _retrieval_units(q: np.ndarray, k: np.ndarray) -> float:
     return float(np.mean(np.argmax(sims, axis=1) == np.arange(sims.shape[0])))
 
 
+_EIGH_MAX = 1024  # widest X'X / XX' eigendecomposed directly in pca_scores
+
+
 def pca_scores(x: ArrayLike) -> np.ndarray:
     """Scores on the first principal component of ``x`` [n, d] (centred) -> [n]. Sign is arbitrary.
 
@@ -111,7 +118,7 @@ def pca_scores(x: ArrayLike) -> np.ndarray:
     x = _f64(x)
     x = x - x.mean(axis=0, keepdims=True)
     n, d = x.shape
-    if min(n, d) <= 1024:
+    if min(n, d) <= _EIGH_MAX:
         if d <= n:
             _, v = scipy.linalg.eigh(x.T @ x, subset_by_index=[d - 1, d - 1], driver="evr")
             return x @ v[:, 0]
@@ -180,15 +187,15 @@ def _json(x) -> list:
     return [_json(v) for v in arr]
 
 
-def _validate(name: str, states: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
-    out = {lang: _f64(v) for lang, v in states.items()}
-    if not out:
+def _validate(name: str, states: Mapping[str, ArrayLike]) -> dict[str, ArrayLike]:
+    """Check equal [n_items, n_layers, d_model] shapes; inputs are converted per layer later."""
+    if not states:
         raise AlignlensError(f"{name}: no languages given")
-    shapes = {lang: v.shape for lang, v in out.items()}
+    shapes = {lang: tuple(v.shape) for lang, v in states.items()}
     first = next(iter(shapes.values()))
     if len(first) != 3 or any(s != first for s in shapes.values()):
         raise AlignlensError(f"{name}: need [n_items, n_layers, d_model] of equal shape per language, got {shapes}")
-    return out
+    return dict(states)
 
 
 def similarity_report(
@@ -236,8 +243,9 @@ def similarity_report(
     en_idx = langs.index(english)
     pairs = []
     for layer in range(n_layers):
-        m = [np.ascontiguousarray(mean[lang][:, layer]) for lang in langs]
-        l_ = [np.ascontiguousarray(last[lang][:, layer]) for lang in langs]
+        # float64 one layer at a time (whole [n, L, d] inputs in float64 would not fit for big models)
+        m = [np.ascontiguousarray(_f64(mean[lang][:, layer])) for lang in langs]
+        l_ = [np.ascontiguousarray(_f64(last[lang][:, layer])) for lang in langs]
         um, ul = np.stack([_unit_rows(x) for x in m]), np.stack([_unit_rows(x) for x in l_])
         cos_m = _cosine_matrix(um)
         umc = np.stack([_unit_rows(x - x.mean(axis=0, keepdims=True)) for x in m])
