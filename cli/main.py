@@ -1,0 +1,210 @@
+"""The `alignlens` command: a thin typer shell over the alignlens API."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from alignlens import AlignlensError, __version__
+
+app = typer.Typer(
+    name="alignlens",
+    help=(
+        "Interpretability-first analysis of multilingual LLMs (reproduces Zhang et al., EMNLP 2024, "
+        "'Getting More from Less'). Default model: Gemma-3-270m base, embedded (no download)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="List and show the bundled (or your own) tasks and languages.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out_console = Console()
+
+MODEL_HELP = "Model: 'gemma-3-270m' (embedded default), a local HF folder (e.g. an `alignlens train` output) or a hub name."
+DEVICE_HELP = "auto (GPU if present, else CPU), cpu, cuda, cuda:N."
+DTYPE_HELP = "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def _command_line() -> str:
+    return "alignlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal and os.environ.get("ALIGNLENS_PROGRESS") != "1",
+    )
+
+
+@contextmanager
+def status(message: str):
+    t0 = time.time()
+    with console.status(message):
+        yield
+    console.print(f"[dim]{message.rstrip('.')} ({time.time() - t0:.1f}s)[/dim]")
+
+
+def _load(spec: str, device: str, dtype: str):
+    from alignlens.models import load_model
+
+    with status(f"loading model {spec}..."):
+        return load_model(spec, device=device, dtype=dtype)
+
+
+def print_accuracy_table(summary: dict, title: str = "accuracy", trained: list[str] | None = None) -> None:
+    from alignlens.evaluate import accuracy_table
+
+    tasks, langs, cells = accuracy_table(summary)
+    table = Table(title=title, show_lines=False)
+    table.add_column("task")
+    for lang in langs:
+        table.add_column(lang + ("*" if trained and lang in trained else ""), justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    for t in tasks:
+        row = [t] + [f"{cells[(t, lang)]:.2f}" if (t, lang) in cells else "" for lang in langs]
+        row.append(f"{summary['tasks'][t]['mean_accuracy']:.3f}")
+        table.add_row(*row)
+    out_console.print(table)
+    if trained:
+        out_console.print("* trained language")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
+    tasks: str = typer.Option("snli", "--tasks", "-t", help="Comma-separated task names (emotion, snli, paws) or task folders."),
+    languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes; default: all of each task."),
+    limit: Optional[int] = typer.Option(50, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    all_items: bool = typer.Option(False, "--all", help="Use every item (ignores --limit)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed (torch; bootstrap intervals)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions.jsonl, summary.json, manifest.json here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Re-encode the few-shot prefix for every item (slower; same result)."),
+) -> None:
+    """Few-shot multilingual evaluation with the paper's constrained decoding.
+
+    For each item: prompt = demonstrations + newline + query; one forward pass; the probabilities of
+    each English label word's token set are summed at the last position; the largest wins.
+    """
+    from alignlens.evaluate import EvalConfig, evaluate
+    from alignlens.results import prepare_out_dir
+
+    cfg = EvalConfig(tasks=_csv(tasks) or ["snli"], languages=_csv(languages), limit=None if all_items else limit,
+                     batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache)
+    _validate_eval_config(cfg)
+    if out is not None:
+        prepare_out_dir(out, force)  # fail before loading the model
+    m = _load(model, device, dtype)
+    with progress_bar() as progress:
+        summary = evaluate(m, cfg, out, force=True, progress=progress, command=_command_line())
+    print_accuracy_table(summary, f"accuracy — {model}", m.info.get("trained_languages"))
+    if out is not None:
+        console.print(f"wrote {out}/predictions.jsonl, summary.json, manifest.json")
+
+
+def _validate_eval_config(cfg) -> None:
+    from alignlens import data
+    from alignlens.evaluate import task_languages
+
+    for t in cfg.tasks:
+        task_languages(data.load_task(t), cfg.languages)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List bundled tasks with their labels, shots, languages and item counts."""
+    from alignlens import data
+
+    table = Table(title="bundled tasks")
+    for col in ("task", "labels", "shots", "languages", "items/lang", "source (licence)"):
+        table.add_column(col)
+    for name in data.list_tasks():
+        spec = data.load_task(name)
+        n = len(data.load_items(spec, "en"))
+        table.add_row(name, ", ".join(spec.labels), str(spec.shots), " ".join(spec.languages), str(n),
+                      f"{spec.source} ({spec.licence})")
+    out_console.print(table)
+    out_console.print("question-translation training sets (SNLI): " + " ".join(data.QT_LANGUAGES) + ", 10,000 each")
+    out_console.print(f"data folder: {data.data_root()} (see its README.md for attribution)")
+
+
+@data_app.command("show")
+def data_show(
+    task: str = typer.Argument(..., help="Task name or folder."),
+    lang: str = typer.Argument(..., help="Language code."),
+    n: int = typer.Option(1, "--n", min=1, help="How many items to show."),
+) -> None:
+    """Show the full prompt of the first items of TASK in LANG, with their gold labels."""
+    from alignlens import data
+
+    spec = data.load_task(task)
+    items = data.load_items(spec, lang, limit=n)
+    for it in items:
+        out_console.rule(f"{spec.name} {lang} item {it.index} — gold: {it.label}")
+        out_console.print(data.build_prompt(spec, lang, it), markup=False, highlight=False)
+    out_console.rule()
+    out_console.print(f"labels: {', '.join(spec.labels)}; {len(data.load_items(spec, lang))} items in {lang}")
+
+
+@app.command("models")
+def models_cmd(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+) -> None:
+    """Prepare (convert once, cached) and describe a model; shows the label token sets."""
+    from alignlens import data
+    from alignlens.evaluate import label_token_ids, vocab_kind
+    from alignlens.models import alignlens_home
+
+    m = _load(model, device, dtype)
+    table = Table(title=f"model {model}", show_header=False)
+    for k, v in m.describe().items():
+        table.add_row(k, str(v))
+    table.add_row("vocabulary", f"{len(m.tokenizer)} ({vocab_kind(m.tokenizer)})")
+    table.add_row("cache folder", str(alignlens_home()))
+    out_console.print(table)
+    for t in data.list_tasks():
+        spec = data.load_task(t)
+        for w in spec.labels:
+            toks = m.tokenizer.convert_ids_to_tokens(label_token_ids(m.tokenizer, w))
+            out_console.print(f"{t:8s} {w:14s} {len(toks):3d} tokens: {' '.join(toks)}", markup=False, highlight=False)
+
+
+def main() -> None:
+    """Console entry point: one clear line for user errors, no traceback."""
+    try:
+        app()
+    except AlignlensError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
