@@ -659,7 +659,7 @@ def _draw_acc_bars(ctx: _Ctx, tasks: list[str]):
         ax = fig.add_subplot(gs[ti])
         rows = accuracy_rows(ctx.runs, task)
         x = np.arange(len(rows))
-        w = 0.8 / len(ctx.runs)
+        w = min(0.8 / len(ctx.runs), 0.3 if len(ctx.runs) == 1 else 0.4)
         for i in range(len(ctx.runs)):
             vals = [(r.a if i == 0 else r.b) for r in rows]
             acc = np.array([v["accuracy"] if v else np.nan for v in vals])
@@ -726,7 +726,7 @@ def _draw_lens(ctx: _Ctx, task: str, per: list[dict], langs: list[str]):
     n = len(langs)
     ncols = 5 if n > 8 else min(max(n, 1), 4)
     nrows = math.ceil(n / ncols)
-    outer = fig.add_gridspec(nrows, ncols, left=0.05, right=0.93, top=0.86, bottom=0.1, hspace=0.55, wspace=0.25)
+    outer = fig.add_gridspec(nrows, ncols, left=0.05, right=0.93, top=0.83, bottom=0.1, hspace=0.55, wspace=0.25)
     ent_max = 0.0
     for p in per:
         for e in p.values():
@@ -1090,7 +1090,7 @@ def _draw_neuron_counts(ctx: _Ctx):
     ax = fig.add_subplot(gs[1, :])
     langs = order_languages([l for _, nd in nds for l in nd["languages"]])
     x = np.arange(len(langs))
-    w = 0.8 / len(nds)
+    w = min(0.8 / len(nds), 0.3 if len(nds) == 1 else 0.4)
     for k, (i, nd) in enumerate(nds):
         vals = [nd["specific"][l]["count"] if l in nd["specific"] else np.nan for l in langs]
         ax.bar(x + (k - (len(nds) - 1) / 2) * w, vals, w, color=COLOR[ctx.roles[i]], label=ctx.role_label(i))
