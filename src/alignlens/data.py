@@ -149,10 +149,10 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
 
     def need(key: str, kind: type, where: dict = raw, ctx: str = "") -> object:
         if key not in where:
-            raise AlignlensError(f"{spec_path}: missing field {ctx}{key!r}")
+            raise AlignlensError(f"{spec_path}: missing field '{ctx}{key}'")
         value = where[key]
         if not isinstance(value, kind):
-            raise AlignlensError(f"{spec_path}: field {ctx}{key!r} must be {kind.__name__}")
+            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' must be {kind.__name__}")
         return value
 
     labels = need("labels", list)
