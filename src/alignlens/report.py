@@ -875,7 +875,7 @@ def _draw_sim_curves(ctx: _Ctx, task: str, per: list[dict], langs: list[str], me
         "Each line: one language's representation similarity to the parallel English inputs. Solid: high-resource, "
         "dashed: low-resource." + (" Right column: aligned − base." if ctx.compare else ""),
     )
-    gs = fig.add_gridspec(len(metrics), len(cols), left=0.06, right=0.83, top=0.86, bottom=0.07, hspace=0.35, wspace=0.22)
+    gs = fig.add_gridspec(len(metrics), len(cols), left=0.06, right=0.83, top=0.86, bottom=0.09, hspace=0.38, wspace=0.22)
     colors = _lang_colors(langs)
     for mi, m in enumerate(metrics):
         for ci, col in enumerate(cols):
