@@ -133,6 +133,75 @@ def _validate_eval_config(cfg) -> None:
         task_languages(data.load_task(t), cfg.languages)
 
 
+@app.command("analyze")
+def analyze_cmd(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP + " Written to OUT/base."),
+    compare: Optional[str] = typer.Option(None, "--compare", "-c", help="A second model (e.g. the aligned one), written to OUT/aligned; the report compares the two."),
+    tasks: str = typer.Option("snli", "--tasks", "-t", help="Comma-separated task names (emotion, snli, paws) or task folders."),
+    languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes (include en for similarity); default: all 20."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed (torch; bootstrap intervals)."),
+    out: Path = typer.Option(Path("runs/analyze"), "--out", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its finished shards (implies --save-activations)."),
+    save_activations: bool = typer.Option(False, "--save-activations", help="Keep the reduced per-item tensors as safetensors shards (re-analysable without the model)."),
+    pair_layers: Optional[str] = typer.Option(None, "--pair-layers", help="Layers of the language x language similarity matrices (default: 1/4, 1/2, 3/4, last)."),
+    top_rate: float = typer.Option(0.05, "--top-rate", help="Language-specific neurons: fraction of all neurons kept, lowest LAPE entropy first (Tang et al.'s code: 0.01)."),
+    filter_rate: float = typer.Option(0.95, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
+    activation_bar: float = typer.Option(0.95, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+) -> None:
+    """The main job: evaluation, one capture pass and all analyses (logit lens, representation
+    similarity, language-specific neurons) for a model and optionally a second one, then a PDF report.
+
+    Writes OUT/base (and OUT/aligned): predictions.jsonl, summary.json, similarity.json,
+    logit_lens.json, neurons.json, neurons.safetensors, manifest.json; OUT/comparison.json; OUT/report.pdf.
+    """
+    from alignlens.analyze import AnalyzeConfig, analyze
+    from alignlens.neurons import NeuronOptions
+    from alignlens.results import prepare_out_dir
+
+    cfg = AnalyzeConfig(
+        tasks=_csv(tasks) or ["snli"], languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
+        pair_layers=[int(x) for x in _csv(pair_layers)] if pair_layers else None,
+        neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
+        save_activations=save_activations,
+    )
+    _validate_eval_config(cfg.eval_config())
+    if not resume:
+        prepare_out_dir(out, force)
+    t0 = time.time()
+    with progress_bar() as progress:
+        res = analyze(cfg, model, compare, out, force=True, resume=resume, device=device, dtype=dtype, report=report,
+                      progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"))
+    trained = None
+    for name, summary in res["runs"].items():
+        if name == "aligned":
+            from alignlens.results import read_json
+
+            trained = read_json(out / name / "manifest.json").get("trained_languages")
+        print_accuracy_table(summary, f"accuracy — {name}: {model if name == 'base' else compare}", trained)
+    console.print(f"wrote {out} in {time.time() - t0:.0f}s" + (f"; report: {res['report']}" if res["report"] else ""))
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A results folder (one model), e.g. OUT/base of `alignlens analyze`."),
+    compare: Optional[Path] = typer.Option(None, "--compare", "-c", help="A second results folder, e.g. OUT/aligned."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PDF path (default: next to the results)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing PDF."),
+) -> None:
+    """Render the PDF report (with PNG/SVG figures and CSV tables) from saved results; no model needed."""
+    from alignlens.report import render_report
+
+    with status("rendering report..."):
+        path = render_report(run_dir, compare, out, force=force)
+    console.print(f"wrote {path}")
+
+
 @data_app.command("list")
 def data_list() -> None:
     """List bundled tasks with their labels, shots, languages and item counts."""

@@ -166,6 +166,7 @@ def score_prompts(
     prefix_cache: bool = True,
     fwd_hooks: Sequence[Hook] = (),
     batch_hooks: Callable[[SuffixBatch], list[Hook]] | None = None,
+    after_batch: Callable[[SuffixBatch], None] | None = None,
     on_batch_done: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Next-token probability mass of each label set after each prompt `prefix + query`.
@@ -173,7 +174,7 @@ def score_prompts(
     Returns float64 [n_queries, n_labels]. `fwd_hooks` (TransformerLens hook name or filter,
     hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch or
     steer. `batch_hooks(batch)` returns hooks for one query batch only (the prefix pass is not
-    hooked), e.g. for capture.
+    hooked), e.g. for capture; `after_batch(batch)` runs after that batch's forward pass.
     """
     tok = model.tokenizer
     hf = model.hf_model
@@ -217,9 +218,12 @@ def score_prompts(
                 kwargs["use_cache"] = False
             attn = torch.cat([torch.ones((len(rows), k), dtype=torch.long, device=device), mask], dim=1)
             positions = (k + torch.arange(width, device=device)).unsqueeze(0).expand(len(rows), -1)
-            hooks = batch_hooks(SuffixBatch(list(rows), mask.bool(), last)) if batch_hooks else []
+            batch = SuffixBatch(list(rows), mask.bool(), last)
+            hooks = batch_hooks(batch) if batch_hooks else []
             with model.bridge.hooks(fwd_hooks=hooks):
                 hidden = body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
+            if after_batch is not None:
+                after_batch(batch)
             h_last = hidden[torch.arange(len(rows), device=device), last]
             probs = torch.softmax(final_logits(hf, h_last).float(), dim=-1)
             for j, idx in enumerate(index_sets):
@@ -287,14 +291,15 @@ def label_sets_for(model: LoadedModel, labels: Sequence[str]) -> list[list[int]]
 
 def evaluate_language(
     model: LoadedModel, spec: data.TaskSpec, lang: str, items: list[data.Item], *, batch_size: int = 8,
-    prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = (), batch_hooks=None, on_batch_done=None,
+    prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = (), batch_hooks=None, after_batch=None,
+    on_batch_done=None,
 ) -> LanguageResult:
     """Score `items` of one task and language."""
     queries = [spec.prompts[lang].query_template.format(**it.fields) for it in items]
     probs = score_prompts(
         model, data.prompt_prefix(spec, lang), queries, label_sets_for(model, spec.labels),
         batch_size=batch_size, prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, batch_hooks=batch_hooks,
-        on_batch_done=on_batch_done,
+        after_batch=after_batch, on_batch_done=on_batch_done,
     )
     gold = [spec.labels.index(it.label) for it in items]
     return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy())

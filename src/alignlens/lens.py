@@ -26,7 +26,7 @@ import torch
 from alignlens import AlignlensError
 from alignlens.stats import mean_ci
 
-__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report"]
+__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report", "lens_label_probs"]
 
 _METRICS = ("p_en", "p_target", "p_correct", "entropy_bits")
 
@@ -150,6 +150,28 @@ def lens_report(
 
 
 # =====================================================================================
-# Model-side capture (owned by the capture engineer): `lens_label_probs(...)` goes here.
-# It produces the LensCapture fields above from a HookedTransformer forward pass.
+# Model-side part: from residual states to label-word probabilities.
 # =====================================================================================
+
+
+@torch.no_grad()
+def lens_label_probs(
+    model, resid: torch.Tensor, label_sets_en: list[list[int]], label_sets_target: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logit lens at every layer: the model's final norm, then its unembedding (and final
+    soft-capping where the model has one), applied to residual states.
+
+    resid: [batch, n_layers, d_model] (residual stream after each block, last position).
+    Returns (p_en [batch, n_layers, n_labels], p_target [same], entropy_bits [batch, n_layers]),
+    float32 on CPU. At the last layer this equals the model's own next-token distribution.
+    """
+    from alignlens.evaluate import final_logits
+
+    normed = model.bridge.ln_final(resid)
+    logits = final_logits(model.hf_model, normed).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    ent = -(p * logp).nan_to_num(0.0).sum(-1) / math.log(2.0)
+    p_en = torch.stack([p[..., s].sum(-1) for s in label_sets_en], dim=-1)
+    p_tg = torch.stack([p[..., s].sum(-1) for s in label_sets_target], dim=-1)
+    return p_en.cpu(), p_tg.cpu(), ent.cpu()
