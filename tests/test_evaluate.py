@@ -1,0 +1,164 @@
+"""Evaluation: token sets, parity of the fast path with a plain forward pass, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from alignlens import AlignlensError, data
+from alignlens import evaluate as ev
+from alignlens.models import load_model
+
+
+def _brute_force_sentencepiece(tokenizer, word):
+    """Independent enumeration over the whole vocabulary."""
+    out = set()
+    for tok, i in tokenizer.get_vocab().items():
+        body = tok[1:] if tok.startswith("▁") else tok
+        if body and word.startswith(body) and not body.startswith("▁"):
+            out.add(i)
+    first = f"<0x{word.encode()[0]:02X}>"
+    if first in tokenizer.get_vocab():
+        out.add(tokenizer.get_vocab()[first])
+    return sorted(out)
+
+
+def _brute_force_bytelevel(tokenizer, word):
+    out = set()
+    for tok, i in tokenizer.get_vocab().items():
+        if tok.startswith("<") and tok.endswith(">"):
+            continue
+        text = tokenizer.convert_tokens_to_string([tok])
+        if "\ufffd" in text:
+            continue
+        body = text[1:] if text.startswith(" ") else text
+        if body and word.startswith(body):
+            out.add(i)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("word", ["entailment", "neutral", "contradiction", "positive", "different"])
+def test_label_token_sets_sentencepiece(tiny_gemma, word):
+    assert ev.vocab_kind(tiny_gemma.tokenizer) == "sentencepiece"
+    assert ev.label_token_ids(tiny_gemma.tokenizer, word) == _brute_force_sentencepiece(tiny_gemma.tokenizer, word)
+
+
+@pytest.mark.parametrize("word", ["entailment", "neutral", "contradiction", "same"])
+def test_label_token_sets_bytelevel(tiny_llama_bytelevel, word):
+    tok = tiny_llama_bytelevel.tokenizer
+    assert ev.vocab_kind(tok) == "bytelevel"
+    got = ev.label_token_ids(tok, word)
+    assert got == _brute_force_bytelevel(tok, word)
+    assert tok.convert_tokens_to_ids(word[0]) in got  # the single first byte is always there
+
+
+def _check_parity(model, lang, n, batch_size, prefix_cache, task="snli"):
+    spec = data.load_task(task)
+    items = data.load_items(spec, lang, limit=n)
+    res = ev.evaluate_language(model, spec, lang, items, batch_size=batch_size, prefix_cache=prefix_cache)
+    sets = ev.label_sets_for(model, spec.labels)
+    ref = torch.stack([ev.reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
+    assert res.probs.shape == (n, len(spec.labels))
+    assert np.all(res.probs > 0)
+    return np.abs(res.probs - ref).max()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama_bytelevel", "tiny_gpt2"])
+@pytest.mark.parametrize("batch_size, prefix_cache", [(1, True), (3, True), (4, False)])
+def test_fast_path_equals_plain_forward_tiny(request, fixture, batch_size, prefix_cache):
+    model = request.getfixturevalue(fixture)
+    for lang in ("en", "zh", "hi"):
+        assert _check_parity(model, lang, 5, batch_size, prefix_cache) <= 1e-4
+
+
+def test_sliding_window_beyond_prompt_length(tiny_gemma):
+    """Tiny Gemma has a 64-token sliding window; prompts are longer, so cached sliding layers are exercised."""
+    spec = data.load_task("paws")
+    item = data.load_items(spec, "de", limit=1)[0]
+    assert len(ev.encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "de", item)])[0]) > 64
+    assert _check_parity(tiny_gemma, "de", 3, 2, True, task="paws") <= 1e-4
+
+
+def test_results_do_not_depend_on_batch_size(tiny_gemma):
+    spec = data.load_task("emotion")
+    items = data.load_items(spec, "ru", limit=6)
+    a = ev.evaluate_language(tiny_gemma, spec, "ru", items, batch_size=1).probs
+    b = ev.evaluate_language(tiny_gemma, spec, "ru", items, batch_size=6).probs
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_summary_and_files(tiny_gemma, tmp_path):
+    cfg = ev.EvalConfig(tasks=["snli", "emotion"], languages=["en", "de"], limit=4, batch_size=3, bootstrap_resamples=200)
+    summary = ev.evaluate(tiny_gemma, cfg, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 * 2 * 4
+    for t in ("snli", "emotion"):
+        for lang in ("en", "de"):
+            mine = [r for r in rows if r["task"] == t and r["lang"] == lang]
+            assert [r["index"] for r in mine] == [0, 1, 2, 3]
+            for r in mine:
+                assert set(r["probs"]) == set(data.load_task(t).labels)
+                assert r["pred"] == max(r["probs"], key=r["probs"].get)
+            acc = np.mean([r["pred"] == r["gold"] for r in mine])
+            cell = summary["tasks"][t]["languages"][lang]
+            assert cell["accuracy"] == pytest.approx(acc) and cell["n"] == 4
+            assert cell["ci95"][0] <= acc <= cell["ci95"][1]
+            assert sum(sum(v.values()) for v in cell["confusion"].values()) == 4
+        accs = [summary["tasks"][t]["languages"][lang]["accuracy"] for lang in ("en", "de")]
+        assert summary["tasks"][t]["mean_accuracy"] == pytest.approx(np.mean(accs))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["options"]["limit"] == 4 and manifest["seed"] == 0
+    assert len(manifest["data"]["tasks"]["snli"]["hash"]) == 64
+    assert "torch" in manifest["versions"] and manifest["model"]["spec"] == "tiny-gemma3"
+
+
+def test_output_folder_is_never_overwritten_silently(tiny_gemma, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    cfg = ev.EvalConfig(tasks=["snli"], languages=["en"], limit=2)
+    with pytest.raises(AlignlensError, match="not empty; pass --force"):
+        ev.evaluate(tiny_gemma, cfg, out)
+    assert (out / "keep.txt").exists()
+    ev.evaluate(tiny_gemma, cfg, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "summary.json").exists()
+
+
+def test_missing_model_is_one_clear_error(tmp_path):
+    with pytest.raises(AlignlensError, match="cannot load model"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AlignlensError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    exe = [sys.executable, "-m", "alignlens.cli.main"]
+    for args in (["eval", "--model", str(tmp_path / "nope"), "--limit", "1"], ["eval", "--languages", "en,xx"],
+                 ["eval", "--tasks", "nope"], ["data", "show", "snli", "xx"]):
+        proc = subprocess.run(exe + args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+def test_gemma_label_sets_and_bos(gemma):
+    tok = gemma.tokenizer
+    ids = ev.encode(tok, ["Hallo"])[0]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    names = set(tok.convert_ids_to_tokens(ev.label_token_ids(tok, "neutral")))
+    assert {"neutral", "▁neutral", "n", "▁n", "<0x6E>"} <= names
+    assert all(n.lstrip("▁") and "neutral".startswith(n.lstrip("▁")) or n == "<0x6E>" for n in names)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("task, lang", [("snli", "en"), ("snli", "zh"), ("emotion", "th"), ("paws", "hi")])
+def test_fast_path_equals_plain_forward_gemma(gemma, task, lang):
+    assert _check_parity(gemma, lang, 3, 2, True, task=task) <= 1e-4
