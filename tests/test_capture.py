@@ -1,0 +1,135 @@
+"""Capture and analyze: invariants against independent full-cache computations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alignlens import data
+from alignlens import evaluate as ev
+from alignlens.analyze import AnalyzeConfig, analyses, analyze_model, analyze_shards, capture_run
+
+
+def _config(**kw):
+    base = dict(tasks=["snli"], languages=["en", "de", "hi"], limit=5, batch_size=2, bootstrap_resamples=50)
+    base.update(kw)
+    return AnalyzeConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_gemma):
+    return capture_run(tiny_gemma, _config())
+
+
+def test_lens_last_layer_equals_model_output(tiny_gemma, tiny_run):
+    results, caps = tiny_run
+    spec = data.load_task("snli")
+    sets = ev.label_sets_for(tiny_gemma, spec.labels)
+    for r in results:
+        p_en = caps[(r.task, r.lang)].p_en.to_tensor().double()
+        assert torch.allclose(p_en[:, -1], torch.as_tensor(r.probs), atol=1e-5)
+        items = data.load_items(spec, r.lang, 5)
+        ref = torch.stack([ev.reference_probs(tiny_gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
+        assert (p_en[:, -1] - ref).abs().max() <= 1e-5
+
+
+def _full_cache_reference(model, spec, lang, items):
+    """Independent computation: run_with_cache on each whole prompt, left-padded in one batch."""
+    tok = model.tokenizer
+    prompts = [data.build_prompt(spec, lang, it) for it in items]
+    full = ev.encode(tok, prompts)
+    prefix = ev.encode(tok, [data.prompt_prefix(spec, lang)])[0]
+    k = min(min(ev._common_prefix_len(prefix, f) for f in full), min(len(f) for f in full) - 1)
+    width = max(len(f) for f in full)
+    ids = torch.full((len(full), width), tok.pad_token_id)
+    mask = torch.zeros((len(full), width), dtype=torch.long)
+    for i, f in enumerate(full):
+        ids[i, width - len(f):] = torch.tensor(f)
+        mask[i, width - len(f):] = 1
+    L = model.n_layers
+    names = {f"blocks.{i}.hook_resid_post" for i in range(L)} | {f"blocks.{i}.mlp.hook_pre" for i in range(L)}
+    _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in names)
+    query = torch.zeros_like(mask, dtype=torch.bool)  # the item's own tokens: after the shared prefix
+    for i, f in enumerate(full):
+        query[i, width - len(f) + k:] = True
+    last = torch.stack([cache[f"blocks.{i}.hook_resid_post"][:, -1] for i in range(L)], 1)
+    mean = torch.stack([(cache[f"blocks.{i}.hook_resid_post"] * query[..., None]).sum(1) / query.sum(1, keepdim=True)
+                        for i in range(L)], 1)
+    counts = torch.stack([((cache[f"blocks.{i}.mlp.hook_pre"] > 0) & query[..., None]).sum((0, 1)) for i in range(L)])
+    return last, mean, counts, int(query.sum())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_gpt2"])
+def test_streaming_captures_equal_full_cache(request, fixture):
+    model = request.getfixturevalue(fixture)
+    spec = data.load_task("snli")
+    results, caps = capture_run(model, _config(languages=["en", "zh"], batch_size=3))
+    for lang in ("en", "zh"):
+        items = data.load_items(spec, lang, 5)
+        last, mean, counts, n_tokens = _full_cache_reference(model, spec, lang, items)
+        cap = caps[("snli", lang)]
+        assert torch.allclose(cap.last.to_tensor(), last, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(cap.mean.to_tensor(), mean, atol=1e-4, rtol=1e-4)
+        assert int(cap.neurons.n_tokens) == n_tokens
+        assert (cap.neurons.counts - counts).abs().max() <= 1  # a pre-activation within fp noise of 0 may flip
+
+
+def test_results_do_not_depend_on_batch_size(tiny_gemma, tiny_run):
+    results1, caps1 = tiny_run
+    results2, caps2 = capture_run(tiny_gemma, _config(batch_size=5))
+    for (key, a), b in zip(caps1.items(), caps2.values()):
+        for name in ("last", "mean", "p_en", "p_target", "entropy"):
+            assert torch.allclose(getattr(a, name).to_tensor(), getattr(b, name).to_tensor(), atol=1e-5), (key, name)
+        assert torch.equal(a.neurons.counts, b.neurons.counts)
+
+
+def test_analyses_schema_and_self_similarity(tiny_run):
+    results, caps = tiny_run
+    out = analyses(results, caps, _config())
+    sim = out["similarity"]["tasks"]["snli"]
+    assert sim["languages"] == ["en", "de", "hi"]
+    for key in ("cosine_mean", "cka_mean", "retrieval_last", "pca_pearson"):
+        assert np.allclose(sim["per_language"]["en"][key], 1.0)
+    lens = out["logit_lens"]["tasks"]["snli"]["per_language"]
+    assert lens["en"]["n"] == 5 and len(lens["de"]["p_en"]["mean"]) == 2
+    neurons = out["neurons"]
+    assert neurons["languages"] == ["en", "de", "hi"] and neurons["options"]["top_rate"] == 0.05
+    assert out["neuron_tensors"]["activation_probability"].shape == (3, 2, 96)
+    json.dumps(out["similarity"])  # JSON-able
+
+
+def test_saved_shards_reanalyse_identically(tiny_gemma, tmp_path):
+    cfg = _config(save_activations=True)
+    (tmp_path / "run").mkdir()
+    analyze_model(tiny_gemma, cfg, tmp_path / "run")
+    shards = sorted(p.name for p in (tmp_path / "run" / "activations").iterdir())
+    assert shards == ["snli__de.safetensors", "snli__en.safetensors", "snli__hi.safetensors"]
+    again = analyze_shards(tmp_path / "run", cfg)
+    saved = json.loads((tmp_path / "run" / "similarity.json").read_text())
+    for lang, v in saved["tasks"]["snli"]["per_language"].items():
+        for key, values in v.items():
+            assert np.allclose(values, again["similarity"]["tasks"]["snli"]["per_language"][lang][key], equal_nan=True)
+    # resume: a finished shard is loaded, not recomputed (its file is left untouched)
+    shard = tmp_path / "run" / "activations" / "snli__en.safetensors"
+    before = shard.stat().st_mtime_ns
+    capture_run(tiny_gemma, cfg, shard_dir=tmp_path / "run" / "activations")
+    assert shard.stat().st_mtime_ns == before
+
+
+@pytest.mark.integration
+def test_gemma_lens_last_layer_and_hooks(gemma):
+    cfg = _config(languages=["en", "zh"], limit=2, batch_size=2)
+    results, caps = capture_run(gemma, cfg)
+    spec = data.load_task("snli")
+    sets = ev.label_sets_for(gemma, spec.labels)
+    assert gemma.bridge.hook_dict["blocks.0.mlp.hook_pre"] is not None and gemma.d_mlp == 2048
+    for r in results:
+        items = data.load_items(spec, r.lang, 2)
+        ref = torch.stack([ev.reference_probs(gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
+        p_en = caps[(r.task, r.lang)].p_en.to_tensor().double()
+        assert (p_en[:, -1] - ref).abs().max() <= 1e-5
+        ent = caps[(r.task, r.lang)].entropy.to_tensor()
+        assert ent.shape == (2, 18) and torch.all(ent >= 0) and torch.all(ent <= 18.01)
