@@ -215,3 +215,41 @@ def analyze_shards(run_dir: str | Path, config: AnalyzeConfig | None = None) -> 
         results.append(r)
         captures[(r.task, r.lang)] = c
     return analyses(results, captures, config or AnalyzeConfig())
+
+
+# ---- scripted hook experiments ---------------------------------------------------------------
+
+
+@dataclass
+class ExperimentResult:
+    """What `run_experiment` returns: eval summary, per-language results, captures and analyses."""
+
+    summary: dict
+    results: list[LanguageResult]
+    captures: dict[tuple[str, str], LanguageCapture]
+    analyses: dict[str, Any] | None
+
+    def accuracy(self, task: str, lang: str) -> float:
+        return self.summary["tasks"][task]["languages"][lang]["accuracy"]
+
+    def mean_prob_correct(self, task: str, lang: str) -> float:
+        """Mean summed probability of the gold label's token set (a smoother metric than accuracy)."""
+        r = next(r for r in self.results if r.task == task and r.lang == lang)
+        return float(r.probs[range(len(r.gold)), r.gold].mean())
+
+
+def run_experiment(
+    model: LoadedModel, config: AnalyzeConfig, fwd_hooks: list = (), *, with_analyses: bool = True, progress: Any = None,
+) -> ExperimentResult:
+    """Run the tasks' prompts with user hooks and get metrics and captures back.
+
+    `fwd_hooks`: TransformerLens (hook name or name filter, fn(activation, hook) -> activation)
+    pairs applied to every forward pass (few-shot prefix and queries), e.g. to ablate, patch or
+    steer; the capture reads activations after them. Example: zero MLP neuron 7 of layer 3 with
+    `("blocks.3.mlp.hook_post", lambda x, hook: x.index_fill(-1, torch.tensor([7]), 0.0))`.
+    """
+    from alignlens.evaluate import summarize
+
+    results, captures = capture_run(model, config, progress=progress, fwd_hooks=list(fwd_hooks))
+    summary = summarize(results, config.bootstrap_resamples, config.seed)
+    return ExperimentResult(summary, results, captures, analyses(results, captures, config) if with_analyses else None)
