@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= runs/demo
-DEMO_ARGS ?= --limit 12 --languages en,zh,de,fr,ja,ru,hi,th,sw,bn
+DEMO_ARGS ?= --limit 12
 
 .PHONY: setup demo test fonts bench clean
 
@@ -28,7 +28,7 @@ fonts:
 setup: $(BIN)/alignlens fonts
 
 demo: setup
-	$(BIN)/alignlens eval $(DEMO_ARGS) --tasks snli --out $(OUT) --force
+	$(BIN)/alignlens analyze $(DEMO_ARGS) --out $(OUT) --force
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
