@@ -111,6 +111,22 @@ def _open_text(path: Path):
     return path.open("r", encoding="utf-8")
 
 
+def iter_json_objects(path: Path):
+    """Yield (line number, object) for each non-blank line of a JSONL(.gz) file; a line that is not
+    a JSON object raises an AlignlensError naming the file and line."""
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AlignlensError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise AlignlensError(f"{path}:{lineno}: a line must be a JSON object")
+            yield lineno, row
+
+
 def list_tasks() -> list[str]:
     """Names of the bundled tasks."""
     return list(BUNDLED_TASKS)
@@ -207,33 +223,24 @@ def _read_items(folder: Path, lang: str, labels: tuple[str, ...], fields: tuple[
         raise AlignlensError(f"{folder}: no item file {lang}.jsonl or {lang}.jsonl.gz")
     rows: list[dict] = []
     seen: set[int] = set()
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlignlensError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise AlignlensError(f"{path}:{lineno}: an item must be a JSON object")
-            for f in fields:
-                if f not in row:
-                    raise AlignlensError(f"{path}:{lineno}: missing field {f!r}")
-                if not isinstance(row[f], str):
-                    raise AlignlensError(f"{path}:{lineno}: field {f!r} must be a string")
-            index = row.get("index", len(rows))
-            if not isinstance(index, int) or index < 0:
-                raise AlignlensError(f"{path}:{lineno}: field 'index' must be a non-negative integer")
-            if index in seen:
-                raise AlignlensError(f"{path}:{lineno}: field 'index' repeats {index}")
-            seen.add(index)
-            label = row.get("label")
-            if label is not None and label not in labels:
-                raise AlignlensError(
-                    f"{path}:{lineno}: field 'label' is {label!r}, not one of {list(labels)}"
-                )
-            rows.append({"index": index, "label": label, "fields": {f: row[f] for f in fields}})
+    for lineno, row in iter_json_objects(path):
+        for f in fields:
+            if f not in row:
+                raise AlignlensError(f"{path}:{lineno}: missing field {f!r}")
+            if not isinstance(row[f], str):
+                raise AlignlensError(f"{path}:{lineno}: field {f!r} must be a string")
+        index = row.get("index", len(rows))
+        if not isinstance(index, int) or index < 0:
+            raise AlignlensError(f"{path}:{lineno}: field 'index' must be a non-negative integer")
+        if index in seen:
+            raise AlignlensError(f"{path}:{lineno}: field 'index' repeats {index}")
+        seen.add(index)
+        label = row.get("label")
+        if label is not None and label not in labels:
+            raise AlignlensError(
+                f"{path}:{lineno}: field 'label' is {label!r}, not one of {list(labels)}"
+            )
+        rows.append({"index": index, "label": label, "fields": {f: row[f] for f in fields}})
     if not rows:
         raise AlignlensError(f"{path}: no items")
     return tuple(rows)
@@ -333,29 +340,20 @@ def load_translation_file(path: str | Path) -> list[TranslationPair]:
     if not path.is_file():
         raise AlignlensError(f"{path}: no such file")
     pairs: list[TranslationPair] = []
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlignlensError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise AlignlensError(f"{path}:{lineno}: a line must be a JSON object")
-            if "input" in row or "answer" in row:
-                keys = ("input", "answer")
-            else:
-                keys = ("lang", "text", "english")
-            for k in keys:
-                if k not in row:
-                    raise AlignlensError(f"{path}:{lineno}: missing field {k!r}")
-                if not isinstance(row[k], str) or not row[k].strip():
-                    raise AlignlensError(f"{path}:{lineno}: field {k!r} must be a non-empty string")
-            if keys[0] == "input":
-                pairs.append(TranslationPair(str(row.get("lang", "")), row["input"], row["answer"]))
-            else:
-                pairs.append(TranslationPair(row["lang"], row["text"] + translation_instruction(row["lang"]), row["english"]))
+    for lineno, row in iter_json_objects(path):
+        if "input" in row or "answer" in row:
+            keys = ("input", "answer")
+        else:
+            keys = ("lang", "text", "english")
+        for k in keys:
+            if k not in row:
+                raise AlignlensError(f"{path}:{lineno}: missing field {k!r}")
+            if not isinstance(row[k], str) or not row[k].strip():
+                raise AlignlensError(f"{path}:{lineno}: field {k!r} must be a non-empty string")
+        if keys[0] == "input":
+            pairs.append(TranslationPair(str(row.get("lang", "")), row["input"], row["answer"]))
+        else:
+            pairs.append(TranslationPair(row["lang"], row["text"] + translation_instruction(row["lang"]), row["english"]))
     if not pairs:
         raise AlignlensError(f"{path}: no examples")
     return pairs
