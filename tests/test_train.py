@@ -202,3 +202,28 @@ def test_presets_and_overrides():
     with pytest.raises(AlignlensError, match="warmup"):
         TrainConfig.from_preset("default", warmup=2)
     assert TrainConfig.from_dict(d.to_dict()) == d
+
+
+def test_sigterm_checkpoints_and_resume_checks_options(tiny_base, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+
+    def term(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = _cfg(per_language=20, eval_every=0)
+    with pytest.raises(TrainInterrupted, match="step 2/"):
+        train(cfg, tiny_base, out, callback=term, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (out / "checkpoints" / "last.pt").is_file()
+    with pytest.raises(AlignlensError, match=r"different options \(lr\)"):
+        train(_cfg(per_language=20, eval_every=0, lr=1e-3), None, out, resume=True, progress=False)
+    with pytest.raises(AlignlensError, match="not empty"):
+        train(cfg, tiny_base, out, progress=False)
+    res = train(_cfg(per_language=20, eval_every=0, threads=1), tiny_base, out, resume=True, progress=False)
+    assert res.resumed and res.steps == res.total_steps
+    assert res.manifest["training"]["sessions"] == 2

@@ -104,6 +104,8 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads for this run (None = torch's default); 1 is far
+    # faster than 2 on a 2-core machine that other processes also use
     # bookkeeping
     eval_every: int = 25  # optimizer steps between validation losses (0 = only at the end)
     save_every: int = 50  # optimizer steps between checkpoints (0 = only on interruption)
@@ -161,6 +163,7 @@ class TrainConfig:
         need(0 <= self.lora_dropout < 1, f"LoRA dropout must be in [0, 1) (got {self.lora_dropout})")
         need(self.eval_every >= 0 and self.save_every >= 0, "eval/save intervals must be >= 0")
         need(self.max_grad_norm >= 0, "max grad norm must be >= 0")
+        need(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
         need(bool(self.resolved_languages()) or bool(self.data_files),
              "no training data: give languages or data files")
 
@@ -524,7 +527,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     every optimizer step with the step's log record (raising KeyboardInterrupt there behaves like
     Ctrl-C). Ctrl-C/SIGTERM saves a checkpoint and raises `TrainInterrupted`.
     """
-    from alignlens.models import DEFAULT_MODEL, resolve_device
+    from alignlens.models import DEFAULT_MODEL
 
     t_session = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -535,17 +538,31 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
         saved = TrainConfig.from_dict(ckpt["config"])
         if config is not None:
             config.validate()
-            diff = [k for k, v in config.to_dict().items() if k != "keep_checkpoints" and saved.to_dict().get(k) != v]
+            runtime = ("keep_checkpoints", "threads")  # may change between sessions
+            diff = [k for k, v in config.to_dict().items() if k not in runtime and saved.to_dict().get(k) != v]
             if diff:
                 raise AlignlensError(f"cannot resume with different options ({', '.join(diff)}); "
                                      f"omit them to use the saved ones")
-            saved.keep_checkpoints = config.keep_checkpoints
+            saved.keep_checkpoints, saved.threads = config.keep_checkpoints, config.threads
         if model_spec is not None and model_spec != ckpt["model_spec"]:
             raise AlignlensError(f"cannot resume with a different model ({model_spec!r}, saved: {ckpt['model_spec']!r})")
         config, model_spec = saved, ckpt["model_spec"]
     config = config or TrainConfig.from_preset("default")
     config.validate()
     model_spec = model_spec or DEFAULT_MODEL
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, model_spec, out, ckpt, t_session, progress, callback)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_session: float, progress: bool,
+         callback: Callable[[dict], None] | None) -> TrainResult:
+    """The body of `train` (options resolved, output folder checked)."""
+    from alignlens.models import resolve_device
 
     # 1. data, split, tokens
     random.seed(config.seed)
