@@ -65,7 +65,9 @@ FORMAT = "alignlens-train/1"
 
 #: Preset values; every other option keeps its dataclass default.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for a 2-core CPU and the default Gemma-3-270m (measured: ~7 minutes).
+    # Sized for a 2-core CPU and the default Gemma-3-270m: 143 LoRA steps of ~3.2 s on an idle
+    # machine (~8-9 minutes in all). With other processes on the cores, use threads=1 (2 threads
+    # then fall to ~29 s/step; 1 thread keeps ~6-7 s/step).
     "default": dict(per_language=600, epochs=1, lr=5e-4, batch_size=8, grad_accum=1, warmup=0.05,
                     max_len=128, eval_every=25, save_every=50),
     # The paper's recipe, for GPUs: effective batch 16, 3 epochs, 10k questions per language.
