@@ -209,8 +209,10 @@ def train_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Optimizer steps between validation losses."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Optimizer steps between checkpoints."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is faster when other jobs share the cores)."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep OUT/checkpoints after success."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out exactly where it stopped (with its saved options)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
 ) -> None:
     """Question-translation alignment (the paper's step 1): fine-tune on questions only, translated
@@ -223,9 +225,13 @@ def train_cmd(
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
                      batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, full=full or None,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
-                     val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, device=device)
+                     val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, device=device,
+                     threads=threads, keep_checkpoints=keep_checkpoints or None)
     cfg = TrainConfig.from_preset(preset, **overrides)
-    result = train(cfg, model, out, resume=resume, force=force, progress=True)
+    if resume:  # the saved run's options and model are used; only runtime options may change
+        result = train(None, None, out, resume=True, progress=True)
+    else:
+        result = train(cfg, model, out, force=force, progress=True)
     console.print(f"trained {result.steps} steps in {result.wall_seconds / 60:.1f} min "
                   f"({result.tokens_per_second:.0f} tok/s); val loss {result.initial_val_loss} -> best "
                   f"{result.best_val_loss} (step {result.best_step}); model: {result.out_dir}")
