@@ -317,19 +317,17 @@ def tiny_tokenizer(kind: str = "sentencepiece", vocab_size: int = 400, corpus: l
     return prepare_tokenizer(fast)
 
 
-def tiny_model(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int = 0,
-               dtype: torch.dtype = torch.float32, n_layers: int = 2) -> LoadedModel:
-    """A randomly initialised tiny causal LM (no files) wrapped in a bridge, for unit tests.
+def tiny_hf_model(arch: str, tokenizer: Any, seed: int = 0, n_layers: int = 2, **config_overrides: Any) -> torch.nn.Module:
+    """A randomly initialised tiny HF causal LM (float32, eval mode) sized for `tokenizer`.
 
-    `arch`: `gemma3` (gated GELU MLP, sliding-window layers, tied embeddings) or `llama`
-    (gated SiLU MLP) or `gpt2` (plain MLP, learned positions).
+    `arch`: `gemma3` (gated GELU MLP, sliding-window layers, tied embeddings), `llama` (gated
+    SiLU MLP) or `gpt2` (plain MLP, learned positions). Weights ~ N(0, 0.2), larger than the
+    default init, so outputs are far from uniform and tests can tell right from wrong.
     """
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
 
-    tok = tiny_tokenizer(tokenizer)
-    vocab = len(tok)
-    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
     if arch == "gemma3":
         cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
                                num_attention_heads=2, num_key_value_heads=1, head_dim=32,
@@ -343,15 +341,23 @@ def tiny_model(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int
         cfg = GPT2Config(n_embd=64, n_layer=n_layers, n_head=4, n_positions=2048, **common)
     else:
         raise ValueError(f"unknown tiny arch {arch!r}")
+    for key, value in config_overrides.items():
+        setattr(cfg, key, value)
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     hf_model.config.architectures = [type(hf_model).__name__]  # the bridge picks its adapter by this
-    # Larger random weights than the default init, so outputs are far from uniform and the
-    # tests can tell right from wrong.
     with torch.no_grad():
         for p in hf_model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.2)
+    return hf_model.eval()
+
+
+def tiny_model(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int = 0,
+               dtype: torch.dtype = torch.float32, n_layers: int = 2) -> LoadedModel:
+    """A tiny random model (`tiny_hf_model`) with a tiny trained tokenizer, wrapped in a bridge (unit tests)."""
+    tok = tiny_tokenizer(tokenizer)
+    hf_model = tiny_hf_model(arch, tok, seed, n_layers)
     dev = torch.device("cpu")
     bridge = _boot(f"tiny-{arch}", hf_model, tok, dev, dtype)
     return LoadedModel(bridge, tok, f"tiny-{arch}", f"tiny-{arch}", None, dev, dtype, None, {"tiny": True})

@@ -397,39 +397,16 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 def save_tiny_base(folder: str | Path, arch: str = "gemma3", seed: int = 0, vocab_size: int = 1000,
                    **config_overrides: Any) -> Path:
     """Write a plain tiny random HF model + tokenizer folder, usable as `model_spec` in tests and
-    smoke runs. Same shapes and init as `alignlens.models.tiny_model` (no bridge), but the
-    tokenizer is trained on question-translation text (de, es, it, en) so examples stay short."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
-
+    smoke runs. The model is `alignlens.models.tiny_hf_model`; the tokenizer is trained on
+    question-translation text (de, es, it, en) so examples stay short."""
     from alignlens.data import load_question_translation
-    from alignlens.models import tiny_tokenizer
+    from alignlens.models import tiny_hf_model, tiny_tokenizer
 
     corpus = []
     for p in load_question_translation(["de", "es", "it"], per_language=300, seed=1234):
         corpus += [p.input, p.answer]
     tok = tiny_tokenizer("sentencepiece", vocab_size=vocab_size, corpus=corpus)
-    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id)
-    if arch == "gemma3":
-        cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                               num_key_value_heads=1, head_dim=32, max_position_embeddings=2048, sliding_window=64,
-                               layer_types=["sliding_attention", "full_attention"], **common)
-    elif arch == "llama":
-        cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, max_position_embeddings=2048, **common)
-    elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=2048, **common)
-    else:
-        raise ValueError(f"unknown tiny arch {arch!r}")
-    for k, v in config_overrides.items():
-        setattr(cfg, k, v)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.config.architectures = [type(model).__name__]
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
+    model = tiny_hf_model(arch, tok, seed, **config_overrides)
     folder = Path(folder)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
