@@ -72,18 +72,52 @@ def _load(spec: str, device: str, dtype: str):
 
 
 def print_accuracy_table(summary: dict, title: str = "accuracy", trained: list[str] | None = None) -> None:
+    """Languages as rows (20 fit on a screen), tasks as columns, the mean over languages last."""
     from alignlens.evaluate import accuracy_table
 
     tasks, langs, cells = accuracy_table(summary)
-    table = Table(title=title, show_lines=False)
-    table.add_column("task")
-    for lang in langs:
-        table.add_column(lang + ("*" if trained and lang in trained else ""), justify="right")
-    table.add_column("mean", justify="right", style="bold")
+    table = Table(title=title)
+    table.add_column("lang")
     for t in tasks:
-        row = [t] + [f"{cells[(t, lang)]:.2f}" if (t, lang) in cells else "" for lang in langs]
-        row.append(f"{summary['tasks'][t]['mean_accuracy']:.3f}")
+        table.add_column(t, justify="right")
+    for lang in langs:
+        mark = "*" if trained and lang in trained else ""
+        table.add_row(lang + mark, *[f"{cells[(t, lang)]:.3f}" if (t, lang) in cells else "" for t in tasks])
+    table.add_row("mean", *[f"{summary['tasks'][t]['mean_accuracy']:.3f}" for t in tasks], style="bold")
+    out_console.print(table)
+    if trained:
+        out_console.print("* trained language")
+
+
+def print_comparison_table(base: dict, aligned: dict, trained: list[str] | None, title: str) -> None:
+    """Per language and task: base, aligned and the difference; means last."""
+    from alignlens.evaluate import accuracy_table
+
+    tasks, langs, a = accuracy_table(base)
+    _, _, b = accuracy_table(aligned)
+    table = Table(title=title)
+    table.add_column("lang")
+    for t in tasks:
+        table.add_column(f"{t} base", justify="right")
+        table.add_column("aligned", justify="right")
+        table.add_column("Δ", justify="right")
+
+    def cells(x: float | None, y: float | None) -> list[str]:
+        if x is None or y is None:
+            return ["", "", ""]
+        d = y - x
+        colour = "green" if d > 0 else "red" if d < 0 else ""
+        return [f"{x:.3f}", f"{y:.3f}", f"[{colour}]{d:+.3f}[/{colour}]" if colour else f"{d:+.3f}"]
+
+    for lang in langs:
+        row = [lang + ("*" if trained and lang in trained else "")]
+        for t in tasks:
+            row += cells(a.get((t, lang)), b.get((t, lang)))
         table.add_row(*row)
+    row = ["mean"]
+    for t in tasks:
+        row += cells(base["tasks"][t]["mean_accuracy"], aligned["tasks"].get(t, {}).get("mean_accuracy"))
+    table.add_row(*row, style="bold")
     out_console.print(table)
     if trained:
         out_console.print("* trained language")
@@ -177,13 +211,14 @@ def analyze_cmd(
     with progress_bar() as progress:
         res = analyze(cfg, model, compare, out, force=True, resume=resume, device=device, dtype=dtype, report=report,
                       progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"))
-    trained = None
-    for name, summary in res["runs"].items():
-        if name == "aligned":
-            from alignlens.results import read_json
+    if compare:
+        from alignlens.results import read_json
 
-            trained = read_json(out / name / "manifest.json").get("trained_languages")
-        print_accuracy_table(summary, f"accuracy — {name}: {model if name == 'base' else compare}", trained)
+        trained = read_json(out / "aligned" / "manifest.json").get("trained_languages")
+        print_comparison_table(res["runs"]["base"], res["runs"]["aligned"], trained,
+                               f"accuracy — base: {model}, aligned: {compare}")
+    else:
+        print_accuracy_table(res["runs"]["base"], f"accuracy — {model}")
     console.print(f"wrote {out} in {time.time() - t0:.0f}s" + (f"; report: {res['report']}" if res["report"] else ""))
 
 
