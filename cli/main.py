@@ -184,6 +184,7 @@ def analyze_cmd(
     top_rate: float = typer.Option(0.05, "--top-rate", help="Language-specific neurons: fraction of all neurons kept, lowest LAPE entropy first (Tang et al.'s code: 0.01)."),
     filter_rate: float = typer.Option(0.95, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
     activation_bar: float = typer.Option(0.95, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
+    lens_overlap: str = typer.Option("token-set", "--lens-overlap", help="Logit lens drops items whose gold label's English and target words collide: token-set (their prefix token sets share a token; strict) or first-token (same first token, as Wendler et al.)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
@@ -202,8 +203,10 @@ def analyze_cmd(
         tasks=_csv(tasks) or ["snli"], languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
         pair_layers=[int(x) for x in _csv(pair_layers)] if pair_layers else None,
         neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
-        save_activations=save_activations,
+        save_activations=save_activations, lens_overlap=lens_overlap,
     )
+    if lens_overlap not in ("token-set", "first-token"):
+        raise AlignlensError(f"unknown --lens-overlap {lens_overlap!r} (use token-set or first-token)")
     _validate_eval_config(cfg.eval_config())
     if not resume:
         prepare_out_dir(out, force)

@@ -133,3 +133,32 @@ def test_gemma_lens_last_layer_and_hooks(gemma):
         assert (p_en[:, -1] - ref).abs().max() <= 1e-5
         ent = caps[(r.task, r.lang)].entropy.to_tensor()
         assert ent.shape == (2, 18) and torch.all(ent >= 0) and torch.all(ent <= 18.01)
+
+
+def test_lens_overlap_rules(tiny_gemma):
+    from alignlens.capture import first_tokens, label_overlap
+    from alignlens.evaluate import label_token_ids
+
+    tok = tiny_gemma.tokenizer
+    labels, words = ["positive", "negative"], ["pozytywny", "negative"]
+    sets_en = [label_token_ids(tok, w) for w in labels]
+    sets_tg = [label_token_ids(tok, w) for w in words]
+    # "p" is a prefix token of both "positive" and "pozytywny": the strict rule drops, identical words always collide
+    assert label_overlap(tok, labels, words, sets_en, sets_tg, "token-set") == [True, True]
+    assert label_overlap(tok, labels, words, sets_en, sets_tg, "first-token")[1] is True
+    assert first_tokens(tok, "negative") == {tok("negative", add_special_tokens=False)["input_ids"][0],
+                                             tok(" negative", add_special_tokens=False)["input_ids"][0]}
+
+
+@pytest.mark.integration
+def test_lens_overlap_rules_on_gemma(gemma):
+    from alignlens.capture import label_overlap
+    from alignlens.evaluate import label_token_ids
+
+    tok = gemma.tokenizer
+    spec = data.load_task("emotion")
+    words = [spec.prompts["pl"].label_words[w] for w in spec.labels]  # pozytywny / negatywny
+    sets_en = [label_token_ids(tok, w) for w in spec.labels]
+    sets_tg = [label_token_ids(tok, w) for w in words]
+    assert label_overlap(tok, spec.labels, words, sets_en, sets_tg, "token-set") == [True, True]
+    assert label_overlap(tok, spec.labels, words, sets_en, sets_tg, "first-token") == [False, False]

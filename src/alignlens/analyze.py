@@ -46,6 +46,9 @@ class AnalyzeConfig:
     neurons: NeuronOptions = field(default_factory=NeuronOptions)
     save_activations: bool = False
     bootstrap_resamples: int = 2000
+    #: When the logit lens drops an item: "token-set" (its gold label's English and target token
+    #: sets share a token) or "first-token" (their first tokens are equal, as Wendler et al.).
+    lens_overlap: str = "token-set"
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
@@ -81,7 +84,7 @@ def capture_run(
         else:
             if progress is not None:
                 progress.update(bar, description=f"{model.spec.split('/')[-1][:24]} {spec.name} {lang}")
-            capturer = Capturer(model, spec, lang)
+            capturer = Capturer(model, spec, lang, config.lens_overlap)
             result = evaluate_language(
                 model, spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
                 batch_hooks=capturer.batch_hooks, after_batch=capturer.after_batch,
@@ -108,6 +111,7 @@ def analyses(
     notes: list[str] = []
     for task, per_lang in by_task.items():
         lens["tasks"][task] = lens_report({lang: cap.lens(r.gold) for lang, (r, cap) in per_lang.items()})
+        lens["tasks"][task]["overlap_rule"] = config.lens_overlap
         if "en" not in per_lang:
             notes.append(f"similarity for {task} skipped: English is not among the languages")
             continue

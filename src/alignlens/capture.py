@@ -85,18 +85,46 @@ class LanguageCapture:
                            torch.tensor(gold), self.overlap)
 
 
+LENS_OVERLAP_RULES = ("token-set", "first-token")
+
+
+def first_tokens(tokenizer, word: str) -> set[int]:
+    """First token of `word` as the tokenizer encodes it, standing alone and after a space."""
+    out = set()
+    for text in (word, " " + word):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids:
+            out.add(ids[0])
+    return out
+
+
+def label_overlap(tokenizer, labels, words, sets_en, sets_target, rule: str = "token-set") -> list[bool]:
+    """Per label: do its English and target-language words collide, so the lens cannot tell them apart?
+
+    `token-set`: their token sets (every prefix token, see `evaluate.label_token_ids`) share a token;
+    strict: words starting with the same letter collide. `first-token`: their first tokens as the
+    tokenizer encodes them are the same (Wendler et al. 2024's rule).
+    """
+    if rule == "token-set":
+        return [bool(set(a) & set(b)) for a, b in zip(sets_en, sets_target)]
+    if rule == "first-token":
+        return [bool(first_tokens(tokenizer, e) & first_tokens(tokenizer, t)) for e, t in zip(labels, words)]
+    raise AlignlensError(f"unknown lens overlap rule {rule!r} (use {', '.join(LENS_OVERLAP_RULES)})")
+
+
 class Capturer:
     """Hooks and after-batch reduction for one task and language (pass its methods to
     `evaluate.evaluate_language(..., batch_hooks=c.batch_hooks, after_batch=c.after_batch)`)."""
 
-    def __init__(self, model: LoadedModel, spec: data.TaskSpec, lang: str) -> None:
+    def __init__(self, model: LoadedModel, spec: data.TaskSpec, lang: str, lens_overlap: str = "token-set") -> None:
         self.model = model
         self.n_layers, self.d_model, self.d_mlp = model.n_layers, model.d_model, model.d_mlp
         tok = model.tokenizer
         self.sets_en = [label_token_ids(tok, w) for w in spec.labels]
         words = spec.prompts[lang].label_words
         self.sets_target = [label_token_ids(tok, words.get(w, w)) for w in spec.labels]
-        overlap = torch.tensor([bool(set(a) & set(b)) for a, b in zip(self.sets_en, self.sets_target)])
+        overlap = torch.tensor(label_overlap(tok, spec.labels, [words.get(w, w) for w in spec.labels],
+                                             self.sets_en, self.sets_target, lens_overlap))
         self.capture = LanguageCapture.empty(spec.name, lang, self.n_layers, self.d_mlp, overlap)
         self._last: torch.Tensor | None = None
         self._mean: torch.Tensor | None = None
