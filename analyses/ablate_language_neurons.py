@@ -17,7 +17,6 @@ Writes a JSON file (default runs/ablate_<language>.json) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 

@@ -17,7 +17,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F  # noqa: F401  (kept for readers comparing with train.target_loss)
 
 from alignlens.models import resolve_device
 from alignlens.train import TrainConfig, encode, load_base, load_pairs, target_loss, wrap_lora

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alignlens import AlignlensError, __version__
+from alignlens import AlignlensError
 
 app = typer.Typer(
     name="alignlens",

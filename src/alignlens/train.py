@@ -33,17 +33,14 @@ loss.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import warnings
@@ -56,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlens import AlignlensError, __version__
+from alignlens.results import git_commit, now_iso, versions
 
 log = logging.getLogger(__name__)
 
@@ -437,32 +435,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    try:
-        import transformer_lens
-        tl = getattr(transformer_lens, "__version__", None)
-    except Exception:  # noqa: BLE001
-        tl = None
-    return {"alignlens": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "transformer_lens": tl}
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 _ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
 
 
@@ -583,7 +555,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
 
     # 3. state (fresh or from the checkpoint)
     st = {"step": 0, "best_val": None, "best_step": 0, "initial_val": None, "last_val": None,
-          "last_eval_step": -1, "elapsed": 0.0, "tokens": 0, "started": _now(), "sessions": 1,
+          "last_eval_step": -1, "elapsed": 0.0, "tokens": 0, "started": now_iso(), "sessions": 1,
           "train_loss": None}
     best_state: dict | None = None
     log_path = out / "train_log.jsonl"
@@ -605,7 +577,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         log_fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         log_fh.flush()
 
-    write_log({"event": "resume" if ckpt else "start", "time": _now(), "step": st["step"],
+    write_log({"event": "resume" if ckpt else "start", "time": now_iso(), "step": st["step"],
                "total_steps": total_steps, "n_train": len(train_ex), "n_val": len(val_ex),
                "trainable_params": n_trainable, "model": model_spec})
     ckpt_dir = out / "checkpoints"
@@ -703,7 +675,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         optimizer.zero_grad(set_to_none=True)
-        write_log({"event": "interrupted", "time": _now(), "step": st["step"]})
+        write_log({"event": "interrupted", "time": now_iso(), "step": st["step"]})
         save_checkpoint()
         log_fh.close()
         bar.close()
@@ -755,12 +727,12 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         "weights": "best validation loss" if best_state is not None else "final (no validation split)",
         "outputs": {"merged": "merged", "adapter": None if config.full else "adapter",
                     "checkpoints": "checkpoints" if config.keep_checkpoints else None},
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": versions(),
+        "git_commit": git_commit(),
         "started": st["started"],
-        "finished": _now(),
+        "finished": now_iso(),
     }
-    write_log({"event": "done", "time": _now(), "step": st["step"], "best_val_loss": st["best_val"],
+    write_log({"event": "done", "time": now_iso(), "step": st["step"], "best_val_loss": st["best_val"],
                "best_step": st["best_step"], "wall_seconds": round(elapsed, 1)})
     log_fh.close()
     tmp = out / "manifest.json.tmp"
