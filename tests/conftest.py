@@ -38,3 +38,13 @@ def gemma():
     from alignlens.models import load_model
 
     return load_model("gemma-3-270m", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def gemma_float64():
+    """Independent reference: the same weights in a plain transformers model, float64 (no bridge)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlens.models import ensure_default_model
+
+    return AutoModelForCausalLM.from_pretrained(str(ensure_default_model()), dtype=torch.float64).eval()

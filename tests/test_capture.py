@@ -120,19 +120,27 @@ def test_saved_shards_reanalyse_identically(tiny_gemma, tmp_path):
 
 
 @pytest.mark.integration
-def test_gemma_lens_last_layer_and_hooks(gemma):
-    cfg = _config(languages=["en", "zh"], limit=2, batch_size=2)
+def test_gemma_lens_last_layer_and_hooks(gemma, gemma_float64):
+    """The lens at the last layer equals the model's own next-token distribution, computed
+    independently by a plain float64 transformers forward pass (<= 1e-5)."""
+    cfg = _config(languages=["en", "zh"], limit=3, batch_size=3)
     results, caps = capture_run(gemma, cfg)
     spec = data.load_task("snli")
     sets = ev.label_sets_for(gemma, spec.labels)
     assert gemma.bridge.hook_dict["blocks.0.mlp.hook_pre"] is not None and gemma.d_mlp == 2048
     for r in results:
-        items = data.load_items(spec, r.lang, 2)
-        ref = torch.stack([ev.reference_probs(gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
+        refs = []
+        for it in data.load_items(spec, r.lang, 3):
+            ids = torch.tensor(ev.encode(gemma.tokenizer, [data.build_prompt(spec, r.lang, it)]))
+            with torch.no_grad():
+                p = torch.softmax(gemma_float64(input_ids=ids).logits[0, -1], -1)
+            refs.append(torch.stack([p[s].sum() for s in sets]))
+        ref = torch.stack(refs)
         p_en = caps[(r.task, r.lang)].p_en.to_tensor().double()
         assert (p_en[:, -1] - ref).abs().max() <= 1e-5
+        assert (torch.as_tensor(r.probs) - ref).abs().max() <= 1e-4  # the eval's fast path
         ent = caps[(r.task, r.lang)].entropy.to_tensor()
-        assert ent.shape == (2, 18) and torch.all(ent >= 0) and torch.all(ent <= 18.01)
+        assert ent.shape == (3, 18) and torch.all(ent >= 0) and torch.all(ent <= 18.01)
 
 
 def test_lens_overlap_rules(tiny_gemma):
@@ -162,3 +170,21 @@ def test_lens_overlap_rules_on_gemma(gemma):
     sets_tg = [label_token_ids(tok, w) for w in words]
     assert label_overlap(tok, spec.labels, words, sets_en, sets_tg, "token-set") == [True, True]
     assert label_overlap(tok, spec.labels, words, sets_en, sets_tg, "first-token") == [False, False]
+
+
+def test_lens_label_probs_against_float64_softmax(tiny_llama_bytelevel):
+    """Independent computation: float64 log-softmax of the unembedded, normed states."""
+    from alignlens.evaluate import final_logits
+    from alignlens.lens import entropy_bits, lens_label_probs
+
+    model = tiny_llama_bytelevel
+    torch.manual_seed(0)
+    resid = torch.randn(3, model.n_layers, model.d_model) * 3
+    sets_a, sets_b = [[5, 9, 11], [20]], [[7], [30, 31]]
+    p_a, p_b, ent = lens_label_probs(model, resid, sets_a, sets_b)
+    with torch.no_grad():
+        logits = final_logits(model.hf_model, model.bridge.ln_final(resid)).double()
+    p = torch.softmax(logits, -1)
+    assert torch.allclose(p_a.double(), torch.stack([p[..., s].sum(-1) for s in sets_a], -1), atol=1e-6)
+    assert torch.allclose(p_b.double(), torch.stack([p[..., s].sum(-1) for s in sets_b], -1), atol=1e-6)
+    assert torch.allclose(ent.double(), entropy_bits(logits), atol=1e-4)

@@ -169,9 +169,13 @@ def lens_label_probs(
 
     normed = model.bridge.ln_final(resid)
     logits = final_logits(model.hf_model, normed).float()
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    ent = -(p * logp).nan_to_num(0.0).sum(-1) / math.log(2.0)
-    p_en = torch.stack([p[..., s].sum(-1) for s in label_sets_en], dim=-1)
-    p_tg = torch.stack([p[..., s].sum(-1) for s in label_sets_target], dim=-1)
-    return p_en.cpu(), p_tg.cpu(), ent.cpu()
+    # Three passes over the vocabulary instead of log_softmax + exp + product temporaries:
+    # H = logsumexp(z) - E_p[z], p = exp(z - max) / sum.
+    top = logits.amax(dim=-1, keepdim=True)
+    unnorm = torch.exp(logits - top)
+    total = unnorm.sum(dim=-1, keepdim=True)
+    mean_logit = torch.linalg.vecdot(unnorm, logits).unsqueeze(-1) / total
+    ent = ((top + total.log() - mean_logit) / math.log(2.0)).squeeze(-1)
+    p_en = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_en], dim=-1) / total
+    p_tg = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_target], dim=-1) / total
+    return p_en.cpu(), p_tg.cpu(), ent.clamp_min(0.0).cpu()
