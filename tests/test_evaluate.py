@@ -153,6 +153,7 @@ def test_gemma_label_sets_and_bos(gemma):
     tok = gemma.tokenizer
     ids = ev.encode(tok, ["Hallo"])[0]
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert gemma.info["tokenizer_prepends_bos"] is True
     names = set(tok.convert_ids_to_tokens(ev.label_token_ids(tok, "neutral")))
     assert {"neutral", "▁neutral", "n", "▁n", "<0x6E>"} <= names
     assert all(n.lstrip("▁") and "neutral".startswith(n.lstrip("▁")) or n == "<0x6E>" for n in names)

@@ -213,6 +213,19 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def check_bos(tokenizer: Any) -> bool | None:
+    """Whether the tokenizer prepends its BOS token (None: it has none). alignlens always encodes with
+    the tokenizer's own special tokens, as a plain HF forward pass would; a model whose tokenizer has
+    a BOS token but does not add it gets a one-time warning, since few-shot scores shift with BOS."""
+    if tokenizer.bos_token_id is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    prepends = bool(ids) and ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    if not prepends:
+        log.warning("tokenizer has a BOS token but does not prepend it; prompts are encoded without BOS")
+    return prepends
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load `spec`: `gemma-3-270m` (embedded default), a local HF folder, or a hub name.
 
@@ -265,6 +278,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AlignlensError(f"cannot load model {spec!r} (tried {', '.join(tried) or source}): {first}") from None
     tokenizer = prepare_tokenizer(tokenizer)
+    info["tokenizer_prepends_bos"] = check_bos(tokenizer)
     try:
         bridge = _boot(source, hf_model, tokenizer, dev, dt)
     except Exception as exc:  # noqa: BLE001
