@@ -130,7 +130,7 @@ def analyses(
             counters[lang].merge(cap.neurons)
         else:
             counters[lang] = ActivationCounter.from_state_dict(cap.neurons.state_dict())
-    order = [lang for lang in data.PAPER_LANGUAGES if lang in counters] + sorted(set(counters) - set(data.PAPER_LANGUAGES))
+    order = data.paper_order(sorted(counters))
     neurons, tensors = neuron_report({lang: counters[lang] for lang in order}, config.neurons)
     neurons["tasks"] = sorted(by_task)
     return {"similarity": similarity, "logit_lens": lens, "neurons": neurons, "neuron_tensors": tensors}

@@ -147,7 +147,7 @@ class Capturer:
         def mlp(x: torch.Tensor, hook) -> torch.Tensor:
             if x.shape[-1] != self.d_mlp:
                 raise AlignlensError(f"{hook.name}: last dim {x.shape[-1]} is not d_mlp={self.d_mlp}")
-            self.capture.neurons.update(int(hook.name.split(".")[1]), (x > 0).cpu(), mask.cpu())
+            self.capture.neurons.update(int(hook.name.split(".")[1]), x, mask)  # counts x > 0 where mask
             return x
 
         hooks = [(resid_hook_name(i), resid) for i in range(self.n_layers)]

@@ -40,6 +40,12 @@ BUNDLED_TASKS: tuple[str, ...] = ("emotion", "snli", "paws")
 QT_LANGUAGES: tuple[str, ...] = ("de", "es", "it", "sw", "zh")
 
 
+def paper_order(langs) -> list[str]:
+    """The paper's languages first, in the paper's order, then the others in the order given."""
+    langs = list(dict.fromkeys(langs))
+    return [lang for lang in PAPER_LANGUAGES if lang in langs] + [lang for lang in langs if lang not in PAPER_LANGUAGES]
+
+
 def data_root() -> Path:
     """Folder of the bundled data (inside the installed package)."""
     return Path(str(resources.files("alignlens") / "resources" / "data"))
@@ -83,8 +89,7 @@ class TaskSpec:
     def languages(self) -> tuple[str, ...]:
         """Languages that have both a prompt and an item file, paper order first."""
         have = {lang for lang in self.prompts if _item_file(self.folder, lang) is not None}
-        ordered = [lang for lang in PAPER_LANGUAGES if lang in have]
-        return tuple(ordered + sorted(have - set(ordered)))
+        return tuple(paper_order(sorted(have)))
 
 
 @dataclass(frozen=True)

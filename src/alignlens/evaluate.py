@@ -21,7 +21,6 @@ with or without a leading space byte ("Ġ").
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -189,6 +188,7 @@ def score_prompts(
     index_sets = [torch.tensor(list(s), dtype=torch.long, device=device) for s in label_sets]
     out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
     order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
         cache = None
         if k > 0:
@@ -198,7 +198,6 @@ def score_prompts(
             rows = order[start : start + batch_size]
             suffixes = [full[i][k:] for i in rows]
             width = max(len(s) for s in suffixes)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             # Right padding: real tokens keep contiguous positions k, k+1, ...; causal attention
             # keeps padding (after them) invisible to them.
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -350,8 +349,7 @@ def make_manifest(model: LoadedModel, config: Any, *, command: str, started: str
             "hash": task_hash(spec), "languages": task_languages(spec, opts.get("languages")),
         }
     langs = sorted({lang for v in data_info["tasks"].values() for lang in v["languages"]})
-    data_info["languages"] = [lang for lang in data.PAPER_LANGUAGES if lang in langs] + [
-        lang for lang in langs if lang not in data.PAPER_LANGUAGES]
+    data_info["languages"] = data.paper_order(langs)
     out = {
         "alignlens_version": versions()["alignlens"], "command": command,
         "model": model.describe(), "data": data_info, "options": opts, "seed": opts.get("seed"),
@@ -433,9 +431,5 @@ def accuracy_table(summary: dict) -> tuple[list[str], list[str], dict[tuple[str,
             if lang not in langs:
                 langs.append(lang)
             cells[(t, lang)] = r["accuracy"]
-    order = [lang for lang in data.PAPER_LANGUAGES if lang in langs] + [lang for lang in langs if lang not in data.PAPER_LANGUAGES]
-    return tasks, order, cells
+    return tasks, data.paper_order(langs), cells
 
-
-def is_finite(x: float) -> bool:
-    return x is not None and not math.isnan(x)

@@ -32,16 +32,14 @@ from typing import Any, Callable
 import numpy as np
 
 from alignlens import AlignlensError, __version__, fonts
+from alignlens.data import PAPER_LANGUAGES
 
 # --------------------------------------------------------------------------------------------------
 # Languages
 # --------------------------------------------------------------------------------------------------
 
 #: The 20 study languages in the paper's order.
-LANGUAGES: tuple[str, ...] = (
-    "en", "zh", "de", "fr", "es", "it", "nl", "ja", "ru", "sv",
-    "sl", "pl", "bg", "no", "ms", "is", "hi", "th", "sw", "bn",
-)  # fmt: skip
+LANGUAGES: tuple[str, ...] = PAPER_LANGUAGES
 
 #: Native names, shown next to the codes (this is also how the report proves every script renders).
 NATIVE_NAMES: dict[str, str] = {

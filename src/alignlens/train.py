@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlens import AlignlensError, __version__
-from alignlens.results import git_commit, now_iso, versions
+from alignlens.results import git_commit, now_iso, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -735,9 +735,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
     write_log({"event": "done", "time": now_iso(), "step": st["step"], "best_val_loss": st["best_val"],
                "best_step": st["best_step"], "wall_seconds": round(elapsed, 1)})
     log_fh.close()
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / "manifest.json")
+    write_json(out / "manifest.json", manifest)
     if not config.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(out_dir=out, steps=st["step"], total_steps=total_steps, epochs=config.epochs,
