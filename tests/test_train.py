@@ -36,7 +36,7 @@ def tiny_base(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=96, batch_size=4, epochs=1,
+    base = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
                 lr=1e-2, eval_every=3, save_every=0, seed=0)
     base.update(kw)
     return TrainConfig.from_preset("default", **base)
@@ -63,11 +63,33 @@ def test_target_only_loss_equals_hf_masked_loss(tmp_path, arch, overrides):
 def test_encode_appends_eos_and_cuts_to_max_len(tiny_base):
     _, tok = _load(tiny_base)
     pairs = load_pairs(_cfg(per_language=4))
-    full, n_cut = encode(tok, pairs, max_len=10_000)
-    assert n_cut == 0 and all(e.ids[-1] == tok.eos_token_id for e in full)
+    full, counts = encode(tok, pairs, max_len=10_000)
+    assert counts == {"de": {"total": 4, "kept": 4, "truncated": 0, "dropped": 0,
+                             "longest": max(len(e.ids) for e in full),
+                             "longest_prompt": max(e.n_prompt for e in full)}}
+    assert all(e.ids[-1] == tok.eos_token_id for e in full)
     assert all(e.ids[0] == tok.bos_token_id for e in full)
-    short, n_cut = encode(tok, pairs, max_len=min(e.n_prompt for e in full) + 2)
-    assert n_cut == len(pairs) and all(len(e.ids) - e.n_prompt == 2 for e in short)
+    short, counts = encode(tok, pairs, max_len=min(e.n_prompt for e in full) + 2)
+    c = counts["de"]
+    assert c["truncated"] + c["dropped"] == len(pairs) and c["kept"] == len(short) == c["truncated"] >= 1
+    assert all(len(e.ids) - e.n_prompt == 2 for e in short)
+
+
+def test_encode_counts_truncated_and_dropped_per_language(tiny_base):
+    _, tok = _load(tiny_base)
+    pairs = load_pairs(_cfg(languages=["de", "es"], per_language=12))
+    full, _ = encode(tok, pairs, max_len=10_000)
+    cut = sorted({e.n_prompt for e in full})[len({e.n_prompt for e in full}) // 2]  # a middle prompt length
+    short, counts = encode(tok, pairs, max_len=cut)
+    for lang in ("de", "es"):
+        mine = [e for e in full if e.lang == lang]
+        dropped = sum(e.n_prompt >= cut for e in mine)
+        truncated = sum(e.n_prompt < cut < len(e.ids) for e in mine)
+        c = counts[lang]
+        assert (c["total"], c["dropped"], c["truncated"], c["kept"]) == (12, dropped, truncated, 12 - dropped)
+        assert len([e for e in short if e.lang == lang]) == 12 - dropped
+    assert sum(c["dropped"] for c in counts.values()) > 0 and sum(c["truncated"] for c in counts.values()) > 0
+    assert all(len(e.ids) <= cut and len(e.ids) > e.n_prompt for e in short)
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -93,8 +115,9 @@ def lora_runs(tiny_base, tmp_path_factory):
         if record["step"] == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(TrainInterrupted, match="step 3/"):
+    with pytest.raises(TrainInterrupted, match="step 3 of") as info:
         train(_cfg(**cfg), tiny_base, root / "b", progress=False, callback=interrupt)
+    assert info.value.exit_code == 130 and "(SIGINT)" in str(info.value)
     assert (root / "b" / "checkpoints" / "last.pt").is_file()
     b = train(None, None, root / "b", resume=True, progress=False)
     return root, a, b
@@ -150,6 +173,13 @@ def test_merged_equals_adapter_and_loads(lora_runs, tiny_base):
     assert lm_loaded.info["trained_languages"] == ["de"]
 
 
+def res_total(exc) -> int:
+    """M of 'at step N of M' in an interruption message."""
+    import re
+
+    return int(re.search(r"at step \d+ of (\d+)", str(exc)).group(1))
+
+
 # ---- errors and options ---------------------------------------------------------------------
 
 
@@ -181,6 +211,7 @@ def test_no_overwrite_without_force(tiny_base, tmp_path):
         train(cfg, tiny_base, out, progress=False)
     train(cfg, tiny_base, out, force=True, progress=False)
     assert (out / "manifest.json").is_file()
+    assert (out / "something.txt").read_text() == "x"  # --force replaces only train's own files
     with pytest.raises(AlignlensError, match="not empty"):
         train(cfg, tiny_base, out, progress=False)
     with pytest.raises(AlignlensError, match="finished"):
@@ -216,8 +247,11 @@ def test_sigterm_checkpoints_and_resume_checks_options(tiny_base, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     cfg = _cfg(per_language=20, eval_every=0)
-    with pytest.raises(TrainInterrupted, match="step 2/"):
+    with pytest.raises(TrainInterrupted, match="step 2 of") as info:
         train(cfg, tiny_base, out, callback=term, progress=False)
+    assert info.value.exit_code == 143 and "(SIGTERM)" in str(info.value)
+    assert f"checkpoint at step 2 of {res_total(info.value)} in {out / 'checkpoints' / 'last.pt'}" in str(info.value)
+    assert str(info.value).endswith(f"resume with: alignlens train --out {out} --resume")
     assert signal.getsignal(signal.SIGTERM) is before
     assert (out / "checkpoints" / "last.pt").is_file()
     with pytest.raises(AlignlensError, match=r"different options \(lr\)"):
@@ -225,5 +259,5 @@ def test_sigterm_checkpoints_and_resume_checks_options(tiny_base, tmp_path):
     with pytest.raises(AlignlensError, match="not empty"):
         train(cfg, tiny_base, out, progress=False)
     res = train(_cfg(per_language=20, eval_every=0, threads=1), tiny_base, out, resume=True, progress=False)
-    assert res.resumed and res.steps == res.total_steps
+    assert res.resumed and res.steps == res.total_steps == res_total(info.value)
     assert res.manifest["training"]["sessions"] == 2

@@ -10,7 +10,10 @@ The loop, top to bottom (`train`):
    validation split (`val_fraction`, paper: 5%);
 2. tokens: `tokenizer(prompt)` (BOS as the tokenizer adds it) + `tokenizer(target, no specials)`
    + EOS (`append_eos`, so the model also learns where the translation stops). Sequences longer
-   than `max_len` are cut from the right (the prompt is kept; the count is in the manifest);
+   than `max_len` are cut from the right (the prompt is kept: "truncated"); a pair whose prompt
+   alone fills `max_len` is "dropped". Counts per language and split are printed and kept in the
+   manifest (`data.examples`); more than `max_drop_fraction` dropped in a language is refused
+   before the model loads;
 3. model: a plain HF causal LM (never the TransformerLens bridge), float32 weights, LoRA via peft
    (default r=8, alpha=16, dropout 0, q_proj+v_proj) or full fine-tuning;
 4. loss (`target_loss`): the decoder body gives hidden states; the LM head is applied ONLY at the
@@ -19,11 +22,14 @@ The loop, top to bottom (`train`):
    the whole optimizer step (so gradient accumulation equals one big batch);
 5. AdamW, cosine schedule with linear warm-up, gradient clipping, optional bf16 autocast;
 6. validation loss every `eval_every` steps, the best (lowest validation loss) trainable weights
-   are kept; checkpoints every `save_every` steps and on Ctrl-C/SIGTERM; `resume=True` continues
-   exactly (same weights as an uninterrupted run with the same seed);
+   are kept; checkpoints every `save_every` steps and on Ctrl-C/SIGTERM (then `TrainInterrupted`,
+   exit 130/143, names the checkpoint and the resume command); `resume=True` continues exactly
+   (same weights as an uninterrupted run with the same seed);
 7. output folder: `merged/` (full HF model + tokenizer, the BEST-validation weights, float32),
    `adapter/` (peft adapter of the same weights, LoRA only), `manifest.json`, `train_log.jsonl`.
-   `checkpoints/` is deleted after a successful run unless `keep_checkpoints=True`.
+   `checkpoints/` is deleted after a successful run unless `keep_checkpoints=True`. `force`
+   replaces only these files (and `train_log.jsonl`), and only once everything was checked and
+   the model is ready to train; other files in the folder are never touched.
 
 Batches are right-padded: with causal attention no real token can attend to a later pad, so no
 attention mask is needed (positions are 0..n-1 for every row) and pad positions never enter the
@@ -39,8 +45,10 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -52,8 +60,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignlens import AlignlensError, __version__
-from alignlens.results import git_commit, now_iso, versions, write_json
+from alignlens import AlignlensError, RunInterrupted, __version__
+from alignlens.results import TEMP_PREFIX, atomic_path, clean_stale_temps, git_commit, now_iso, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,8 @@ class TrainConfig:
     data_files: list[str] = field(default_factory=list)  # user JSONL files (used whole)
     val_fraction: float = 0.05  # held out per language
     max_len: int = 128  # tokens per example (prompt + target), longer ones are cut from the right
+    max_drop_fraction: float = 0.05  # refuse when more of a language's examples would be dropped
+    # (their prompt alone fills max_len, so no target token is left)
     append_eos: bool = True  # EOS after the English target
     # optimisation
     epochs: int = 1
@@ -156,6 +166,8 @@ class TrainConfig:
         need(0 <= self.warmup < 1, f"warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
         need(0 <= self.val_fraction < 1, f"val fraction must be in [0, 1) (got {self.val_fraction})")
         need(self.max_len >= 8, f"max length must be >= 8 (got {self.max_len})")
+        need(0 <= self.max_drop_fraction <= 1,
+             f"max drop fraction must be in [0, 1] (got {self.max_drop_fraction})")
         need(self.per_language is None or self.per_language >= 1,
              f"per-language must be >= 1 (got {self.per_language})")
         need(self.full or self.lora_r >= 1, f"LoRA r must be >= 1 (got {self.lora_r})")
@@ -189,8 +201,10 @@ class TrainResult:
     manifest: dict
 
 
-class TrainInterrupted(AlignlensError):
-    """Ctrl-C / SIGTERM: a checkpoint was saved; `train(..., resume=True)` continues."""
+class TrainInterrupted(RunInterrupted):
+    """Ctrl-C / SIGTERM: a checkpoint was saved; `train(..., resume=True)` continues.
+    `exit_code` is 130 (SIGINT) or 143 (SIGTERM); the message names the checkpoint and the
+    command that resumes."""
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -237,25 +251,76 @@ def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list
     return train, val
 
 
-def encode(tokenizer: Any, pairs: list, max_len: int, append_eos: bool = True) -> tuple[list[Example], int]:
-    """Tokenise pairs; returns (examples, number cut to max_len). Pairs whose prompt alone fills
-    `max_len` keep no target token and are dropped (counted as cut)."""
+#: Per-language example counts from `encode`: total, kept (total - dropped), truncated (kept but cut
+#: to max_len), dropped (the prompt alone fills max_len), longest and longest_prompt (tokens, uncut).
+COUNT_KEYS = ("total", "kept", "truncated", "dropped", "longest", "longest_prompt")
+
+
+def _lang_key(lang: str) -> str:
+    return lang or "(no lang)"
+
+
+def encode(tokenizer: Any, pairs: list, max_len: int, append_eos: bool = True
+           ) -> tuple[list[Example], dict[str, dict[str, int]]]:
+    """Tokenise pairs; returns (examples, counts per language, see `COUNT_KEYS`).
+
+    An example longer than `max_len` tokens is cut from the right: the prompt is kept and the
+    target loses its end (`truncated`). A pair whose prompt alone fills `max_len` keeps no target
+    token and is left out (`dropped`)."""
     eos = tokenizer.eos_token_id
     if append_eos and eos is None:
         raise AlignlensError("the tokenizer has no EOS token (train with append_eos off)")
-    prompts = tokenizer([p.input for p in pairs])["input_ids"]
-    targets = tokenizer([p.answer for p in pairs], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([p.input for p in pairs])["input_ids"] if pairs else []
+    targets = tokenizer([p.answer for p in pairs], add_special_tokens=False)["input_ids"] if pairs else []
     out: list[Example] = []
-    n_cut = 0
+    counts: dict[str, dict[str, int]] = {}
     for p, pr, tg in zip(pairs, prompts, targets):
+        c = counts.setdefault(_lang_key(p.lang), dict.fromkeys(COUNT_KEYS, 0))
         ids = list(pr) + list(tg) + ([eos] if append_eos else [])
+        c["total"] += 1
+        c["longest"] = max(c["longest"], len(ids))
+        c["longest_prompt"] = max(c["longest_prompt"], len(pr))
         if len(ids) > max_len:
-            n_cut += 1
             ids = ids[:max_len]
-        if len(ids) <= len(pr):
-            continue
+            if len(ids) <= len(pr):
+                c["dropped"] += 1
+                continue
+            c["truncated"] += 1
+        c["kept"] += 1
         out.append(Example(tuple(ids), len(pr), p.lang))
-    return out, n_cut
+    return out, counts
+
+
+def check_drops(counts: dict[str, dict[str, dict[str, int]]], max_len: int, max_fraction: float) -> None:
+    """Refuse (AlignlensError) when, in any language, more than `max_fraction` of the examples
+    (train and validation together) were dropped by `encode`. `counts`: {"train": .., "val": ..}."""
+    langs = list(dict.fromkeys([*counts["train"], *counts["val"]]))
+    zero = dict.fromkeys(COUNT_KEYS, 0)
+    for lang in langs:
+        tr, va = counts["train"].get(lang, zero), counts["val"].get(lang, zero)
+        total, dropped = tr["total"] + va["total"], tr["dropped"] + va["dropped"]
+        if total and dropped / total > max_fraction:
+            need = max(tr["longest_prompt"], va["longest_prompt"]) + 1
+            whole = max(tr["longest"], va["longest"])
+            raise AlignlensError(
+                f"training data, language {lang}: {dropped} of {total} examples would be dropped (train "
+                f"{tr['dropped']}/{tr['total']}, val {va['dropped']}/{va['total']}) because their prompt alone "
+                f"fills --max-len {max_len}, more than the allowed {max_fraction:.0%} (max_drop_fraction); "
+                f"raise --max-len to at least {need} ({whole} keeps every {lang} example whole)")
+
+
+def _report_examples(counts: dict[str, dict[str, dict[str, int]]], max_len: int, progress: bool) -> None:
+    """One line per language: examples kept, truncated and dropped (logged; on stderr with progress)."""
+    zero = dict.fromkeys(COUNT_KEYS, 0)
+    for lang in dict.fromkeys([*counts["train"], *counts["val"]]):
+        tr, va = counts["train"].get(lang, zero), counts["val"].get(lang, zero)
+        truncated, dropped = tr["truncated"] + va["truncated"], tr["dropped"] + va["dropped"]
+        line = (f"training data {lang}: {tr['kept']}/{tr['total']} train and {va['kept']}/{va['total']} val "
+                f"examples kept; {truncated} truncated to --max-len {max_len} (target cut), {dropped} dropped "
+                f"(prompt alone fills it)")
+        log.info(line)  # (not a warning: logging's fallback handler would print it twice)
+        if progress:
+            print(line, file=sys.stderr, flush=True)
 
 
 def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,36 +393,59 @@ def evaluate(model: torch.nn.Module, examples: list[Example], batch_size: int, p
 # ---- model ----------------------------------------------------------------------------------
 
 
-def load_base(model_spec: str, device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
+def _model_source(model_spec: str) -> Path | None:
+    """The local HF folder of `model_spec` (None for a hub name); refuses a missing local path."""
+    from alignlens.models import DEFAULT_MODEL, ensure_default_model
+
+    if model_spec == DEFAULT_MODEL:
+        return ensure_default_model()
+    candidate = Path(model_spec).expanduser()
+    if candidate.is_dir():
+        path = candidate / "merged" if (candidate / "merged" / "config.json").is_file() else candidate
+        if not (path / "config.json").is_file():
+            raise AlignlensError(f"cannot load model {model_spec!r}: {candidate} has no config.json")
+        return path
+    if candidate.exists() or "/" not in model_spec or model_spec.startswith((".", "~", "/")):
+        raise AlignlensError(f"cannot load model {model_spec!r}: not the default ({DEFAULT_MODEL}) and no such model folder")
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_tokenizer(model_spec: str) -> Any:
+    """The tokenizer of `model_spec` (see `load_base`), without loading the weights."""
+    from transformers import AutoTokenizer
+
+    path = _model_source(model_spec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(str(path) if path is not None else model_spec)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user
+        raise AlignlensError(f"cannot load the tokenizer of {model_spec!r} for training: {_first_line(exc)}") from None
+
+
+def load_base(model_spec: str, device: torch.device, tokenizer: Any = None) -> tuple[torch.nn.Module, Any, dict]:
     """A plain HF causal LM (float32) + tokenizer + a JSON-able description.
 
     `model_spec`: `gemma-3-270m` (embedded default), a local HF folder (an `alignlens train`
-    output trains on from its merged model), or a hub name.
+    output trains on from its merged model), or a hub name. `tokenizer`: reuse one already loaded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from alignlens.models import DEFAULT_MODEL, ensure_default_model, folder_hash
+    from alignlens.models import folder_hash
 
-    path: Path | None = None
-    if model_spec == DEFAULT_MODEL:
-        path = ensure_default_model()
-    else:
-        candidate = Path(model_spec).expanduser()
-        if candidate.is_dir():
-            path = candidate / "merged" if (candidate / "merged" / "config.json").is_file() else candidate
-            if not (path / "config.json").is_file():
-                raise AlignlensError(f"cannot load model {model_spec!r}: {candidate} has no config.json")
-        elif candidate.exists() or "/" not in model_spec or model_spec.startswith((".", "~", "/")):
-            raise AlignlensError(f"cannot load model {model_spec!r}: not the default ({DEFAULT_MODEL}) and no such model folder")
+    path = _model_source(model_spec)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_spec)
     source = str(path) if path is not None else model_spec
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AlignlensError(f"cannot load model {model_spec!r} for training: {first}") from None
+        raise AlignlensError(f"cannot load model {model_spec!r} for training: {_first_line(exc)}") from None
     model.to(device)
     info = {"spec": model_spec, "path": str(path) if path else None,
             "hash": folder_hash(path) if path is not None else None,
@@ -430,38 +518,63 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a temporary beside `path` (results.TEMP_PREFIX, umask modes), renamed on success."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
+#: Everything `train` writes into its output folder; `force` replaces these and nothing else.
 _ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
 
 
-def _prepare_out_dir(out: Path, resume: bool, force: bool) -> Path | None:
-    """Check/clean the output folder; returns the checkpoint to resume from (or None)."""
+def _has_content(out: Path) -> bool:
+    return out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX))
+
+
+def _check_out_dir(out: Path, resume: bool, force: bool) -> Path | None:
+    """Check the output folder without changing it; returns the checkpoint to resume from (or None)."""
     if out.exists() and not out.is_dir():
         raise AlignlensError(f"output {out} exists and is not a folder")
-    nonempty = out.is_dir() and any(out.iterdir())
+    nonempty = _has_content(out)
     last = out / "checkpoints" / "last.pt"
     if resume:
         if last.is_file():
             return last
         if (out / "manifest.json").is_file():
-            raise AlignlensError(f"{out} holds a finished training run; nothing to resume (use force to retrain)")
-        if nonempty:
-            raise AlignlensError(f"{out} has no checkpoint to resume from")
-        log.info("nothing to resume in %s: starting a new run", out)
-    elif nonempty:
+            raise AlignlensError(f"{out} holds a finished training run; nothing to resume (use --force to retrain)")
+        raise AlignlensError(f"nothing to resume in {out}: no checkpoint ({last} missing); "
+                             f"run without --resume to start")
+    if nonempty:
         if not force:
             raise AlignlensError(f"output folder {out} is not empty (use --force to overwrite, --resume to continue)")
-        for name in _ARTIFACTS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        resolved = out.resolve()
+        for name, danger in (("the current folder", Path.cwd()), ("your home folder", Path.home()),
+                             ("the root folder", Path("/"))):
+            if resolved == danger.resolve():
+                raise AlignlensError(f"refusing --force on {name} ({resolved}); give --out a folder of its own")
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise AlignlensError(f"cannot write to {out}: {anc} is not writable")
     return None
+
+
+def _start_writing(out: Path, fresh: bool) -> None:
+    """The first change to `out`: create it, remove stale temporaries and, for a fresh run (the
+    folder was checked: empty, or `force`), the previous run's `_ARTIFACTS` (nothing else)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(out)
+        if fresh:
+            for name in _ARTIFACTS:
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+    except OSError as exc:
+        raise AlignlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -477,18 +590,29 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     `resume`, a non-empty `out_dir` is an error unless `force`. `callback(record)` is called after
     every optimizer step with the step's log record (raising KeyboardInterrupt there behaves like
     Ctrl-C). Ctrl-C/SIGTERM saves a checkpoint and raises `TrainInterrupted`.
+
+    Nothing in `out_dir` changes until everything that can be checked was: options, the output
+    folder, data files, the model path, the tokenised data (`max_drop_fraction`), loading the
+    model and fitting LoRA. Only then does a forced run remove the previous run's files (only
+    `_ARTIFACTS`, never other files).
     """
     from alignlens.models import DEFAULT_MODEL
 
     t_session = time.perf_counter()
     out = Path(out_dir).expanduser()
-    ckpt_path = _prepare_out_dir(out, resume, force)
+    if config is not None:
+        config.validate()
+    ckpt_path = _check_out_dir(out, resume, force)
     ckpt: dict | None = None
     if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.from_dict(ckpt["config"])
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = TrainConfig.from_dict(ckpt["config"])
+            ckpt["model_spec"], ckpt["data_digest"]  # noqa: B018 - present?
+        except Exception as exc:  # noqa: BLE001 - one clear line for the user
+            raise AlignlensError(f"cannot resume from {ckpt_path}: unreadable checkpoint ({_first_line(exc)}); "
+                                 f"use --force to start again") from None
         if config is not None:
-            config.validate()
             runtime = ("keep_checkpoints", "threads")  # may change between sessions
             diff = [k for k, v in config.to_dict().items() if k not in runtime and saved.to_dict().get(k) != v]
             if diff:
@@ -512,20 +636,23 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
 
 def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_session: float, progress: bool,
          callback: Callable[[dict], None] | None) -> TrainResult:
-    """The body of `train` (options resolved, output folder checked)."""
+    """The body of `train` (options resolved, output folder checked but not yet changed)."""
     from alignlens.models import resolve_device
 
-    # 1. data, split, tokens
+    # 1. data, split, tokens (checked before the model loads and before `out` changes)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     pairs = load_pairs(config)
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
     device = resolve_device(config.device)
-    model, tokenizer, base_info = load_base(model_spec, device)
+    tokenizer = load_tokenizer(model_spec)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train_ex, cut_train = encode(tokenizer, train_pairs, config.max_len, config.append_eos)
-    val_ex, cut_val = encode(tokenizer, val_pairs, config.max_len, config.append_eos)
+    train_ex, counts_train = encode(tokenizer, train_pairs, config.max_len, config.append_eos)
+    val_ex, counts_val = encode(tokenizer, val_pairs, config.max_len, config.append_eos)
+    counts = {"train": counts_train, "val": counts_val}
+    _report_examples(counts, config.max_len, progress)
+    check_drops(counts, config.max_len, config.max_drop_fraction)
     if not train_ex:
         raise AlignlensError("no training examples left after tokenisation (max length too small?)")
     digest = _data_digest(train_ex)
@@ -533,6 +660,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         raise AlignlensError("cannot resume: the training data differ from the checkpoint's")
 
     # 2. model, optimizer, schedule
+    model, tokenizer, base_info = load_base(model_spec, device, tokenizer)
     if not config.full:
         model = wrap_lora(model, config)
     else:
@@ -559,7 +687,7 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
           "train_loss": None}
     best_state: dict | None = None
     log_path = out / "train_log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    _start_writing(out, fresh=ckpt is None)  # the first change to `out`
     if ckpt is not None:
         _load_trainable(model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -568,8 +696,9 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         st["sessions"] += 1
         if (out / "checkpoints" / "best.pt").is_file():
             best_state = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
-        with log_path.open("r+b") as fh:  # drop log lines written after the checkpoint
-            fh.truncate(ckpt["log_offset"])
+        if log_path.is_file():
+            with log_path.open("r+b") as fh:  # drop log lines written after the checkpoint
+                fh.truncate(ckpt["log_offset"])
         _set_rng_state(ckpt["rng"])
     log_fh = log_path.open("a", encoding="utf-8")
 
@@ -612,12 +741,12 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         write_log({"event": "val", "step": st["step"], "val_loss": val, "best_val_loss": st["best_val"]})
 
     # Ctrl-C / SIGTERM: ask the loop to stop at the next safe point (a second Ctrl-C stops at once).
-    stop = {"requested": False}
+    stop: dict[str, Any] = {"requested": False, "signum": signal.SIGINT}
 
     def on_signal(signum, frame):  # noqa: ARG001
         if stop["requested"]:
             raise KeyboardInterrupt
-        stop["requested"] = True
+        stop["requested"], stop["signum"] = True, signum
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -679,8 +808,12 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         save_checkpoint()
         log_fh.close()
         bar.close()
-        raise TrainInterrupted(f"training interrupted at step {st['step']}/{total_steps}; checkpoint saved in "
-                               f"{ckpt_dir} (continue with --resume)") from None
+        signum = stop["signum"]
+        name = signal.Signals(signum).name
+        raise TrainInterrupted(
+            f"training of {out} interrupted ({name}) at step {st['step']} of {total_steps}; kept: checkpoint at "
+            f"step {st['step']} of {total_steps} in {ckpt_dir / 'last.pt'} and the log; resume with: "
+            f"alignlens train --out {shlex.quote(str(out))} --resume", signum) from None
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -709,7 +842,12 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
         "base_model": base_info,
         "data": {"languages": langs, "per_language": config.per_language if config.resolved_languages() else None,
                  "bundled": config.resolved_languages(), "files": list(config.data_files),
-                 "n_train": len(train_ex), "n_val": len(val_ex), "n_cut_to_max_len": cut_train + cut_val,
+                 "n_train": len(train_ex), "n_val": len(val_ex),
+                 "n_cut_to_max_len": sum(c["truncated"] + c["dropped"] for split in counts.values()
+                                         for c in split.values()),
+                 "max_len": config.max_len,
+                 "examples": {split: {lang: {k: c[k] for k in COUNT_KEYS} for lang, c in rows.items()}
+                              for split, rows in counts.items()},
                  "train_tokens": sum(len(e.ids) for e in train_ex), "seed": config.seed,
                  "format": "prompt = <X question>\\nTranslate the input from <X> to English:\\n; "
                            "target = <English question>" + (" + EOS" if config.append_eos else "")},
