@@ -523,6 +523,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _save_folder(path: Path, save: Callable[[Path], None]) -> None:
+    """`save(tmp)` into a temporary folder beside `path`, then rename it to `path` (replacing a
+    partial one of this run). Files get the modes a plain open() gives under the umask
+    (safetensors writes 0600)."""
+    if path.exists():
+        shutil.rmtree(path)
+    with atomic_path(path, folder=True) as tmp:
+        save(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+
+
 #: Everything `train` writes into its output folder; `force` replaces these and nothing else.
 _ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
 
@@ -829,11 +843,15 @@ def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_s
     if config.full:
         merged = model
     else:
-        model.save_pretrained(adapter_dir)
+        _save_folder(adapter_dir, model.save_pretrained)
         merged = model.merge_and_unload()
     merged.to("cpu", dtype=torch.float32)
-    merged.save_pretrained(merged_dir)
-    tokenizer.save_pretrained(merged_dir)
+
+    def save_merged(folder: Path) -> None:
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    _save_folder(merged_dir, save_merged)
     elapsed = st["elapsed"] + loop_seconds
     langs = list(dict.fromkeys(p.lang for p in pairs if p.lang))
     manifest = {
