@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -16,12 +17,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alignlens import AlignlensError
+from alignlens.config import AnalyzeConfig, EvalConfig
+from alignlens.models import DEFAULT_MODEL
+from alignlens.neurons import NeuronOptions
 
 app = typer.Typer(
     name="alignlens",
     help=(
         "Interpretability-first analysis of multilingual LLMs (reproduces Zhang et al., EMNLP 2024, "
-        "'Getting More from Less'). Default model: Gemma-3-270m base, embedded (no download)."
+        "'Getting More from Less'). Default model: Gemma-3-270m base, embedded (no download).\n\n"
+        "Exit codes: 0 done; 1 internal error; 2 bad input or refused (nothing changed); 3 numbers failed a "
+        "check (e.g. NaN probabilities; nothing written); 130 Ctrl-C; 143 SIGTERM (interrupted runs say "
+        "what was kept and how to resume). Progress: a bar on a terminal, plain lines with ETA when output "
+        "is redirected; ALIGNLENS_PROGRESS=bar|lines|off overrides, ALIGNLENS_PROGRESS_SECONDS sets the "
+        "line interval (default 10)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -34,26 +43,45 @@ out_console = Console()
 
 MODEL_HELP = "Model: 'gemma-3-270m' (embedded default), a local HF folder (e.g. an `alignlens train` output) or a hub name."
 DEVICE_HELP = "auto (GPU if present, else CPU), cpu, cuda, cuda:N."
-DTYPE_HELP = "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
+DTYPE_HELP = "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 (GPU only)."
+TASKS_HELP = "Comma-separated task names (emotion, snli, paws) or task folders."
+FORCE_HELP = "Replace the results alignlens wrote in a non-empty --out (other files are kept; the old results stay until the new ones are complete)."
 
 
 def _csv(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    return items or None
+    return [v.strip() for v in value.split(",")]  # empty or repeated entries are refused by the config
 
 
 def _command_line() -> str:
     return "alignlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def progress_bar() -> Progress:
+def progress_bar():
+    """A rich bar on a terminal; plain lines with counts and ETA when output is redirected
+    (ALIGNLENS_PROGRESS=bar|lines|off overrides)."""
+    from alignlens.progress import LineProgress, progress_mode
+
+    mode = progress_mode(console.is_terminal)
+    if mode == "lines":
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
-        disable=not console.is_terminal and os.environ.get("ALIGNLENS_PROGRESS") != "1",
+        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False, disable=mode == "off",
     )
+
+
+def report_progress():
+    """A callback for render_report: one dim line per page when on a terminal, else plain lines."""
+    from alignlens.progress import progress_mode
+
+    if progress_mode(console.is_terminal) == "off":
+        return None
+
+    def show(done: int, total: int, what: str) -> None:
+        console.print(f"[dim]report {done}/{total}: {what}[/dim]", highlight=False)
+    return show
 
 
 @contextmanager
@@ -125,15 +153,15 @@ def print_comparison_table(base: dict, aligned: dict, trained: list[str] | None,
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
-    tasks: str = typer.Option("snli", "--tasks", "-t", help="Comma-separated task names (emotion, snli, paws) or task folders."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    tasks: str = typer.Option(",".join(EvalConfig.tasks), "--tasks", "-t", help=TASKS_HELP),
     languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes; default: all of each task."),
-    limit: Optional[int] = typer.Option(50, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    limit: int = typer.Option(EvalConfig.limit, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
     all_items: bool = typer.Option(False, "--all", help="Use every item (ignores --limit)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per forward pass."),
-    seed: int = typer.Option(0, "--seed", help="Seed (torch; bootstrap intervals)."),
+    batch_size: int = typer.Option(EvalConfig.batch_size, "--batch-size", "-b", min=1, help="Queries per forward pass."),
+    seed: int = typer.Option(EvalConfig.seed, "--seed", help="Seed (torch; bootstrap intervals)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions.jsonl, summary.json, manifest.json here."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Re-encode the few-shot prefix for every item (slower; same result)."),
@@ -143,48 +171,58 @@ def eval_cmd(
     For each item: prompt = demonstrations + newline + query; one forward pass; the probabilities of
     each English label word's token set are summed at the last position; the largest wins.
     """
-    from alignlens.evaluate import EvalConfig, evaluate
-    from alignlens.results import prepare_out_dir
+    from alignlens.evaluate import evaluate
+    from alignlens.results import EVAL_FILES, OutputFolder
 
-    cfg = EvalConfig(tasks=_csv(tasks) or ["snli"], languages=_csv(languages), limit=None if all_items else limit,
+    cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
                      batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache)
-    _validate_eval_config(cfg)
+    _check_inputs(cfg, [model], device, dtype)
     if out is not None:
-        prepare_out_dir(out, force)  # fail before loading the model
+        OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
     m = _load(model, device, dtype)
     with progress_bar() as progress:
-        summary = evaluate(m, cfg, out, force=True, progress=progress, command=_command_line())
+        summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
     print_accuracy_table(summary, f"accuracy — {model}", m.info.get("trained_languages"))
     if out is not None:
         console.print(f"wrote {out}/predictions.jsonl, summary.json, manifest.json")
 
 
-def _validate_eval_config(cfg) -> None:
+def _check_inputs(cfg, models: list[str], device: str, dtype: str) -> None:
+    """Everything checkable without a model: tasks and their data files, languages, models, device, dtype."""
     from alignlens import data
     from alignlens.evaluate import task_languages
+    from alignlens.models import check_model_spec, resolve_device, resolve_dtype
 
+    resolve_dtype(dtype, resolve_device(device))
     for t in cfg.tasks:
-        task_languages(data.load_task(t), cfg.languages)
+        spec = data.load_task(t)
+        for lang in task_languages(spec, cfg.languages):
+            data.load_items(spec, lang, cfg.limit)
+    for spec in models:
+        check_model_spec(spec)
+
+
+_NEURON_DEFAULTS = NeuronOptions()
 
 
 @app.command("analyze")
 def analyze_cmd(
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP + " Written to OUT/base."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP + " Written to OUT/base."),
     compare: Optional[str] = typer.Option(None, "--compare", "-c", help="A second model (e.g. the aligned one), written to OUT/aligned; the report compares the two."),
-    tasks: str = typer.Option("snli", "--tasks", "-t", help="Comma-separated task names (emotion, snli, paws) or task folders."),
+    tasks: str = typer.Option(",".join(AnalyzeConfig.tasks), "--tasks", "-t", help=TASKS_HELP),
     languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes (include en for similarity); default: all 20."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per forward pass."),
-    seed: int = typer.Option(0, "--seed", help="Seed (torch; bootstrap intervals)."),
+    limit: int = typer.Option(AnalyzeConfig.limit, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    batch_size: int = typer.Option(AnalyzeConfig.batch_size, "--batch-size", "-b", min=1, help="Queries per forward pass."),
+    seed: int = typer.Option(AnalyzeConfig.seed, "--seed", help="Seed (torch; bootstrap intervals)."),
     out: Path = typer.Option(Path("runs/analyze"), "--out", "-o", help="Output folder."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its finished shards (implies --save-activations)."),
-    save_activations: bool = typer.Option(False, "--save-activations", help="Keep the reduced per-item tensors as safetensors shards (re-analysable without the model)."),
-    pair_layers: Optional[str] = typer.Option(None, "--pair-layers", help="Layers of the language x language similarity matrices (default: 1/4, 1/2, 3/4, last)."),
-    top_rate: float = typer.Option(0.05, "--top-rate", help="Language-specific neurons: fraction of all neurons kept, lowest LAPE entropy first (Tang et al.'s code: 0.01)."),
-    filter_rate: float = typer.Option(0.95, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
-    activation_bar: float = typer.Option(0.95, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
-    lens_overlap: str = typer.Option("token-set", "--lens-overlap", help="Logit lens drops items whose gold label's English and target words collide: token-set (their prefix token sets share a token; strict) or first-token (same first token, as Wendler et al.)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its finished shards (implies --save-activations); the model(s) and options must be the same (checked)."),
+    save_activations: bool = typer.Option(False, "--save-activations", help="Keep the reduced per-item tensors as safetensors shards (re-analysable without the model; needed for --resume)."),
+    pair_layers: Optional[str] = typer.Option(None, "--pair-layers", help="Layers of the language x language similarity matrices, e.g. 3,7,11 (default: 1/4, 1/2, 3/4, last)."),
+    top_rate: float = typer.Option(_NEURON_DEFAULTS.top_rate, "--top-rate", help="Language-specific neurons: fraction of all neurons kept, lowest LAPE entropy first (Tang et al.'s code: 0.01)."),
+    filter_rate: float = typer.Option(_NEURON_DEFAULTS.filter_rate, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
+    activation_bar: float = typer.Option(_NEURON_DEFAULTS.activation_bar_ratio, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
+    lens_overlap: str = typer.Option(AnalyzeConfig.lens_overlap, "--lens-overlap", help="Logit lens drops items whose gold label's English and target words collide: token-set (their prefix token sets share a token; strict) or first-token (same first token, as Wendler et al.)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
@@ -195,30 +233,22 @@ def analyze_cmd(
     Writes OUT/base (and OUT/aligned): predictions.jsonl, summary.json, similarity.json,
     logit_lens.json, neurons.json, neurons.safetensors, manifest.json; OUT/comparison.json; OUT/report.pdf.
     """
-    from alignlens.analyze import AnalyzeConfig, analyze
-    from alignlens.neurons import NeuronOptions
-    from alignlens.results import prepare_out_dir
+    from alignlens.analyze import analyze
 
     cfg = AnalyzeConfig(
-        tasks=_csv(tasks) or ["snli"], languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
-        pair_layers=[int(x) for x in _csv(pair_layers)] if pair_layers else None,
+        tasks=_csv(tasks), languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
+        pair_layers=pair_layers,
         neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
         save_activations=save_activations, lens_overlap=lens_overlap,
     )
-    if lens_overlap not in ("token-set", "first-token"):
-        raise AlignlensError(f"unknown --lens-overlap {lens_overlap!r} (use token-set or first-token)")
-    _validate_eval_config(cfg.eval_config())
-    if not resume:
-        prepare_out_dir(out, force)
+    _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype)
     t0 = time.time()
     with progress_bar() as progress:
-        res = analyze(cfg, model, compare, out, force=True, resume=resume, device=device, dtype=dtype, report=report,
-                      progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"))
+        res = analyze(cfg, model, compare, out, force=force, resume=resume, device=device, dtype=dtype, report=report,
+                      progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"),
+                      report_progress=report_progress())
     if compare:
-        from alignlens.results import read_json
-
-        trained = read_json(out / "aligned" / "manifest.json").get("trained_languages")
-        print_comparison_table(res["runs"]["base"], res["runs"]["aligned"], trained,
+        print_comparison_table(res["runs"]["base"], res["runs"]["aligned"], res["trained_languages"],
                                f"accuracy — base: {model}, aligned: {compare}")
     else:
         print_accuracy_table(res["runs"]["base"], f"accuracy — {model}")
@@ -285,8 +315,7 @@ def report_cmd(
     """Render the PDF report (with PNG/SVG figures and CSV tables) from saved results; no model needed."""
     from alignlens.report import render_report
 
-    with status("rendering report..."):
-        path = render_report(run_dir, compare, out, force=force)
+    path = render_report(run_dir, compare, out, force=force, progress=report_progress())
     console.print(f"wrote {path}")
 
 
@@ -351,16 +380,38 @@ def models_cmd(
             out_console.print(f"{t:8s} {w:14s} {len(toks):3d} tokens: {' '.join(toks)}", markup=False, highlight=False)
 
 
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console entry point: one clear line for user errors, no traceback."""
+    """Console entry point: one clear `error:` line for every failure, no traceback (set
+    ALIGNLENS_DEBUG=1 to see one). Exit codes: see `alignlens --help`."""
+    from alignlens import RunInterrupted
+
+    signal.signal(signal.SIGTERM, _on_sigterm)  # eval/analyze stop as on Ctrl-C; train installs its own
     try:
         app()
+    except RunInterrupted as exc:
+        console.print(f"[bold yellow]interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except AlignlensError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console.print("interrupted: nothing was written", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # e.g. a folder made read-only or a full disk during a run
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        console.print(f"[bold red]error:[/bold red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("ALIGNLENS_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split())[:300]
+        console.print(f"[bold red]error:[/bold red] internal error: {type(exc).__name__}: {msg} "
+                      f"(set ALIGNLENS_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

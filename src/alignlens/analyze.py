@@ -15,44 +15,24 @@ run saved with --save-activations can be re-analysed without the model (`analyze
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from alignlens import AlignlensError, data
+from alignlens import AlignlensError, RunInterrupted, data
 from alignlens.capture import Capturer, LanguageCapture, check_neuron_hooks, load_shard, save_shard, shard_path
-from alignlens.evaluate import EvalConfig, LanguageResult, evaluate_language, make_manifest, task_languages, write_eval
+from alignlens.config import AnalyzeConfig, check_layers
+from alignlens.evaluate import LanguageResult, evaluate_language, make_manifest, task_languages, write_eval
 from alignlens.lens import lens_report
 from alignlens.models import LoadedModel, load_model
 from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
 from alignlens.reducers import ActivationCounter
-from alignlens.results import now_iso, prepare_out_dir, read_json, write_json
+from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, write_json
 from alignlens.similarity import similarity_report
-
-
-@dataclass
-class AnalyzeConfig:
-    """Options of `alignlens analyze` (recorded in each run's manifest)."""
-
-    tasks: list[str] = field(default_factory=lambda: ["snli"])
-    languages: list[str] | None = None
-    limit: int | None = 20
-    batch_size: int = 8
-    seed: int = 0
-    pair_layers: list[int] | None = None  # layers of the all-pairs matrices; None: 1/4, 1/2, 3/4, last
-    neurons: NeuronOptions = field(default_factory=NeuronOptions)
-    save_activations: bool = False
-    bootstrap_resamples: int = 2000
-    #: When the logit lens drops an item: "token-set" (its gold label's English and target token
-    #: sets share a token) or "first-token" (their first tokens are equal, as Wendler et al.).
-    lens_overlap: str = "token-set"
-
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
-                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples)
 
 
 def default_pair_layers(n_layers: int) -> list[int]:
@@ -149,56 +129,161 @@ def analyze_model(
     model: LoadedModel, config: AnalyzeConfig, run_dir: Path, *, progress: Any = None, command: str = "",
     extra_manifest: dict | None = None,
 ) -> dict:
-    """Evaluate, capture and analyse one model into `run_dir` (which must exist). Returns the summary."""
+    """Evaluate, capture and analyse one model into `run_dir` (which must exist). Returns the summary.
+
+    A manifest marked `"status": "running"` is written first, so `--resume` can check that it
+    continues the same model and options; the final manifest replaces it."""
     started = now_iso()
     t0 = time.time()
+    check_layers(config.pair_layers, model.n_layers)
     torch.manual_seed(config.seed)
+    manifest = make_manifest(model, config.eval_config(), command=command, started=started,
+                             extra={"options": config.to_dict(), **(extra_manifest or {})})
+    write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None})
     shard_dir = run_dir / "activations" if config.save_activations else None
     results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
     t_capture = time.time() - t0
     out = analyses(results, captures, config)
     write_analyses(run_dir, out)
-    options = asdict(config)
-    manifest = make_manifest(model, config.eval_config(), command=command, started=started,
-                             extra={"options": options, "timing_s": {"capture": round(t_capture, 1),
-                                                                     "total": round(time.time() - t0, 1)},
-                                    **(extra_manifest or {})})
+    manifest = {**manifest, "status": "finished", "finished": now_iso(),
+                "timing_s": {"capture": round(t_capture, 1), "total": round(time.time() - t0, 1)}}
     return write_eval(run_dir, results, manifest, config.eval_config())
+
+
+def check_resume(run_dir: Path, spec: str, config: AnalyzeConfig) -> dict | None:
+    """The saved manifest of `run_dir` if it exists and matches `spec` and `config`; None if the role
+    was not started. Raises AlignlensError naming the first mismatch."""
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    saved_spec = saved.get("model", {}).get("spec")
+    if saved_spec != spec:
+        raise AlignlensError(f"cannot resume {run_dir}: it was run with model {saved_spec!r}, not {spec!r}")
+    diff = config.resume_mismatch(saved.get("options", {}))
+    if diff:
+        raise AlignlensError(f"cannot resume {run_dir}: options differ from the saved run's "
+                             f"({', '.join(diff)}); use the same options, or --force to start again")
+    return saved
+
+
+def _check_resume_model(saved: dict | None, model: LoadedModel, run_dir: Path) -> None:
+    h = (saved or {}).get("model", {}).get("hash")
+    if h is not None and model.hash is not None and h != model.hash:
+        raise AlignlensError(f"cannot resume {run_dir}: the model's weights changed since it was started "
+                             f"(hash {model.hash[:12]}, saved {h[:12]})")
 
 
 def analyze(
     config: AnalyzeConfig, model: str = "gemma-3-270m", compare: str | None = None, out: str | Path = "runs/analysis",
     *, force: bool = False, resume: bool = False, device: str = "auto", dtype: str = "auto", report: bool = True,
     progress: Any = None, command: str = "", log: Callable[[str], None] = lambda s: None,
+    report_progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """The main job. Returns {"runs": {name: summary}, "report": path or None}."""
-    out = Path(out)
-    if resume:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save_activations = True
-    else:
-        prepare_out_dir(out, force)
+    """The main job. Returns {"runs": {name: summary}, "report": path or None, "trained_languages": [...]}.
+
+    Everything is checked before a model is loaded (options, models, output folder). A new folder
+    is written directly; over earlier results (`force`), the new run is staged and swapped in at
+    the end, so a failure leaves the earlier results as they were. `resume` continues the run in
+    `out` with the same model(s) and options (checked), keeping its finished shards."""
+    from alignlens.models import check_model_spec, resolve_device, resolve_dtype
+
+    out = Path(out).expanduser()
     specs = [("base", model)] + ([("aligned", compare)] if compare else [])
-    summaries = {}
+    for _, spec in specs:
+        check_model_spec(spec)
+        n_layers = _peek_n_layers(spec)
+        if n_layers is not None:
+            check_layers(config.pair_layers, n_layers)
+    resolve_dtype(dtype, resolve_device(device))
+    folder = OutputFolder(out, ANALYZE_FILES, force)
+    saved: dict[str, dict | None] = {}
+    if resume:
+        if not (out / "base" / "manifest.json").is_file():
+            raise AlignlensError(f"nothing to resume in {out}: no started analyze run there")
+        if not compare and (out / "aligned" / "manifest.json").is_file():
+            raise AlignlensError(f"cannot resume {out}: it was run with --compare; give the same --compare")
+        config = dataclasses.replace(config, save_activations=True)
+        saved = {name: check_resume(out / name, spec, config) for name, spec in specs}
+        stage = out
+    else:
+        stage = folder.begin()
+    state = {"role": None}
+    try:
+        summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state)
+        if compare:
+            write_json(stage / "comparison.json", compare_neurons(_load_neurons(stage / "base"),
+                                                                  _load_neurons(stage / "aligned")))
+        state["role"] = "report"
+        report_path = None
+        if report:
+            from alignlens.report import render_report
+
+            log("rendering report")
+            render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
+                          **({"progress": report_progress} if report_progress else {}))
+            report_path = out / "report.pdf"
+        folder.commit()
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
+    except BaseException:
+        if stage != out:
+            folder.abort()
+        raise
+    return {"runs": summaries, "report": report_path, "trained_languages": trained}
+
+
+def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, device: str,
+                   dtype: str, progress: Any, command: str, log: Callable[[str], None],
+                   state: dict) -> tuple[dict, list[str]]:
+    """Load and analyse each (role, model) in turn; returns the summaries and the languages the
+    compared (aligned) model was trained on, from its training manifest."""
+    summaries, trained = {}, []
     for name, spec in specs:
-        run_dir = out / name
+        state["role"] = name
+        run_dir = stage / name
         run_dir.mkdir(exist_ok=True)
         log(f"loading {spec}")
         m = load_model(spec, device=device, dtype=dtype)
+        _check_resume_model(saved.get(name), m, run_dir)
         summaries[name] = analyze_model(m, config, run_dir, progress=progress, command=command,
                                         extra_manifest={"role": name})
+        if name == "aligned":
+            trained = list(m.info.get("trained_languages", []))
         del m
-    if compare:
-        a = _load_neurons(out / "base")
-        b = _load_neurons(out / "aligned")
-        write_json(out / "comparison.json", compare_neurons(a, b))
-    report_path = None
-    if report:
-        from alignlens.report import render_report
+    return summaries, trained
 
-        log("rendering report")
-        report_path = render_report(out / "base", out / "aligned" if compare else None, out / "report.pdf", force=True)
-    return {"runs": summaries, "report": report_path}
+
+def _peek_n_layers(spec: str) -> int | None:
+    """The layer count from a local model folder's config.json, without loading weights (None if unknown)."""
+    from transformers import AutoConfig
+
+    from alignlens.models import DEFAULT_MODEL, default_model_dir
+
+    path = default_model_dir() if spec == DEFAULT_MODEL else Path(spec).expanduser()
+    if (path / "merged" / "config.json").is_file():
+        path = path / "merged"
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        cfg = AutoConfig.from_pretrained(str(path)).get_text_config()
+    except (OSError, ValueError):
+        return None
+    n = getattr(cfg, "num_hidden_layers", None)
+    return int(n) if n is not None else None
+
+
+def _interrupted_message(out: Path, stage: Path, folder: OutputFolder, config: AnalyzeConfig, role: str | None,
+                         command: str) -> str:
+    what = f"analyze interrupted ({role or 'starting'})"
+    if stage != out:  # a staged run over earlier results: drop it, the earlier results stay
+        folder.abort()
+        return f"{what}; the earlier results in {out} are unchanged and the partial new run was discarded"
+    resume = (command or "alignlens analyze ...") + ("" if "--resume" in command else " --resume")
+    if config.save_activations:
+        return f"{what}; finished (task, language) shards are kept in {out}/*/activations; continue with: {resume}"
+    return (f"{what}; partial results are in {out} (nothing resumable without --save-activations); "
+            f"continue with: {resume}")
 
 
 def _load_neurons(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:

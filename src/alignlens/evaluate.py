@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignlens import AlignlensError, data
+from alignlens import AlignlensError, NumericalError, data
 from alignlens.models import LoadedModel
-from alignlens.results import now_iso, prepare_out_dir, versions, git_commit, write_json, write_jsonl
+from alignlens.config import EvalConfig  # noqa: F401  (re-exported)
+from alignlens.results import EVAL_FILES, OutputFolder, git_commit, now_iso, versions, write_json, write_jsonl
 from alignlens.stats import bootstrap_ci
 
 # ---- label token sets -----------------------------------------------------------------------
@@ -73,10 +74,13 @@ def _vocab(tokenizer: Any) -> dict[str, int]:
     return cached
 
 
-def label_token_ids(tokenizer: Any, word: str) -> list[int]:
-    """Token ids whose probabilities are summed for `word` (see the module docstring). Sorted."""
-    if not word:
-        raise AlignlensError("empty label word")
+def label_token_ids(tokenizer: Any, word: str, where: str = "") -> list[int]:
+    """Token ids whose probabilities are summed for `word` (see the module docstring). Sorted.
+
+    `where` (e.g. "task snli, language de, label 'neutral'") starts the error messages."""
+    at = f"{where}: " if where else ""
+    if not word or not word.strip():
+        raise AlignlensError(f"{at}empty label word")
     vocab = _vocab(tokenizer)
     ids: set[int] = set()
     if vocab_kind(tokenizer) == "sentencepiece":
@@ -97,11 +101,20 @@ def label_token_ids(tokenizer: Any, word: str) -> list[int]:
                 if tok in vocab:
                     ids.add(vocab[tok])
     if not ids:
-        raise AlignlensError(f"no vocabulary token matches a prefix of the label word {word!r}")
+        raise AlignlensError(f"{at}no vocabulary token matches a prefix of the label word {word!r}")
     return sorted(ids)
 
 
 # ---- the scoring engine ---------------------------------------------------------------------
+
+
+def nonfinite_error(what: str, where: str, ids: Sequence[int], dtype: torch.dtype | None = None) -> NumericalError:
+    """One line: which values are NaN/inf, where (task, language) and for which items (ids)."""
+    shown = ", ".join(str(i) for i in list(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    hint = " (float16 overflows; use float32 or bfloat16)" if dtype == torch.float16 else ""
+    at = f"{where}: " if where else ""
+    return NumericalError(f"{at}non-finite {what} (NaN or inf) for item index {shown}{hint}")
+
 
 
 @dataclass
@@ -109,12 +122,16 @@ class SuffixBatch:
     """What a capture hook needs to know about the batch now running.
 
     `mask` [batch, pos] marks real query tokens (False = padding); `last` [batch] is the index
-    of each row's last real token; `rows` are positions of the rows in the language's item list.
+    of each row's last real token; `rows` are positions of the rows in the language's item list;
+    `ids` the item ids of the rows (the items' `index`, for messages); `where` names the task and
+    language (for messages).
     """
 
     rows: list[int]
     mask: torch.Tensor
     last: torch.Tensor
+    ids: list[int] = field(default_factory=list)
+    where: str = ""
 
 
 Hook = tuple[str | Callable[[str], bool], Callable]
@@ -167,6 +184,8 @@ def score_prompts(
     batch_hooks: Callable[[SuffixBatch], list[Hook]] | None = None,
     after_batch: Callable[[SuffixBatch], None] | None = None,
     on_batch_done: Callable[[int], None] | None = None,
+    item_ids: Sequence[int] | None = None,
+    where: str = "",
 ) -> torch.Tensor:
     """Next-token probability mass of each label set after each prompt `prefix + query`.
 
@@ -174,6 +193,10 @@ def score_prompts(
     hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch or
     steer. `batch_hooks(batch)` returns hooks for one query batch only (the prefix pass is not
     hooked), e.g. for capture; `after_batch(batch)` runs after that batch's forward pass.
+
+    A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
+    writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
+    queries' ids; default their positions).
     """
     tok = model.tokenizer
     hf = model.hf_model
@@ -185,6 +208,9 @@ def score_prompts(
     k = min([_common_prefix_len(prefix_ids, f) for f in full] + [min(len(f) for f in full) - 1])
     if not prefix_cache:
         k = 0
+    ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
+    if len(ids_of) != len(queries):
+        raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
     index_sets = [torch.tensor(list(s), dtype=torch.long, device=device) for s in label_sets]
     out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
     order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
@@ -217,7 +243,7 @@ def score_prompts(
                 kwargs["use_cache"] = False
             attn = torch.cat([torch.ones((len(rows), k), dtype=torch.long, device=device), mask], dim=1)
             positions = (k + torch.arange(width, device=device)).unsqueeze(0).expand(len(rows), -1)
-            batch = SuffixBatch(list(rows), mask.bool(), last)
+            batch = SuffixBatch(list(rows), mask.bool(), last, [ids_of[i] for i in rows], where)
             hooks = batch_hooks(batch) if batch_hooks else []
             with model.bridge.hooks(fwd_hooks=hooks):
                 hidden = body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
@@ -227,6 +253,10 @@ def score_prompts(
             probs = torch.softmax(final_logits(hf, h_last).float(), dim=-1)
             for j, idx in enumerate(index_sets):
                 out[rows, j] = probs[:, idx].sum(-1).double().cpu()
+            bad = ~torch.isfinite(out[rows]).all(dim=1)
+            if bool(bad.any()):
+                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
+                                      model.dtype)
             if on_batch_done is not None:
                 on_batch_done(len(rows))
     return out
@@ -244,19 +274,6 @@ def reference_probs(model: LoadedModel, prompt: str, label_sets: Sequence[Sequen
 
 
 # ---- evaluation runs ------------------------------------------------------------------------
-
-
-@dataclass
-class EvalConfig:
-    """Options of an evaluation run (recorded in the manifest)."""
-
-    tasks: list[str] = field(default_factory=lambda: ["snli"])
-    languages: list[str] | None = None  # None: every language of each task
-    limit: int | None = 50  # items per language: the first N of the test file
-    batch_size: int = 8
-    seed: int = 0
-    prefix_cache: bool = True
-    bootstrap_resamples: int = 2000
 
 
 @dataclass
@@ -278,14 +295,13 @@ class LanguageResult:
 
 
 def task_languages(spec: data.TaskSpec, languages: list[str] | None) -> list[str]:
-    if languages is None:
-        return list(spec.languages)
-    data.check_languages(languages, spec.languages, f"languages for task {spec.name}")
-    return list(languages)
+    """See `data.task_languages`."""
+    return data.task_languages(spec, languages)
 
 
-def label_sets_for(model: LoadedModel, labels: Sequence[str]) -> list[list[int]]:
-    return [label_token_ids(model.tokenizer, w) for w in labels]
+def label_sets_for(model: LoadedModel, labels: Sequence[str], where: str = "") -> list[list[int]]:
+    """Token sets of `labels`; `where` (e.g. "task snli, language de") names them in errors."""
+    return [label_token_ids(model.tokenizer, w, f"{where}, label {w!r}" if where else f"label {w!r}") for w in labels]
 
 
 def evaluate_language(
@@ -293,12 +309,13 @@ def evaluate_language(
     prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = (), batch_hooks=None, after_batch=None,
     on_batch_done=None,
 ) -> LanguageResult:
-    """Score `items` of one task and language."""
+    """Score `items` of one task and language (NumericalError naming them if a probability is NaN/inf)."""
     queries = [spec.prompts[lang].query_template.format(**it.fields) for it in items]
+    where = f"task {spec.name}, language {lang}"
     probs = score_prompts(
-        model, data.prompt_prefix(spec, lang), queries, label_sets_for(model, spec.labels),
+        model, data.prompt_prefix(spec, lang), queries, label_sets_for(model, spec.labels, where),
         batch_size=batch_size, prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, batch_hooks=batch_hooks,
-        after_batch=after_batch, on_batch_done=on_batch_done,
+        after_batch=after_batch, on_batch_done=on_batch_done, item_ids=[it.index for it in items], where=where,
     )
     gold = [spec.labels.index(it.label) for it in items]
     return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy())
@@ -411,14 +428,26 @@ def write_eval(out_dir: Path, results: list[LanguageResult], manifest: dict, con
 
 def evaluate(model: LoadedModel, config: EvalConfig, out_dir: str | Path | None = None, *, force: bool = False,
              progress: Any = None, command: str = "", fwd_hooks: Sequence[Hook] = ()) -> dict:
-    """Run an evaluation; write its files to `out_dir` when given. Returns the summary dict."""
-    out = prepare_out_dir(out_dir, force) if out_dir is not None else None
+    """Run an evaluation; write its files to `out_dir` when given. Returns the summary dict.
+
+    The output folder is checked before any work; with `force`, only alignlens's own files there
+    are replaced, and only once the new ones are complete."""
+    folder = OutputFolder(out_dir, EVAL_FILES, force) if out_dir is not None else None
+    if folder is not None:
+        folder.check()
     torch.manual_seed(config.seed)
     started = now_iso()
     results = run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks)
-    if out is None:
+    if folder is None:
         return summarize(results, config.bootstrap_resamples, config.seed)
-    return write_eval(out, results, make_manifest(model, config, command=command, started=started), config)
+    stage = folder.begin()
+    try:
+        summary = write_eval(stage, results, make_manifest(model, config, command=command, started=started), config)
+        folder.commit()
+    except BaseException:
+        folder.abort()
+        raise
+    return summary
 
 
 def accuracy_table(summary: dict) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
