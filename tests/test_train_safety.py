@@ -142,6 +142,18 @@ def test_resume_with_nothing_to_resume_is_refused(tiny_base, tmp_path, state):
     assert _snapshot(tmp_path) == before  # no folder created, nothing trained
 
 
+def test_resume_from_a_broken_checkpoint_is_one_line(tmp_path):
+    last = tmp_path / "out" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"not a checkpoint")
+    with pytest.raises(AlignlensError, match=r"cannot resume from .*last\.pt: unreadable checkpoint \(.*\); "
+                                             r"start again with --force instead of --resume$"):
+        train(None, None, tmp_path / "out", resume=True, progress=False)
+    torch.save({"format": "alignlens-train/1", "config": {}}, last)
+    with pytest.raises(AlignlensError, match=r"unreadable checkpoint \(missing model_spec, data_digest, "):
+        train(None, None, tmp_path / "out", resume=True, progress=False)
+
+
 # ---- 3. interruption ------------------------------------------------------------------------
 
 

@@ -537,6 +537,10 @@ def _save_folder(path: Path, save: Callable[[Path], None]) -> None:
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
+#: What a checkpoint (`checkpoints/last.pt`) holds.
+_CHECKPOINT_KEYS = ("format", "config", "model_spec", "data_digest", "trainable", "optimizer", "scheduler", "rng",
+                    "log_offset", "state")
+
 #: Everything `train` writes into its output folder; `force` replaces these and nothing else.
 _ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
 
@@ -555,7 +559,7 @@ def _check_out_dir(out: Path, resume: bool, force: bool) -> Path | None:
         if last.is_file():
             return last
         if (out / "manifest.json").is_file():
-            raise AlignlensError(f"{out} holds a finished training run; nothing to resume (use --force to retrain)")
+            raise AlignlensError(f"{out} holds a finished training run; nothing to resume (retrain with --force instead of --resume)")
         raise AlignlensError(f"nothing to resume in {out}: no checkpoint ({last} missing); "
                              f"run without --resume to start")
     if nonempty:
@@ -621,11 +625,13 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     if ckpt_path is not None:
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
             saved = TrainConfig.from_dict(ckpt["config"])
-            ckpt["model_spec"], ckpt["data_digest"]  # noqa: B018 - present?
         except Exception as exc:  # noqa: BLE001 - one clear line for the user
             raise AlignlensError(f"cannot resume from {ckpt_path}: unreadable checkpoint ({_first_line(exc)}); "
-                                 f"use --force to start again") from None
+                                 f"start again with --force instead of --resume") from None
         if config is not None:
             runtime = ("keep_checkpoints", "threads")  # may change between sessions
             diff = [k for k, v in config.to_dict().items() if k not in runtime and saved.to_dict().get(k) != v]
