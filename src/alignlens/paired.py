@@ -1,0 +1,395 @@
+"""Paired statistics for comparing two runs on the same items (pure numpy/scipy).
+
+Two runs (e.g. base and aligned) answer the same items, and in alignlens the same item index
+recurs, translated, in every language. Tests therefore pair items: exact McNemar per language
+with Holm (or Benjamini-Hochberg) adjustment across languages, paired bootstrap intervals for
+per-language differences, and an item-cluster bootstrap for differences averaged over languages
+(an item is drawn once and used in every language, so the interval reflects that the languages
+share their items). Bootstrap intervals are 95% percentile intervals.
+
+Undefined values are None (JSON null), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import binomtest
+
+from alignlens import AlignlensError, NumericalError
+from alignlens import metrics as M
+
+__all__ = [
+    "mcnemar_exact", "holm", "benjamini_hochberg", "paired_delta_ci", "cluster_bootstrap_delta",
+    "compare_runs",
+]  # fmt: skip
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+_QUANTILES = (0.025, 0.975)
+_CHUNK = 256  # resamples drawn per block (bounds memory to _CHUNK x n_items)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests and multiplicity
+# --------------------------------------------------------------------------------------------------
+
+
+def _bools(x: ArrayLike, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+    if a.size and not (np.issubdtype(a.dtype, np.bool_) or np.all((a == 0) | (a == 1))):
+        raise ValueError(f"{name}: expected booleans (or 0/1)")
+    return a.astype(bool)
+
+
+def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> dict:
+    """Exact McNemar test of two runs on the same n items (correct_a, correct_b: bool [n]).
+
+    Returns {"b01": a wrong & b right, "b10": a right & b wrong, "n": items, "p_value"}: the
+    two-sided exact binomial test of b01 out of b01 + b10 discordant pairs against 1/2
+    (scipy.stats.binomtest); p_value = 1.0 when there is no discordant pair.
+    """
+    a, b = _bools(correct_a, "correct_a"), _bools(correct_b, "correct_b")
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a has {a.size} items, correct_b {b.size}")
+    b01, b10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
+    p = float(binomtest(b01, b01 + b10, 0.5, alternative="two-sided").pvalue) if b01 + b10 else 1.0
+    return {"b01": b01, "b10": b10, "n": int(a.size), "p_value": min(p, 1.0)}
+
+
+def _valid_p(p_values: Iterable[float | None]) -> tuple[list, list[int], np.ndarray]:
+    vals = list(p_values)
+    keep = [i for i, p in enumerate(vals) if p is not None and not math.isnan(float(p))]
+    arr = np.array([float(vals[i]) for i in keep], dtype=np.float64)
+    if np.any((arr < 0) | (arr > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {arr[(arr < 0) | (arr > 1)][0]}")
+    return vals, keep, arr
+
+
+def _scatter(vals: list, keep: list[int], adjusted: np.ndarray) -> list[float | None]:
+    out: list[float | None] = [None if v is None else float("nan") for v in vals]
+    for i, a in zip(keep, adjusted):
+        out[i] = float(a)
+    return out
+
+
+def holm(p_values: Iterable[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values, in input order, capped at 1.
+
+    With the m valid p-values sorted p(1) <= ... <= p(m): adj(i) = max_{j<=i} min(1, (m-j+1) p(j)).
+    None and NaN entries pass through unchanged and do not count in m.
+    """
+    vals, keep, p = _valid_p(p_values)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj_sorted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    adj = np.empty(m)
+    adj[order] = adj_sorted
+    return _scatter(vals, keep, adj)
+
+
+def benjamini_hochberg(p_values: Iterable[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg step-up adjusted p-values (FDR), in input order, capped at 1.
+
+    With the m valid p-values sorted: adj(i) = min_{j>=i} min(1, m p(j) / j).
+    None and NaN entries pass through unchanged and do not count in m.
+    """
+    vals, keep, p = _valid_p(p_values)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    raw = m * p[order] / np.arange(1, m + 1)
+    adj_sorted = np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
+    adj = np.empty(m)
+    adj[order] = adj_sorted
+    return _scatter(vals, keep, adj)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstraps
+# --------------------------------------------------------------------------------------------------
+
+
+def _resamples(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Blocks of bootstrap draws: int arrays [c, n] of item positions (with replacement)."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_resamples:
+        c = min(_CHUNK, n_resamples - done)
+        yield rng.integers(0, n, size=(c, n))
+        done += c
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """[c, n] draws -> [c, n] float counts of how often each item was drawn."""
+    c = idx.shape[0]
+    flat = (idx + (np.arange(c) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=c * n).reshape(c, n).astype(np.float64)
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    lo, hi = np.quantile(values, _QUANTILES)
+    return [float(lo), float(hi)]
+
+
+def paired_delta_ci(
+    correct_a: ArrayLike, correct_b: ArrayLike, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of accuracy_b - accuracy_a on the same n items.
+
+    correct_a, correct_b: bool [n], item i of one is item i of the other; items are resampled
+    jointly (a draw takes both runs' answers to that item). Raises ValueError for n = 0.
+    """
+    a, b = _bools(correct_a, "correct_a"), _bools(correct_b, "correct_b")
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a has {a.size} items, correct_b {b.size}")
+    n = a.size
+    if n == 0:
+        raise ValueError("paired_delta_ci: no items")
+    d = b.astype(np.float64) - a.astype(np.float64)
+    deltas = np.concatenate([_weights(idx, n) @ d / n for idx in _resamples(n, n_resamples, seed)])
+    lo, hi = _interval(deltas)
+    return (lo, hi)
+
+
+def _vector_metric(name: str, gold: np.ndarray, pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Metric of each weighted resample: w [c, n] item counts -> [c] values."""
+    correct = (gold == pred).astype(np.float64)
+    if name == "accuracy":
+        return w @ correct / w.sum(axis=1)
+    # balanced accuracy: mean recall over the classes present in the resample
+    total = np.zeros(w.shape[0])
+    count = np.zeros(w.shape[0])
+    for c in np.unique(gold):
+        m = (gold == c).astype(np.float64)
+        den = w @ m
+        present = den > 0
+        total += np.where(present, (w @ (m * correct)) / np.where(present, den, 1.0), 0.0)
+        count += present
+    return total / count
+
+
+def cluster_bootstrap_delta(
+    gold: Mapping[str, ArrayLike],
+    pred_a: Mapping[str, ArrayLike],
+    pred_b: Mapping[str, ArrayLike],
+    indices: Mapping[str, Sequence[int]],
+    groups: Mapping[str, Sequence[str]],
+    *,
+    metric: str | Metric = "accuracy",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Macro Δ = mean over a group's languages of metric(b) - metric(a), with an item-cluster interval.
+
+    Per language: gold, pred_a, pred_b [n_lang] label ids and indices [n_lang] item ids, parallel.
+    For each group (name -> languages) only the item ids present in every language of the group
+    (that has data) are used. A bootstrap resample draws those items with replacement ONCE and
+    uses the same draw in every language, so effects shared by an item across languages move
+    together (a cluster bootstrap over items). `metric` is "accuracy", "balanced_accuracy" (mean
+    recall over the classes present in the resample's gold), or any callable metric(gold, pred)
+    -> float on [n] arrays (slower: called per resample and language).
+
+    Returns {group: {"delta", "ci95": [lo, hi], "a", "b" (macro metric of each run), "n_items",
+    "languages" (used), "missing_languages" (in the group but without items)}}. With no language
+    or no shared item, delta/ci95/a/b are None and n_items is 0. Deterministic given `seed`.
+    """
+    if isinstance(metric, str) and metric not in ("accuracy", "balanced_accuracy"):
+        raise ValueError(f"metric: unknown name {metric!r} (accuracy, balanced_accuracy or a callable)")
+    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict]] = {}
+    for lang in indices:
+        if lang not in gold or lang not in pred_a or lang not in pred_b:
+            raise ValueError(f"language {lang}: indices given but gold/pred_a/pred_b missing")
+        g, pa, pb = (M._ids(x[lang], f"{n}[{lang}]") for x, n in ((gold, "gold"), (pred_a, "pred_a"), (pred_b, "pred_b")))  # fmt: skip
+        idx = list(indices[lang])
+        if not (len(g) == len(pa) == len(pb) == len(idx)):
+            raise ValueError(f"language {lang}: gold, pred_a, pred_b, indices differ in length ({len(g)}, {len(pa)}, {len(pb)}, {len(idx)})")
+        pos = {i: k for k, i in enumerate(idx)}
+        if len(pos) != len(idx):
+            raise ValueError(f"language {lang}: repeated item index")
+        if idx:
+            data[lang] = (g, pa, pb, pos)
+
+    out: dict[str, dict] = {}
+    for name, langs in groups.items():
+        used = [l for l in dict.fromkeys(langs) if l in data]
+        missing = [l for l in dict.fromkeys(langs) if l not in data]
+        shared = [i for i in data[used[0]][3] if all(i in data[l][3] for l in used[1:])] if used else []
+        res = {"delta": None, "ci95": None, "a": None, "b": None, "n_items": len(shared),
+               "languages": used, "missing_languages": missing}  # fmt: skip
+        out[name] = res
+        if not shared:
+            continue
+        n = len(shared)
+        cols = []
+        for l in used:
+            g, pa, pb, pos = data[l]
+            sel = np.array([pos[i] for i in shared])
+            cols.append((g[sel], pa[sel], pb[sel]))
+
+        def per_resample(w: np.ndarray | None, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            """[c] macro metric of a and of b; `w` weights (named metrics) or `idx` draws (callable)."""
+            ma, mb = [], []
+            for g, pa, pb in cols:
+                if isinstance(metric, str):
+                    ma.append(_vector_metric(metric, g, pa, w))
+                    mb.append(_vector_metric(metric, g, pb, w))
+                else:
+                    ma.append(np.array([_call(metric, g[r], pa[r]) for r in idx]))
+                    mb.append(np.array([_call(metric, g[r], pb[r]) for r in idx]))
+            return np.mean(ma, axis=0), np.mean(mb, axis=0)
+
+        a0, b0 = per_resample(np.ones((1, n)), np.arange(n)[None, :])
+        deltas = []
+        for idx in _resamples(n, n_resamples, seed):
+            ra, rb = per_resample(_weights(idx, n) if isinstance(metric, str) else None, idx)
+            deltas.append(rb - ra)
+        d = np.concatenate(deltas)
+        if not (np.all(np.isfinite(d)) and np.isfinite(a0[0]) and np.isfinite(b0[0])):
+            raise NumericalError(f"cluster bootstrap of group {name}: the metric gave a non-finite value")
+        res.update(delta=float(b0[0] - a0[0]), ci95=_interval(d), a=float(a0[0]), b=float(b0[0]))
+    return out
+
+
+def _call(metric: Metric, gold: np.ndarray, pred: np.ndarray) -> float:
+    v = metric(gold, pred)
+    return float("nan") if v is None else float(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Two runs, item by item
+# --------------------------------------------------------------------------------------------------
+
+_KEYS = ("task", "lang", "index", "gold", "pred", "probs")
+
+
+def _index_rows(rows: Iterable[Mapping], run: str) -> tuple[dict, dict[str, list[str]]]:
+    """rows -> ({(task, lang, index): row}, {task: labels in probs order}); AlignlensError on bad rows."""
+    out: dict = {}
+    labels: dict[str, list[str]] = {}
+    for no, row in enumerate(rows, start=1):
+        for k in _KEYS:
+            if not isinstance(row, Mapping) or k not in row:
+                raise AlignlensError(f"run {run} prediction row {no}: missing key '{k}'")
+        key = (str(row["task"]), str(row["lang"]), row["index"])
+        where = f"run {run} prediction row {no} ({key[0]} {key[1]} item {key[2]})"
+        if key in out:
+            raise AlignlensError(f"{where}: item appears twice")
+        probs = row["probs"]
+        if not isinstance(probs, Mapping) or not probs:
+            raise AlignlensError(f"{where}: 'probs' must map each label to its probability")
+        labs = labels.setdefault(key[0], [str(k) for k in probs])
+        if [str(k) for k in probs] != labs:
+            raise AlignlensError(f"{where}: labels {list(probs)} differ from the task's earlier rows {labs}")
+        vals = [probs[k] for k in probs]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+            raise AlignlensError(f"{where}: non-finite or non-numeric probability in 'probs'")
+        for k in ("gold", "pred"):
+            v = row[k]
+            if not ((isinstance(v, str) and v in labs) or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(labs))):  # fmt: skip
+                raise AlignlensError(f"{where}: {k} {v!r} is not one of the labels {labs}")
+        out[key] = row
+    return out, labels
+
+
+def _label_id(v, labels: list[str]) -> int:
+    return labels.index(v) if isinstance(v, str) else int(v)
+
+
+def compare_runs(
+    a_rows: Iterable[Mapping],
+    b_rows: Iterable[Mapping],
+    groups: Mapping[str, Sequence[str]] | None = None,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Paired comparison of run a (e.g. base) and run b (e.g. aligned) from their prediction rows.
+
+    Rows are predictions.jsonl dicts {task, lang, index, gold, pred, probs: {label: p}} (gold and
+    pred as label names or ids). Items are matched on (task, lang, index); only shared items are
+    used. Per task:
+      "labels": label names (probs order);
+      "languages": {lang: {"n", "only_a", "only_b", "acc_a", "acc_b", "delta", "delta_ci95",
+          "balanced_acc_a", "balanced_acc_b", "mcnemar": {"b01", "b10", "n", "p_value"},
+          "p_holm", "p_bh", "metrics_a", "metrics_b" (metrics.classification_metrics on the
+          shared items, pred as recorded in the rows)}}; Holm and BH adjust the McNemar p-values
+          across the task's languages;
+      "omitted_languages": {lang: {"only_a", "only_b"}} for languages with no shared item;
+      "groups": {group: {"accuracy": ..., "balanced_accuracy": ...}} (cluster_bootstrap_delta over
+          the items shared by every language of the group; groups=None means {"all": every
+          language of the task}).
+    Top level: {"tasks", "n_shared", "n_only_a", "n_only_b", "n_resamples", "seed"}.
+    Raises AlignlensError naming the row for a malformed row, a repeated item, labels that differ
+    between the runs, a gold label that differs for the same item, or no shared item at all.
+    """
+    ia, labels_a = _index_rows(a_rows, "a")
+    ib, labels_b = _index_rows(b_rows, "b")
+    for task in labels_a.keys() & labels_b.keys():
+        if labels_a[task] != labels_b[task]:
+            raise AlignlensError(f"task {task}: run a has labels {labels_a[task]}, run b {labels_b[task]}")
+
+    cells: dict[str, dict[str, dict]] = {}  # task -> lang -> {"shared": [...], "only_a", "only_b"}
+    for key in list(ia) + [k for k in ib if k not in ia]:
+        task, lang, index = key
+        c = cells.setdefault(task, {}).setdefault(lang, {"shared": [], "only_a": 0, "only_b": 0})
+        if key in ia and key in ib:
+            c["shared"].append(index)
+        else:
+            c["only_a" if key in ia else "only_b"] += 1
+    n_shared = sum(len(c["shared"]) for t in cells.values() for c in t.values())
+    if n_shared == 0:
+        raise AlignlensError(f"the two runs have no (task, language, item) in common ({len(ia)} rows in a, {len(ib)} in b): nothing to compare")  # fmt: skip
+
+    tasks: dict[str, dict] = {}
+    for task, langs in cells.items():
+        labels = labels_a.get(task) or labels_b[task]
+        entry: dict = {"labels": labels, "languages": {}, "omitted_languages": {}, "groups": {}}
+        tasks[task] = entry
+        gold_l, pa_l, pb_l, idx_l = {}, {}, {}, {}
+        for lang, c in langs.items():
+            if not c["shared"]:
+                entry["omitted_languages"][lang] = {"only_a": c["only_a"], "only_b": c["only_b"]}
+                continue
+            ra = [ia[(task, lang, i)] for i in c["shared"]]
+            rb = [ib[(task, lang, i)] for i in c["shared"]]
+            g = np.array([_label_id(r["gold"], labels) for r in ra])
+            gb = np.array([_label_id(r["gold"], labels) for r in rb])
+            if np.any(g != gb):
+                i = c["shared"][int(np.argmax(g != gb))]
+                raise AlignlensError(f"task {task} {lang} item {i}: gold label differs between the runs ({labels[g[g != gb][0]]} vs {labels[gb[g != gb][0]]})")  # fmt: skip
+            pa = np.array([_label_id(r["pred"], labels) for r in ra])
+            pb = np.array([_label_id(r["pred"], labels) for r in rb])
+            prob_a = np.array([[float(r["probs"][k]) for k in labels] for r in ra])
+            prob_b = np.array([[float(r["probs"][k]) for k in labels] for r in rb])
+            ca, cb = pa == g, pb == g
+            ma = M.classification_metrics(g, prob_a, labels, pred=pa)
+            mb = M.classification_metrics(g, prob_b, labels, pred=pb)
+            entry["languages"][lang] = {
+                "n": int(g.size), "only_a": c["only_a"], "only_b": c["only_b"],
+                "acc_a": ma["accuracy"], "acc_b": mb["accuracy"], "delta": mb["accuracy"] - ma["accuracy"],
+                "delta_ci95": list(paired_delta_ci(ca, cb, n_resamples=n_resamples, seed=seed)),
+                "balanced_acc_a": ma["balanced_accuracy"], "balanced_acc_b": mb["balanced_accuracy"],
+                "mcnemar": mcnemar_exact(ca, cb), "metrics_a": ma, "metrics_b": mb,
+            }  # fmt: skip
+            gold_l[lang], pa_l[lang], pb_l[lang], idx_l[lang] = g, pa, pb, c["shared"]
+        present = list(entry["languages"])
+        ps = [entry["languages"][l]["mcnemar"]["p_value"] for l in present]
+        for l, ph, pbh in zip(present, holm(ps), benjamini_hochberg(ps)):
+            entry["languages"][l]["p_holm"], entry["languages"][l]["p_bh"] = ph, pbh
+        task_groups = {"all": list(langs)} if groups is None else groups
+        by_metric = {
+            m: cluster_bootstrap_delta(gold_l, pa_l, pb_l, idx_l, task_groups, metric=m,
+                                       n_resamples=n_resamples, seed=seed)
+            for m in ("accuracy", "balanced_accuracy")
+        }  # fmt: skip
+        entry["groups"] = {name: {m: by_metric[m][name] for m in by_metric} for name in task_groups}
+    return {
+        "tasks": tasks, "n_shared": n_shared,
+        "n_only_a": sum(c["only_a"] for t in cells.values() for c in t.values()),
+        "n_only_b": sum(c["only_b"] for t in cells.values() for c in t.values()),
+        "n_resamples": n_resamples, "seed": seed,
+    }  # fmt: skip
