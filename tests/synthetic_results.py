@@ -1,39 +1,133 @@
-"""Synthetic results folders (the schemas `alignlens analyze` writes), for report tests.
+"""Synthetic results folders written by the real writers, for report tests.
 
-`make_synthetic_run(dir, seed, languages, n_layers, trained=[...])` writes one run folder:
-manifest.json, summary.json, logit_lens.json, similarity.json, neurons.json (the last three can be
-left out with `analyses=`). Numbers are random but shaped like real results.
+`make_synthetic_run(dir, seed, languages, n_layers, trained=[...])` writes one run folder exactly as
+`alignlens analyze` does (same functions, same schemas): predictions.jsonl, summary.json and
+manifest.json through `evaluate.write_eval` / `evaluate.make_manifest`; logit_lens.json through
+`lens.lens_report`; similarity.json through `similarity.similarity_report`; neurons.json and
+neurons.safetensors through `neurons.neuron_report` (the last three can be left out with `analyses=`).
+Only the model is fake: per-item label probabilities, lens probabilities, hidden states and neuron
+activation counts are random but shaped like real results. `make_synthetic_pair` also writes the
+pair's comparison.json with `neurons.compare_neurons`, as `analyze --compare` does.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from alignlens import data, results
+from alignlens.analyze import AnalyzeConfig
+from alignlens.evaluate import LanguageResult, make_manifest, write_eval
+from alignlens.lens import LensCapture, lens_report
+from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
+from alignlens.similarity import similarity_report
 
 ALL_LANGUAGES = ["en", "zh", "de", "fr", "es", "it", "nl", "ja", "ru", "sv",
                  "sl", "pl", "bg", "no", "ms", "is", "hi", "th", "sw", "bn"]  # fmt: skip
 LOW = {"sl", "bg", "no", "ms", "is", "hi", "th", "sw", "bn"}
-TASK_LABELS = {"emotion": ["positive", "negative"], "snli": ["entailment", "neutral", "contradiction"], "paws": ["yes", "no"]}
-SIM_KEYS = ["cosine_mean", "cosine_last", "cosine_mean_centered", "cosine_last_centered", "pca_pearson",
-            "cka_mean", "cka_last", "retrieval_mean", "retrieval_last"]  # fmt: skip
+D_MODEL = 16
+BOOTSTRAP = 300  # resamples of the accuracy intervals (real runs: 2000; fewer keeps the tests fast)
 
 
-def _wilson(k: int, n: int) -> list[float]:
-    if n == 0:
-        return [float("nan"), float("nan")]
-    z = 1.96
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [max(0.0, c - h), min(1.0, c + h)]
+class SyntheticModel:
+    """Stands in for `models.LoadedModel` where the manifest needs it (`describe()`, `info`)."""
+
+    def __init__(self, name: str, seed: int, n_layers: int, d_mlp: int, trained: list[str]) -> None:
+        self.name, self.seed, self.n_layers, self.d_mlp = name, seed, n_layers, d_mlp
+        self.info = {"trained_languages": list(trained)}
+
+    def describe(self) -> dict:
+        return {
+            "spec": f"synthetic:{self.name}", "name": self.name, "path": f"/models/{self.name}",
+            "hash": "%064x" % self.seed, "dtype": "float32", "device": "cpu", "n_layers": self.n_layers,
+            "d_model": D_MODEL, "d_mlp": self.d_mlp, "architecture": "SyntheticForCausalLM", **self.info,
+        }  # fmt: skip
 
 
-def _round(x):
-    return [round(float(v), 5) for v in x]
+def _accuracy_target(lang: str, n_labels: int, boost: float, trained: list[str], rng) -> float:
+    base = (0.78 if lang == "en" else 0.52 if lang in LOW else 0.66) - 0.08 * (n_labels - 2)
+    return float(np.clip(base + boost * (1.6 if lang in trained else 1.0) + rng.normal(0, 0.04), 0.05, 0.98))
+
+
+def _language_result(task: str, labels: list[str], lang: str, indices: list[int], acc: float, rng) -> LanguageResult:
+    """Per-item label probabilities whose argmax is right for about `acc` of the items."""
+    k = len(labels)
+    gold = [i % k for i in indices]
+    probs = np.zeros((len(indices), k))
+    for row, g in enumerate(gold):
+        top = g if rng.random() < acc else (g + 1 + int(rng.integers(0, k - 1))) % k
+        p = rng.dirichlet(np.ones(k)) * 0.4
+        p[top] += 0.6
+        probs[row] = p / p.sum()
+    return LanguageResult(task, lang, list(labels), list(indices), gold, probs)
+
+
+def _lens(results_: list[LanguageResult], n_layers: int, boost: float, rng, no_items: tuple[str, ...]) -> dict:
+    """lens_report of synthetic per-item lens probabilities ([n, L, labels]) for one task."""
+    depth = np.linspace(0, 1, n_layers)
+    bump = np.exp(-((depth - 0.65) ** 2) / 0.02)
+    caps = {}
+    for r in results_:
+        n, k = len(r.gold), len(r.labels)
+        if r.lang == "en":
+            gold_en = 0.05 + 0.85 * depth**3
+            gold_tg = gold_en
+        else:
+            gold_en = 0.02 + (0.35 + boost * 2) * bump
+            gold_tg = 0.01 + (0.5 + boost) * depth**4
+        p_en = np.clip(rng.normal(0.02, 0.01, (n, n_layers, k)), 0, 1)
+        p_tg = np.clip(rng.normal(0.02, 0.01, (n, n_layers, k)), 0, 1)
+        rows = np.arange(n)
+        p_en[rows, :, r.gold] = np.clip(gold_en + rng.normal(0, 0.15, (n, n_layers)), 0, 1)
+        p_tg[rows, :, r.gold] = np.clip(gold_tg + rng.normal(0, 0.15, (n, n_layers)), 0, 1)
+        ent = np.clip(12 * (1 - depth) ** 1.5 + 1 + rng.normal(0, 1.0, (n, n_layers)), 0, None)
+        overlap = np.full(k, r.lang in no_items)
+        caps[r.lang] = LensCapture(p_en, p_tg, ent, np.array(r.gold), overlap)
+    return lens_report(caps)
+
+
+def _similarity(results_: list[LanguageResult], n_layers: int, boost: float, trained: list[str], seed: int) -> dict:
+    """similarity_report of synthetic hidden states [n, L, D_MODEL] that share an item signal."""
+    n = min(len(r.gold) for r in results_)
+    shared = np.random.default_rng(1000).normal(size=(n, D_MODEL))  # the items' meaning, the same in every run
+    rng = np.random.default_rng(seed)
+    depth = np.linspace(0, 1, n_layers)
+    mean, last = {}, {}
+    for r in results_:
+        lvl = 1.0 if r.lang == "en" else (0.55 if r.lang in LOW else 0.7) + boost * (2 if r.lang in trained else 1)
+        share = np.clip(lvl * (0.4 + 0.6 * np.sin(np.pi * (0.15 + 0.7 * depth))), 0.05, 1.0)[None, :, None]
+        offset = rng.normal(size=(1, 1, D_MODEL))
+        noise = rng.normal(size=(n, n_layers, D_MODEL))
+        mean[r.lang] = torch.tensor(share * shared[:, None, :] + (1 - share) * (noise + offset), dtype=torch.float32)
+        last[r.lang] = mean[r.lang] + 0.1 * torch.randn(mean[r.lang].shape, generator=torch.Generator().manual_seed(seed))
+    layers = sorted({0, n_layers // 3, (2 * n_layers) // 3, n_layers - 1})
+    return similarity_report(mean, last, layers)
+
+
+def _neurons(languages: list[str], n_layers: int, d_mlp: int, seed: int, options: NeuronOptions) -> tuple[dict, dict]:
+    """neuron_report of synthetic activation counts: each language has a few neurons of its own
+    (mostly in the first and last layers; most of them shared between runs, some run-specific)."""
+    rng = np.random.default_rng(seed)
+    depth = np.linspace(0, 1, n_layers)
+    layer_p = np.exp(-((depth - 0.1) ** 2) / 0.03) + np.exp(-((depth - 0.9) ** 2) / 0.03) + 0.05
+    n_tokens = 5000
+    p_all = rng.uniform(0.0, 0.1, (n_layers, d_mlp))
+    states = {}
+    for lang in languages:
+        own = np.random.default_rng([ord(c) for c in lang])  # the same in every run
+        count = int(own.integers(2, 6)) + (2 if lang in LOW else 0)
+        layers = np.concatenate([own.choice(n_layers, size=count, p=layer_p / layer_p.sum()),
+                                 rng.choice(n_layers, size=3, p=layer_p / layer_p.sum())])
+        idx = np.concatenate([own.integers(0, d_mlp, size=count), rng.integers(0, d_mlp, size=3)])
+        p = np.clip(p_all + rng.normal(0, 0.01, p_all.shape), 0, 1)
+        p[layers, idx] = 0.95
+        counts = np.round(p * n_tokens)
+        states[lang] = {"counts": torch.tensor(counts), "n_tokens": torch.full((n_layers,), float(n_tokens))}
+    report, tensors = neuron_report(states, options)
+    return report, tensors
 
 
 def make_synthetic_run(
@@ -49,150 +143,76 @@ def make_synthetic_run(
     d_mlp: int = 64,
     model_name: str | None = None,
     analyses: tuple[str, ...] = ("lens", "similarity", "neurons"),
+    lens_no_items: tuple[str, ...] = (),
+    role: str | None = None,
 ) -> Path:
-    """Write a synthetic run folder at `dir` and return it.
+    """Write a synthetic run folder at `dir` (items 0..n_items-1 of each task and language, as
+    `--limit n_items` would) and return it.
 
     `boost` raises accuracy (more for `trained` languages) and English-alignment of the lens and
     similarity curves, so a "base" (boost 0) vs "aligned" (boost > 0) pair shows visible changes.
+    `lens_no_items`: languages whose every label's English and target words overlap (the logit
+    lens keeps no item of theirs, as with the token-set rule on shared words).
     """
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     trained = list(trained or [])
-    L = n_layers
-    depth = np.linspace(0, 1, L)
     name = model_name or ("synthetic-aligned" if boost else "synthetic-base")
+    config = AnalyzeConfig(tasks=list(tasks), languages=list(languages), limit=n_items, seed=seed,
+                           bootstrap_resamples=BOOTSTRAP, neurons=NeuronOptions(top_rate=0.25))
+    model = SyntheticModel(name, seed, n_layers, d_mlp, trained)
+    started = results.now_iso()
 
-    manifest = {
-        "alignlens_version": "0.1.0",
-        "command": f"alignlens analyze --model {name} --out {dir.parent}",
-        "model": {"spec": f"synthetic:{name}", "name": name, "path": f"/models/{name}", "hash": "%032x" % seed,
-                  "dtype": "float32", "device": "cpu"},  # fmt: skip
-        "data": {"tasks": list(tasks), "languages": list(languages), "limit": n_items, "hash": "ab" * 16},
-        "options": {"shots": 4, "batch_size": 8, "similarity_layers": "all", "neuron_threshold": 0.95},
-        "seed": seed,
-        "versions": {"torch": "2.6.0", "transformers": "5.10.0", "transformer_lens": "4.3.0", "python": "3.11"},
-        "git_commit": "0123456789abcdef0123456789abcdef01234567",
-        "started": "2025-01-01T10:00:00+00:00",
-        "finished": "2025-01-01T10:42:00+00:00",
-        "trained_languages": trained,
-    }
-    (dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-
-    summary: dict = {"tasks": {}}
+    per_task: dict[str, list[LanguageResult]] = {}
     for t in tasks:
-        labels = TASK_LABELS.get(t, ["a", "b"])
-        k_lab = len(labels)
-        langs = {}
-        for l in languages:
-            base = (0.78 if l == "en" else 0.52 if l in LOW else 0.66) - 0.08 * (k_lab - 2)
-            acc_true = np.clip(base + boost * (1.6 if l in trained else 1.0) + rng.normal(0, 0.04), 0.05, 0.98)
-            k = int(rng.binomial(n_items, acc_true))
-            conf = {g: {p: 0 for p in labels} for g in labels}
-            for j in range(n_items):
-                g = labels[j % k_lab]
-                p = g if j < k else labels[(j + 1) % k_lab]
-                conf[g][p] += 1
-            langs[l] = {"accuracy": k / n_items, "n": n_items, "ci95": _wilson(k, n_items), "confusion": conf}
-        summary["tasks"][t] = {
-            "labels": labels,
-            "languages": langs,
-            "mean_accuracy": float(np.mean([v["accuracy"] for v in langs.values()])),
-        }
-    (dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        labels = list(data.load_task(t).labels)
+        for lang in languages:
+            acc = _accuracy_target(lang, len(labels), boost, trained, rng)
+            per_task.setdefault(t, []).append(_language_result(t, labels, lang, list(range(n_items)), acc, rng))
 
     if "lens" in analyses:
-        lens: dict = {"tasks": {}}
-        for t in tasks:
-            per = {}
-            for l in languages:
-                bump = np.exp(-((depth - 0.65) ** 2) / 0.02)
-                if l == "en":
-                    p_en = 0.05 + 0.85 * depth**3
-                    p_tg = p_en
-                else:
-                    p_en = np.clip(0.02 + (0.35 + boost * 2) * bump + rng.normal(0, 0.01, L), 0, 1)
-                    p_tg = np.clip(0.01 + (0.5 + boost) * depth**4 + rng.normal(0, 0.01, L), 0, 1)
-                ent = np.clip(12 * (1 - depth) ** 1.5 + 1 + rng.normal(0, 0.2, L), 0, None)
-                series = lambda m, w: {"mean": _round(m), "lo": _round(np.clip(m - w, 0, None)), "hi": _round(m + w)}  # noqa: E731
-                per[l] = {
-                    "n": n_items,
-                    "n_dropped_overlap": 0,
-                    "p_en": series(p_en, 0.04),
-                    "p_target": series(p_tg, 0.04),
-                    "p_correct": series((p_en + p_tg) / 2, 0.04),
-                    "entropy_bits": series(ent, 0.3),
-                }
-            lens["tasks"][t] = {"n_layers": L, "per_language": per}
-        (dir / "logit_lens.json").write_text(json.dumps(lens), encoding="utf-8")
-
+        lens = {"tasks": {t: {**_lens(rs, n_layers, boost, rng, lens_no_items), "overlap_rule": config.lens_overlap}
+                          for t, rs in per_task.items()}}  # fmt: skip
+        results.write_json(dir / "logit_lens.json", lens)
     if "similarity" in analyses:
-        sim: dict = {"tasks": {}}
-        chosen = sorted({0, L // 3, (2 * L) // 3, L - 1})
-        for t in tasks:
-            per = {}
-            for l in languages:
-                lvl = 1.0 if l == "en" else (0.55 if l in LOW else 0.7) + boost * (2 if l in trained else 1)
-                curve = np.clip(lvl * (0.4 + 0.6 * np.sin(np.pi * (0.15 + 0.7 * depth))) + rng.normal(0, 0.01, L), 0, 1)
-                per[l] = {k: _round(np.clip(curve * (0.9 + 0.1 * i / 8), 0, 1)) for i, k in enumerate(SIM_KEYS)}
-            n = len(languages)
-            mats_cka, mats_cos = [], []
-            for layer in chosen:
-                base = rng.uniform(0.3, 0.6, (n, n)) + 0.3 * (layer / max(L - 1, 1)) + boost
-                m = np.clip((base + base.T) / 2, 0, 1)
-                np.fill_diagonal(m, 1.0)
-                mats_cka.append([_round(r) for r in m])
-                mats_cos.append([_round(r) for r in np.clip(m * 0.95, 0, 1)])
-            sim["tasks"][t] = {
-                "n_items": n_items,
-                "n_layers": L,
-                "languages": list(languages),
-                "per_language": per,
-                "pairwise": {"layers": chosen, "languages": list(languages), "cka_mean": mats_cka, "cosine_mean": mats_cos},
-            }
-        (dir / "similarity.json").write_text(json.dumps(sim), encoding="utf-8")
-
+        sim = {"tasks": {t: _similarity(rs, n_layers, boost, trained, seed) for t, rs in per_task.items()
+                         if any(r.lang == "en" for r in rs)}}  # fmt: skip
+        results.write_json(dir / "similarity.json", sim)
     if "neurons" in analyses:
-        specific = {}
-        sets = {}
-        for li, l in enumerate(languages):
-            count = int(rng.integers(5, 40)) + (10 if l in LOW else 0)
-            layer_p = np.exp(-((depth - 0.1) ** 2) / 0.03) + np.exp(-((depth - 0.9) ** 2) / 0.03) + 0.05
-            layers = rng.choice(L, size=count, p=layer_p / layer_p.sum())
-            idx = rng.integers(0, d_mlp, size=count)
-            pairs = sorted({(int(a), int(b)) for a, b in zip(layers, idx)})
-            sets[l] = set(pairs)
-            cpl = [0] * L
-            for a, _ in pairs:
-                cpl[a] += 1
-            specific[l] = {"count": len(pairs), "count_per_layer": cpl, "neurons": [list(p) for p in pairs]}
-        n = len(languages)
+        from safetensors.torch import save_file
 
-        def jacc(a, b):
-            return len(a & b) / len(a | b) if a | b else 0.0
+        report, tensors = _neurons(list(languages), n_layers, d_mlp, seed, config.neurons)
+        report["tasks"] = sorted(per_task)
+        results.write_json(dir / "neurons.json", report)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(dir / "neurons.safetensors"))
 
-        spec_overall = [[round(jacc(sets[a], sets[b]), 4) for b in languages] for a in languages]
-        act = rng.uniform(0.4, 0.8, (n, n))
-        act = (act + act.T) / 2
-        np.fill_diagonal(act, 1.0)
-        neurons = {
-            "options": {"activation_threshold": 0.0, "top_rate": 0.01, "max_languages": 2},
-            "n_layers": L,
-            "d_mlp": d_mlp,
-            "languages": list(languages),
-            "n_tokens": {l: 5000 for l in languages},
-            "specific": specific,
-            "overlap": {
-                "active": {"overall": [_round(r) for r in act], "per_layer": [[_round(r) for r in act] for _ in range(L)]},
-                "specific": {"overall": spec_overall, "per_layer": [spec_overall for _ in range(L)]},
-            },
-        }
-        (dir / "neurons.json").write_text(json.dumps(neurons), encoding="utf-8")
+    from dataclasses import asdict
+
+    extra = {"options": asdict(config), "role": role or ("aligned" if boost else "base")}
+    manifest = make_manifest(model, config.eval_config(), command=f"alignlens analyze --model {name} --out {dir.parent}",
+                             started=started, extra=extra)  # fmt: skip
+    write_eval(dir, [r for rs in per_task.values() for r in rs], manifest, config.eval_config())
     return dir
 
 
+def write_comparison(root: Path, base: Path, aligned: Path) -> Path:
+    """root/comparison.json from the two runs' neuron files, as `alignlens analyze --compare` writes it."""
+    from safetensors.torch import load_file
+
+    def load(d: Path):
+        return json.loads((d / "neurons.json").read_text(encoding="utf-8")), load_file(str(d / "neurons.safetensors"))
+
+    path = Path(root) / "comparison.json"
+    results.write_json(path, compare_neurons(load(base), load(aligned)))
+    return path
+
+
 def make_synthetic_pair(root: Path, languages: list[str], n_layers: int, **kw) -> tuple[Path, Path]:
-    """root/base (no trained languages) and root/aligned (trained on zh, de, boosted)."""
+    """root/base (no trained languages) and root/aligned (trained on zh, de, boosted), plus
+    root/comparison.json when both have neurons."""
     base = make_synthetic_run(Path(root) / "base", 1, languages, n_layers, trained=[], **kw)
     aligned = make_synthetic_run(Path(root) / "aligned", 2, languages, n_layers, trained=["zh", "de"], boost=0.06, **kw)
+    if (base / "neurons.json").is_file() and (aligned / "neurons.json").is_file():
+        write_comparison(root, base, aligned)
     return base, aligned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,244 @@ def test_fonts_all_scripts_and_warn_once(monkeypatch):
     finally:
         monkeypatch.undo()
         fonts._reset_for_tests()
+
+
+# ---- comparing like with like (issue 10) ------------------------------------------------------
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _predictions(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+def _pct(x: str) -> float:
+    return round(float(x) * 100, 1)
+
+
+def test_compare_different_limits_uses_shared_items_and_consistent_deltas(tmp_path: Path):
+    base = make_synthetic_run(tmp_path / "base", 11, ["en", "zh", "de", "th"], 5, trained=[], tasks=("emotion", "snli"), n_items=10)
+    aligned = make_synthetic_run(tmp_path / "aligned", 12, ["en", "zh", "de", "bn"], 5, tasks=("emotion",), n_items=6, boost=0.2)
+    out = render_report(base, aligned)
+    tables = out.with_name("report_tables")
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    # 3 shared cells (emotion en/zh/de) x items 0..5
+    assert "Compared on 18 shared items" in summary
+    assert "base only: 62 items" in summary and "aligned only: 6 items" in summary and "bn 6" in summary
+    acc = {(r["task"], r["language"]): r for r in _csv(tables / "accuracy.csv")}
+    preds = _predictions(base)
+    for lang in ("en", "zh", "de"):
+        row = acc["emotion", lang]
+        assert row["n_base"] == row["n_aligned"] == "6"
+        shared = [p for p in preds if p["task"] == "emotion" and p["lang"] == lang and p["index"] < 6]
+        assert float(row["acc_base"]) == pytest.approx(sum(p["gold"] == p["pred"] for p in shared) / 6)
+        assert float(row["diff"]) == pytest.approx(float(row["acc_aligned"]) - float(row["acc_base"]))
+        assert 0.0 <= float(row["ci95_lo_base"]) <= float(row["acc_base"]) <= float(row["ci95_hi_base"]) <= 1.0
+    assert acc["emotion", "th"]["diff"] == "" and acc["emotion", "bn"]["diff"] == ""
+    groups = {(r["task"], r["group"]): r for r in _csv(tables / "accuracy_groups.csv")}
+    g = groups["emotion", "all"]
+    assert g["n_languages"] == "3"  # the paired languages only
+    # every "a% → b% (Δ d points)" in the summary: d is b − a, and a, b are the table's means
+    found = re.findall(r"(\d+\.\d)% → (\d+\.\d)% \(Δ ([+-]\d+\.\d) points\)", summary)
+    assert len(found) == 2  # overall and emotion; snli is not compared
+    for a, b, d in found:
+        assert abs(float(d) - (float(b) - float(a))) <= 0.1 + 1e-9
+        assert (float(a), float(b)) == (_pct(g["mean_acc_base"]), _pct(g["mean_acc_aligned"]))
+        assert float(d) == _pct(g["mean_diff"])
+    assert "snli (not compared" in summary
+
+
+def test_compare_without_shared_items_is_refused(tmp_path: Path):
+    base = make_synthetic_run(tmp_path / "base", 13, ["en", "de"], 4, tasks=("emotion",), n_items=5, analyses=())
+    other = make_synthetic_run(tmp_path / "other", 14, ["en", "de"], 4, tasks=("snli",), n_items=5, analyses=())
+    with pytest.raises(AlignlensError, match="no item in common") as e:
+        render_report(base, other, out=tmp_path / "r.pdf")
+    assert "\n" not in str(e.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("r.pdf", "r_", ".alignlens"))]
+
+
+def test_compare_needs_predictions(tmp_path: Path):
+    base = make_synthetic_run(tmp_path / "base", 15, ["en"], 4, tasks=("emotion",), n_items=5, analyses=())
+    aligned = make_synthetic_run(tmp_path / "aligned", 16, ["en"], 4, tasks=("emotion",), n_items=5, analyses=())
+    (aligned / "predictions.jsonl").unlink()
+    with pytest.raises(AlignlensError, match=r"aligned/predictions\.jsonl: missing"):
+        render_report(base, aligned, out=tmp_path / "r.pdf")
+
+
+def test_compare_models_of_different_depth(tmp_path: Path):
+    base = make_synthetic_run(tmp_path / "base", 17, ["en", "zh", "de"], 6, trained=[], tasks=("emotion",), n_items=8)
+    aligned = make_synthetic_run(tmp_path / "aligned", 18, ["en", "zh", "de"], 9, tasks=("emotion",), n_items=8, boost=0.1)
+    out = render_report(base, aligned)
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "different numbers of layers (6 vs 9)" in summary and "relative depth" in summary
+    assert "Neuron change between the models not shown" in summary and "6 layers" in summary
+    titles = [r["title"] for r in _contents(out)]
+    assert "Neuron change between models" not in titles
+    assert "Logit lens — emotion" in titles  # same items: one overlaid page (against relative depth)
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+        assert "relative depth" in text
+
+
+def test_compare_different_items_are_not_overlaid(tmp_path: Path):
+    base = make_synthetic_run(tmp_path / "base", 19, ["en", "zh"], 5, trained=[], tasks=("emotion",), n_items=10)
+    aligned = make_synthetic_run(tmp_path / "aligned", 20, ["en", "zh"], 5, tasks=("emotion",), n_items=6, boost=0.1)
+    out = render_report(base, aligned)
+    titles = [r["title"] for r in _contents(out)]
+    assert "Logit lens — emotion (base)" in titles and "Logit lens — emotion (aligned)" in titles
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "not compared" in summary and "Neuron change between the models not shown" in summary
+
+
+def test_neuron_change_read_from_comparison_json(tmp_path: Path):
+    base, aligned = make_synthetic_pair(tmp_path, ["en", "zh", "de"], 5, tasks=("emotion",), n_items=6)
+    comp = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    comp["per_language"]["zh"]["jaccard_specific"] = 0.123456  # only comparison.json says so
+    (tmp_path / "comparison.json").write_text(json.dumps(comp), encoding="utf-8")
+    out = render_report(base, aligned)
+    change = {r["language"]: r for r in _csv(out.with_name("report_tables") / "neurons_change.csv")}
+    assert float(change["zh"]["jaccard_specific"]) == pytest.approx(0.123456)
+
+
+# ---- pages -------------------------------------------------------------------------------------
+
+
+def _built_pages(tmp_path: Path, base: Path, aligned: Path | None = None):
+    from alignlens.report import _Ctx, _load_run, build_pages, item_overlap
+
+    runs = [_load_run(base)] + ([_load_run(aligned)] if aligned else [])
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    ctx = _Ctx(runs, tables, item_overlap(*runs) if aligned else None)
+    return ctx, build_pages(ctx)
+
+
+def test_page_text_never_overlaps_content(tmp_path: Path):
+    """The subtitle (e.g. the neurons page's options) ends above every plot, table and axes title."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    base, aligned = make_synthetic_pair(tmp_path / "runs", ["en", "zh", "de", "hi", "th"], 6, tasks=("emotion",), n_items=8)
+    _, pages = _built_pages(tmp_path, base, aligned)
+    with matplotlib.rc_context(fonts.rc_params()):
+        for page in pages:
+            fig = page.draw()
+            renderer = FigureCanvasAgg(fig).get_renderer()
+            if len(fig.texts) < 2:
+                continue
+            subtitle_bottom = fig.texts[1].get_window_extent(renderer).y0
+            for ax in fig.axes:
+                top = ax.get_tightbbox(renderer).y1
+                assert top <= subtitle_bottom + 1, f"page {page.title!r}: content reaches into the subtitle"
+
+
+def test_empty_lens_panel_says_why(tmp_path: Path):
+    from alignlens.report import _no_items_text
+
+    run = make_synthetic_run(tmp_path / "run", 21, ["en", "zh", "de"], 5, tasks=("emotion",), n_items=6, lens_no_items=("zh",))
+    lens = json.loads((run / "logit_lens.json").read_text(encoding="utf-8"))
+    zh = lens["tasks"]["emotion"]["per_language"]["zh"]
+    assert zh["n"] == 0 and zh["n_dropped_overlap"] == 6
+    why = _no_items_text(zh, lens["tasks"]["emotion"]["overlap_rule"])
+    assert why.startswith("no items: all 6 items") and "(token-set rule)" in why
+    out = render_report(run)
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext (poppler-utils) not installed")
+    text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+    assert "no items: all 6 items" in text and "(token-set rule)" in text
+
+
+def test_probability_intervals_are_clipped(tmp_path: Path):
+    run = make_synthetic_run(tmp_path / "run", 22, ["en", "de"], 4, tasks=("emotion",), n_items=6, analyses=("lens",))
+
+    def widen(lens):
+        for e in lens["tasks"]["emotion"]["per_language"].values():
+            for q in ("p_en", "p_target"):
+                e[q]["lo"] = [-0.2] * len(e[q]["lo"])
+                e[q]["hi"] = [1.3] * len(e[q]["hi"])
+            e["entropy_bits"]["lo"] = [-1.0] * len(e["entropy_bits"]["lo"])
+
+    _edit(run / "logit_lens.json", widen)
+    _edit(run / "summary.json", lambda s: s["tasks"]["emotion"]["languages"]["de"].update(ci95=[-0.1, 1.2]))
+    out = render_report(run)
+    tables = out.with_name("report_tables")
+    for r in _csv(tables / "logit_lens.csv"):
+        for q in ("p_en", "p_target"):
+            assert 0.0 <= float(r[f"{q}_lo"]) and float(r[f"{q}_hi"]) <= 1.0
+        assert float(r["entropy_bits_lo"]) >= 0.0
+    de = next(r for r in _csv(tables / "accuracy.csv") if r["language"] == "de")
+    assert (float(de["ci95_lo_base"]), float(de["ci95_hi_base"])) == (0.0, 1.0)
+    d, lo, hi = diff_ci(0.05, (-0.5, 0.9), 0.95, (0.1, 1.5))
+    assert -1.0 <= lo <= d <= hi <= 1.0
+
+
+def test_progress_is_reported_per_page(tmp_path: Path):
+    run = make_synthetic_run(tmp_path / "run", 23, ["en", "de"], 4, tasks=("emotion",), n_items=6)
+    calls = []
+    out = render_report(run, progress=lambda done, total, what: calls.append((done, total, what)))
+    n_pages = len(_contents(out))
+    assert [c[0] for c in calls] == list(range(n_pages + 2))
+    assert {c[1] for c in calls} == {n_pages + 1}
+    assert all(isinstance(c[2], str) and c[2] for c in calls)
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_outputs_atomic_umask_and_force_scope(tmp_path: Path):
+    import os
+    import stat
+
+    run = make_synthetic_run(tmp_path / "run", 24, ["en", "de"], 4, tasks=("emotion",), n_items=6, analyses=())
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / ".alignlens-tmp-report.pdf.x1y2").write_bytes(b"left by a killed run")
+    (folder / ".alignlens-tmp-report_figures.k3").mkdir()
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    (folder / "report_old.pdf").write_bytes(b"%PDF-other")
+    old_mask = os.umask(0o022)
+    try:
+        out = render_report(run, out=folder / "report.pdf")
+    finally:
+        os.umask(old_mask)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".alignlens-tmp-")]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    for d in ("report_figures", "report_tables"):
+        assert stat.S_IMODE((folder / d).stat().st_mode) == 0o755
+    assert stat.S_IMODE(next((folder / "report_tables").iterdir()).stat().st_mode) == 0o644
+    before = _snapshot(folder)
+
+    def fail_on_page_3(done, total, what):
+        if done == 3:
+            raise RuntimeError("drawing failed")
+
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        render_report(run, out=folder / "report.pdf", force=True, progress=fail_on_page_3)
+    assert _snapshot(folder) == before  # the previous report, byte for byte, and nothing else
+    render_report(run, out=folder / "report.pdf", force=True)
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert (folder / "report_old.pdf").read_bytes() == b"%PDF-other"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "report.pdf", "report_figures", "report_old.pdf", "report_tables"]
+
+
+# ---- provenance -------------------------------------------------------------------------------
+
+
+def test_title_page_shows_the_data_hashes(full_report: Path):
+    from alignlens.report import data_hashes
+
+    manifest = json.loads((full_report.parent / "base" / "manifest.json").read_text(encoding="utf-8"))
+    real = manifest["data"]["tasks"]["emotion"]["hash"]  # the key evaluate.make_manifest writes
+    assert len(real) == 64 and "hash" not in {k for k in manifest["data"] if k != "tasks"}
+    assert data_hashes(manifest) == f"emotion {real[:12]}"
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext (poppler-utils) not installed")
+    title = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(full_report), "-"], capture_output=True, text=True).stdout
+    assert f"emotion {real[:12]}" in title

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import textwrap
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alignlens import AlignlensError, __version__, fonts
+from alignlens import AlignlensError, __version__, fonts, results
 from alignlens.data import PAPER_LANGUAGES
 
 # --------------------------------------------------------------------------------------------------
@@ -198,11 +199,33 @@ class Run:
     similarity: dict | None = None
     neurons: dict | None = None
     absent: list[str] = field(default_factory=list)  # names of optional analyses not in the folder
+    _predictions: dict | None = None
 
     @property
     def name(self) -> str:
         m = self.manifest.get("model", {})
         return str(m.get("name") or m.get("spec") or self.path.name)
+
+    @property
+    def predictions(self) -> dict[tuple[str, str], dict[int, bool]]:
+        """{(task, lang): {item index: correct}} from predictions.jsonl (read on first use)."""
+        if self._predictions is None:
+            self._predictions = read_predictions(self.path / "predictions.jsonl", self.summary)
+        return self._predictions
+
+    @property
+    def n_layers(self) -> int | None:
+        """The model's layer count: manifest model.n_layers, else what an analysis file says."""
+        n = self.manifest.get("model", {}).get("n_layers")
+        if isinstance(n, int):
+            return n
+        if self.neurons:
+            return self.neurons["n_layers"]
+        for d in (self.lens, self.similarity):
+            for t in ((d or {}).get("tasks") or {}).values():
+                if isinstance(t.get("n_layers"), int):
+                    return t["n_layers"]
+        return None
 
 
 def _load_run(run_dir: Path) -> Run:
@@ -233,6 +256,41 @@ def _load_run(run_dir: Path) -> Run:
     return run
 
 
+def read_predictions(path: Path, summary: dict | None = None) -> dict[tuple[str, str], dict[int, bool]]:
+    """predictions.jsonl -> {(task, lang): {item index: gold == pred}}, in file order.
+
+    Raises AlignlensError naming the file and line for a missing file, bad JSON, a missing key or a
+    repeated item; and naming the task and language when the counts disagree with `summary`.
+    """
+    if not path.is_file():
+        raise AlignlensError(f"{path}: missing (needed to compare two runs item by item)")
+    out: dict[tuple[str, str], dict[int, bool]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AlignlensError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AlignlensError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+        for key in ("task", "lang", "index", "gold", "pred"):
+            if not isinstance(row, dict) or key not in row:
+                raise AlignlensError(f"{path}:{no}: missing key '{key}'")
+        cell = out.setdefault((str(row["task"]), str(row["lang"])), {})
+        if row["index"] in cell:
+            raise AlignlensError(f"{path}:{no}: item {row['index']} of {row['task']} {row['lang']} appears twice")
+        cell[row["index"]] = row["gold"] == row["pred"]
+    for task, t in ((summary or {}).get("tasks") or {}).items():
+        for lang, e in t["languages"].items():
+            n = len(out.get((task, lang), {}))
+            if n != e["n"]:
+                raise AlignlensError(f"{path}: {n} items of {task} {lang}, but summary.json says n={e['n']}")
+    return out
+
+
 def check_results(run_dir: Path) -> None:
     """Validate a run folder; raise AlignlensError (one line naming the missing file/key) if bad.
 
@@ -258,18 +316,110 @@ def _fmt(x, pct: bool = True, sign: bool = False) -> str:
     return f"{x * 100:+.1f}" if sign else f"{x * 100:.1f}" if pct else f"{x:.3g}"
 
 
+def _clip_ci(ci, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """An interval [l, u] clipped to [lo, hi] (None/NaN kept as NaN)."""
+    return [math.nan if v is None or v != v else min(max(float(v), lo), hi) for v in ci]
+
+
 def diff_ci(a: float, a_ci, b: float, b_ci) -> tuple[float, float, float]:
-    """b - a with Newcombe's (method 10) interval built from the two models' own 95% intervals.
+    """b - a with Newcombe's (method 10) interval built from the two models' own 95% intervals,
+    clipped to [-1, 1] (a difference of two proportions).
 
     Treats the two accuracies as independent, which is conservative for paired items.
     """
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)):
         return (math.nan, math.nan, math.nan)
-    (la, ua), (lb, ub) = a_ci, b_ci
+    (la, ua), (lb, ub) = _clip_ci(a_ci), _clip_ci(b_ci)
     d = b - a
     lo = d - math.sqrt((b - lb) ** 2 + (ua - a) ** 2)
     hi = d + math.sqrt((ub - b) ** 2 + (a - la) ** 2)
-    return d, lo, hi
+    return d, max(lo, -1.0), min(hi, 1.0)
+
+
+Cell = tuple[str, str]  # (task, language)
+
+
+@dataclass
+class ItemOverlap:
+    """What two runs have in common, item by item (from their predictions.jsonl).
+
+    shared: (task, lang) -> item indices present in both runs; only_a / only_b: (task, lang) -> count
+    of items in one run only; same: cells whose item sets are identical; acc: (task, lang) ->
+    ({"accuracy", "n", "ci95"} of run a, the same of run b), both on the shared items.
+    """
+
+    shared: dict[Cell, list[int]]
+    only_a: dict[Cell, int]
+    only_b: dict[Cell, int]
+    same: set[Cell]
+    acc: dict[Cell, tuple[dict, dict]]
+    n_layers: tuple[int | None, int | None]
+
+    @property
+    def n_shared(self) -> int:
+        return sum(len(v) for v in self.shared.values())
+
+    @property
+    def same_depth(self) -> bool:
+        """True when both models have the same number of layers (per-layer values line up)."""
+        return self.n_layers[0] == self.n_layers[1]
+
+    def same_items(self, task: str, langs) -> bool:
+        """True when every (task, lang) of `langs` has identical item sets in both runs."""
+        return all((task, l) in self.same for l in langs)
+
+
+def _accuracy_on(run: Run, cell: Cell, items: list[int]) -> dict:
+    """{"accuracy", "n", "ci95"} of `run` on `items` of `cell`: summary.json's entry when `items` is
+    the run's whole item set, else recomputed from predictions.jsonl (bootstrap interval with the
+    run's own seed and resamples, as `evaluate.summarize`)."""
+    from alignlens.stats import bootstrap_ci
+
+    pred = run.predictions[cell]
+    entry = run.summary["tasks"][cell[0]]["languages"][cell[1]]
+    if len(items) == len(pred):
+        return {"accuracy": entry["accuracy"], "n": entry["n"], "ci95": _clip_ci(entry["ci95"])}
+    keep = set(items)
+    correct = np.array([float(c) for i, c in pred.items() if i in keep])
+    opts = run.manifest.get("options") or {}
+    lo, hi = bootstrap_ci(correct, n_resamples=int(opts.get("bootstrap_resamples") or 2000),
+                          seed=int(run.manifest.get("seed") or 0))  # fmt: skip
+    return {"accuracy": float(correct.mean()), "n": len(correct), "ci95": _clip_ci([lo, hi])}
+
+
+def item_overlap(a: Run, b: Run) -> ItemOverlap:
+    """Intersect two runs by (task, language, item index); raise AlignlensError when they share no item."""
+    pa, pb = a.predictions, b.predictions
+    shared, only_a, only_b, same = {}, {}, {}, set()
+    for cell in list(pa) + [c for c in pb if c not in pa]:
+        ia, ib = pa.get(cell, {}), pb.get(cell, {})
+        common = [i for i in ia if i in ib]
+        if common:
+            shared[cell] = common
+        if len(ia) > len(common):
+            only_a[cell] = len(ia) - len(common)
+        if len(ib) > len(common):
+            only_b[cell] = len(ib) - len(common)
+        if common and len(common) == len(ia) == len(ib):
+            same.add(cell)
+    if not shared:
+        raise AlignlensError(
+            f"{a.path} and {b.path} have no item in common (tasks × languages: {_cells_text({c: len(v) for c, v in pa.items()})} "
+            f"vs {_cells_text({c: len(v) for c, v in pb.items()})}): nothing to compare")  # fmt: skip
+    acc = {cell: (_accuracy_on(a, cell, items), _accuracy_on(b, cell, items)) for cell, items in shared.items()}
+    return ItemOverlap(shared, only_a, only_b, same, acc, (a.n_layers, b.n_layers))
+
+
+def _cells_text(cells: dict[Cell, int], max_cells: int = 12) -> str:
+    """'emotion: de 20, th 20; paws: en 5' (at most `max_cells` cells, then '… N more')."""
+    if not cells:
+        return "none"
+    by_task: dict[str, list[str]] = {}
+    for k, ((task, lang), n) in enumerate(cells.items()):
+        if k < max_cells:
+            by_task.setdefault(task, []).append(f"{lang} {n}")
+    text = "; ".join(f"{t}: {', '.join(v)}" for t, v in by_task.items())
+    return text + (f"; … {len(cells) - max_cells} more" if len(cells) > max_cells else "")
 
 
 @dataclass
@@ -279,10 +429,15 @@ class AccRow:
     trained: bool
     a: dict | None
     b: dict | None
+    comparable: bool = True  # False: both runs have the language but on disjoint items
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.a and self.b and self.comparable)
 
     @property
     def diff(self) -> tuple[float, float, float]:
-        if not self.a or not self.b:
+        if not self.paired:
             return (math.nan, math.nan, math.nan)
         return diff_ci(self.a["accuracy"], self.a["ci95"], self.b["accuracy"], self.b["ci95"])
 
@@ -305,18 +460,35 @@ def _tasks(runs: list[Run], key: str = "summary") -> list[str]:
     return seen
 
 
-def accuracy_rows(runs: list[Run], task: str) -> list[AccRow]:
+def accuracy_rows(runs: list[Run], task: str, overlap: ItemOverlap | None = None) -> list[AccRow]:
+    """One row per language of `task`. With `overlap` (two runs), a language both runs have gets
+    both runs' accuracies on their shared items; a language only one run has keeps that run's own
+    accuracy and no comparison."""
     trained = _trained(runs)
     per = [r.summary["tasks"].get(task, {}).get("languages", {}) for r in runs]
     langs = order_languages([l for p in per for l in p])
-    return [
-        AccRow(task, l, l in trained, per[0].get(l), per[1].get(l) if len(per) > 1 else None)
-        for l in langs
-    ]
+    rows = []
+    for l in langs:
+        a, b = per[0].get(l), per[1].get(l) if len(per) > 1 else None
+        comparable = True
+        if overlap is not None and (task, l) in overlap.acc:
+            a, b = overlap.acc[task, l]
+        elif a is not None and b is not None:  # both ran it, on disjoint items
+            comparable = False
+        rows.append(AccRow(task, l, l in trained, _with_clipped_ci(a), _with_clipped_ci(b), comparable))
+    return rows
+
+
+def _with_clipped_ci(entry: dict | None) -> dict | None:
+    return None if entry is None else {**entry, "ci95": _clip_ci(entry["ci95"])}
 
 
 def group_means(rows: list[AccRow]) -> list[dict]:
-    """Macro means over languages for groups high/low/trained/untrained/all."""
+    """Macro means over languages for groups high/low/trained/untrained/all.
+
+    When some rows have both runs, the means of both runs are taken over those paired rows only,
+    so that "diff" is exactly "aligned" - "base"; otherwise each run's mean is over its own rows.
+    """
     groups = {
         "high-resource": [r for r in rows if resource_group(r.lang) == "high"],
         "low-resource": [r for r in rows if resource_group(r.lang) == "low"],
@@ -328,9 +500,13 @@ def group_means(rows: list[AccRow]) -> list[dict]:
     for g, rs in groups.items():
         if not rs:
             continue
+        if any(r.paired for r in rows):
+            rs = [r for r in rs if r.paired]
+            if not rs:
+                continue
         a = [r.a["accuracy"] for r in rs if r.a]
         b = [r.b["accuracy"] for r in rs if r.b]
-        paired = [r.b["accuracy"] - r.a["accuracy"] for r in rs if r.a and r.b]
+        paired = [r.b["accuracy"] - r.a["accuracy"] for r in rs if r.paired]
         out.append({
             "group": g,
             "n_languages": len(rs),
@@ -362,12 +538,22 @@ class Page:
 class _Ctx:
     """What the section builders need: the runs, model roles, and a table writer."""
 
-    def __init__(self, runs: list[Run], tables_dir: Path):
+    def __init__(self, runs: list[Run], tables_dir: Path, overlap: ItemOverlap | None = None):
         self.runs = runs
         self.roles = ["base", "aligned"][: len(runs)]
         self.tables_dir = tables_dir
         self.trained = _trained(runs)
         self.summary_lines: list[str] = []
+        self.overlap = overlap
+
+    @property
+    def depth_axis(self) -> bool:
+        """True when two runs' models differ in layer count: per-layer overlays use relative depth."""
+        return self.overlap is not None and not self.overlap.same_depth
+
+    def layer_x(self, n: int) -> np.ndarray:
+        """x positions of `n` layers: indices, or relative depth layer / (n - 1) (see `depth_axis`)."""
+        return np.arange(n) / max(n - 1, 1) if self.depth_axis else np.arange(n, dtype=float)
 
     @property
     def compare(self) -> bool:
@@ -391,7 +577,21 @@ def _new_fig(title: str, subtitle: str | None = None):
     fig.text(0.03, 0.965, title, fontsize=15, fontweight="bold", va="top")
     if subtitle:
         fig.text(0.03, 0.93, _wrap(subtitle, 175), fontsize=9, va="top", color="#444444", linespacing=1.3)
+    fig.content_top = _content_top(subtitle)  # where page content may start (below the subtitle)
     return fig
+
+
+def _top(fig, top: float) -> float:
+    """`top` of a page's grid, lowered when the page's subtitle needs the room."""
+    return min(top, getattr(fig, "content_top", top))
+
+
+def _content_top(subtitle: str | None, width: int = 175) -> float:
+    """Figure y (0..1) below which page content may start, given the page's subtitle: the
+    subtitle's wrapped lines (9 pt, line spacing 1.3) start at y = 0.93 and grow downwards."""
+    n_lines = _wrap(subtitle, width).count("\n") + 1 if subtitle else 0
+    axes_title = 0.045  # room for the axes titles above the content
+    return min(0.86, 0.93 - n_lines * 0.0215 - axes_title)
 
 
 def _footer(fig, page_no: int, n_pages: int, note: str) -> None:
@@ -438,17 +638,19 @@ def _manifest_rows(run: Run) -> list[tuple[str, str]]:
     opts = m.get("options") or {}
     vers = m.get("versions") or {}
     limit = data.get("limit")
+    tasks = data.get("tasks") or []
     rows = [
         ("folder", str(run.path)),
         ("model", f"{model.get('name', '—')}   spec: {model.get('spec', '—')}"),
         ("model path / hash", f"{model.get('path', '—')}   {str(model.get('hash', '—'))[:16]}"),
+        ("architecture / layers", f"{model.get('architecture', '—')} / {model.get('n_layers', '—')}"),
         ("dtype / device", f"{model.get('dtype', '—')} / {model.get('device', '—')}"),
         ("trained languages", ", ".join(lang_label(l) for l in m.get("trained_languages") or []) or "— (none)"),
-        ("tasks", ", ".join(data.get("tasks") or []) or "—"),
+        ("tasks", ", ".join(map(str, tasks)) or "—"),
         ("languages", " ".join(data.get("languages") or []) or "—"),
         ("items / task×lang", "all" if limit is None else str(limit)),
-        ("data hash", str(data.get("hash", "—"))[:16]),
-        ("options", ", ".join(f"{k}={v}" for k, v in opts.items()) or "—"),
+        ("data hash (sha256)", data_hashes(m)),
+        ("options", _options_text(opts)),
         ("seed", str(m.get("seed", "—"))),
         ("versions", ", ".join(f"{k} {v}" for k, v in vers.items()) or "—"),
         ("alignlens / git", f"{m.get('alignlens_version', '—')} / {str(m.get('git_commit') or '—')[:12]}"),
@@ -457,6 +659,33 @@ def _manifest_rows(run: Run) -> list[tuple[str, str]]:
         ("analyses absent", ", ".join(run.absent) or "none"),
     ]
     return rows
+
+
+def data_hashes(manifest: dict, length: int = 12) -> str:
+    """'emotion 1a2b3c4d5e6f, snli …': each task's data hash (manifest data.tasks.<task>.hash, as
+    `evaluate.make_manifest` writes it), shortened to `length` hex digits; '—' when none is recorded."""
+    data = manifest.get("data") or {}
+    tasks = data.get("tasks")
+    hashes = []
+    if isinstance(tasks, dict):
+        hashes = [f"{t} {str(v['hash'])[:length]}" for t, v in tasks.items() if isinstance(v, dict) and v.get("hash")]
+    if not hashes and data.get("hash"):  # an older single-hash manifest
+        hashes = [str(data["hash"])[:length]]
+    return ", ".join(hashes) or "—"
+
+
+def _options_text(opts: dict) -> str:
+    """Run options for the title page, without those shown in their own rows (tasks, languages,
+    limit); nested options flattened as group.key=value."""
+    bits = []
+    for k, v in opts.items():
+        if k in ("tasks", "languages", "limit"):
+            continue
+        if isinstance(v, dict):
+            bits += [f"{k}.{kk}={vv}" for kk, vv in v.items()]
+        else:
+            bits.append(f"{k}={v}")
+    return ", ".join(bits) or "—"
 
 
 def _title_pages(ctx: _Ctx) -> list[Page]:
@@ -521,7 +750,7 @@ def _acc_table_pages(ctx: _Ctx) -> list[Page]:
     pages: list[Page] = []
     csv_rows, group_rows = [], []
     for task in _tasks(ctx.runs):
-        rows = accuracy_rows(ctx.runs, task)
+        rows = accuracy_rows(ctx.runs, task, ctx.overlap)
         groups = group_means(rows)
         for r in rows:
             d, dlo, dhi = r.diff
@@ -535,7 +764,7 @@ def _acc_table_pages(ctx: _Ctx) -> list[Page]:
         pages.append(Page("Accuracy table", f"Accuracy table — {task}", f"accuracy_table_{task}",
                           lambda task=task, rows=rows, groups=groups: _draw_acc_table(ctx, task, rows, groups)))  # fmt: skip
     if ctx.compare and csv_rows:
-        all_rows = [r for t in _tasks(ctx.runs) for r in accuracy_rows(ctx.runs, t)]
+        all_rows = [r for t in _tasks(ctx.runs) for r in accuracy_rows(ctx.runs, t, ctx.overlap)]
         g = {x["group"]: x for x in group_means(all_rows)}
         bits = [f"{name} {_fmt(g[name]['diff'], sign=True)}" for name in ("trained", "not trained", "high-resource", "low-resource")
                 if name in g and not math.isnan(g[name]["diff"])]  # fmt: skip
@@ -563,9 +792,11 @@ def _draw_acc_table(ctx: _Ctx, task: str, rows: list[AccRow], groups: list[dict]
         "* = trained language of the aligned model. "
     )
     if ctx.compare:
-        sub += "Δ = aligned − base (Newcombe interval from the two intervals; green/red: interval excludes 0)."
+        sub += ("Δ = aligned − base (Newcombe interval from the two intervals; green/red: interval excludes 0). "
+                "Compared on the items both runs have (n); a language only one run has is shown without Δ "
+                "and left out of the means.")
     fig = _new_fig(f"Accuracy — {task}", _wrap(sub, 170))
-    ax = fig.add_axes([0.03, 0.04, 0.94, 0.84])
+    ax = fig.add_axes([0.03, 0.04, 0.94, _top(fig, 0.88) + 0.02 - 0.04])
     ax.axis("off")
     header = ["language", "group", "n", "base", "base 95% CI"]
     if ctx.compare:
@@ -617,6 +848,11 @@ def _draw_acc_table(ctx: _Ctx, task: str, rows: list[AccRow], groups: list[dict]
 
 def _summarize_accuracy(ctx: _Ctx, task: str, rows: list[AccRow], groups: list[dict]) -> None:
     g = {x["group"]: x for x in groups}
+    if ctx.compare and not any(r.paired for r in rows):  # only one run has this task (or no shared item)
+        sides = [(ctx.roles[i], key) for i, key in ((0, "base"), (1, "aligned")) if not math.isnan(g["all"][key])]
+        ctx.summary_lines.append(f"• {task} (not compared: no item in both runs): " + "; ".join(
+            f"{role} mean accuracy {_fmt(g['all'][key])}% over {g['all']['n_languages']} languages" for role, key in sides) + ".")  # fmt: skip
+        return
     if not ctx.compare:
         ctx.summary_lines.append(
             f"• {task}: mean accuracy {_fmt(g['all']['base'])}% over {g['all']['n_languages']} languages"
@@ -628,7 +864,7 @@ def _summarize_accuracy(ctx: _Ctx, task: str, rows: list[AccRow], groups: list[d
     for name in ("high-resource", "low-resource", "trained", "not trained"):
         if name in g and not math.isnan(g[name]["diff"]):
             parts.append(f"{name} Δ {_fmt(g[name]['diff'], sign=True)}")
-    both = [(r, *r.diff) for r in rows if r.a and r.b]
+    both = [(r, *r.diff) for r in rows if r.paired]
     up = [r.lang for r, d, lo, hi in both if lo > 0]
     down = [r.lang for r, d, lo, hi in both if hi < 0]
     line = "; ".join(parts) + "."
@@ -652,10 +888,10 @@ def _acc_chart_pages(ctx: _Ctx) -> list[Page]:
 
 def _draw_acc_bars(ctx: _Ctx, tasks: list[str]):
     fig = _new_fig("Accuracy by language", "Bars: accuracy with 95% intervals; grey line: high- | low-resource split; * and bold = trained language; dotted: chance (1 / number of labels).")
-    gs = fig.add_gridspec(len(tasks), 1, left=0.06, right=0.98, top=0.87, bottom=0.1, hspace=0.75)
+    gs = fig.add_gridspec(len(tasks), 1, left=0.06, right=0.98, top=_top(fig, 0.87), bottom=0.1, hspace=0.75)
     for ti, task in enumerate(tasks):
         ax = fig.add_subplot(gs[ti])
-        rows = accuracy_rows(ctx.runs, task)
+        rows = accuracy_rows(ctx.runs, task, ctx.overlap)
         x = np.arange(len(rows))
         w = min(0.8 / len(ctx.runs), 0.3 if len(ctx.runs) == 1 else 0.4)
         for i in range(len(ctx.runs)):
@@ -683,26 +919,73 @@ def _draw_acc_bars(ctx: _Ctx, tasks: list[str]):
     return fig
 
 
+def _lens_plan(ctx: _Ctx, task: str, per: list[dict]) -> tuple[list[tuple[list[int], list[str]]], list[str]]:
+    """Which runs share a page and for which languages: ([run indices], languages) groups, and notes.
+
+    Two runs are overlaid only on the languages both have, and only when those items are the same
+    in both runs (lens values are saved as means over each run's items, so they cannot be restricted
+    to shared items afterwards): otherwise each run gets its own pages."""
+    have = [i for i, p in enumerate(per) if p]
+    if len(have) < 2:
+        note = [f"Only {ctx.role_label(have[0])} has logit-lens results for {task}."] if ctx.compare else []
+        return [(have, order_languages(per[have[0]]))], note
+    shared = order_languages([l for l in per[0] if l in per[1]])
+    notes = []
+    one_sided = {ctx.roles[i]: [l for l in per[i] if l not in per[1 - i]] for i in (0, 1)}
+    if any(one_sided.values()):
+        notes.append("Languages in one run only, not shown: "
+                     + "; ".join(f"{r}: {' '.join(ls)}" for r, ls in one_sided.items() if ls) + ".")  # fmt: skip
+    if not shared:
+        return [([i], order_languages(per[i])) for i in (0, 1)], notes
+    if ctx.overlap.same_items(task, shared):
+        groups = [([0, 1], shared)]
+    else:
+        groups = [([0], shared), ([1], shared)]
+        notes.append("The two runs evaluated different items here; lens values are saved as means over each run's own "
+                     "items, so they cannot be restricted to the shared items: each run is shown on its own page, not overlaid.")  # fmt: skip
+    return groups, notes
+
+
+def _lens_csv_rows(ctx: _Ctx, task: str, per: list[dict]) -> list[list]:
+    """Rows of logit_lens.csv for one task (intervals of probabilities clipped to [0, 1], entropy's at 0)."""
+    rows = []
+    for i, p in enumerate(per):
+        for l, e in p.items():
+            series = {q: {s: _arr(e[q][s]) for s in ("mean", "lo", "hi")} for q in ("p_en", "p_target", "entropy_bits")}
+            for q in ("p_en", "p_target"):
+                for s in ("lo", "hi"):
+                    series[q][s] = np.clip(series[q][s], 0.0, 1.0)
+            for s in ("lo", "hi"):
+                series["entropy_bits"][s] = np.clip(series["entropy_bits"][s], 0.0, None)
+            for layer in range(len(series["p_en"]["mean"])):
+                rows.append([task, ctx.roles[i], l, layer, e.get("n", "")] + [
+                    series[q][s][layer] if layer < len(series[q][s]) else math.nan
+                    for q in ("p_en", "p_target", "entropy_bits") for s in ("mean", "lo", "hi")])  # fmt: skip
+    return rows
+
+
 def _lens_pages(ctx: _Ctx) -> list[Page]:
-    have = [r for r in ctx.runs if r.lens is not None]
-    if not have:
+    if not any(r.lens is not None for r in ctx.runs):
         return []
     pages, csv_rows = [], []
     for task in _tasks(ctx.runs, "lens"):
-        per = [(r.lens or {}).get("tasks", {}).get(task, {}).get("per_language", {}) for r in ctx.runs]
-        langs = order_languages([l for p in per for l in p])
-        for i, p in enumerate(per):
-            for l, e in p.items():
-                series = {q: {s: _arr(e[q][s]) for s in ("mean", "lo", "hi")} for q in ("p_en", "p_target", "entropy_bits")}
-                for layer in range(len(series["p_en"]["mean"])):
-                    csv_rows.append([task, ctx.roles[i], l, layer, e.get("n", "")] + [
-                        series[q][s][layer] if layer < len(series[q][s]) else math.nan
-                        for q in ("p_en", "p_target", "entropy_bits") for s in ("mean", "lo", "hi")])  # fmt: skip
-        _summarize_lens(ctx, task, per, langs)
-        for start in range(0, len(langs), 20):
-            chunk = langs[start : start + 20]
-            pages.append(Page("Logit lens", f"Logit lens — {task}", f"logit_lens_{task}_{start // 20}",
-                              lambda task=task, per=per, chunk=chunk: _draw_lens(ctx, task, per, chunk)))  # fmt: skip
+        tdicts = [(r.lens or {}).get("tasks", {}).get(task, {}) for r in ctx.runs]
+        per = [t.get("per_language", {}) for t in tdicts]
+        rule = next((t["overlap_rule"] for t in tdicts if t.get("overlap_rule")), "token-set")
+        csv_rows += _lens_csv_rows(ctx, task, per)
+        groups, notes = _lens_plan(ctx, task, per)
+        if ctx.depth_axis:
+            notes.append(f"The models have {ctx.overlap.n_layers[0]} and {ctx.overlap.n_layers[1]} layers: "
+                         "the x axis is relative depth, layer / (layers − 1).")  # fmt: skip
+        _summarize_lens(ctx, task, per, groups)
+        for idxs, langs in groups:
+            for start in range(0, len(langs), 20):
+                chunk = langs[start : start + 20]
+                suffix = f"_{ctx.roles[idxs[0]]}" if len(groups) > 1 and len(idxs) == 1 else ""
+                title = f"Logit lens — {task}" + (f" ({ctx.roles[idxs[0]]})" if suffix else "")
+                series = [(i, per[i]) for i in idxs]
+                pages.append(Page("Logit lens", title, f"logit_lens_{task}{suffix}_{start // 20}",
+                                  lambda t=title, s=series, c=chunk, n=" ".join(notes): _draw_lens(ctx, t, s, c, rule, n)))  # fmt: skip
     ctx.write_csv(
         "logit_lens.csv",
         ["task", "model", "language", "layer", "n"] + [f"{q}_{s}" for q in ("p_en", "p_target", "entropy_bits") for s in ("mean", "lo", "hi")],
@@ -711,71 +994,97 @@ def _lens_pages(ctx: _Ctx) -> list[Page]:
     return pages
 
 
-def _draw_lens(ctx: _Ctx, task: str, per: list[dict], langs: list[str]):
+def _no_items_text(e: dict, rule: str) -> str:
+    """Why a lens panel has no items (n = 0)."""
+    dropped = e.get("n_dropped_overlap") or 0
+    if dropped:
+        return (f"no items: all {dropped} items' gold labels\nhave overlapping English and target\n"
+                f"words ({rule} rule), so none is kept")
+    return "no items"
+
+
+def _lens_strip(ctx: _Ctx, strip, rows: list[np.ndarray], ent_max: float):
+    """Entropy strip under a lens panel: one row per run, each on its own layer positions."""
+    im = None
+    for ri, r in enumerate(rows):
+        if not len(r):
+            continue
+        xs = ctx.layer_x(len(r))
+        step = xs[1] - xs[0] if len(xs) > 1 else 1.0
+        im = strip.imshow(r[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=ent_max, interpolation="nearest",
+                          extent=(xs[0] - step / 2, xs[-1] + step / 2, ri + 0.5, ri - 0.5))  # fmt: skip
+    strip.set_ylim(len(rows) - 0.5, -0.5)
+    return im
+
+
+def _lens_panel(ctx: _Ctx, ax, strip, l: str, series: list[tuple[int, dict]], rule: str, ent_max: float):
+    """One language's lens panel (curves of every run in `series`) and its entropy strip."""
+    ent_rows, ns, empty = [], [], []
+    x_max = 0.0
+    for i, p in series:
+        e = p.get(l)
+        if e is None:
+            continue
+        ns.append(f"{e.get('n', '?')}")
+        if e.get("n") == 0:
+            empty.append((f"{ctx.roles[i]}: " if len(series) > 1 else "") + _no_items_text(e, rule))
+        for q in ("p_en", "p_target"):
+            m, lo, hi = (_arr(e[q][s]) for s in ("mean", "lo", "hi"))
+            xs = ctx.layer_x(len(m))
+            x_max = max(x_max, float(xs[-1]) if len(xs) else 0.0)
+            ax.plot(xs, m, color=COLOR[q], ls=LINESTYLE[ctx.roles[i]], lw=1.2)
+            if len(lo) == len(m) and len(hi) == len(m):
+                ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLOR[q], alpha=0.12, lw=0)
+        ent_rows.append(_arr(e["entropy_bits"]["mean"]))
+    if empty:
+        ax.text(0.5, 0.5, "\n".join(empty), transform=ax.transAxes, ha="center", va="center", fontsize=6.5,
+                color="#444444", bbox={"facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.9})  # fmt: skip
+    ax.set_title(f"{lang_label(l)}{' *' if l in ctx.trained else ''}  (n={'/'.join(ns)})", fontsize=8.5, pad=3)
+    return _lens_strip(ctx, strip, ent_rows, ent_max), x_max
+
+
+def _draw_lens(ctx: _Ctx, title: str, series: list[tuple[int, dict]], langs: list[str], rule: str, note: str = ""):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     fig = _new_fig(
-        f"Logit lens — {task}",
+        title,
         "Probability of the English label word (purple) vs the target-language label word (green) read out at each layer "
         "(mean with 95% interval). Strip below each panel: mean next-token entropy (bits) per layer"
-        + (", rows = base / aligned." if ctx.compare else "."),
+        + (", rows = base / aligned." if len(series) > 1 else ".") + (f" {note}" if note else ""),
     )
     n = len(langs)
     ncols = 5 if n > 8 else min(max(n, 1), 4)
     nrows = math.ceil(n / ncols)
-    outer = fig.add_gridspec(nrows, ncols, left=0.05, right=0.93, top=0.83, bottom=0.1, hspace=0.55, wspace=0.25)
-    ent_max = 0.0
-    for p in per:
-        for e in p.values():
-            m = _arr(e["entropy_bits"]["mean"])
-            if np.isfinite(m).any():
-                ent_max = max(ent_max, float(np.nanmax(m)))
-    ent_max = ent_max or 1.0
+    outer = fig.add_gridspec(nrows, ncols, left=0.05, right=0.93, top=_top(fig, 0.83), bottom=0.1, hspace=0.55, wspace=0.25)
+    ent = [_arr(e["entropy_bits"]["mean"]) for _, p in series for e in p.values()]
+    ent_max = max([float(np.nanmax(m)) for m in ent if np.isfinite(m).any()] or [1.0]) or 1.0
     im = None
+    xlabel = "relative depth" if ctx.depth_axis else "layer"
     for k, l in enumerate(langs):
         sub = outer[k // ncols, k % ncols].subgridspec(2, 1, height_ratios=[5, 1], hspace=0.08)
         ax = fig.add_subplot(sub[0])
         strip = fig.add_subplot(sub[1], sharex=ax)
-        ent_rows, ns = [], []
-        n_layers = 0
-        for i, p in enumerate(per):
-            e = p.get(l)
-            if e is None:
-                continue
-            ns.append(f"{e.get('n', '?')}")
-            for q in ("p_en", "p_target"):
-                m, lo, hi = (_arr(e[q][s]) for s in ("mean", "lo", "hi"))
-                xs = np.arange(len(m))
-                n_layers = max(n_layers, len(m))
-                ax.plot(xs, m, color=COLOR[q], ls=LINESTYLE[ctx.roles[i]], lw=1.2)
-                if len(lo) == len(m) and len(hi) == len(m):
-                    ax.fill_between(xs, lo, hi, color=COLOR[q], alpha=0.12, lw=0)
-            ent_rows.append(_arr(e["entropy_bits"]["mean"]))
-        if ent_rows:
-            width = max(len(r) for r in ent_rows)
-            mat = np.full((len(ent_rows), width), np.nan)
-            for ri, r in enumerate(ent_rows):
-                mat[ri, : len(r)] = r
-            im = strip.imshow(mat, aspect="auto", cmap="viridis", vmin=0, vmax=ent_max,
-                              extent=(-0.5, width - 0.5, len(ent_rows) - 0.5, -0.5), interpolation="nearest")  # fmt: skip
+        panel_im, x_max = _lens_panel(ctx, ax, strip, l, series, rule, ent_max)
+        im = panel_im or im
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{lang_label(l)}{' *' if l in ctx.trained else ''}  (n={'/'.join(ns)})", fontsize=8.5, pad=3)
         ax.tick_params(labelsize=6.5, labelbottom=False, labelleft=(k % ncols == 0))
         ax.grid(alpha=0.25)
         strip.set_yticks([])
         strip.tick_params(labelsize=6.5)
-        _int_layers(strip)
+        if not ctx.depth_axis:
+            _int_layers(strip)
         if k // ncols == nrows - 1 or k + ncols >= n:
-            strip.set_xlabel("layer", fontsize=7)
-        if n_layers:
-            ax.set_xlim(-0.5, n_layers - 0.5)
+            strip.set_xlabel(xlabel, fontsize=7)
+        if x_max:
+            pad = 0.5 if not ctx.depth_axis else 0.03
+            ax.set_xlim(-pad, x_max + pad)
     handles = [
         Line2D([], [], color=COLOR["p_en"], lw=1.5, label="P(English label)"),
         Line2D([], [], color=COLOR["p_target"], lw=1.5, label="P(target-language label)"),
         Patch(color="#cccccc", alpha=0.6, label="95% interval"),
     ]
-    for i in range(len(ctx.runs)):
+    for i, _ in series:
         handles.append(Line2D([], [], color="#333333", ls=LINESTYLE[ctx.roles[i]], label=ctx.role_label(i)))
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.02))
     if im is not None:
@@ -793,10 +1102,13 @@ def _peak(e: dict, q: str) -> tuple[float, int]:
     return float(m[i]), i
 
 
-def _summarize_lens(ctx: _Ctx, task: str, per: list[dict], langs: list[str]) -> None:
+def _summarize_lens(ctx: _Ctx, task: str, per: list[dict], groups: list[tuple[list[int], list[str]]]) -> None:
+    """One summary line per task: each run's mean peak of P(English label) and last-layer P(target),
+    over the non-English languages shown on the pages (shared languages when both runs have them)."""
     bits = []
+    shown = {i: langs for idxs, langs in groups for i in idxs}
     for i, p in enumerate(per):
-        non_en = [p[l] for l in langs if l in p and l != "en"]
+        non_en = [p[l] for l in shown.get(i, []) if l in p and l != "en" and p[l].get("n") != 0]
         peaks = [_peak(e, "p_en") for e in non_en]
         peaks = [(v, li, len(_arr(e["p_en"]["mean"]))) for (v, li), e in zip(peaks, non_en) if li >= 0]
         finals = [_arr(e["p_target"]["mean"])[-1] for e in non_en if len(e["p_target"]["mean"])]
@@ -809,7 +1121,8 @@ def _summarize_lens(ctx: _Ctx, task: str, per: list[dict], langs: list[str]) -> 
             f"(at {rel * 100:.0f}% depth), target-language label at the last layer {np.mean(finals) if finals else math.nan:.2f}"
         )
     if bits:
-        ctx.summary_lines.append(f"• Logit lens, {task} (non-English languages): " + "; ".join(bits) + ".")
+        own = " (each run on its own items, not compared)" if len(bits) > 1 and not any(len(ix) > 1 for ix, _ in groups) else ""
+        ctx.summary_lines.append(f"• Logit lens, {task} (non-English languages){own}: " + "; ".join(bits) + ".")
 
 
 def _sim_metrics(per: list[dict]) -> list[str]:
@@ -831,6 +1144,53 @@ def _lang_colors(langs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _sim_plan(ctx: _Ctx, task: str, per: list[dict]) -> tuple[list[str], bool, list[str]]:
+    """(languages shown, whether aligned − base is drawn, notes) for one task's similarity pages.
+
+    With two runs: the languages both have; the difference only when their items are the same
+    (similarity values are saved per run, so they cannot be restricted to shared items) and the
+    models have the same number of layers."""
+    have = [i for i, p in enumerate(per) if p]
+    if len(have) < 2:
+        note = [f"Only {ctx.role_label(have[0])} has similarity results for {task}."] if ctx.compare else []
+        return order_languages(per[have[0]]), False, note
+    langs = order_languages([l for l in per[0] if l in per[1]])
+    if not langs:
+        return order_languages([l for p in per for l in p]), False, ["The two runs have no language in common here."]
+    notes = []
+    one_sided = {ctx.roles[i]: [l for l in per[i] if l not in per[1 - i]] for i in (0, 1)}
+    if any(one_sided.values()):
+        notes.append("Languages in one run only, not shown: "
+                     + "; ".join(f"{r}: {' '.join(ls)}" for r, ls in one_sided.items() if ls) + ".")  # fmt: skip
+    same_items = ctx.overlap.same_items(task, langs)
+    if not same_items:
+        notes.append("The two runs evaluated different items here; similarities are saved per run and cannot be "
+                     "restricted to the shared items: shown side by side, no difference drawn.")  # fmt: skip
+    if ctx.depth_axis:
+        notes.append(f"The models have {ctx.overlap.n_layers[0]} and {ctx.overlap.n_layers[1]} layers: side by side "
+                     "against relative depth, layer / (layers − 1); no layer-by-layer difference.")  # fmt: skip
+    return langs, bool(langs) and same_items and not ctx.depth_axis, notes
+
+
+def _sim_csv_rows(ctx: _Ctx, task: str, tdicts: list[dict]) -> tuple[list[list], list[list]]:
+    """Rows of similarity.csv and similarity_pairwise.csv for one task."""
+    rows, pair_rows = [], []
+    for i, t in enumerate(tdicts):
+        for l, e in t.get("per_language", {}).items():
+            L = max(len(v) for v in e.values() if isinstance(v, list))
+            for layer in range(L):
+                rows.append([task, ctx.roles[i], l, layer] + [
+                    (_arr(e[m])[layer] if m in e and layer < len(e[m]) else math.nan) for m in SIM_METRICS])  # fmt: skip
+        pw = t.get("pairwise")
+        if pw:
+            for key in ("cka_mean", "cosine_mean"):
+                for layer, mat in zip(pw.get("layers", []), pw.get(key, [])):
+                    for a, row in zip(pw["languages"], mat):
+                        for b, v in zip(pw["languages"], row):
+                            pair_rows.append([task, ctx.roles[i], key, layer, a, b, v])
+    return rows, pair_rows
+
+
 def _similarity_pages(ctx: _Ctx) -> list[Page]:
     if not any(r.similarity is not None for r in ctx.runs):
         return []
@@ -838,59 +1198,58 @@ def _similarity_pages(ctx: _Ctx) -> list[Page]:
     for task in _tasks(ctx.runs, "similarity"):
         tdicts = [(r.similarity or {}).get("tasks", {}).get(task, {}) for r in ctx.runs]
         per = [t.get("per_language", {}) for t in tdicts]
-        langs = order_languages([l for p in per for l in p])
-        metrics = _sim_metrics(per)
-        for i, p in enumerate(per):
-            for l, e in p.items():
-                L = max(len(v) for v in e.values() if isinstance(v, list))
-                for layer in range(L):
-                    csv_rows.append([task, ctx.roles[i], l, layer] + [
-                        (_arr(e[m])[layer] if m in e and layer < len(e[m]) else math.nan) for m in SIM_METRICS])  # fmt: skip
-            pw = tdicts[i].get("pairwise")
-            if pw:
-                for key in ("cka_mean", "cosine_mean"):
-                    for layer, mat in zip(pw.get("layers", []), pw.get(key, [])):
-                        for a, row in zip(pw["languages"], mat):
-                            for b, v in zip(pw["languages"], row):
-                                pair_rows.append([task, ctx.roles[i], key, layer, a, b, v])
-        _summarize_similarity(ctx, task, per, metrics)
+        langs, diff, notes = _sim_plan(ctx, task, per)
+        metrics = _sim_metrics([{l: e for l, e in p.items() if l in langs} for p in per])
+        rows, prs = _sim_csv_rows(ctx, task, tdicts)
+        csv_rows += rows
+        pair_rows += prs
+        _summarize_similarity(ctx, task, per, langs, metrics, compared=diff or not ctx.compare)
+        note = " ".join(notes)
         pages.append(Page("Similarity", f"Similarity to English by layer — {task}", f"similarity_curves_{task}",
-                          lambda task=task, per=per, langs=langs, metrics=metrics: _draw_sim_curves(ctx, task, per, langs, metrics)))  # fmt: skip
+                          lambda task=task, per=per, langs=langs, metrics=metrics, diff=diff, note=note:
+                          _draw_sim_curves(ctx, task, per, langs, metrics, diff, note)))  # fmt: skip
         if any(t.get("pairwise") for t in tdicts):
             pages.append(Page("Similarity", f"Language × language similarity — {task}", f"similarity_heatmaps_{task}",
-                              lambda task=task, tdicts=tdicts: _draw_sim_heatmaps(ctx, task, tdicts)))  # fmt: skip
+                              lambda task=task, tdicts=tdicts, langs=langs, diff=diff, note=note:
+                              _draw_sim_heatmaps(ctx, task, tdicts, langs, diff, note)))  # fmt: skip
     ctx.write_csv("similarity.csv", ["task", "model", "language", "layer", *SIM_METRICS], csv_rows)
     ctx.write_csv("similarity_pairwise.csv", ["task", "model", "metric", "layer", "language_a", "language_b", "value"], pair_rows)
     return pages
 
 
-def _draw_sim_curves(ctx: _Ctx, task: str, per: list[dict], langs: list[str], metrics: list[str]):
+def _sim_curve(per: list[dict], col, l: str, m: str) -> np.ndarray | None:
+    """One language's curve of metric `m` for run `col`, or aligned − base for col "diff"."""
+    if col == "diff":
+        if l not in per[0] or l not in per[1] or m not in per[0][l] or m not in per[1][l]:
+            return None
+        a, b = _arr(per[0][l][m]), _arr(per[1][l][m])
+        k = min(len(a), len(b))
+        return b[:k] - a[:k]
+    if l not in per[col] or m not in per[col][l]:
+        return None
+    return _arr(per[col][l][m])
+
+
+def _draw_sim_curves(ctx: _Ctx, task: str, per: list[dict], langs: list[str], metrics: list[str], diff: bool, note: str = ""):
     from matplotlib.lines import Line2D
 
-    cols = list(range(len(ctx.runs))) + (["diff"] if ctx.compare else [])
+    cols = [i for i, p in enumerate(per) if p] + (["diff"] if diff else [])
     fig = _new_fig(
         f"Similarity to English by layer — {task}",
         "Each line: one language's representation similarity to the parallel English inputs. Solid: high-resource, "
-        "dashed: low-resource." + (" Right column: aligned − base." if ctx.compare else ""),
+        "dashed: low-resource." + (" Right column: aligned − base." if diff else "") + (f" {note}" if note else ""),
     )
-    gs = fig.add_gridspec(len(metrics), len(cols), left=0.06, right=0.83, top=0.86, bottom=0.09, hspace=0.38, wspace=0.22)
+    gs = fig.add_gridspec(len(metrics), len(cols), left=0.06, right=0.83, top=_top(fig, 0.86), bottom=0.09, hspace=0.38, wspace=0.22)
     colors = _lang_colors(langs)
     for mi, m in enumerate(metrics):
         for ci, col in enumerate(cols):
             ax = fig.add_subplot(gs[mi, ci])
             for l in langs:
-                if col == "diff":
-                    if l not in per[0] or l not in per[1] or m not in per[0][l] or m not in per[1][l]:
-                        continue
-                    a, b = _arr(per[0][l][m]), _arr(per[1][l][m])
-                    k = min(len(a), len(b))
-                    y = b[:k] - a[:k]
-                else:
-                    if l not in per[col] or m not in per[col][l]:
-                        continue
-                    y = _arr(per[col][l][m])
+                y = _sim_curve(per, col, l, m)
+                if y is None:
+                    continue
                 ls = "-" if resource_group(l) == "high" else "--"
-                ax.plot(np.arange(len(y)), y, color=colors[l], ls=ls, lw=1.6 if l in ctx.trained else 1.0)
+                ax.plot(ctx.layer_x(len(y)), y, color=colors[l], ls=ls, lw=1.6 if l in ctx.trained else 1.0)
             if col == "diff":
                 ax.axhline(0, color="#444444", lw=0.7)
             ax.grid(alpha=0.25)
@@ -899,9 +1258,10 @@ def _draw_sim_curves(ctx: _Ctx, task: str, per: list[dict], langs: list[str], me
                 ax.set_title("aligned − base" if col == "diff" else ctx.role_label(col), fontsize=9)
             if ci == 0:
                 ax.set_ylabel(m.replace("_", " "), fontsize=8)
-            _int_layers(ax)
+            if not ctx.depth_axis:
+                _int_layers(ax)
             if mi == len(metrics) - 1:
-                ax.set_xlabel("layer", fontsize=8)
+                ax.set_xlabel("relative depth" if ctx.depth_axis else "layer", fontsize=8)
     handles = [Line2D([], [], color=colors[l], ls="-" if resource_group(l) == "high" else "--",
                       lw=1.6 if l in ctx.trained else 1.0, label=lang_label(l) + (" *" if l in ctx.trained else ""))
                for l in langs]  # fmt: skip
@@ -909,63 +1269,79 @@ def _draw_sim_curves(ctx: _Ctx, task: str, per: list[dict], langs: list[str], me
     return fig
 
 
-def _draw_sim_heatmaps(ctx: _Ctx, task: str, tdicts: list[dict]):
-    pws = [t.get("pairwise") or {} for t in tdicts]
-    key = "cka_mean" if all("cka_mean" in p for p in pws if p) else "cosine_mean"
-    layers = next((p.get("layers", []) for p in pws if p), [])
-    if len(layers) > 4:  # keep the page readable: 4 evenly spaced chosen layers
-        layers = [layers[int(round(i))] for i in np.linspace(0, len(layers) - 1, 4)]
-    rows = list(range(len(ctx.runs))) + (["diff"] if ctx.compare and all(pws) else [])
-    fig = _new_fig(f"Language × language similarity — {task}",
-                   f"{key.replace('_', ' ')} between languages' representations at chosen layers (diagonal omitted)." + (" Bottom row: aligned − base." if "diff" in rows else ""))  # fmt: skip
+def _pair_matrix(p: dict, key: str, layer: int, keep: list[str]) -> tuple[np.ndarray, list[str]] | None:
+    """A run's language × language matrix at `layer` for the languages in `keep` (diagonal masked,
+    languages in report order)."""
+    if not p or layer not in p.get("layers", []) or key not in p:
+        return None
+    idx = p["layers"].index(layer)
+    m = _offdiag([[np.nan if v is None else v for v in r] for r in p[key][idx]])
+    langs = list(p["languages"])
+    order = [langs.index(l) for l in order_languages(langs) if l in keep]
+    return m[np.ix_(order, order)], [langs[o] for o in order]
 
-    def mat_for(p: dict, layer) -> tuple[np.ndarray, list[str]] | None:
-        if not p or layer not in p.get("layers", []) or key not in p:
-            return None
-        idx = p["layers"].index(layer)
-        m = _offdiag([[np.nan if v is None else v for v in r] for r in p[key][idx]])
-        langs = list(p["languages"])
-        order = [langs.index(l) for l in order_languages(langs)]
-        return m[np.ix_(order, order)], [langs[o] for o in order]
 
-    gs = fig.add_gridspec(len(rows), max(len(layers), 1), left=0.06, right=0.92, top=0.86, bottom=0.05, hspace=0.3, wspace=0.15)
+def _heatmap_cells(ctx: _Ctx, pws: list[dict], key: str, diff: bool, langs: list[str]) -> tuple[list, dict, tuple[float, float]]:
+    """(row keys, {(row, col): (matrix, languages, layer)}, (vmin, vmax)) of the heatmap page.
+
+    Each run's row uses its own chosen layers (at most 4, evenly spaced); the aligned − base row
+    needs the same layers and languages in both."""
+    rows = [i for i, p in enumerate(pws) if p]
+    layers = {i: list(pws[i].get("layers", [])) for i in rows}
+    for i in rows:
+        if len(layers[i]) > 4:  # keep the page readable: 4 evenly spaced chosen layers
+            layers[i] = [layers[i][int(round(x))] for x in np.linspace(0, len(layers[i]) - 1, 4)]
+    if diff and len(rows) == 2 and layers[0] == layers[1]:
+        rows.append("diff")
+        layers["diff"] = layers[0]
+    cells: dict = {}
     vmin, vmax = 1.0, 0.0
-    mats: dict = {}
     for ri, row in enumerate(rows):
-        for li, layer in enumerate(layers):
+        for li, layer in enumerate(layers[row]):
             if row == "diff":
-                a, b = mat_for(pws[0], layer), mat_for(pws[1], layer)
-                if a is None or b is None or a[1] != b[1]:
-                    continue
-                mats[ri, li] = (b[0] - a[0], a[1])
-            else:
-                r = mat_for(pws[row], layer)
-                if r is None:
-                    continue
-                mats[ri, li] = r
+                a, b = _pair_matrix(pws[0], key, layer, langs), _pair_matrix(pws[1], key, layer, langs)
+                if a is not None and b is not None and a[1] == b[1]:
+                    cells[ri, li] = (b[0] - a[0], a[1], layer)
+                continue
+            r = _pair_matrix(pws[row], key, layer, langs)
+            if r is not None:
+                cells[ri, li] = (*r, layer)
                 if np.isfinite(r[0]).any():
                     vmin, vmax = min(vmin, float(np.nanmin(r[0]))), max(vmax, float(np.nanmax(r[0])))
-    dmax = max([float(np.nanmax(np.abs(m))) for (ri, _), (m, _) in mats.items() if rows[ri] == "diff" and np.isfinite(m).any()] or [1e-9])
+    return rows, cells, (vmin, vmax)
+
+
+def _draw_sim_heatmaps(ctx: _Ctx, task: str, tdicts: list[dict], langs: list[str], diff: bool = True, note: str = ""):
+    pws = [t.get("pairwise") or {} for t in tdicts]
+    key = "cka_mean" if all("cka_mean" in p for p in pws if p) else "cosine_mean"
+    rows, cells, (vmin, vmax) = _heatmap_cells(ctx, pws, key, diff, langs)
+    fig = _new_fig(f"Language × language similarity — {task}",
+                   f"{key.replace('_', ' ')} between languages' representations at chosen layers (diagonal omitted)."
+                   + (" Bottom row: aligned − base." if "diff" in rows else "") + (f" {note}" if note else ""))  # fmt: skip
+    n_cols = max([li + 1 for (_, li) in cells] or [1])
+    gs = fig.add_gridspec(len(rows), n_cols, left=0.06, right=0.92, top=_top(fig, 0.86), bottom=0.05, hspace=0.3, wspace=0.15)
+    diffs = [np.abs(m) for (ri, _), (m, _, _) in cells.items() if rows[ri] == "diff" and np.isfinite(m).any()]
+    dmax = max([float(np.nanmax(d)) for d in diffs] or [1e-9])
     im_main = im_diff = None
-    for (ri, li), (m, langs) in mats.items():
+    for (ri, li), (m, names, layer) in cells.items():
         ax = fig.add_subplot(gs[ri, li])
         if rows[ri] == "diff":
             im_diff = ax.imshow(m, cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
         else:
             im_main = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-        fs = 5.5 if len(langs) > 12 else 7
-        ax.set_xticks(range(len(langs)))
-        ax.set_yticks(range(len(langs)))
+        fs = 5.5 if len(names) > 12 else 7
+        ax.set_xticks(range(len(names)))
+        ax.set_yticks(range(len(names)))
         if ri == len(rows) - 1:
-            ax.set_xticklabels(langs, fontsize=fs, rotation=90)
+            ax.set_xticklabels(names, fontsize=fs, rotation=90)
         else:
             ax.tick_params(labelbottom=False)
         if li == 0:
-            ax.set_yticklabels(langs, fontsize=fs)
+            ax.set_yticklabels(names, fontsize=fs)
         else:
             ax.tick_params(labelleft=False)
         top = "aligned − base" if rows[ri] == "diff" else ctx.roles[rows[ri]]
-        ax.set_title(f"{top}, layer {layers[li]}", fontsize=8, pad=3)
+        ax.set_title(f"{top}, layer {layer}", fontsize=8, pad=3)
     if im_main is not None:
         cax = fig.add_axes([0.935, 0.5, 0.01, 0.33])
         fig.colorbar(im_main, cax=cax).ax.tick_params(labelsize=7)
@@ -975,7 +1351,7 @@ def _draw_sim_heatmaps(ctx: _Ctx, task: str, tdicts: list[dict]):
     return fig
 
 
-def _summarize_similarity(ctx: _Ctx, task: str, per: list[dict], metrics: list[str]) -> None:
+def _summarize_similarity(ctx: _Ctx, task: str, per: list[dict], langs: list[str], metrics: list[str], compared: bool = True) -> None:
     if not metrics:
         return
     m = metrics[0]
@@ -983,7 +1359,7 @@ def _summarize_similarity(ctx: _Ctx, task: str, per: list[dict], metrics: list[s
     for i, p in enumerate(per):
         vals = []
         for l, e in p.items():
-            if l == "en" or m not in e:
+            if l == "en" or l not in langs or m not in e:
                 continue
             a = _arr(e[m])
             if len(a):
@@ -993,7 +1369,8 @@ def _summarize_similarity(ctx: _Ctx, task: str, per: list[dict], metrics: list[s
         if vals:
             bits.append(f"{ctx.roles[i]} {np.mean(vals):.3f}")
     if bits:
-        ctx.summary_lines.append(f"• Similarity to English, {task} ({m.replace('_', ' ')}, mean over middle layers and non-English languages): " + ", ".join(bits) + ".")
+        own = " (each run on its own items or layers, not compared)" if len(bits) > 1 and not compared else ""
+        ctx.summary_lines.append(f"• Similarity to English, {task} ({m.replace('_', ' ')}, mean over middle layers and non-English languages){own}: " + ", ".join(bits) + ".")
 
 
 def _neuron_pages(ctx: _Ctx) -> list[Page]:
@@ -1009,11 +1386,15 @@ def _neuron_pages(ctx: _Ctx) -> list[Page]:
             for layer, c in enumerate(_arr(nd["specific"][l]["count_per_layer"])):
                 rows.append([ctx.roles[i], l, layer, c])
     ctx.write_csv("neurons_per_layer.csv", ["model", "language", "layer", "specific_count"], rows)
+    ctx.write_csv("neurons_options.csv", ["model", "option", "value"], _neuron_option_rows(ctx))
     pages.append(Page("Neurons", "Language-specific neurons per layer", "neurons_per_layer", lambda: _draw_neuron_counts(ctx)))
     if any(nd and nd.get("overlap") for nd in nds):
         pages.append(Page("Neurons", "Neuron overlap between languages", "neurons_overlap", lambda: _draw_neuron_overlap(ctx)))
     if ctx.compare and all(nds):
-        change = _neuron_change(ctx)
+        change, why_not = _neuron_change(ctx)
+        if change is None:
+            ctx.summary_lines.append(f"• Neuron change between the models not shown: {why_not}.")
+            return pages
         ctx.write_csv("neurons_change.csv", ["language", "count_base", "count_aligned", "jaccard_specific"],
                       [[l, v["count_a"], v["count_b"], v["jaccard_specific"]] for l, v in change["per_language"].items()])  # fmt: skip
         pages.append(Page("Neurons", "Neuron change between models", "neurons_change", lambda: _draw_neuron_change(ctx, change)))
@@ -1023,6 +1404,7 @@ def _neuron_pages(ctx: _Ctx) -> list[Page]:
         ctx.summary_lines.append(
             f"• Language-specific neurons: {ta} (base) → {tb} (aligned) in total over {len(change['per_language'])} languages; "
             f"mean Jaccard overlap of each language's specific-neuron set between the models {np.mean(ja) if ja else math.nan:.2f}."
+            + (f" {change['note']}" if change.get("note") else "")
         )
     else:
         for i, nd in enumerate(nds):
@@ -1031,12 +1413,91 @@ def _neuron_pages(ctx: _Ctx) -> list[Page]:
     return pages
 
 
-def _neuron_change(ctx: _Ctx) -> dict:
-    """Per language: counts and Jaccard of specific-neuron sets; plus comparison.json extras if found."""
+#: Neuron options shown on the page (the rest, e.g. sources, go to neurons_options.csv).
+NEURON_OPTIONS_SHOWN = ("filter_rate", "top_rate", "top_rate_of", "activation_bar_ratio", "active_threshold")
+
+
+def _neuron_option_rows(ctx: _Ctx) -> list[list]:
+    """neurons_options.csv rows: every option, threshold and source of each run's neuron analysis."""
+    rows = []
+    for i, r in enumerate(ctx.runs):
+        opts = (r.neurons or {}).get("options") or {}
+        for k, v in opts.items():
+            if isinstance(v, dict):
+                rows += [[ctx.roles[i], f"{k}.{kk}", vv] for kk, vv in v.items()]
+            else:
+                rows.append([ctx.roles[i], k, v])
+    return rows
+
+
+def _neuron_options_text(nd: dict) -> str:
+    """Short one-line options of a neuron analysis: the LAPE settings and how many neurons were selected."""
+    opts = nd.get("options") or {}
+    shown = [f"{k}={opts[k]}" for k in NEURON_OPTIONS_SHOWN if k in opts]
+    shown += [f"{k}={v}" for k, v in opts.items() if k not in NEURON_OPTIONS_SHOWN and not isinstance(v, (dict, list))]
+    th = opts.get("thresholds") or {}
+    if "n_selected" in th and "n_neurons" in th:
+        shown.append(f"selected {th['n_selected']} of {th['n_neurons']} neurons")
+    return ", ".join(shown) or "—"
+
+
+def _comparable_neuron_languages(ctx: _Ctx) -> list[str]:
+    """Languages whose neuron statistics come from the same items in both runs: every (task,
+    language) cell of the language is in both runs with identical item sets."""
+    a, b = ctx.runs[0], ctx.runs[1]
+    langs = [l for l in a.neurons["languages"] if l in b.neurons["languages"]]
+    out = []
+    for l in langs:
+        cells_a = {c for c in a.predictions if c[1] == l}
+        cells_b = {c for c in b.predictions if c[1] == l}
+        if cells_a == cells_b and all(c in ctx.overlap.same for c in cells_a):
+            out.append(l)
+    return order_languages(out)
+
+
+def _read_comparison(ctx: _Ctx) -> dict | None:
+    """comparison.json written by `alignlens analyze --compare` for exactly these two runs, else None.
+
+    It is looked for in the runs' common parent folder and used only when its per-language counts
+    match both runs' neurons.json (so it belongs to them)."""
+    pa, pb = (r.path.resolve().parent for r in ctx.runs)
+    cand = pa / "comparison.json"
+    if pa != pb or not cand.is_file():
+        return None
+    comp = _load_json(cand)
+    _check_comparison(comp, cand)
     a, b = ctx.runs[0].neurons, ctx.runs[1].neurons
-    langs = order_languages([l for l in a["languages"] if l in b["languages"]])
+    per = comp.get("per_language")
+    if not isinstance(per, dict) or not per:
+        return None
+    for l, v in per.items():
+        if (l not in a["specific"] or l not in b["specific"] or v.get("count_a") != a["specific"][l]["count"]
+                or v.get("count_b") != b["specific"][l]["count"]):  # fmt: skip
+            return None
+    return comp
+
+
+def _neuron_change(ctx: _Ctx) -> tuple[dict | None, str]:
+    """Per comparable language: counts, per-layer counts and Jaccard of specific-neuron sets, and the
+    per-layer activation-probability change, from comparison.json (written by `neurons.compare_neurons`)
+    when it belongs to these runs, else from the two neurons.json files. Returns (change, "") or
+    (None, why not)."""
+    a, b = ctx.runs[0].neurons, ctx.runs[1].neurons
+    if (a["n_layers"], a.get("d_mlp")) != (b["n_layers"], b.get("d_mlp")):
+        return None, (f"the models' MLPs differ ({a['n_layers']} layers × {a.get('d_mlp')} vs {b['n_layers']} × "
+                      f"{b.get('d_mlp')}), so neuron identities do not correspond")  # fmt: skip
+    langs = _comparable_neuron_languages(ctx)
+    if not langs:
+        return None, "no language has the same items in both runs (neuron statistics are per run, not per item)"
+    comp = _read_comparison(ctx)
     per = {}
     for l in langs:
+        if comp is not None and l in comp["per_language"]:
+            v = comp["per_language"][l]
+            j = v.get("jaccard_specific")
+            per[l] = {"count_a": v["count_a"], "count_b": v["count_b"], "jaccard_specific": math.nan if j is None else j,
+                      "count_per_layer_a": _arr(v["count_per_layer_a"]), "count_per_layer_b": _arr(v["count_per_layer_b"])}  # fmt: skip
+            continue
         sa = {tuple(x) for x in a["specific"][l]["neurons"]}
         sb = {tuple(x) for x in b["specific"][l]["neurons"]}
         union = sa | sb
@@ -1047,26 +1508,24 @@ def _neuron_change(ctx: _Ctx) -> dict:
             "count_per_layer_a": _arr(a["specific"][l]["count_per_layer"]),
             "count_per_layer_b": _arr(b["specific"][l]["count_per_layer"]),
         }
-    out: dict = {"per_language": per, "act_change": None}
-    for cand in {ctx.runs[0].path.parent / "comparison.json", ctx.runs[1].path.parent / "comparison.json"}:
-        if cand.is_file():
-            comp = _load_json(cand)
-            _check_comparison(comp, cand)
-            if "mean_abs_activation_probability_change_per_layer" in comp:
-                out["act_change"] = _arr(comp["mean_abs_activation_probability_change_per_layer"])
-            break
-    return out
+    out: dict = {"per_language": per, "act_change": None, "note": ""}
+    left_out = [l for l in a["languages"] if l in b["languages"] and l not in langs]
+    if left_out:
+        out["note"] = f"Left out (different items in the two runs): {' '.join(left_out)}."
+    key = "mean_abs_activation_probability_change_per_layer"
+    if comp is not None and key in comp and set(comp.get("languages") or comp["per_language"]) <= set(langs):
+        out["act_change"] = _arr(comp[key])
+    return out, ""
 
 
 def _draw_neuron_counts(ctx: _Ctx):
     nds = [(i, r.neurons) for i, r in enumerate(ctx.runs) if r.neurons]
-    opts = nds[0][1].get("options") or {}
-    fig = _new_fig(
-        "Language-specific neurons per layer",
-        _wrap(f"MLP neurons specific to one language (d_mlp = {nds[0][1].get('d_mlp', '?')}); "
-              f"options: {', '.join(f'{k}={v}' for k, v in opts.items()) or '—'}.", 170),
-    )  # fmt: skip
-    gs = fig.add_gridspec(2, len(nds), left=0.11, right=0.95, top=0.86, bottom=0.11, hspace=0.3, wspace=0.3, height_ratios=[3, 2])
+    texts = [_neuron_options_text(nd) for _, nd in nds]
+    opts = texts[0] if len(set(texts)) == 1 else "; ".join(f"{ctx.roles[i]}: {t}" for (i, _), t in zip(nds, texts))
+    subtitle = _wrap(f"MLP neurons specific to one language (LAPE; d_mlp = {nds[0][1].get('d_mlp', '?')}). Options: {opts}. "
+                     "All options, thresholds and their sources: neurons_options.csv.", 175)  # fmt: skip
+    fig = _new_fig("Language-specific neurons per layer", subtitle)
+    gs = fig.add_gridspec(2, len(nds), left=0.11, right=0.95, top=_top(fig, 0.86), bottom=0.11, hspace=0.3, wspace=0.3, height_ratios=[3, 2])
     vmax = max(float(np.nanmax(_arr(nd["specific"][l]["count_per_layer"]))) if len(nd["specific"][l]["count_per_layer"]) else 0
                for _, nd in nds for l in nd["languages"]) or 1.0  # fmt: skip
     im = None
@@ -1096,7 +1555,7 @@ def _draw_neuron_counts(ctx: _Ctx):
     ax.set_ylabel("specific neurons (total)", fontsize=8)
     ax.set_xlim(-0.6, len(langs) - 0.4)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
     return fig
 
 
@@ -1117,7 +1576,7 @@ def _draw_neuron_overlap(ctx: _Ctx):
     kinds = [k for k in ("specific", "active") if any(_overlap_matrix(nd, k) for _, nd in nds)]
     fig = _new_fig("Neuron overlap between languages",
                    "Overlap of language-specific neurons and of active neurons between pairs of languages (all layers; values as saved by the analysis; diagonal omitted).")  # fmt: skip
-    gs = fig.add_gridspec(len(kinds), len(nds), left=0.07, right=0.95, top=0.86, bottom=0.06, hspace=0.35, wspace=0.2)
+    gs = fig.add_gridspec(len(kinds), len(nds), left=0.07, right=0.95, top=_top(fig, 0.86), bottom=0.06, hspace=0.35, wspace=0.2)
     for ki, kind in enumerate(kinds):
         for k, (i, nd) in enumerate(nds):
             r = _overlap_matrix(nd, kind)
@@ -1142,7 +1601,7 @@ def _draw_neuron_change(ctx: _Ctx, change: dict):
     fig = _new_fig("Neuron change between models",
                    "Specific-neuron counts per model, their overlap (Jaccard of the (layer, index) sets) per language, and totals per layer.")  # fmt: skip
     has_act = change["act_change"] is not None and len(change["act_change"]) > 0
-    gs = fig.add_gridspec(2, 2, left=0.07, right=0.94, top=0.85, bottom=0.08, hspace=0.6, wspace=0.2)
+    gs = fig.add_gridspec(2, 2, left=0.07, right=0.94, top=_top(fig, 0.85), bottom=0.08, hspace=0.6, wspace=0.2)
     x = np.arange(len(langs))
     ax = fig.add_subplot(gs[0, :])
     ax.bar(x - 0.2, [per[l]["count_a"] for l in langs], 0.4, color=COLOR["base"], label=ctx.role_label(0))
@@ -1209,74 +1668,126 @@ def _default_out(run_dir: Path, compare_dir: Path | None) -> Path:
     return Path(run_dir) / "report.pdf"
 
 
-def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | None = None, *, force: bool = False) -> Path:
-    """Render the PDF report for `run_dir` (the base model) optionally compared with `compare_dir`
-    (the aligned model). Returns the PDF path.
+def overlap_lines(ctx: _Ctx) -> list[str]:
+    """Summary lines saying what two runs were compared on (nothing for a single run)."""
+    ov = ctx.overlap
+    if ov is None:
+        return []
+    tasks = list(dict.fromkeys(t for t, _ in ov.shared))
+    langs = order_languages({l for _, l in ov.shared})
+    where = f"{len(ov.shared)} task × language cells: {', '.join(tasks)}; {len(langs)} languages: {' '.join(langs)}"
+    if not ov.only_a and not ov.only_b:
+        lines = [f"• Compared on the same {ov.n_shared} items in both runs ({where})."]
+    else:
+        lines = [
+            f"• Compared on {ov.n_shared} shared items ({where}); every comparison (tables, Δ, this summary) uses only "
+            f"these, with both runs' accuracies recomputed on them. {ctx.roles[0]} only: {sum(ov.only_a.values())} items"
+            + (f" ({_cells_text(ov.only_a)})" if ov.only_a else "")
+            + f"; {ctx.roles[1]} only: {sum(ov.only_b.values())} items" + (f" ({_cells_text(ov.only_b)})" if ov.only_b else "") + "."
+        ]  # fmt: skip
+    if not ov.same_depth:
+        lines.append(f"• The models have different numbers of layers ({ov.n_layers[0]} vs {ov.n_layers[1]}): per-layer "
+                     "curves are drawn against relative depth, layer / (layers − 1), and no layer-by-layer difference is shown.")  # fmt: skip
+    return lines
 
-    `out` defaults to ``<common parent>/report.pdf`` when both run folders share a parent, else
-    ``run_dir/report.pdf``. Figures go to ``<out_stem>_figures/`` (PNG + SVG per page), tables to
-    ``<out_stem>_tables/`` (CSV). Raises AlignlensError for bad/partial results folders or when an
-    output exists and `force` is False. All outputs are written to temporary names and renamed.
-    """
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def build_pages(ctx: _Ctx) -> list[Page]:
+    """Every page of the report in order (drawn lazily); fills ctx.summary_lines and the CSV tables."""
+    body: list[Page] = []
+    for builder in (_acc_table_pages, _acc_chart_pages, _lens_pages, _similarity_pages, _neuron_pages):
+        body += builder(ctx)
+    ctx.summary_lines[:0] = overlap_lines(ctx)
+    absent = sorted({a for r in ctx.runs for a in r.absent})
+    if absent:
+        ctx.summary_lines.append(f"• Not in the results (sections omitted): {', '.join(absent)}.")
+    front = _title_pages(ctx)
+    pages: list[Page] = front + [_summary_page(ctx)] + body
+    pages.insert(len(front), _contents_page(pages))  # lazy: lists the final page list, itself included
+    return pages
+
+
+def _render_into(ctx: _Ctx, pdf_path: Path, fig_dir: Path, progress: ProgressFn | None) -> None:
+    """Build every section, draw every page into `pdf_path` (and PNG/SVG into `fig_dir`) and write the
+    contents and summary tables into ctx.tables_dir. Calls `progress(done, total, what)` per page."""
     import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
 
+    tick = progress or (lambda done, total, what: None)
+    with matplotlib.rc_context(fonts.rc_params()):
+        pages = build_pages(ctx)
+        total = len(pages) + 1
+        tick(0, total, "sections built")
+        note = f"alignlens {__version__} · " + " vs ".join(ctx.role_label(i) for i in range(len(ctx.runs)))
+        toc_rows = []
+        with PdfPages(pdf_path, metadata={"Title": "alignlens report", "Creator": f"alignlens {__version__}"}) as pdf:
+            for no, page in enumerate(pages, start=1):
+                fig = page.draw()
+                _footer(fig, no, len(pages), note)
+                pdf.savefig(fig)
+                stem = f"{no:02d}_{page.slug}"
+                if page.export:
+                    fig.savefig(fig_dir / f"{stem}.png", dpi=110)
+                    fig.savefig(fig_dir / f"{stem}.svg")
+                toc_rows.append([no, page.section, page.title, f"{stem}.png" if page.export else ""])
+                tick(no, total, f"page {no}/{len(pages)}: {page.title}")
+        ctx.write_csv("contents.csv", ["page", "section", "title", "figure"], toc_rows)
+        (ctx.tables_dir / "summary.txt").write_text("\n".join(ctx.summary_lines) + "\n", encoding="utf-8")
+        tick(total, total, "tables written")
+
+
+def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | None = None, *, force: bool = False,
+                  progress: ProgressFn | None = None) -> Path:
+    """Render the PDF report for `run_dir` (the base model) optionally compared with `compare_dir`
+    (the aligned model). Returns the PDF path.
+
+    Two runs are compared only on the (task, language, item) triples both have (from their
+    predictions.jsonl); AlignlensError when they share none. `out` defaults to ``<common
+    parent>/report.pdf`` when both run folders share a parent, else ``run_dir/report.pdf``. Figures go
+    to ``<out_stem>_figures/`` (PNG + SVG per page), tables to ``<out_stem>_tables/`` (CSV). Raises
+    AlignlensError for bad/partial results folders or when an output exists and `force` is False;
+    `force` replaces only these three outputs. Everything is rendered to temporary names first and
+    swapped in at the end, so a failure leaves a previous report as it was. `progress(done, total,
+    what)` is called after each page.
+    """
     run_dir = Path(run_dir)
     runs = [_load_run(run_dir)]
     if compare_dir is not None:
         runs.append(_load_run(Path(compare_dir)))
+    overlap = item_overlap(runs[0], runs[1]) if len(runs) > 1 else None
     out = Path(out) if out is not None else _default_out(run_dir, compare_dir)
     if out.suffix.lower() != ".pdf":
         raise AlignlensError(f"{out}: report output must end in .pdf")
-    fig_dir = out.with_name(out.stem + "_figures")
-    tab_dir = out.with_name(out.stem + "_tables")
+    finals = [out.with_name(name) for name in results.report_files(out.name)]  # pdf, figures, tables
     if not force:
-        for p in (out, fig_dir, tab_dir):
+        for p in finals:
             if p.exists():
                 raise AlignlensError(f"{p}: already exists (use --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temps(out.parent, max_depth=0)
+    trash: list[Path] = []
 
-    tmp_fig = Path(tempfile.mkdtemp(prefix=f".{out.stem}_figures.", dir=out.parent))
-    tmp_tab = Path(tempfile.mkdtemp(prefix=f".{out.stem}_tables.", dir=out.parent))
-    fd, tmp_pdf_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".pdf.tmp", dir=out.parent)
-    os.close(fd)
-    tmp_pdf = Path(tmp_pdf_name)
-    try:
-        ctx = _Ctx(runs, tmp_tab)
-        with matplotlib.rc_context(fonts.rc_params()):
-            body: list[Page] = []
-            for builder in (_acc_table_pages, _acc_chart_pages, _lens_pages, _similarity_pages, _neuron_pages):
-                body += builder(ctx)
-            absent = sorted({a for r in runs for a in r.absent})
-            if absent:
-                ctx.summary_lines.append(f"• Not in the results (sections omitted): {', '.join(absent)}.")
-            front = _title_pages(ctx)
-            summary = _summary_page(ctx)
-            pages: list[Page] = front + [summary] + body
-            pages.insert(len(front), _contents_page(pages))  # lazy: lists the final page list, itself included
-            note = f"alignlens {__version__} · " + " vs ".join(ctx.role_label(i) for i in range(len(runs)))
-            toc_rows = []
-            with PdfPages(tmp_pdf, metadata={"Title": "alignlens report", "Creator": f"alignlens {__version__}"}) as pdf:
-                for no, page in enumerate(pages, start=1):
-                    fig = page.draw()
-                    _footer(fig, no, len(pages), note)
-                    pdf.savefig(fig)
-                    stem = f"{no:02d}_{page.slug}"
-                    if page.export:
-                        fig.savefig(tmp_fig / f"{stem}.png", dpi=110)
-                        fig.savefig(tmp_fig / f"{stem}.svg")
-                    toc_rows.append([no, page.section, page.title, f"{stem}.png" if page.export else ""])
-            ctx.write_csv("contents.csv", ["page", "section", "title", "figure"], toc_rows)
-            (tmp_tab / "summary.txt").write_text("\n".join(ctx.summary_lines) + "\n", encoding="utf-8")
-        for tmp, final in ((tmp_fig, fig_dir), (tmp_tab, tab_dir)):
-            if final.exists():
-                shutil.rmtree(final) if final.is_dir() else final.unlink()
-            os.replace(tmp, final)
-        os.replace(tmp_pdf, out)
-    finally:
-        for p in (tmp_fig, tmp_tab):
-            if p.exists():
-                shutil.rmtree(p, ignore_errors=True)
-        if tmp_pdf.exists():
-            tmp_pdf.unlink()
+    def drop_or_restore_old(exc_type, exc, tb) -> bool:
+        """Runs last: drop the old outputs moved aside, or put them back if the swap failed."""
+        for folder in trash:
+            for old in folder.iterdir() if exc_type is not None else ():
+                if not (out.parent / old.name).exists():
+                    os.replace(old, out.parent / old.name)
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+
+    with ExitStack() as stack:
+        stack.push(drop_or_restore_old)
+        tmp_pdf = stack.enter_context(results.atomic_path(finals[0]))
+        tmp_fig = stack.enter_context(results.atomic_path(finals[1], folder=True))
+        tmp_tab = stack.enter_context(results.atomic_path(finals[2], folder=True))
+        _render_into(_Ctx(runs, tmp_tab, overlap), tmp_pdf, tmp_fig, progress)
+        # Everything rendered. atomic_path cannot rename a folder onto an existing one: move the old
+        # figures and tables aside now; the temporaries are renamed into place as the stack unwinds.
+        trash.append(Path(tempfile.mkdtemp(prefix=f"{results.TEMP_PREFIX}{out.stem}-old.", dir=out.parent)))
+        for p in finals[1:]:
+            if p.exists() or p.is_symlink():
+                os.replace(p, trash[0] / p.name)
     return out
