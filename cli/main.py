@@ -268,6 +268,7 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="Forward passes per optimizer step."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Max tokens per example (prompt + target)."),
+    max_drop_fraction: Optional[float] = typer.Option(None, "--max-drop-fraction", help="Refuse when more of a language's examples would be dropped (prompt alone fills --max-len); default 0.05. Kept/truncated/dropped counts are printed and recorded in the manifest."),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r"),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha"),
@@ -291,7 +292,7 @@ def train_cmd(
 
     overrides = dict(languages=_csv(languages), per_language=per_language,
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
-                     batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, full=full or None,
+                     batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
                      val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, device=device,
                      threads=threads, keep_checkpoints=keep_checkpoints or None)
@@ -380,7 +381,11 @@ def models_cmd(
             out_console.print(f"{t:8s} {w:14s} {len(toks):3d} tokens: {' '.join(toks)}", markup=False, highlight=False)
 
 
+_signal_received: list[int] = []
+
+
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    _signal_received.append(signum)
     raise KeyboardInterrupt
 
 
@@ -394,13 +399,13 @@ def main() -> None:
         app()
     except RunInterrupted as exc:
         console.print(f"[bold yellow]interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        sys.exit(143 if _signal_received else exc.exit_code)
     except AlignlensError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted: nothing was written", highlight=False)
-        sys.exit(130)
+        sys.exit(143 if _signal_received else 130)
     except OSError as exc:  # e.g. a folder made read-only or a full disk during a run
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         console.print(f"[bold red]error:[/bold red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)

@@ -24,7 +24,7 @@ def tiny_folder(tmp_path_factory):
 def test_train_then_analyze_compare_with_report(tiny_folder, tmp_path):
     trained = tmp_path / "aligned"
     proc = run_cli("train", "--model", str(tiny_folder), "--out", str(trained), "--languages", "de",
-                   "--per-language", "24", "--batch-size", "4", "--max-len", "64", "--eval-every", "0")
+                   "--per-language", "24", "--batch-size", "4", "--max-len", "128", "--eval-every", "0")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["data"]["languages"] == ["de"]

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,25 @@ def test_resume_refuses_other_model_or_options(tiny_folder, tmp_path):
     after = snapshot(out)
     assert after["base/predictions.jsonl"] == before["base/predictions.jsonl"]
     assert after["base/neurons.safetensors"] == before["base/neurons.safetensors"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_analyze_says_what_was_kept_and_resumes(tiny_folder, tmp_path, sig, code):
+    out = tmp_path / "a"
+    args = ["analyze", "--model", str(tiny_folder), "--tasks", "snli,emotion,paws", "--limit", "30", "--no-report",
+            "--save-activations", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "alignlens.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "base" / "activations").glob("*.safetensors")):
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "interrupted:" in err and "--resume" in err and "Traceback" not in err, err
+    kept = list((out / "base" / "activations").glob("*.safetensors"))
+    assert kept
+    done = run_cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    rows = (out / "base" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 30 * 20 * 3

@@ -32,8 +32,13 @@ def _umask() -> int:
 
 
 def _honour_umask(path: Path, folder: bool = False) -> None:
-    """mkstemp/mkdtemp create 0600/0700; give results the modes a plain open() would."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    """mkstemp/mkdtemp (and some libraries, e.g. safetensors) create 0600/0700; give results the
+    modes a plain open() would, for a folder to everything inside it."""
+    mask = _umask()
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+    if folder:
+        for p in path.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 @contextmanager

@@ -525,16 +525,12 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def _save_folder(path: Path, save: Callable[[Path], None]) -> None:
     """`save(tmp)` into a temporary folder beside `path`, then rename it to `path` (replacing a
-    partial one of this run). Files get the modes a plain open() gives under the umask
-    (safetensors writes 0600)."""
+    partial one of this run). atomic_path gives every file inside the modes a plain open() gives
+    under the umask (safetensors writes 0600)."""
     if path.exists():
         shutil.rmtree(path)
     with atomic_path(path, folder=True) as tmp:
         save(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        for f in tmp.rglob("*"):
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
 #: What a checkpoint (`checkpoints/last.pt`) holds.
