@@ -126,11 +126,12 @@ def test_output_folder_is_never_overwritten_silently(tiny_gemma, tmp_path):
         ev.evaluate(tiny_gemma, cfg, out)
     assert (out / "keep.txt").exists()
     ev.evaluate(tiny_gemma, cfg, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "summary.json").exists()
+    # --force replaces alignlens's own files only: a file it did not write is kept
+    assert (out / "keep.txt").read_text() == "x" and (out / "summary.json").exists()
 
 
 def test_missing_model_is_one_clear_error(tmp_path):
-    with pytest.raises(AlignlensError, match="cannot load model"):
+    with pytest.raises(AlignlensError, match=r"^model folder .*nope does not exist$"):
         load_model(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlignlensError, match="no config.json"):
@@ -163,3 +164,45 @@ def test_gemma_label_sets_and_bos(gemma):
 @pytest.mark.parametrize("task, lang", [("snli", "en"), ("snli", "zh"), ("emotion", "th"), ("paws", "hi")])
 def test_fast_path_equals_plain_forward_gemma(gemma, task, lang):
     assert _check_parity(gemma, lang, 3, 2, True, task=task) <= 1e-4
+
+
+def _long_prompt_task(folder, demonstrations: str, texts: list[str]) -> str:
+    """A one-language task whose few-shot prefix is `demonstrations` and whose queries are `texts`."""
+    spec = {"labels": ["entailment", "neutral", "contradiction"], "fields": ["text"],
+            "languages": {"en": {"demonstrations": demonstrations, "query_template": '{text}\nAnswer: "'}}}
+    folder.mkdir()
+    (folder / "task.json").write_text(json.dumps(spec), encoding="utf-8")
+    labels = spec["labels"]
+    rows = [json.dumps({"index": i, "label": labels[i % 3], "text": t}) for i, t in enumerate(texts)]
+    (folder / "en.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(folder)
+
+
+@pytest.mark.integration
+def test_prompts_longer_than_gemma_sliding_window(gemma, tmp_path):
+    """Gemma-3-270m's sliding-window layers see 512 tokens. With the prefix cache on, (a) a few-shot
+    prefix longer than the window and (b) a prefix just under it with queries of different
+    lengths that cross it (padded batch) must give the plain full forward pass's probabilities."""
+    assert gemma.hf_model.config.sliding_window == 512
+    snli = data.load_task("snli")
+    demos = snli.prompts["en"].demonstrations
+    items = data.load_items(snli, "en", limit=3)
+    texts = [f"Premise: {it.fields['premise']}\nHypothesis: {it.fields['hypothesis']}" for it in items]
+    cases = {
+        "long-prefix": ("\n\n".join([demos] * 4), texts),
+        "crossing": ("\n\n".join([demos] * 2) + "\n" + demos[:480], [texts[0], texts[1] + " " + texts[2] * 2, texts[2]]),
+    }
+    for name, (prefix, queries) in cases.items():
+        spec = data.load_task(_long_prompt_task(tmp_path / name, prefix, queries))
+        task_items = data.load_items(spec, "en")
+        n_prefix = len(ev.encode(gemma.tokenizer, [data.prompt_prefix(spec, "en")])[0])
+        n_full = [len(ev.encode(gemma.tokenizer, [data.build_prompt(spec, "en", it)])[0]) for it in task_items]
+        if name == "long-prefix":
+            assert n_prefix > 600
+        else:
+            assert n_prefix < 512 < min(n_full) and len(set(n_full)) > 1  # padded batch
+        res = ev.evaluate_language(gemma, spec, "en", task_items, batch_size=3, prefix_cache=True)
+        sets = ev.label_sets_for(gemma, spec.labels)
+        ref = torch.stack([ev.reference_probs(gemma, data.build_prompt(spec, "en", it), sets) for it in task_items])
+        assert np.all(res.probs > 0)
+        assert np.abs(res.probs - ref.numpy()).max() <= 1e-4, name

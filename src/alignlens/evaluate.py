@@ -110,11 +110,11 @@ def label_token_ids(tokenizer: Any, word: str, where: str = "") -> list[int]:
 
 def nonfinite_error(what: str, where: str, ids: Sequence[int], dtype: torch.dtype | None = None) -> NumericalError:
     """One line: which values are NaN/inf, where (task, language) and for which items (ids)."""
-    shown = ", ".join(str(i) for i in list(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    ids = sorted(ids)
+    shown = ", ".join(str(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
     hint = " (float16 overflows; use float32 or bfloat16)" if dtype == torch.float16 else ""
     at = f"{where}: " if where else ""
     return NumericalError(f"{at}non-finite {what} (NaN or inf) for item index {shown}{hint}")
-
 
 
 @dataclass
