@@ -8,7 +8,12 @@ is accepted.
 task.json keys: `labels` (English label words), `fields` (text fields of an item), `shots`
 (optional, informational), and `languages`: {lang: {"demonstrations", "query_template",
 "label_words" (optional: English label -> word in that language, for the logit lens)}}. The
-query template uses `{field}` placeholders and ends where the answer's first token follows.
+query template uses `{field}` placeholders (`{{`/`}}` for literal braces) and ends where the
+answer's first token follows; demonstrations are literal text.
+
+Everything is checked when loaded (`load_task`, `load_items`; `validate_tasks` for a whole run,
+before any model loads): each problem is one AlignlensError line naming file, line, field and,
+where they apply, task, language and label.
 
 Item lines: {"index": int (optional, defaults to the line number), "label": English label
 (required in the English file; elsewhere optional), <field>: str, ...}. Test sets are parallel
