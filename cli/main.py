@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -190,14 +191,10 @@ def eval_cmd(
 def _check_inputs(cfg, models: list[str], device: str, dtype: str) -> None:
     """Everything checkable without a model: tasks and their data files, languages, models, device, dtype."""
     from alignlens import data
-    from alignlens.evaluate import task_languages
-    from alignlens.models import check_model_spec, resolve_device, resolve_dtype
+    from alignlens.models import check_dtype, check_model_spec
 
-    resolve_dtype(dtype, resolve_device(device))
-    for t in cfg.tasks:
-        spec = data.load_task(t)
-        for lang in task_languages(spec, cfg.languages):
-            data.load_items(spec, lang, cfg.limit)
+    check_dtype(dtype, device)
+    data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None, cfg.limit)
     for spec in models:
         check_model_spec(spec)
 
@@ -398,23 +395,23 @@ def main() -> None:
     try:
         app()
     except RunInterrupted as exc:
-        console.print(f"[bold yellow]interrupted:[/bold yellow] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]interrupted:[/bold yellow] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(143 if _signal_received else exc.exit_code)
     except AlignlensError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted: nothing was written", highlight=False)
         sys.exit(143 if _signal_received else 130)
     except OSError as exc:  # e.g. a folder made read-only or a full disk during a run
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        console.print(f"[bold red]error:[/bold red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc.strerror or exc) + where)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001
         if os.environ.get("ALIGNLENS_DEBUG"):
             raise
         msg = " ".join(str(exc).split())[:300]
-        console.print(f"[bold red]error:[/bold red] internal error: {type(exc).__name__}: {msg} "
+        console.print(f"[bold red]error:[/bold red] internal error: {type(exc).__name__}: {escape(msg)} "
                       f"(set ALIGNLENS_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
 

@@ -186,7 +186,7 @@ def analyze(
     is written directly; over earlier results (`force`), the new run is staged and swapped in at
     the end, so a failure leaves the earlier results as they were. `resume` continues the run in
     `out` with the same model(s) and options (checked), keeping its finished shards."""
-    from alignlens.models import check_model_spec, resolve_device, resolve_dtype
+    from alignlens.models import check_dtype, check_model_spec
 
     out = Path(out).expanduser()
     specs = [("base", model)] + ([("aligned", compare)] if compare else [])
@@ -195,7 +195,7 @@ def analyze(
         n_layers = _peek_n_layers(spec)
         if n_layers is not None:
             check_layers(config.pair_layers, n_layers)
-    resolve_dtype(dtype, resolve_device(device))
+    check_dtype(dtype, device)
     folder = OutputFolder(out, ANALYZE_FILES, force)
     saved: dict[str, dict | None] = {}
     if resume:
