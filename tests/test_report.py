@@ -16,17 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_results import ALL_LANGUAGES, make_synthetic_pair, make_synthetic_run  # noqa: E402
 
-from alignlens import AlignlensError, fonts  # noqa: E402
-from alignlens.report import (  # noqa: E402
-    HIGH_RESOURCE,
-    LANGUAGES,
-    LOW_RESOURCE,
-    NATIVE_NAMES,
-    check_results,
-    diff_ci,
-    order_languages,
-    render_report,
-)
+from alignlens import AlignlensError  # noqa: E402
+from alignlens.report import check_results, fonts, render_report  # noqa: E402
+from alignlens.report.languages import HIGH_RESOURCE, LANGUAGES, LOW_RESOURCE, NATIVE_NAMES, order_languages  # noqa: E402
+from alignlens.stats import diff_ci  # noqa: E402
 
 ALL_SECTIONS = ["Title", "Contents", "Summary", "Accuracy table", "Accuracy charts", "Logit lens", "Similarity", "Neurons"]
 
@@ -335,13 +328,11 @@ def test_neuron_change_read_from_comparison_json(tmp_path: Path):
 
 
 def _built_pages(tmp_path: Path, base: Path, aligned: Path | None = None):
-    from alignlens.report import _Ctx, _load_run, build_pages, item_overlap
+    from alignlens.report.render import build_report
+    from alignlens.report.runs import load_runs
 
-    runs = [_load_run(base)] + ([_load_run(aligned)] if aligned else [])
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    ctx = _Ctx(runs, tables, item_overlap(*runs) if aligned else None)
-    return ctx, build_pages(ctx)
+    runs = load_runs(base, aligned)
+    return runs, build_report(runs).pages
 
 
 def test_page_text_never_overlaps_content(tmp_path: Path):
@@ -364,7 +355,7 @@ def test_page_text_never_overlaps_content(tmp_path: Path):
 
 
 def test_empty_lens_panel_says_why(tmp_path: Path):
-    from alignlens.report import _no_items_text
+    from alignlens.report.lens import no_items_text as _no_items_text
 
     run = make_synthetic_run(tmp_path / "run", 21, ["en", "zh", "de"], 5, tasks=("emotion",), n_items=6, lens_no_items=("zh",))
     lens = json.loads((run / "logit_lens.json").read_text(encoding="utf-8"))
@@ -460,7 +451,7 @@ def test_outputs_atomic_umask_and_force_scope(tmp_path: Path):
 
 
 def test_title_page_shows_the_data_hashes(full_report: Path):
-    from alignlens.report import data_hashes
+    from alignlens.report.title import data_hashes
 
     manifest = json.loads((full_report.parent / "base" / "manifest.json").read_text(encoding="utf-8"))
     real = manifest["data"]["tasks"]["emotion"]["hash"]  # the key evaluate.make_manifest writes
@@ -470,3 +461,40 @@ def test_title_page_shows_the_data_hashes(full_report: Path):
         pytest.skip("pdftotext (poppler-utils) not installed")
     title = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(full_report), "-"], capture_output=True, text=True).stdout
     assert f"emotion {real[:12]}" in title
+
+
+def test_report_from_a_real_analysis_shows_its_data_hash(tmp_path: Path):
+    """`alignlens analyze` on a tiny model, then its report: the title page carries the real data hash."""
+    from alignlens.analyze import AnalyzeConfig, analyze
+    from alignlens.train import save_tiny_base
+
+    model = save_tiny_base(tmp_path / "tiny", "gemma3", seed=0)
+    out = tmp_path / "analysis"
+    analyze(AnalyzeConfig(tasks=["emotion"], languages=["en", "de"], limit=2, batch_size=2), str(model), out=out, report=False)
+    manifest = json.loads((out / "base" / "manifest.json").read_text(encoding="utf-8"))
+    h = manifest["data"]["tasks"]["emotion"]["hash"]
+    pdf = render_report(out / "base", out=tmp_path / "r.pdf")
+    from alignlens.report.runs import load_run
+    from alignlens.report.title import manifest_rows
+
+    rows = dict(manifest_rows(load_run(out / "base")))
+    assert rows["data hash (sha256)"] == f"emotion {h[:12]}"
+    if shutil.which("pdftotext"):
+        title = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert f"emotion {h[:12]}" in title
+
+
+def test_sections_are_pure(tmp_path: Path):
+    """Each section's pages, tables and summary lines do not depend on what was built before it."""
+    from alignlens.report import accuracy, lens, neurons, similarity
+    from alignlens.report.runs import load_runs
+
+    base, aligned = make_synthetic_pair(tmp_path, ["en", "zh", "de"], 5, tasks=("emotion",), n_items=6)
+    runs = load_runs(base, aligned)
+    builders = [accuracy.build, lens.build, similarity.build, neurons.build]
+    forward = [b(runs) for b in builders]
+    backward = [b(runs) for b in reversed(builders)][::-1]
+    for f, b in zip(forward, backward):
+        assert f.summary_lines == b.summary_lines and f.summary_lines
+        assert [(t.name, t.header) for t in f.tables] == [(t.name, t.header) for t in b.tables]
+        assert [p.slug for p in f.pages] == [p.slug for p in b.pages]

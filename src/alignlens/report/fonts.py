@@ -103,15 +103,6 @@ def rc_params() -> dict:
     }
 
 
-def configure_matplotlib() -> list[str]:
-    """Apply `rc_params` globally; returns the family fallback list."""
-    import matplotlib
-
-    params = rc_params()
-    matplotlib.rcParams.update(params)
-    return params["font.family"]
-
-
 def _reset_for_tests() -> None:
     """Forget the cached font lookup and the warned-once flag."""
     global _warned

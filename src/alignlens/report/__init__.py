@@ -1,0 +1,48 @@
+"""PDF report rendered from saved results folders only (no model needed).
+
+``render_report(run_dir, compare_dir, out)`` reads one run folder (the *base* model) and optionally a
+second one (the *aligned* model) and writes:
+
+- ``out`` (default ``report.pdf``): A4-landscape pages -- title + run manifest, contents, summary of
+  what changed, accuracy table per task, accuracy bar charts, logit-lens curves, similarity curves
+  and heatmaps, language-specific-neuron figures. Sections whose result files are absent are listed
+  on the summary page instead.
+- ``<out_stem>_figures/NN_name.png|svg``: every page as PNG and SVG.
+- ``<out_stem>_tables/*.csv``: the numbers behind the pages (+ ``summary.txt``, ``contents.csv``).
+
+Two runs are compared like with like: only on the (task, language, item) triples both evaluated
+(from their predictions.jsonl), with both accuracies recomputed on those items; two runs with no
+item in common are refused. Models of different depth are drawn against relative depth.
+
+Modules: ``runs`` (loading and checking result folders), ``layout`` (pages, figures),
+``fonts``, ``languages``, one module per section (``title``, ``accuracy``, ``lens``, ``similarity``,
+``neurons``; each a pure ``build(runs) -> Section``), ``summary`` and ``render`` (orders the sections
+and writes the outputs atomically). Statistics live in :mod:`alignlens.stats`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignlens.report.render import ProgressFn, default_out, write_report
+from alignlens.report.runs import check_results, load_runs
+
+__all__ = ["render_report", "check_results"]
+
+
+def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | None = None, *, force: bool = False,
+                  progress: ProgressFn | None = None) -> Path:
+    """Render the PDF report for `run_dir` (the base model) optionally compared with `compare_dir`
+    (the aligned model). Returns the PDF path.
+
+    `out` defaults to ``<common parent>/report.pdf`` when both run folders share a parent, else
+    ``run_dir/report.pdf``. Figures go to ``<out_stem>_figures/`` (PNG + SVG per page), tables to
+    ``<out_stem>_tables/`` (CSV). Raises AlignlensError for bad/partial results folders, for two runs
+    with no item in common, or when an output exists and `force` is False; `force` replaces only
+    these three outputs. Everything is rendered to temporary names first and swapped in at the end,
+    so a failure leaves a previous report as it was. `progress(done, total, what)` is called once
+    before the pages, after each page and after the tables.
+    """
+    runs = load_runs(Path(run_dir), Path(compare_dir) if compare_dir is not None else None)
+    out = Path(out) if out is not None else default_out(Path(run_dir), compare_dir)
+    return write_report(runs, out, force=force, progress=progress)

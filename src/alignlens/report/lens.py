@@ -1,0 +1,210 @@
+"""Logit-lens section: per language, P(English label) and P(target-language label) by layer, with
+the next-token entropy strip below, and logit_lens.csv.
+
+Two runs are overlaid only on the languages both have, and only where both evaluated the same
+items: lens values are saved as means over each run's own items, so they cannot be restricted to
+shared items afterwards -- otherwise each run gets its own pages. Models of different depth are
+drawn against relative depth. A panel with no item (all dropped by the overlap rule) says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from alignlens.report.languages import lang_label, order_languages
+from alignlens.report.layout import COLOR, LINESTYLE, Page, Section, Table, int_layers, new_fig, top
+from alignlens.report.runs import Runs, arr
+
+QUANTITIES = ("p_en", "p_target", "entropy_bits")
+Group = tuple[list[int], list[str]]  # (run indices drawn together, languages)
+
+
+def build(runs: Runs) -> Section:
+    """Lens pages per task (and per run where they cannot be overlaid), logit_lens.csv, summary lines."""
+    section = Section()
+    if not any(r.lens is not None for r in runs.runs):
+        return section
+    csv_rows = []
+    for task in runs.tasks("lens"):
+        tdicts = [(r.lens or {}).get("tasks", {}).get(task, {}) for r in runs.runs]
+        per = [t.get("per_language", {}) for t in tdicts]
+        rule = next((t["overlap_rule"] for t in tdicts if t.get("overlap_rule")), "token-set")
+        csv_rows += _csv_rows(runs, task, per)
+        groups, notes = _plan(runs, task, per)
+        if runs.depth_axis:
+            notes.append(f"The models have {runs.overlap.n_layers[0]} and {runs.overlap.n_layers[1]} layers: "
+                         "the x axis is relative depth, layer / (layers − 1).")  # fmt: skip
+        line = _summary_line(runs, task, per, groups)
+        section.summary_lines += [line] if line else []
+        for idxs, langs in groups:
+            own = len(groups) > 1 and len(idxs) == 1
+            title = f"Logit lens — {task}" + (f" ({runs.roles[idxs[0]]})" if own else "")
+            for start in range(0, len(langs), 20):
+                slug = f"logit_lens_{task}{'_' + runs.roles[idxs[0]] if own else ''}_{start // 20}"
+                series = [(i, per[i]) for i in idxs]
+                section.pages.append(Page("Logit lens", title, slug, lambda t=title, s=series, c=langs[start : start + 20],
+                                          n=" ".join(notes): _draw(runs, t, s, c, rule, n)))  # fmt: skip
+    header = ["task", "model", "language", "layer", "n"] + [f"{q}_{s}" for q in QUANTITIES for s in ("mean", "lo", "hi")]
+    section.tables = [Table("logit_lens.csv", header, csv_rows)]
+    return section
+
+
+def _plan(runs: Runs, task: str, per: list[dict]) -> tuple[list[Group], list[str]]:
+    """Which runs share a page and for which languages, and notes for the pages (see the module docstring)."""
+    have = [i for i, p in enumerate(per) if p]
+    if len(have) < 2:
+        note = [f"Only {runs.role_label(have[0])} has logit-lens results for {task}."] if runs.compare else []
+        return [(have, order_languages(per[have[0]]))], note
+    shared = order_languages([l for l in per[0] if l in per[1]])
+    notes = []
+    one_sided = {runs.roles[i]: [l for l in per[i] if l not in per[1 - i]] for i in (0, 1)}
+    if any(one_sided.values()):
+        notes.append("Languages in one run only, not shown: "
+                     + "; ".join(f"{r}: {' '.join(ls)}" for r, ls in one_sided.items() if ls) + ".")  # fmt: skip
+    if not shared:
+        return [([i], order_languages(per[i])) for i in (0, 1)], notes
+    if runs.overlap.same_items(task, shared):
+        return [([0, 1], shared)], notes
+    notes.append("The two runs evaluated different items here; lens values are saved as means over each run's own "
+                 "items, so they cannot be restricted to the shared items: each run is shown on its own page, not overlaid.")  # fmt: skip
+    return [([0], shared), ([1], shared)], notes
+
+
+def _csv_rows(runs: Runs, task: str, per: list[dict]) -> list[list]:
+    """Rows of logit_lens.csv for one task (intervals of probabilities clipped to [0, 1], entropy's at 0)."""
+    rows = []
+    for i, p in enumerate(per):
+        for l, e in p.items():
+            series = {q: {s: arr(e[q][s]) for s in ("mean", "lo", "hi")} for q in QUANTITIES}
+            for q in QUANTITIES:
+                for s in ("lo", "hi"):
+                    series[q][s] = np.clip(series[q][s], 0.0, 1.0 if q != "entropy_bits" else None)
+            for layer in range(len(series["p_en"]["mean"])):
+                rows.append([task, runs.roles[i], l, layer, e.get("n", "")] + [
+                    series[q][s][layer] if layer < len(series[q][s]) else math.nan
+                    for q in QUANTITIES for s in ("mean", "lo", "hi")])  # fmt: skip
+    return rows
+
+
+def no_items_text(e: dict, rule: str) -> str:
+    """Why a lens panel has no items (n = 0)."""
+    dropped = e.get("n_dropped_overlap") or 0
+    if dropped:
+        return (f"no items: all {dropped} items' gold labels\nhave overlapping English and target\n"
+                f"words ({rule} rule), so none is kept")
+    return "no items"
+
+
+def _strip(runs: Runs, strip, rows: list[np.ndarray], ent_max: float):
+    """Entropy strip under a lens panel: one row per run, each on its own layer positions."""
+    im = None
+    for ri, r in enumerate(rows):
+        if not len(r):
+            continue
+        xs = runs.layer_x(len(r))
+        step = xs[1] - xs[0] if len(xs) > 1 else 1.0
+        im = strip.imshow(r[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=ent_max, interpolation="nearest",
+                          extent=(xs[0] - step / 2, xs[-1] + step / 2, ri + 0.5, ri - 0.5))  # fmt: skip
+    strip.set_ylim(len(rows) - 0.5, -0.5)
+    return im
+
+
+def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: str, ent_max: float):
+    """One language's lens panel (curves of every run in `series`) and its entropy strip.
+    Returns (the strip's image or None, the largest x drawn)."""
+    ent_rows, ns, empty = [], [], []
+    x_max = 0.0
+    for i, p in series:
+        e = p.get(l)
+        if e is None:
+            continue
+        ns.append(f"{e.get('n', '?')}")
+        if e.get("n") == 0:
+            empty.append((f"{runs.roles[i]}: " if len(series) > 1 else "") + no_items_text(e, rule))
+        for q in ("p_en", "p_target"):
+            m, lo, hi = (arr(e[q][s]) for s in ("mean", "lo", "hi"))
+            xs = runs.layer_x(len(m))
+            x_max = max(x_max, float(xs[-1]) if len(xs) else 0.0)
+            ax.plot(xs, m, color=COLOR[q], ls=LINESTYLE[runs.roles[i]], lw=1.2)
+            if len(lo) == len(m) and len(hi) == len(m):
+                ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLOR[q], alpha=0.12, lw=0)
+        ent_rows.append(arr(e["entropy_bits"]["mean"]))
+    if empty:
+        ax.text(0.5, 0.5, "\n".join(empty), transform=ax.transAxes, ha="center", va="center", fontsize=6.5,
+                color="#444444", bbox={"facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.9})  # fmt: skip
+    ax.set_title(f"{lang_label(l)}{' *' if l in runs.trained else ''}  (n={'/'.join(ns)})", fontsize=8.5, pad=3)
+    return _strip(runs, strip, ent_rows, ent_max), x_max
+
+
+def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[str], rule: str, note: str = ""):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig = new_fig(title, "Probability of the English label word (purple) vs the target-language label word (green) read "
+                  "out at each layer (mean with 95% interval). Strip below each panel: mean next-token entropy (bits) per "
+                  "layer" + (", rows = base / aligned." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
+    n = len(langs)
+    ncols = 5 if n > 8 else min(max(n, 1), 4)
+    nrows = math.ceil(n / ncols)
+    outer = fig.add_gridspec(nrows, ncols, left=0.05, right=0.93, top=top(fig, 0.83), bottom=0.1, hspace=0.55, wspace=0.25)
+    ent = [arr(e["entropy_bits"]["mean"]) for _, p in series for e in p.values()]
+    ent_max = max([float(np.nanmax(m)) for m in ent if np.isfinite(m).any()] or [1.0]) or 1.0
+    im = None
+    for k, l in enumerate(langs):
+        sub = outer[k // ncols, k % ncols].subgridspec(2, 1, height_ratios=[5, 1], hspace=0.08)
+        ax = fig.add_subplot(sub[0])
+        strip = fig.add_subplot(sub[1], sharex=ax)
+        panel_im, x_max = _panel(runs, ax, strip, l, series, rule, ent_max)
+        im = panel_im or im
+        ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=6.5, labelbottom=False, labelleft=(k % ncols == 0))
+        ax.grid(alpha=0.25)
+        strip.set_yticks([])
+        strip.tick_params(labelsize=6.5)
+        if not runs.depth_axis:
+            int_layers(strip)
+        if k // ncols == nrows - 1 or k + ncols >= n:
+            strip.set_xlabel("relative depth" if runs.depth_axis else "layer", fontsize=7)
+        if x_max:
+            pad = 0.03 if runs.depth_axis else 0.5
+            ax.set_xlim(-pad, x_max + pad)
+    handles = [Line2D([], [], color=COLOR["p_en"], lw=1.5, label="P(English label)"),
+               Line2D([], [], color=COLOR["p_target"], lw=1.5, label="P(target-language label)"),
+               Patch(color="#cccccc", alpha=0.6, label="95% interval")]  # fmt: skip
+    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.roles[i]], label=runs.role_label(i)) for i, _ in series]
+    fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.02))
+    if im is not None:
+        cax = fig.add_axes([0.945, 0.1, 0.01, 0.3])
+        fig.colorbar(im, cax=cax).set_label("entropy (bits)", fontsize=7)
+        cax.tick_params(labelsize=6.5)
+    return fig
+
+
+def _peak(e: dict, q: str) -> tuple[float, int]:
+    m = arr(e[q]["mean"])
+    if not np.isfinite(m).any():
+        return math.nan, -1
+    i = int(np.nanargmax(m))
+    return float(m[i]), i
+
+
+def _summary_line(runs: Runs, task: str, per: list[dict], groups: list[Group]) -> str | None:
+    """Each run's mean peak of P(English label) and last-layer P(target), over the non-English
+    languages shown on the pages (the shared ones when both runs have the task)."""
+    bits = []
+    shown = {i: langs for idxs, langs in groups for i in idxs}
+    for i, p in enumerate(per):
+        non_en = [p[l] for l in shown.get(i, []) if l in p and l != "en" and p[l].get("n") != 0]
+        peaks = [(v, li, len(arr(e["p_en"]["mean"]))) for (v, li), e in ((_peak(e, "p_en"), e) for e in non_en) if li >= 0]
+        finals = [f for f in (arr(e["p_target"]["mean"])[-1] for e in non_en if len(e["p_target"]["mean"])) if np.isfinite(f)]
+        if not peaks:
+            continue
+        rel = np.mean([li / max(L - 1, 1) for _, li, L in peaks])
+        bits.append(f"{runs.roles[i]}: English-label probability peaks at {np.mean([v for v, _, _ in peaks]):.2f} on average "
+                    f"(at {rel * 100:.0f}% depth), target-language label at the last layer {np.mean(finals) if finals else math.nan:.2f}")  # fmt: skip
+    if not bits:
+        return None
+    own = " (each run on its own items, not compared)" if len(bits) > 1 and not any(len(ix) > 1 for ix, _ in groups) else ""
+    return f"• Logit lens, {task} (non-English languages){own}: " + "; ".join(bits) + "."

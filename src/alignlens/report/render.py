@@ -1,0 +1,133 @@
+"""The renderer: orders the sections, draws every page into the PDF (and PNG/SVG), writes the
+tables, and swaps the outputs into place only when everything succeeded."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignlens import AlignlensError, __version__, results
+from alignlens.report import accuracy, fonts, lens, neurons, similarity, summary, title
+from alignlens.report.layout import Page, Section, Table, footer
+from alignlens.report.runs import Runs
+
+#: The analysis sections, in report order; each is a pure `build(runs) -> Section`.
+SECTIONS: tuple[Callable[[Runs], Section], ...] = (accuracy.build, lens.build, similarity.build, neurons.build)
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class Report:
+    """Everything to write: the pages in order, the tables and the summary lines."""
+
+    pages: list[Page]
+    tables: list[Table]
+    summary_lines: list[str]
+
+
+def build_report(runs: Runs) -> Report:
+    """Title, contents, summary, then the analysis sections in `SECTIONS` order. The summary text is
+    the comparison basis, then each section's lines in section order, then what is absent."""
+    sections = [build(runs) for build in SECTIONS]
+    lines = summary.overlap_lines(runs) + [l for s in sections for l in s.summary_lines] + summary.absent_lines(runs)
+    front = title.build(runs).pages
+    pages = front + [summary.summary_page(lines)] + [p for s in sections for p in s.pages]
+    pages.insert(len(front), summary.contents_page(pages))  # lazy: lists the final page list, itself included
+    return Report(pages, [t for s in sections for t in s.tables], lines)
+
+
+def write_table(folder: Path, table: Table) -> None:
+    """`table` as CSV in `folder` (NaN written as an empty cell)."""
+    with open(folder / table.name, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(table.header)
+        for r in table.rows:
+            w.writerow(["" if (isinstance(x, float) and math.isnan(x)) else x for x in r])
+
+
+def _render_into(runs: Runs, pdf_path: Path, fig_dir: Path, tab_dir: Path, progress: ProgressFn | None) -> None:
+    """Draw every page into `pdf_path` (PNG/SVG into `fig_dir`), write the tables, contents and
+    summary into `tab_dir`. Calls `progress(done, total, what)` once before the pages, after each
+    page, and after the tables."""
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    tick = progress or (lambda done, total, what: None)
+    with matplotlib.rc_context(fonts.rc_params()):
+        report = build_report(runs)
+        total = len(report.pages) + 1
+        tick(0, total, "sections built")
+        note = f"alignlens {__version__} · " + " vs ".join(runs.role_label(i) for i in range(len(runs.runs)))
+        toc_rows = []
+        with PdfPages(pdf_path, metadata={"Title": "alignlens report", "Creator": f"alignlens {__version__}"}) as pdf:
+            for no, page in enumerate(report.pages, start=1):
+                fig = page.draw()
+                footer(fig, no, len(report.pages), note)
+                pdf.savefig(fig)
+                stem = f"{no:02d}_{page.slug}"
+                if page.export:
+                    fig.savefig(fig_dir / f"{stem}.png", dpi=110)
+                    fig.savefig(fig_dir / f"{stem}.svg")
+                toc_rows.append([no, page.section, page.title, f"{stem}.png" if page.export else ""])
+                tick(no, total, f"page {no}/{len(report.pages)}: {page.title}")
+    for table in report.tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc_rows)]:
+        write_table(tab_dir, table)
+    (tab_dir / "summary.txt").write_text("\n".join(report.summary_lines) + "\n", encoding="utf-8")
+    tick(total, total, "tables written")
+
+
+def default_out(run_dir: Path, compare_dir: Path | None) -> Path:
+    """<common parent>/report.pdf when both run folders share a parent, else run_dir/report.pdf."""
+    if compare_dir is not None and Path(compare_dir).resolve().parent == Path(run_dir).resolve().parent:
+        return Path(run_dir).parent / "report.pdf"
+    return Path(run_dir) / "report.pdf"
+
+
+def write_report(runs: Runs, out: Path, *, force: bool = False, progress: ProgressFn | None = None) -> Path:
+    """Render `runs` to `out` (a .pdf) with `<stem>_figures/` and `<stem>_tables/` beside it.
+
+    Refuses existing outputs without `force`; `force` replaces only these three. Removes
+    temporaries a killed run left beside `out`; everything is rendered to temporary names
+    (`results.atomic_path`) and swapped in at the end, so a failure leaves a previous report as it was.
+    """
+    if out.suffix.lower() != ".pdf":
+        raise AlignlensError(f"{out}: report output must end in .pdf")
+    finals = [out.with_name(name) for name in results.report_files(out.name)]  # pdf, figures, tables
+    if not force:
+        for p in finals:
+            if p.exists():
+                raise AlignlensError(f"{p}: already exists (use --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temps(out.parent, max_depth=0)
+    trash: list[Path] = []
+
+    def drop_or_restore_old(exc_type, exc, tb) -> bool:
+        """Runs last: drop the old outputs moved aside, or put them back if the swap failed."""
+        for folder in trash:
+            for old in folder.iterdir() if exc_type is not None else ():
+                if not (out.parent / old.name).exists():
+                    os.replace(old, out.parent / old.name)
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+
+    with ExitStack() as stack:
+        stack.push(drop_or_restore_old)
+        tmp_pdf = stack.enter_context(results.atomic_path(finals[0]))
+        tmp_fig = stack.enter_context(results.atomic_path(finals[1], folder=True))
+        tmp_tab = stack.enter_context(results.atomic_path(finals[2], folder=True))
+        _render_into(runs, tmp_pdf, tmp_fig, tmp_tab, progress)
+        # Everything rendered. atomic_path cannot rename a folder onto an existing one: move the old
+        # figures and tables aside now; the temporaries are renamed into place as the stack unwinds.
+        trash.append(Path(tempfile.mkdtemp(prefix=f"{results.TEMP_PREFIX}{out.stem}-old.", dir=out.parent)))
+        for p in finals[1:]:
+            if p.exists() or p.is_symlink():
+                os.replace(p, trash[0] / p.name)
+    return out
