@@ -18,7 +18,7 @@ import torch
 
 from alignlens import data
 from alignlens import evaluate as ev
-from alignlens.models import load_model
+from alignlens.model import load_model
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from alignlens.models import resolve_device
+from alignlens.model import resolve_device
 from alignlens.train import TrainConfig, encode, load_base, load_pairs, target_loss, wrap_lora
 
 

@@ -12,7 +12,7 @@ import torch
 
 from alignlens import AlignlensError, data
 from alignlens import evaluate as ev
-from alignlens.models import load_model
+from alignlens.model import load_model
 
 
 def _brute_force_sentencepiece(tokenizer, word):

@@ -151,7 +151,7 @@ def test_resume_equals_uninterrupted(lora_runs):
 def test_merged_equals_adapter_and_loads(lora_runs, tiny_base):
     from peft import PeftModel
 
-    from alignlens.models import load_model
+    from alignlens.model import load_model
 
     root, a, _ = lora_runs
     merged, tok = _load(root / "a" / "merged")

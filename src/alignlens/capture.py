@@ -29,7 +29,7 @@ import torch
 from alignlens import AlignlensError, data
 from alignlens.evaluate import LanguageResult, SuffixBatch, label_token_ids, nonfinite_error
 from alignlens.lens import LensCapture, lens_label_probs
-from alignlens.models import LoadedModel
+from alignlens.model import LoadedModel
 from alignlens.reducers import ActivationCounter, RowStore
 
 #: Activation functions whose output is > 0 exactly where their input is > 0.

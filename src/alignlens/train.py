@@ -182,7 +182,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What `train` did. `out_dir` loads with `alignlens.models.load_model(out_dir)`."""
+    """What `train` did. `out_dir` loads with `alignlens.model.load_model(out_dir)`."""
 
     out_dir: Path
     steps: int
@@ -395,7 +395,7 @@ def evaluate(model: torch.nn.Module, examples: list[Example], batch_size: int, p
 
 def _model_source(model_spec: str) -> Path | None:
     """The local HF folder of `model_spec` (None for a hub name); refuses a missing local path."""
-    from alignlens.models import DEFAULT_MODEL, ensure_default_model
+    from alignlens.model import DEFAULT_MODEL, ensure_default_model
 
     if model_spec == DEFAULT_MODEL:
         return ensure_default_model()
@@ -435,7 +435,7 @@ def load_base(model_spec: str, device: torch.device, tokenizer: Any = None) -> t
     """
     from transformers import AutoModelForCausalLM
 
-    from alignlens.models import folder_hash
+    from alignlens.model import folder_hash
 
     path = _model_source(model_spec)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_spec)
@@ -483,10 +483,10 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 def save_tiny_base(folder: str | Path, arch: str = "gemma3", seed: int = 0, vocab_size: int = 1000,
                    **config_overrides: Any) -> Path:
     """Write a plain tiny random HF model + tokenizer folder, usable as `model_spec` in tests and
-    smoke runs. The model is `alignlens.models.tiny_hf_model`; the tokenizer is trained on
+    smoke runs. The model is `alignlens.model.tiny_hf_model`; the tokenizer is trained on
     question-translation text (de, es, it, en) so examples stay short."""
     from alignlens.data import load_question_translation
-    from alignlens.models import tiny_hf_model, tiny_tokenizer
+    from alignlens.model import tiny_hf_model, tiny_tokenizer
 
     corpus = []
     for p in load_question_translation(["de", "es", "it"], per_language=300, seed=1234):
@@ -610,7 +610,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     model and fitting LoRA. Only then does a forced run remove the previous run's files (only
     `_ARTIFACTS`, never other files).
     """
-    from alignlens.models import DEFAULT_MODEL
+    from alignlens.model import DEFAULT_MODEL
 
     t_session = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -653,7 +653,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
 def _run(config: TrainConfig, model_spec: str, out: Path, ckpt: dict | None, t_session: float, progress: bool,
          callback: Callable[[dict], None] | None) -> TrainResult:
     """The body of `train` (options resolved, output folder checked but not yet changed)."""
-    from alignlens.models import resolve_device
+    from alignlens.model import resolve_device
 
     # 1. data, split, tokens (checked before the model loads and before `out` changes)
     random.seed(config.seed)

