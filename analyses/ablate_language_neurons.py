@@ -1,6 +1,6 @@
 """Zero one language's top language-specific MLP neurons and measure accuracy drops across languages.
 
-A scripted hook experiment on alignlens's public API (`alignlens.analyze.run_experiment`):
+A scripted hook experiment on alignlens's public API (`alignlens.pipeline.run_experiment`):
 
 1. run the task once with no hooks: accuracy per language, and the language-specific neurons
    (LAPE, Tang et al. 2024) from the same capture pass;
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from alignlens import AlignlensError
-from alignlens.analyze import AnalyzeConfig, run_experiment
-from alignlens.models import LoadedModel, load_model
+from alignlens.config import AnalyzeConfig
+from alignlens.pipeline import run_experiment
+from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import NeuronOptions, lape_entropy
 from alignlens.results import write_json
 

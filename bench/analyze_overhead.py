@@ -18,9 +18,10 @@ import sys
 import time
 
 from alignlens import data
-from alignlens.analyze import AnalyzeConfig, analyses, capture_run
+from alignlens.config import AnalyzeConfig
+from alignlens.pipeline import capture_run, run_analyses
 from alignlens.evaluate import evaluate_language
-from alignlens.models import load_model
+from alignlens.model import load_model
 
 
 def timed(args) -> None:
@@ -38,7 +39,7 @@ def timed(args) -> None:
         bare.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         results, caps = capture_run(model, cfg)
-        analyses(results, caps, cfg)
+        run_analyses(results, caps, cfg)
         full.append(time.perf_counter() - t0)
     n = args.items * len(langs)
     print(f"{n} items ({args.items} x {len(langs)} languages), batch {args.batch_size}, best of {args.repeats}")
@@ -52,7 +53,7 @@ def peak(args) -> None:
     model = load_model(args.model)
     cfg = AnalyzeConfig(tasks=[args.task], languages=args.languages.split(","), limit=args.items, batch_size=args.batch_size)
     results, caps = capture_run(model, cfg)
-    analyses(results, caps, cfg)
+    run_analyses(results, caps, cfg)
     print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

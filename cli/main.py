@@ -19,7 +19,7 @@ from rich.table import Table
 
 from alignlens import AlignlensError
 from alignlens.config import AnalyzeConfig, EvalConfig
-from alignlens.models import DEFAULT_MODEL
+from alignlens.model import DEFAULT_MODEL
 from alignlens.neurons import NeuronOptions
 
 app = typer.Typer(
@@ -94,7 +94,7 @@ def status(message: str):
 
 
 def _load(spec: str, device: str, dtype: str):
-    from alignlens.models import load_model
+    from alignlens.model import load_model
 
     with status(f"loading model {spec}..."):
         return load_model(spec, device=device, dtype=dtype)
@@ -191,7 +191,7 @@ def eval_cmd(
 def _check_inputs(cfg, models: list[str], device: str, dtype: str) -> None:
     """Everything checkable without a model: tasks and their data files, languages, models, device, dtype."""
     from alignlens import data
-    from alignlens.models import check_dtype, check_model_spec
+    from alignlens.model import check_dtype, check_model_spec
 
     check_dtype(dtype, device)
     data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None, cfg.limit)
@@ -230,7 +230,7 @@ def analyze_cmd(
     Writes OUT/base (and OUT/aligned): predictions.jsonl, summary.json, similarity.json,
     logit_lens.json, neurons.json, neurons.safetensors, manifest.json; OUT/comparison.json; OUT/report.pdf.
     """
-    from alignlens.analyze import analyze
+    from alignlens.pipeline import analyze
 
     cfg = AnalyzeConfig(
         tasks=_csv(tasks), languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
@@ -362,7 +362,7 @@ def models_cmd(
     """Prepare (convert once, cached) and describe a model; shows the label token sets."""
     from alignlens import data
     from alignlens.evaluate import label_token_ids, vocab_kind
-    from alignlens.models import alignlens_home
+    from alignlens.model import alignlens_home
 
     m = _load(model, device, dtype)
     table = Table(title=f"model {model}", show_header=False)

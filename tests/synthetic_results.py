@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from alignlens import data, results
-from alignlens.analyze import AnalyzeConfig
-from alignlens.evaluate import LanguageResult, make_manifest, write_eval
+from alignlens.config import AnalyzeConfig
+from alignlens.evaluate import LanguageResult, write_eval
+from alignlens.results.manifest import make_manifest
 from alignlens.lens import LensCapture, lens_report
 from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
 from alignlens.similarity import similarity_report

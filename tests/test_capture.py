@@ -10,7 +10,8 @@ import torch
 
 from alignlens import data
 from alignlens import evaluate as ev
-from alignlens.analyze import AnalyzeConfig, analyses, analyze_model, analyze_shards, capture_run
+from alignlens.config import AnalyzeConfig
+from alignlens.pipeline import analyze_model, analyze_shards, capture_run, run_analyses
 
 
 def _config(**kw):
@@ -88,7 +89,7 @@ def test_results_do_not_depend_on_batch_size(tiny_gemma, tiny_run):
 
 def test_analyses_schema_and_self_similarity(tiny_run):
     results, caps = tiny_run
-    out = analyses(results, caps, _config())
+    out = run_analyses(results, caps, _config())
     sim = out["similarity"]["tasks"]["snli"]
     assert sim["languages"] == ["en", "de", "hi"]
     for key in ("cosine_mean", "cka_mean", "retrieval_last", "pca_pearson"):

@@ -465,7 +465,8 @@ def test_title_page_shows_the_data_hashes(full_report: Path):
 
 def test_report_from_a_real_analysis_shows_its_data_hash(tmp_path: Path):
     """`alignlens analyze` on a tiny model, then its report: the title page carries the real data hash."""
-    from alignlens.analyze import AnalyzeConfig, analyze
+    from alignlens.config import AnalyzeConfig
+    from alignlens.pipeline import analyze
     from alignlens.train import save_tiny_base
 
     model = save_tiny_base(tmp_path / "tiny", "gemma3", seed=0)
@@ -474,7 +475,7 @@ def test_report_from_a_real_analysis_shows_its_data_hash(tmp_path: Path):
     manifest = json.loads((out / "base" / "manifest.json").read_text(encoding="utf-8"))
     h = manifest["data"]["tasks"]["emotion"]["hash"]
     pdf = render_report(out / "base", out=tmp_path / "r.pdf")
-    from alignlens.report.runs import load_run
+    from alignlens.results.schema import load_run
     from alignlens.report.title import manifest_rows
 
     rows = dict(manifest_rows(load_run(out / "base")))

@@ -13,7 +13,7 @@ import torch
 
 from alignlens import AlignlensError, NumericalError, data
 from alignlens import evaluate as ev
-from alignlens import models
+from alignlens import model
 
 SPEC = {"labels": ["yes", "no"], "fields": ["text"],
         "languages": {"en": {"demonstrations": "a\nAnswer: \"yes\"", "query_template": "{text}\nAnswer: \""},
@@ -207,12 +207,12 @@ def test_path_like_model_that_does_not_exist(tmp_path, monkeypatch):
     for spec in ("runs/aligend", "./aligned", "../aligned", "~/no-such-alignlens-model", str(tmp_path / "nope"),
                  "a/b/c", "runs\\aligned"):
         with pytest.raises(AlignlensError) as exc:
-            models.check_model_spec(spec)
+            model.check_model_spec(spec)
         assert _one_line(exc) == f"model folder {spec} does not exist"
     with pytest.raises(AlignlensError, match=r"^unknown model 'nonsense': not the default"):
-        models.check_model_spec("nonsense")
+        model.check_model_spec("nonsense")
     with pytest.raises(AlignlensError, match=r"^empty model name"):
-        models.check_model_spec("")
+        model.check_model_spec("")
     # hub names (org/name, org not a local folder) are left to the loader
     for spec in ("google/gemma-3-270m", "HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-0.5B"):
         assert models.model_source(spec) == ("hub", None)
@@ -222,13 +222,13 @@ def test_path_like_model_that_does_not_exist(tmp_path, monkeypatch):
 def test_existing_folders_that_are_not_models(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlignlensError, match=r"^model folder .*empty has no config\.json \(neither an HF model "):
-        models.check_model_spec(str(tmp_path / "empty"))
+        model.check_model_spec(str(tmp_path / "empty"))
     _hf_folder(tmp_path / "noweights", weights=False)
     with pytest.raises(AlignlensError, match=r"noweights has config\.json but no weights"):
-        models.check_model_spec(str(tmp_path / "noweights"))
+        model.check_model_spec(str(tmp_path / "noweights"))
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(AlignlensError, match=r"^model path .*file\.bin is a file"):
-        models.check_model_spec(str(tmp_path / "file.bin"))
+        model.check_model_spec(str(tmp_path / "file.bin"))
     assert models.model_source(str(_hf_folder(tmp_path / "hf"))) == ("folder", tmp_path / "hf")
 
 
@@ -238,12 +238,12 @@ def test_train_outputs_finished_interrupted_and_unfinished(tmp_path):
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
     (run / "train_log.jsonl").write_text("{}\n")
     with pytest.raises(AlignlensError) as exc:
-        models.check_model_spec(str(run))
+        model.check_model_spec(str(run))
     assert _one_line(exc) == (f"training in {run} was interrupted; resume with "
                               f"`alignlens train --out '{run}' --resume`")
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(AlignlensError, match=r"has not finished \(no merged/config\.json yet\)"):
-        models.check_model_spec(str(run))
+        model.check_model_spec(str(run))
     _hf_folder(run / "merged")
     (run / "checkpoints" / "last.pt").write_bytes(b"x")  # kept checkpoints (--keep-checkpoints)
     (run / "manifest.json").write_text("{}")
@@ -252,10 +252,10 @@ def test_train_outputs_finished_interrupted_and_unfinished(tmp_path):
 
 def test_load_model_checks_the_spec_and_dtype_before_loading(tmp_path):
     with pytest.raises(AlignlensError, match=r"^model folder .*nope does not exist$"):
-        models.load_model(str(tmp_path / "nope"))
+        model.load_model(str(tmp_path / "nope"))
     folder = _hf_folder(tmp_path / "hf")  # its "weights" would fail to load: the dtype error must come first
     with pytest.raises(AlignlensError) as exc:
-        models.load_model(str(folder), device="cpu", dtype="float16")
+        model.load_model(str(folder), device="cpu", dtype="float16")
     assert _one_line(exc) == "dtype float16: float16 on CPU gives NaN probabilities; use float32 or bfloat16"
 
 
@@ -263,22 +263,22 @@ def test_device_and_dtype_checks():
     cpu = torch.device("cpu")
     for name in ("float16", "fp16"):
         with pytest.raises(AlignlensError, match="float16 on CPU gives NaN probabilities; use float32 or bfloat16"):
-            models.resolve_dtype(name, cpu)
+            model.resolve_dtype(name, cpu)
         with pytest.raises(AlignlensError, match="float16 on CPU"):
-            models.check_dtype(name, "cpu")
-    assert models.resolve_dtype("bfloat16", cpu) == torch.bfloat16
-    assert models.resolve_dtype("auto", cpu) == torch.float32
-    models.check_dtype("float32", "cpu")
+            model.check_dtype(name, "cpu")
+    assert model.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert model.resolve_dtype("auto", cpu) == torch.float32
+    model.check_dtype("float32", "cpu")
     with pytest.raises(AlignlensError, match=r"^unknown dtype 'nonsense'"):
-        models.check_dtype("nonsense", "cpu")
+        model.check_dtype("nonsense", "cpu")
     with pytest.raises(AlignlensError, match=r"^unknown device 'gpu0'"):
-        models.check_device("gpu0")
-    models.check_device("cpu")
+        model.check_device("gpu0")
+    model.check_device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(AlignlensError, match="CUDA is not available"):
-            models.check_device("cuda")
+            model.check_device("cuda")
         with pytest.raises(AlignlensError, match="float16 on CPU"):
-            models.check_dtype("float16", "auto")  # auto is the CPU here
+            model.check_dtype("float16", "auto")  # auto is the CPU here
 
 
 # ---- non-finite numbers ---------------------------------------------------------------------
@@ -317,7 +317,8 @@ def test_nan_probabilities_name_task_language_and_items(tiny_gemma):
 
 
 def test_nan_activations_stop_the_capture(tiny_gemma):
-    from alignlens.analyze import AnalyzeConfig, capture_run
+    from alignlens.config import AnalyzeConfig
+    from alignlens.pipeline import capture_run
     from alignlens.capture import Capturer
 
     def nan_everywhere(x, hook):

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from alignlens import AlignlensError, NumericalError, data
-from alignlens.models import LoadedModel
+from alignlens.model import LoadedModel
 from alignlens.config import EvalConfig  # noqa: F401  (re-exported)
-from alignlens.results import EVAL_FILES, OutputFolder, git_commit, now_iso, versions, write_json, write_jsonl
+from alignlens.results import EVAL_FILES, OutputFolder, now_iso
+from alignlens.results.manifest import make_manifest
+from alignlens.results.writer import write_eval_files
 from alignlens.stats import bootstrap_ci
 
 # ---- label token sets -----------------------------------------------------------------------
@@ -354,42 +356,6 @@ def prediction_rows(results: list[LanguageResult]) -> list[dict]:
     return rows
 
 
-def make_manifest(model: LoadedModel, config: Any, *, command: str, started: str, extra: dict | None = None) -> dict:
-    """manifest.json contents: model, data, options, seed, versions, commit, times."""
-    opts = asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config)
-    tasks = opts.get("tasks", [])
-    data_info = {"tasks": {}, "limit": opts.get("limit")}
-    for t in tasks:
-        spec = data.load_task(t)
-        data_info["tasks"][spec.name] = {
-            "folder": str(spec.folder), "bundled": spec.name in data.BUNDLED_TASKS and t in data.BUNDLED_TASKS,
-            "hash": task_hash(spec), "languages": task_languages(spec, opts.get("languages")),
-        }
-    langs = sorted({lang for v in data_info["tasks"].values() for lang in v["languages"]})
-    data_info["languages"] = data.paper_order(langs)
-    out = {
-        "alignlens_version": versions()["alignlens"], "command": command,
-        "model": model.describe(), "data": data_info, "options": opts, "seed": opts.get("seed"),
-        "versions": versions(), "git_commit": git_commit(), "started": started, "finished": now_iso(),
-        "trained_languages": list(model.info.get("trained_languages", [])),
-    }
-    if extra:
-        out.update(extra)
-    return out
-
-
-def task_hash(spec: data.TaskSpec) -> str:
-    """sha256 over the task's spec and item files."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for p in sorted(spec.folder.iterdir()):
-        if p.is_file() and (p.name == "task.json" or ".jsonl" in p.name):
-            digest.update(p.name.encode())
-            digest.update(p.read_bytes())
-    return digest.hexdigest()
-
-
 def run_eval(
     model: LoadedModel, config: EvalConfig, *, progress: Any = None, fwd_hooks: Sequence[Hook] = (),
     batch_hooks_for: Callable[[str, str, list[data.Item]], Callable | None] | None = None,
@@ -420,9 +386,7 @@ def run_eval(
 def write_eval(out_dir: Path, results: list[LanguageResult], manifest: dict, config: EvalConfig) -> dict:
     """Write predictions.jsonl, summary.json and manifest.json to `out_dir`; return the summary."""
     summary = summarize(results, config.bootstrap_resamples, config.seed)
-    write_jsonl(out_dir / "predictions.jsonl", prediction_rows(results))
-    write_json(out_dir / "summary.json", summary)
-    write_json(out_dir / "manifest.json", manifest)
+    write_eval_files(out_dir, prediction_rows(results), summary, manifest)
     return summary
 
 

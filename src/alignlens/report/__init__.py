@@ -25,7 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignlens.report.render import ProgressFn, default_out, write_report
-from alignlens.report.runs import check_results, load_runs
+from alignlens.report.runs import load_runs
+from alignlens.results.schema import check_results
 
 __all__ = ["render_report", "check_results"]
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from alignlens.report.languages import lang_label, order_languages, resource_group
 from alignlens.report.layout import Page, Section, Table, int_layers, lang_colors, new_fig, offdiag, top
-from alignlens.report.runs import SIM_METRICS, Runs, arr
+from alignlens.report.runs import Runs, arr
+from alignlens.results.schema import SIM_METRICS
 
 
 def build(runs: Runs) -> Section:

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from alignlens import __version__
 from alignlens.report.languages import HIGH_RESOURCE, LOW_RESOURCE, lang_label
 from alignlens.report.layout import Page, Section, new_fig, wrap
-from alignlens.report.runs import Run, Runs
+from alignlens.report.runs import Runs
+from alignlens.results.schema import Run
 
 
 def data_hashes(manifest: dict, length: int = 12) -> str:

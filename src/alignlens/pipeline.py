@@ -1,4 +1,4 @@
-"""The main job: evaluation + one capture pass + all analyses (+ report), for one or two models.
+"""The pipeline of `alignlens analyze`: evaluation + one capture pass + all analyses (+ report), for one or two models.
 
 `analyze(AnalyzeConfig(...), "gemma-3-270m", compare="runs/aligned", out="runs/analysis")` writes
 
@@ -26,9 +26,11 @@ import torch
 from alignlens import AlignlensError, RunInterrupted, data
 from alignlens.capture import Capturer, LanguageCapture, check_neuron_hooks, load_shard, save_shard, shard_path
 from alignlens.config import AnalyzeConfig, check_layers
-from alignlens.evaluate import LanguageResult, evaluate_language, make_manifest, task_languages, write_eval
+from alignlens.evaluate import LanguageResult, evaluate_language, task_languages, write_eval
+from alignlens.results.manifest import make_manifest
+from alignlens.results.writer import write_analysis_files
 from alignlens.lens import lens_report
-from alignlens.models import LoadedModel, load_model
+from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
 from alignlens.reducers import ActivationCounter
 from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, write_json
@@ -78,7 +80,7 @@ def capture_run(
     return results, captures
 
 
-def analyses(
+def run_analyses(
     results: list[LanguageResult], captures: dict[tuple[str, str], LanguageCapture], config: AnalyzeConfig,
 ) -> dict[str, Any]:
     """All analyses from captured tensors (pure; no model). Returns the JSON-able results and
@@ -116,15 +118,6 @@ def analyses(
     return {"similarity": similarity, "logit_lens": lens, "neurons": neurons, "neuron_tensors": tensors}
 
 
-def write_analyses(run_dir: Path, out: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    write_json(run_dir / "similarity.json", out["similarity"])
-    write_json(run_dir / "logit_lens.json", out["logit_lens"])
-    write_json(run_dir / "neurons.json", out["neurons"])
-    save_file({k: v.contiguous() for k, v in out["neuron_tensors"].items()}, str(run_dir / "neurons.safetensors"))
-
-
 def analyze_model(
     model: LoadedModel, config: AnalyzeConfig, run_dir: Path, *, progress: Any = None, command: str = "",
     extra_manifest: dict | None = None,
@@ -143,8 +136,8 @@ def analyze_model(
     shard_dir = run_dir / "activations" if config.save_activations else None
     results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
     t_capture = time.time() - t0
-    out = analyses(results, captures, config)
-    write_analyses(run_dir, out)
+    out = run_analyses(results, captures, config)
+    write_analysis_files(run_dir, out["similarity"], out["logit_lens"], out["neurons"], out["neuron_tensors"])
     manifest = {**manifest, "status": "finished", "finished": now_iso(),
                 "timing_s": {"capture": round(t_capture, 1), "total": round(time.time() - t0, 1)}}
     return write_eval(run_dir, results, manifest, config.eval_config())
@@ -186,7 +179,7 @@ def analyze(
     is written directly; over earlier results (`force`), the new run is staged and swapped in at
     the end, so a failure leaves the earlier results as they were. `resume` continues the run in
     `out` with the same model(s) and options (checked), keeping its finished shards."""
-    from alignlens.models import check_dtype, check_model_spec
+    from alignlens.model import check_dtype, check_model_spec
 
     out = Path(out).expanduser()
     specs = [("base", model)] + ([("aligned", compare)] if compare else [])
@@ -258,7 +251,7 @@ def _peek_n_layers(spec: str) -> int | None:
     """The layer count from a local model folder's config.json, without loading weights (None if unknown)."""
     from transformers import AutoConfig
 
-    from alignlens.models import DEFAULT_MODEL, default_model_dir
+    from alignlens.model import DEFAULT_MODEL, default_model_dir
 
     path = default_model_dir() if spec == DEFAULT_MODEL else Path(spec).expanduser()
     if (path / "merged" / "config.json").is_file():
@@ -303,7 +296,7 @@ def analyze_shards(run_dir: str | Path, config: AnalyzeConfig | None = None) -> 
         r, c = load_shard(p)
         results.append(r)
         captures[(r.task, r.lang)] = c
-    return analyses(results, captures, config or AnalyzeConfig())
+    return run_analyses(results, captures, config or AnalyzeConfig())
 
 
 # ---- scripted hook experiments ---------------------------------------------------------------
@@ -341,4 +334,4 @@ def run_experiment(
 
     results, captures = capture_run(model, config, progress=progress, fwd_hooks=list(fwd_hooks))
     summary = summarize(results, config.bootstrap_resamples, config.seed)
-    return ExperimentResult(summary, results, captures, analyses(results, captures, config) if with_analyses else None)
+    return ExperimentResult(summary, results, captures, run_analyses(results, captures, config) if with_analyses else None)

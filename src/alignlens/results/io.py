@@ -1,0 +1,132 @@
+"""On-disk primitives: atomic writes that honour the umask, JSON in and out (UTF-8, NaN -> null),
+and cleanup of temporaries a killed run left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from alignlens import AlignlensError
+
+#: Every temporary file or folder alignlens creates starts with this (stale ones are removed).
+TEMP_PREFIX = ".alignlens-tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, folder: bool = False) -> None:
+    """mkstemp/mkdtemp (and some libraries, e.g. safetensors) create 0600/0700; give results the
+    modes a plain open() would, for a folder to everything inside it."""
+    mask = _umask()
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+    if folder:
+        for p in path.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (a file, or a folder with `folder=True`); on success
+    it is renamed onto `path` (replacing a file; a folder must not exist), on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        _honour_umask(tmp, folder)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def _atomic_write(path: Path, write) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            write(fh)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_stale_temps(folder: str | Path, max_depth: int = 2) -> list[Path]:
+    """Remove temporaries (`TEMP_PREFIX*`) left in `folder` (and its subfolders, to `max_depth`)
+    by a killed run. Returns what was removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(TEMP_PREFIX):
+            _remove(p)
+            removed.append(p)
+        elif max_depth > 0 and p.is_dir() and not p.is_symlink():
+            removed += clean_stale_temps(p, max_depth - 1)
+    return removed
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write JSON (UTF-8, ensure_ascii=False, NaN -> null)."""
+    _atomic_write(Path(path), lambda fh: fh.write(json.dumps(to_jsonable(obj), ensure_ascii=False, indent=1) + "\n"))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Atomically write one JSON object per line."""
+    def write(fh):
+        for row in rows:
+            fh.write(json.dumps(to_jsonable(row), ensure_ascii=False) + "\n")
+    _atomic_write(Path(path), write)
+
+
+def read_json(path: str | Path) -> Any:
+    """A results JSON file; AlignlensError '<path>: missing', '<path>: cannot read (...)' or
+    '<path>: not valid JSON (line N: ...)'."""
+    path = Path(path)
+    if not path.exists():
+        raise AlignlensError(f"{path}: missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AlignlensError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AlignlensError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Make numpy/torch scalars and arrays JSON-able; NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if hasattr(obj, "tolist"):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

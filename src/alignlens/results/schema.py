@@ -1,0 +1,278 @@
+"""Typed, checked readers of result folders: the one way the report, model loading and scripts
+read what alignlens wrote.
+
+A run folder (`alignlens eval`, or OUT/base and OUT/aligned of `alignlens analyze`) holds
+`manifest.json` and `summary.json` (required); `logit_lens.json`, `similarity.json`,
+`neurons.json` (+ `neurons.safetensors`) are optional and checked when present;
+`predictions.jsonl` is read item by item when two runs are compared. Every problem is an
+AlignlensError with one line naming the file and the key (or line) at fault.
+
+Shapes of the JSON files (keys that readers rely on):
+- summary.json: tasks.<task>.{labels, mean_accuracy, languages.<lang>.{accuracy, n, ci95, confusion}}
+- predictions.jsonl: one row per item {task, lang, index, gold, pred, probs: {label: p}}
+- logit_lens.json: tasks.<task>.{n_layers, per_language.<lang>.{p_en, p_target, entropy_bits}.{mean, lo, hi}[layer]}
+- similarity.json: tasks.<task>.{per_language.<lang>.<metric>[layer], pairwise.{layers, languages, ...}}
+- neurons.json: {n_layers, languages, specific.<lang>.{count, count_per_layer, neurons}, overlap}
+- comparison.json: per_language.<lang>.{count_a, count_b, count_per_layer_a, count_per_layer_b}
+- manifest.json: {alignlens_version, command, model{spec, name, hash, n_layers, ...}, data{tasks.<task>.hash, ...},
+  options, seed, versions, git_commit, started, finished}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlens import AlignlensError
+from alignlens.results.io import read_json
+
+REQUIRED_FILES = ("manifest.json", "summary.json")
+OPTIONAL_FILES = {"logit_lens.json": "logit lens", "similarity.json": "similarity", "neurons.json": "neurons"}
+_ATTRIBUTE = {"logit_lens.json": "lens", "similarity.json": "similarity", "neurons.json": "neurons"}
+
+#: Similarity metrics plotted, in order of preference (those present in the file are used).
+SIM_METRICS = ("cosine_mean_centered", "cka_mean", "retrieval_mean", "cosine_mean", "cka_last", "cosine_last")
+
+Cell = tuple[str, str]  # (task, language)
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def _fail(path: Path, what: str) -> None:
+    raise AlignlensError(f"{path}: {what}")
+
+
+def read_predictions(path: Path, summary: dict | None = None) -> dict[Cell, dict[int, bool]]:
+    """predictions.jsonl -> {(task, lang): {item index: gold == pred}}, in file order.
+
+    Raises AlignlensError naming the file and line for a missing file, bad JSON, a missing key or a
+    repeated item; and naming the task and language when the counts disagree with `summary`.
+    """
+    if not path.is_file():
+        raise AlignlensError(f"{path}: missing (needed to compare two runs item by item)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AlignlensError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    out: dict[Cell, dict[int, bool]] = {}
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AlignlensError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+        for key in ("task", "lang", "index", "gold", "pred"):
+            if not isinstance(row, dict) or key not in row:
+                raise AlignlensError(f"{path}:{no}: missing key '{key}'")
+        cell = out.setdefault((str(row["task"]), str(row["lang"])), {})
+        if row["index"] in cell:
+            raise AlignlensError(f"{path}:{no}: item {row['index']} of {row['task']} {row['lang']} appears twice")
+        cell[row["index"]] = row["gold"] == row["pred"]
+    for task, t in ((summary or {}).get("tasks") or {}).items():
+        for lang, e in t["languages"].items():
+            if len(out.get((task, lang), {})) != e["n"]:
+                raise AlignlensError(f"{path}: {len(out.get((task, lang), {}))} items of {task} {lang}, "
+                                     f"but summary.json says n={e['n']}")  # fmt: skip
+    return out
+
+
+# ---- checking -------------------------------------------------------------------------------
+
+
+def _get(obj: Any, keys: str, path: Path, kind: type | tuple | None = None) -> Any:
+    """Walk dotted `keys` in `obj`; raise naming the first missing key and the file."""
+    cur = obj
+    done: list[str] = []
+    for k in keys.split("."):
+        if not isinstance(cur, dict) or k not in cur:
+            _fail(path, f"missing key '{'.'.join(done + [k])}'")
+        cur = cur[k]
+        done.append(k)
+    if kind is not None and not isinstance(cur, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(t.__name__ for t in kind)
+        _fail(path, f"key '{keys}' should be a {names}, got {type(cur).__name__}")
+    return cur
+
+
+def _check_series(obj: Any, keys: str, path: Path) -> None:
+    for v in _get(obj, keys, path, list):
+        if v is not None and not isinstance(v, (int, float)):
+            _fail(path, f"key '{keys}' should be a list of numbers/null")
+
+
+def _check_summary(s: Any, path: Path) -> None:
+    tasks = _get(s, "tasks", path, dict)
+    if not tasks:
+        _fail(path, "key 'tasks' is empty (no task results)")
+    for t in tasks:
+        langs = _get(s, f"tasks.{t}.languages", path, dict)
+        if not langs:
+            _fail(path, f"key 'tasks.{t}.languages' is empty")
+        for l in langs:
+            _get(s, f"tasks.{t}.languages.{l}.accuracy", path, (int, float))
+            _get(s, f"tasks.{t}.languages.{l}.n", path, int)
+            if len(_get(s, f"tasks.{t}.languages.{l}.ci95", path, list)) != 2:
+                _fail(path, f"key 'tasks.{t}.languages.{l}.ci95' should be [lo, hi]")
+
+
+def _check_lens(d: Any, path: Path) -> None:
+    for t in _get(d, "tasks", path, dict):
+        _get(d, f"tasks.{t}.n_layers", path, int)
+        for l in _get(d, f"tasks.{t}.per_language", path, dict):
+            for q in ("p_en", "p_target", "entropy_bits"):
+                for s in ("mean", "lo", "hi"):
+                    _check_series(d, f"tasks.{t}.per_language.{l}.{q}.{s}", path)
+
+
+def _check_similarity(d: Any, path: Path) -> None:
+    for t in _get(d, "tasks", path, dict):
+        for l in _get(d, f"tasks.{t}.per_language", path, dict):
+            entry = _get(d, f"tasks.{t}.per_language.{l}", path, dict)
+            if not any(m in entry for m in SIM_METRICS):
+                _fail(path, f"key 'tasks.{t}.per_language.{l}' has none of the metrics {', '.join(SIM_METRICS[:3])}")
+            for m in SIM_METRICS:
+                if m in entry:
+                    _check_series(d, f"tasks.{t}.per_language.{l}.{m}", path)
+        if "pairwise" in d["tasks"][t]:
+            _get(d, f"tasks.{t}.pairwise.layers", path, list)
+            _get(d, f"tasks.{t}.pairwise.languages", path, list)
+
+
+def _check_neurons(d: Any, path: Path) -> None:
+    _get(d, "n_layers", path, int)
+    langs = _get(d, "languages", path, list)
+    _get(d, "specific", path, dict)
+    for l in langs:
+        _get(d, f"specific.{l}.count", path, int)
+        _check_series(d, f"specific.{l}.count_per_layer", path)
+        _get(d, f"specific.{l}.neurons", path, list)
+    for kind in ("active", "specific"):
+        if "overlap" in d and kind in d["overlap"]:
+            _get(d, f"overlap.{kind}.overall", path, list)
+
+
+def _check_comparison(d: Any, path: Path) -> None:
+    for l in _get(d, "per_language", path, dict):
+        for k in ("count_a", "count_b"):
+            _get(d, f"per_language.{l}.{k}", path, int)
+        for k in ("count_per_layer_a", "count_per_layer_b"):
+            _check_series(d, f"per_language.{l}.{k}", path)
+    if "mean_abs_activation_probability_change_per_layer" in d:
+        _check_series(d, "mean_abs_activation_probability_change_per_layer", path)
+
+
+_CHECKERS: dict[str, Callable[[Any, Path], None]] = {
+    "logit_lens.json": _check_lens,
+    "similarity.json": _check_similarity,
+    "neurons.json": _check_neurons,
+}
+
+
+# ---- one run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run folder, loaded and checked."""
+
+    path: Path
+    manifest: dict
+    summary: dict
+    lens: dict | None = None
+    similarity: dict | None = None
+    neurons: dict | None = None
+    absent: list[str] = field(default_factory=list)  # names of optional analyses not in the folder
+    _predictions: dict | None = None
+
+    @property
+    def name(self) -> str:
+        m = self.manifest.get("model", {})
+        return str(m.get("name") or m.get("spec") or self.path.name)
+
+    @property
+    def predictions(self) -> dict[Cell, dict[int, bool]]:
+        """{(task, lang): {item index: correct}} from predictions.jsonl (read on first use)."""
+        if self._predictions is None:
+            self._predictions = read_predictions(self.path / "predictions.jsonl", self.summary)
+        return self._predictions
+
+    @property
+    def n_layers(self) -> int | None:
+        """The model's layer count: manifest model.n_layers, else what an analysis file says."""
+        n = self.manifest.get("model", {}).get("n_layers")
+        if isinstance(n, int):
+            return n
+        if self.neurons:
+            return self.neurons["n_layers"]
+        for d in (self.lens, self.similarity):
+            for t in ((d or {}).get("tasks") or {}).values():
+                if isinstance(t.get("n_layers"), int):
+                    return t["n_layers"]
+        return None
+
+
+def load_run(run_dir: Path) -> Run:
+    """Load and check one run folder (AlignlensError naming the missing file or key)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise AlignlensError(f"{run_dir}: results folder does not exist")
+    if not run_dir.is_dir():
+        raise AlignlensError(f"{run_dir}: not a folder (expected a results folder)")
+    for name in REQUIRED_FILES:
+        if not (run_dir / name).is_file():
+            raise AlignlensError(f"{run_dir}: missing required file {name}")
+    manifest = read_json(run_dir / "manifest.json")
+    if not isinstance(manifest, dict):
+        _fail(run_dir / "manifest.json", "should be a JSON object")
+    _get(manifest, "model", run_dir / "manifest.json", dict)
+    _get(manifest, "data", run_dir / "manifest.json", dict)
+    summary = read_json(run_dir / "summary.json")
+    _check_summary(summary, run_dir / "summary.json")
+    run = Run(run_dir, manifest, summary)
+    for name, label in OPTIONAL_FILES.items():
+        p = run_dir / name
+        if not p.exists():
+            run.absent.append(label)
+            continue
+        data = read_json(p)
+        _CHECKERS[name](data, p)
+        setattr(run, _ATTRIBUTE[name], data)
+    return run
+
+
+def check_results(run_dir: Path) -> None:
+    """Validate a run folder; raise AlignlensError (one line naming the missing file/key) if bad.
+
+    Required: manifest.json (with 'model' and 'data') and summary.json (tasks -> languages ->
+    accuracy/n/ci95). Optional files (logit_lens.json, similarity.json, neurons.json) are checked only
+    when present.
+    """
+    load_run(Path(run_dir))
+
+
+
+
+def read_trained_languages(model_folder: Path) -> dict[str, Any]:
+    """What an `alignlens train` output folder says about its training: {"trained_languages",
+    "base_model"} from its manifest.json ({} when the folder has no training manifest)."""
+    path = Path(model_folder) / "manifest.json"
+    if not path.is_file():
+        return {}
+    m = read_json(path)
+    if not isinstance(m, dict):
+        return {}
+    data = m.get("data") if isinstance(m.get("data"), dict) else {}
+    base = m.get("base_model") if isinstance(m.get("base_model"), dict) else {}
+    return {"trained_languages": list(data.get("languages", [])), "base_model": base.get("spec")}
+
+
+def read_comparison_file(path: Path) -> dict:
+    """comparison.json (neuron changes between two models), read and checked."""
+    comp = read_json(path)
+    _check_comparison(comp, path)
+    return comp
