@@ -330,14 +330,9 @@ def _source_of(spec: str) -> tuple[str, Path | None, dict]:
         candidate = Path(spec).expanduser()
         tried.append(f"local folder {path}")
         name = str(candidate)
-        manifest = candidate / "manifest.json"  # output of `alignlens train`
-        if manifest.is_file():
-            try:
-                m = json.loads(manifest.read_text(encoding="utf-8"))
-                details["trained_languages"] = m.get("data", {}).get("languages", [])
-                details["base_model"] = m.get("base_model", {}).get("spec")
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                pass
+        from alignlens.results.schema import read_training
+
+        details.update(read_training(candidate))  # an `alignlens train` output: what it was trained on
     else:
         name = spec
         tried.append(f"hub name {spec}")

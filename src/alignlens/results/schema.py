@@ -257,18 +257,19 @@ def check_results(run_dir: Path) -> None:
 
 
 
-def read_trained_languages(model_folder: Path) -> dict[str, Any]:
-    """What an `alignlens train` output folder says about its training: {"trained_languages",
-    "base_model"} from its manifest.json ({} when the folder has no training manifest)."""
+def read_training(model_folder: Path) -> dict[str, Any]:
+    """What an `alignlens train` output folder's manifest.json says about its training:
+    {"trained_languages", "base_model"} ({} for a folder without one)."""
     path = Path(model_folder) / "manifest.json"
     if not path.is_file():
         return {}
     m = read_json(path)
     if not isinstance(m, dict):
-        return {}
+        _fail(path, "should be a JSON object")
     data = m.get("data") if isinstance(m.get("data"), dict) else {}
-    base = m.get("base_model") if isinstance(m.get("base_model"), dict) else {}
-    return {"trained_languages": list(data.get("languages", [])), "base_model": base.get("spec")}
+    base = m.get("base_model") or m.get("model")
+    return {"trained_languages": list(data.get("languages", [])),
+            "base_model": base.get("spec") if isinstance(base, dict) else None}
 
 
 def read_comparison_file(path: Path) -> dict:
