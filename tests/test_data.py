@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from alignlens import AlignlensError, data
+from alignlens.languages import PAPER_LANGUAGES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multilingual-learner"
 
@@ -16,7 +17,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multilingual
 def test_bundled_tasks_have_twenty_parallel_languages():
     for name, n, shots in (("emotion", 500, 2), ("snli", 600, 6), ("paws", 500, 4)):
         spec = data.load_task(name)
-        assert spec.languages == data.PAPER_LANGUAGES
+        assert spec.languages == PAPER_LANGUAGES
         assert spec.shots == shots
         en = data.load_items(spec, "en")
         assert len(en) == n
@@ -139,3 +140,39 @@ def test_translation_file_validation(tmp_path):
         fh.write(json.dumps({"lang": "de", "text": "Hallo"}) + "\n")
     with pytest.raises(AlignlensError, match=r"bad\.jsonl\.gz:2: missing field 'english'"):
         data.load_translation_file(bad)
+
+
+def test_bundled_label_words_match_their_meaning():
+    """The Norwegian SNLI test file swaps 'neutral' and 'contradiction'; the bundle corrects it."""
+    from alignlens import data
+
+    no = data.load_task("snli").prompts["no"].label_words
+    assert no == {"entailment": "entailment", "neutral": "nøytral", "contradiction": "motsigelse"}
+    for task in data.BUNDLED_TASKS:
+        spec = data.load_task(task)
+        for lang, prompt in spec.prompts.items():
+            assert set(prompt.label_words) == set(spec.labels), (task, lang)
+            assert len(set(prompt.label_words.values())) == len(spec.labels), (task, lang)  # distinct words
+
+
+def test_bundle_tool_checks_words_against_english_gold_item_by_item(tmp_path):
+    """tools/bundle_data.py stops when a language's answers disagree with the English gold labels."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "multilingual-learner"
+    if not shared.is_dir():
+        pytest.skip("the paper's data folder (../shared) is not beside this checkout")
+    src = tmp_path / "src"
+    shutil.copytree(shared, src)
+    rows = json.loads((src / "ap_emotion" / "emotion_de500_test.json").read_text(encoding="utf-8"))
+    rows[3]["answer"] = "negativ" if rows[3]["answer"].strip() == "positiv" else "positiv"
+    (src / "ap_emotion" / "emotion_de500_test.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bundle_data.py"
+    code = f"import runpy, sys; sys.argv=['x', {str(src)!r}]; m = runpy.run_path({str(tool)!r}, run_name='lib'); " \
+           f"m['main'](__import__('pathlib').Path({str(src)!r}), __import__('pathlib').Path({str(tmp_path / 'out')!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "emotion/de: 1 answers disagree" in proc.stderr + proc.stdout, proc.stderr

@@ -2,8 +2,9 @@
 
 Usage: python tools/bundle_data.py ../shared/data/multilingual-learner
 
-Writes, per task, `tasks/<task>/task.json` (spec: label words, fields, templates and
-demonstrations per language) and `tasks/<task>/<lang>.jsonl.gz` (items, with the gold
+Writes, per task, `tasks/<task>/task.json` (spec: target-language label words, checked item by
+item against the English gold labels and corrected where their meaning is wrong (CORRECTIONS),
+fields, templates and demonstrations per language) and `tasks/<task>/<lang>.jsonl.gz` (items, with the gold
 English label taken from the English file, since the test sets are parallel), and the
 SNLI question-translation sets as `qt/snli/<lang>.jsonl.gz` ({"text", "english"}).
 Output is deterministic (gzip mtime 0), so re-running yields identical bytes.
@@ -34,6 +35,12 @@ TASKS = {
              "free for any purpose, acknowledgement of Google LLC appreciated"),
 }
 QT_LANGUAGES = ["de", "es", "it", "sw", "zh"]
+#: Target-language label words that the original test files (and the paper's scripts) got wrong.
+#: They are consistent item by item with the English gold labels, so only their meaning shows the
+#: error. Norwegian SNLI: the test file writes "motsigelse" (= contradiction) for every neutral item
+#: and "nøytral" (= neutral) for every contradiction item; the logit lens would otherwise measure the
+#: other label's word as the "target-language" answer.
+CORRECTIONS = {("snli", "no"): {"neutral": "nøytral", "contradiction": "motsigelse"}}
 
 
 def write_jsonl_gz(path: Path, rows: list[dict]) -> None:
@@ -58,15 +65,17 @@ def main(src: Path, dst: Path) -> None:
             rows = json.loads((src / folder / f"{prefix}{lang}{n}_test.json").read_text(encoding="utf-8"))
             assert len(rows) == n, (task, lang, len(rows))
             to_label = {w: lab for lab, w in ls["test_file_label_words"].items()}
-            mismatches = sum(to_label.get(r["answer"].strip()) != g for r, g in zip(rows, gold))
-            if mismatches:
-                print(f"warning: {task}/{lang}: {mismatches} answers disagree with English gold")
+            bad = [i for i, (r, g) in enumerate(zip(rows, gold)) if to_label.get(r["answer"].strip()) != g]
+            if bad:  # the word -> label mapping must agree with the parallel English gold, item by item
+                raise SystemExit(f"{task}/{lang}: {len(bad)} answers disagree with the English gold labels "
+                                 f"(first items {bad[:5]}); fix test_file_label_words")
+            words = {**ls["test_file_label_words"], **CORRECTIONS.get((task, lang), {})}
             items = [{"index": i, "label": g, **{f: r[f] for f in fields}} for i, (r, g) in enumerate(zip(rows, gold))]
             write_jsonl_gz(dst / "tasks" / task / f"{lang}.jsonl.gz", items)
             languages[lang] = {
                 "demonstrations": ls["demonstrations"],
                 "query_template": ls["query_template"],
-                "test_file_label_words": ls["test_file_label_words"],
+                "label_words": {lab: words[lab] for lab in prompts[task]["labels_en"]},
             }
         spec = {
             "name": task, "description": desc, "labels": prompts[task]["labels_en"], "fields": fields,
