@@ -18,8 +18,10 @@ import warnings
 
 import torch
 
-from alignlens.model import resolve_device
-from alignlens.train import TrainConfig, encode, load_base, load_pairs, target_loss, wrap_lora
+from alignlens.model import load_hf, resolve_device
+from alignlens.train import TargetLossModel, TrainConfig
+from alignlens.train.examples import encode, load_pairs
+from alignlens.train.trainer import wrap_lora
 
 
 def main() -> None:
@@ -37,9 +39,10 @@ def main() -> None:
 
     cfg = TrainConfig.from_preset("default", per_language=args.batch)  # LoRA r=8, alpha=16, q_proj,v_proj
     device = resolve_device(args.device)
-    model, tok, info = load_base(args.model, device)
+    model, tok, info = load_hf(args.model, device, torch.float32)
     model = wrap_lora(model, cfg)
     model.train()
+    target_loss = TargetLossModel(model)  # (loss_sum, n) = target_loss(ids, target_mask)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 
     examples, _ = encode(tok, load_pairs(cfg), max_len=args.seq)
@@ -56,7 +59,7 @@ def main() -> None:
     labels = ids.masked_fill(~tgt, -100)
 
     def alignlens_step() -> float:
-        loss, n = target_loss(model, ids, tgt)
+        loss, n = target_loss(ids, tgt)
         (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -86,7 +89,7 @@ def main() -> None:
     # warm-up, and a check that both compute the same loss (the optimizer steps in between differ
     # only by one identical update, so compare on a fresh pass without stepping)
     with torch.no_grad():
-        a = float(target_loss(model, ids, tgt)[0]) / int(tgt[:, 1:].sum())
+        a = float(target_loss(ids, tgt)[0]) / int(tgt[:, 1:].sum())
         b = float(model(input_ids=ids, attention_mask=real.long(), labels=labels).loss)
     print(f"loss check: alignlens {a:.6f}  reference {b:.6f}  |diff| {abs(a - b):.2e}")
     timed(alignlens_step), timed(reference_step)

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from alignlens import AlignlensError
-from alignlens.train import (PRESETS, TrainConfig, TrainInterrupted, collate, encode, load_pairs, save_tiny_base,
-                             target_loss, train)
+from alignlens.train import PRESETS, TrainConfig, TrainInterrupted, train
+from alignlens.train.examples import collate, encode, load_pairs
+from alignlens.train.loss import target_loss
+from fixtures import save_tiny_base
 
 
 def _load(folder):

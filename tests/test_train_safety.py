@@ -15,7 +15,8 @@ import torch
 
 from alignlens import AlignlensError, RunInterrupted
 from alignlens.results import TEMP_PREFIX
-from alignlens.train import TrainConfig, TrainInterrupted, save_tiny_base, train
+from alignlens.train import TrainConfig, TrainInterrupted, train
+from fixtures import save_tiny_base
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,7 +74,7 @@ def _fr_file(path: Path) -> Path:
 
 
 def test_too_many_dropped_is_refused_before_the_model_loads_or_out_changes(tiny_base, tmp_path, monkeypatch):
-    import alignlens.train as tr
+    import alignlens.train.trainer as tr
 
     out = _previous_run(tiny_base, tmp_path / "out")
     before = _snapshot(out)
@@ -82,7 +83,7 @@ def test_too_many_dropped_is_refused_before_the_model_loads_or_out_changes(tiny_
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the drop check")
 
-    monkeypatch.setattr(tr, "load_base", no_model)
+    monkeypatch.setattr(tr, "load_hf", no_model)
     with pytest.raises(AlignlensError, match=r"language fr: 5 of 10 examples would be dropped \(train \d/\d, val \d/\d\) "
                                              r"because their prompt alone fills --max-len 64, more than the allowed 5%") as info:
         train(_cfg(languages=[], data_files=[str(data)], max_len=64), tiny_base, out, force=True, progress=False)

@@ -1,0 +1,243 @@
+"""What a training run keeps on disk between sessions, and the output folder's policy.
+
+- `TrainState`: the loop's counters and results so far (step, best/initial/last validation loss,
+  elapsed time, tokens, the RNG state at the last step boundary, ...).
+- `Checkpoint`: `TrainState` + trainable weights + optimizer + schedule + log offset, saved to
+  `checkpoints/last.pt` and restored exactly (same weights as an uninterrupted run).
+- `TrainLog`: `train_log.jsonl`, cut back to the checkpoint's offset on resume.
+- The output folder: `check_out_dir` (no changes), `start_writing` (the first change),
+  `save_folder` (merged/ and adapter/), `ARTIFACTS` (what `--force` replaces).
+
+Every file goes through `results.atomic_path` (temporaries beside the target, umask modes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from alignlens import AlignlensError
+from alignlens.results import TEMP_PREFIX, atomic_path, clean_stale_temps
+
+FORMAT = "alignlens-train/1"
+
+#: What a checkpoint (`checkpoints/last.pt`) holds, in this order.
+CHECKPOINT_KEYS = ("format", "config", "model_spec", "data_digest", "trainable", "optimizer", "scheduler", "rng",
+                   "log_offset", "state")
+
+#: Everything `train` writes into its output folder; `force` replaces these and nothing else.
+ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The state of every global RNG the loop uses (python, numpy, torch, CUDA if present)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()` output."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    """The loop's progress; everything a resumed session needs besides weights and optimizer.
+
+    Losses are mean target-token cross-entropies (nats). `elapsed`: seconds of training loop in
+    the earlier sessions (a checkpoint stores them including its own session). `rng`: the global
+    RNG state at the last optimizer-step boundary (None until the loop starts)."""
+
+    step: int = 0  # optimizer steps done
+    best_val: float | None = None  # lowest validation loss after step 0
+    best_step: int = 0
+    initial_val: float | None = None  # validation loss of the base model (step 0)
+    last_val: float | None = None
+    last_eval_step: int = -1  # step of the last validation (-1: none yet)
+    elapsed: float = 0.0
+    tokens: int = 0  # tokens (prompt + target) of all optimizer steps so far
+    started: str = ""  # UTC time the first session started
+    sessions: int = 1
+    train_loss: float | None = None  # of the last optimizer step
+    rng: dict | None = None
+
+    def to_checkpoint(self) -> tuple[dict, dict | None]:
+        """(the checkpoint's `state` entry, its `rng` entry)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rng"}
+        return fields, self.rng
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, rng: dict | None) -> "TrainState":
+        names = {f.name for f in dataclasses.fields(cls)} - {"rng"}
+        return cls(**{k: v for k, v in state.items() if k in names}, rng=rng)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters that require grad, by name."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `trainable_state` output into `model` (AlignlensError when the names do not match)."""
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing or any(n not in params for n in state):
+        raise AlignlensError("checkpoint does not match the model (different LoRA/full settings?)")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary beside `path` (results.TEMP_PREFIX, umask modes), renamed on success."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A `trainable_state` saved with `atomic_save` (e.g. `checkpoints/best.pt`)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@dataclass
+class Checkpoint:
+    """One resumable point of a run (`checkpoints/last.pt`); see `CHECKPOINT_KEYS`."""
+
+    config: dict  # TrainConfig.to_dict()
+    model_spec: str
+    data_digest: str
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    log_offset: int  # bytes of train_log.jsonl written before this checkpoint
+    state: TrainState
+
+    def save(self, path: Path) -> None:
+        state, rng = self.state.to_checkpoint()
+        atomic_save({"format": FORMAT, "config": self.config, "model_spec": self.model_spec,
+                     "data_digest": self.data_digest, "trainable": self.trainable, "optimizer": self.optimizer,
+                     "scheduler": self.scheduler, "rng": rng, "log_offset": self.log_offset, "state": state}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Checkpoint":
+        """Read `path`; an unreadable or incomplete file is a one-line AlignlensError naming it."""
+        from alignlens.train.config import TrainConfig
+
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+            missing = [k for k in CHECKPOINT_KEYS if k not in raw]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            TrainConfig.from_dict(raw["config"])
+            return cls(raw["config"], raw["model_spec"], raw["data_digest"], raw["trainable"], raw["optimizer"],
+                       raw["scheduler"], raw["log_offset"], TrainState.from_checkpoint(raw["state"], raw["rng"]))
+        except Exception as exc:  # noqa: BLE001 - one clear line for the user
+            raise AlignlensError(f"cannot resume from {path}: unreadable checkpoint ({first_line(exc)}); "
+                                 f"start again with --force instead of --resume") from None
+
+
+class TrainLog:
+    """`train_log.jsonl`: one JSON record per line, flushed at once. `truncate_to`: on resume,
+    drop what was written after the checkpoint (so no step appears twice)."""
+
+    def __init__(self, path: Path, truncate_to: int | None = None):
+        if truncate_to is not None and path.is_file():
+            with path.open("r+b") as fh:
+                fh.truncate(truncate_to)
+        self.fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.fh.flush()
+
+    def offset(self) -> int:
+        return self.fh.tell()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+# ---- the output folder ----------------------------------------------------------------------
+
+
+def _has_content(out: Path) -> bool:
+    return out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX))
+
+
+def check_out_dir(out: Path, resume: bool, force: bool) -> Path | None:
+    """Check the output folder without changing it; returns the checkpoint to resume from (or None)."""
+    if out.exists() and not out.is_dir():
+        raise AlignlensError(f"output {out} exists and is not a folder")
+    nonempty = _has_content(out)
+    last = out / "checkpoints" / "last.pt"
+    if resume:
+        if last.is_file():
+            return last
+        if (out / "manifest.json").is_file():
+            raise AlignlensError(f"{out} holds a finished training run; nothing to resume (retrain with --force instead of --resume)")
+        raise AlignlensError(f"nothing to resume in {out}: no checkpoint ({last} missing); "
+                             f"run without --resume to start")
+    if nonempty:
+        if not force:
+            raise AlignlensError(f"output folder {out} is not empty (use --force to overwrite, --resume to continue)")
+        resolved = out.resolve()
+        for name, danger in (("the current folder", Path.cwd()), ("your home folder", Path.home()),
+                             ("the root folder", Path("/"))):
+            if resolved == danger.resolve():
+                raise AlignlensError(f"refusing --force on {name} ({resolved}); give --out a folder of its own")
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise AlignlensError(f"cannot write to {out}: {anc} is not writable")
+    return None
+
+
+def start_writing(out: Path, fresh: bool) -> None:
+    """The first change to `out`: create it, remove stale temporaries and, for a fresh run (the
+    folder was checked: empty, or `force`), the previous run's `ARTIFACTS` (nothing else)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(out)
+        if fresh:
+            for name in ARTIFACTS:
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+    except OSError as exc:
+        raise AlignlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
+
+
+def save_folder(path: Path, save: Callable[[Path], None]) -> None:
+    """`save(tmp)` into a temporary folder beside `path`, then rename it to `path` (replacing a
+    partial one of this run). atomic_path gives every file inside the modes a plain open() gives
+    under the umask (safetensors writes 0600)."""
+    if path.exists():
+        shutil.rmtree(path)
+    with atomic_path(path, folder=True) as tmp:
+        save(tmp)

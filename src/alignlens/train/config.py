@@ -1,0 +1,130 @@
+"""Training options: `TrainConfig` (every option, validated) and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignlens import AlignlensError
+
+#: Preset values; every other option keeps its dataclass default.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Sized for a 2-core CPU and the default Gemma-3-270m: 143 LoRA steps of ~3.2 s on an idle
+    # machine (~8-9 minutes in all). With other processes on the cores, use threads=1 (2 threads
+    # then fall to ~29 s/step; 1 thread keeps ~6-7 s/step).
+    "default": dict(per_language=600, epochs=1, lr=5e-4, batch_size=8, grad_accum=1, warmup=0.05,
+                    max_len=128, eval_every=25, save_every=50),
+    # The paper's recipe, for GPUs: effective batch 16, 3 epochs, 10k questions per language.
+    "paper": dict(per_language=10000, epochs=3, lr=5e-5, batch_size=16, grad_accum=1, warmup=0.03,
+                  max_len=256, eval_every=200, save_every=500),
+}
+DEFAULT_LANGUAGES: tuple[str, ...] = ("zh", "de")
+
+#: Options that may change between the sessions of one run (everything else must match to resume).
+RUNTIME_OPTIONS: tuple[str, ...] = ("keep_checkpoints", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. Build with `TrainConfig.from_preset(name, **overrides)`."""
+
+    preset: str = "default"
+    # data
+    languages: list[str] | None = None  # bundled QT languages; None -> zh,de unless data_files are given
+    per_language: int | None = 600  # sampled per bundled language (None = all 10,000)
+    data_files: list[str] = field(default_factory=list)  # user JSONL files (used whole)
+    val_fraction: float = 0.05  # held out per language
+    max_len: int = 128  # tokens per example (prompt + target), longer ones are cut from the right
+    max_drop_fraction: float = 0.05  # refuse when more of a language's examples would be dropped
+    # (their prompt alone fills max_len, so no target token is left)
+    append_eos: bool = True  # EOS after the English target
+    # optimisation
+    epochs: int = 1
+    lr: float = 5e-4
+    batch_size: int = 8  # examples per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum)
+    warmup: float = 0.05  # linear warm-up, as a fraction of all optimizer steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    bf16: bool = False  # bfloat16 autocast (GPU; slow on CPU)
+    seed: int = 0
+    # model
+    full: bool = False  # full fine-tuning instead of LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads for this run (None = torch's default); 1 is far
+    # faster than 2 on a 2-core machine that other processes also use
+    # bookkeeping
+    eval_every: int = 25  # optimizer steps between validation losses (0 = only at the end)
+    save_every: int = 50  # optimizer steps between checkpoints (0 = only on interruption)
+    keep_checkpoints: bool = False  # keep OUT/checkpoints after success
+
+    @classmethod
+    def from_preset(cls, name: str = "default", **overrides: Any) -> "TrainConfig":
+        """The preset's values, then `overrides` (keys are field names; None values are ignored)."""
+        if name not in PRESETS:
+            raise AlignlensError(f"unknown preset {name!r} (use {', '.join(PRESETS)})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise AlignlensError(f"unknown training option(s) {', '.join(unknown)}")
+        values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+        values["preset"] = name
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From `to_dict` output (unknown keys are ignored; not validated)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved_languages(self) -> list[str]:
+        """The bundled languages trained on: `languages`, else zh,de unless data files are given."""
+        if self.languages is None:
+            return [] if self.data_files else list(DEFAULT_LANGUAGES)
+        return list(self.languages)
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Names of the options (other than `RUNTIME_OPTIONS`) whose values differ from `other`'s."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k, v in mine.items() if k not in RUNTIME_OPTIONS and theirs.get(k) != v]
+
+    def validate(self) -> None:
+        """Normalise comma-separated strings to lists; raise AlignlensError naming a bad option."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise AlignlensError(msg)
+
+        if isinstance(self.languages, str):
+            self.languages = [x.strip() for x in self.languages.split(",") if x.strip()]
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [x.strip() for x in self.lora_targets.split(",") if x.strip()]
+        self.data_files = [str(p) for p in self.data_files]
+        need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})")
+        need(self.grad_accum >= 1, f"grad accumulation must be >= 1 (got {self.grad_accum})")
+        need(0 <= self.warmup < 1, f"warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
+        need(0 <= self.val_fraction < 1, f"val fraction must be in [0, 1) (got {self.val_fraction})")
+        need(self.max_len >= 8, f"max length must be >= 8 (got {self.max_len})")
+        need(0 <= self.max_drop_fraction <= 1,
+             f"max drop fraction must be in [0, 1] (got {self.max_drop_fraction})")
+        need(self.per_language is None or self.per_language >= 1,
+             f"per-language must be >= 1 (got {self.per_language})")
+        need(self.full or self.lora_r >= 1, f"LoRA r must be >= 1 (got {self.lora_r})")
+        need(self.full or bool(self.lora_targets), "LoRA needs at least one target module")
+        need(0 <= self.lora_dropout < 1, f"LoRA dropout must be in [0, 1) (got {self.lora_dropout})")
+        need(self.eval_every >= 0 and self.save_every >= 0, "eval/save intervals must be >= 0")
+        need(self.max_grad_norm >= 0, "max grad norm must be >= 0")
+        need(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
+        need(bool(self.resolved_languages()) or bool(self.data_files),
+             "no training data: give languages or data files")
