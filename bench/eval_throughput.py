@@ -18,6 +18,8 @@ import torch
 
 from alignlens import data
 from alignlens import evaluate as ev
+from alignlens.engine import reference_probs
+from alignlens.labels import label_sets
 from alignlens.model import load_model
 
 
@@ -31,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(args.model)
     spec = data.load_task(args.task)
-    sets = ev.label_sets_for(model, spec.labels)
+    sets = label_sets(model.tokenizer, spec.labels)
     langs = args.languages.split(",")
     fast, ref, n = {}, {}, 0
     t0 = time.perf_counter()
@@ -43,7 +45,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for lang in langs:
         items = data.load_items(spec, lang, args.items)
-        ref[lang] = torch.stack([ev.reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
+        ref[lang] = torch.stack([reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
     t_ref = time.perf_counter() - t0
     same = all((fast[lang].argmax(1) == ref[lang].argmax(1)).all() for lang in langs)
     max_diff = max(float(np.abs(fast[lang] - ref[lang]).max()) for lang in langs)

@@ -361,7 +361,7 @@ def models_cmd(
 ) -> None:
     """Prepare (convert once, cached) and describe a model; shows the label token sets."""
     from alignlens import data
-    from alignlens.evaluate import label_token_ids, vocab_kind
+    from alignlens.labels import label_token_ids, vocab_kind
     from alignlens.model import alignlens_home
 
     m = _load(model, device, dtype)

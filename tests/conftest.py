@@ -13,21 +13,21 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_gemma():
-    from alignlens.model import tiny_model
+    from fixtures import tiny_model
 
     return tiny_model("gemma3", "sentencepiece")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_bytelevel():
-    from alignlens.model import tiny_model
+    from fixtures import tiny_model
 
     return tiny_model("llama", "bytelevel")
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from alignlens.model import tiny_model
+    from fixtures import tiny_model
 
     return tiny_model("gpt2", "bytelevel")
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from alignlens import data
-from alignlens import evaluate as ev
+from alignlens.engine import common_prefix_len, encode, reference_probs
 from alignlens.config import AnalyzeConfig
+from alignlens.labels import label_sets
 from alignlens.pipeline import analyze_model, analyze_shards, capture_run, run_analyses
 
 
@@ -28,12 +29,12 @@ def tiny_run(tiny_gemma):
 def test_lens_last_layer_equals_model_output(tiny_gemma, tiny_run):
     results, caps = tiny_run
     spec = data.load_task("snli")
-    sets = ev.label_sets_for(tiny_gemma, spec.labels)
+    sets = label_sets(tiny_gemma.tokenizer, spec.labels)
     for r in results:
         p_en = caps[(r.task, r.lang)].p_en.to_tensor().double()
         assert torch.allclose(p_en[:, -1], torch.as_tensor(r.probs), atol=1e-5)
         items = data.load_items(spec, r.lang, 5)
-        ref = torch.stack([ev.reference_probs(tiny_gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
+        ref = torch.stack([reference_probs(tiny_gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
         assert (p_en[:, -1] - ref).abs().max() <= 1e-5
 
 
@@ -41,9 +42,9 @@ def _full_cache_reference(model, spec, lang, items):
     """Independent computation: run_with_cache on each whole prompt, left-padded in one batch."""
     tok = model.tokenizer
     prompts = [data.build_prompt(spec, lang, it) for it in items]
-    full = ev.encode(tok, prompts)
-    prefix = ev.encode(tok, [data.prompt_prefix(spec, lang)])[0]
-    k = min(min(ev._common_prefix_len(prefix, f) for f in full), min(len(f) for f in full) - 1)
+    full = encode(tok, prompts)
+    prefix = encode(tok, [data.prompt_prefix(spec, lang)])[0]
+    k = min(min(common_prefix_len(prefix, f) for f in full), min(len(f) for f in full) - 1)
     width = max(len(f) for f in full)
     ids = torch.full((len(full), width), tok.pad_token_id)
     mask = torch.zeros((len(full), width), dtype=torch.long)
@@ -127,12 +128,12 @@ def test_gemma_lens_last_layer_and_hooks(gemma, gemma_float64):
     cfg = _config(languages=["en", "zh"], limit=3, batch_size=3)
     results, caps = capture_run(gemma, cfg)
     spec = data.load_task("snli")
-    sets = ev.label_sets_for(gemma, spec.labels)
+    sets = label_sets(gemma.tokenizer, spec.labels)
     assert gemma.bridge.hook_dict["blocks.0.mlp.hook_pre"] is not None and gemma.d_mlp == 2048
     for r in results:
         refs = []
         for it in data.load_items(spec, r.lang, 3):
-            ids = torch.tensor(ev.encode(gemma.tokenizer, [data.build_prompt(spec, r.lang, it)]))
+            ids = torch.tensor(encode(gemma.tokenizer, [data.build_prompt(spec, r.lang, it)]))
             with torch.no_grad():
                 p = torch.softmax(gemma_float64(input_ids=ids).logits[0, -1], -1)
             refs.append(torch.stack([p[s].sum() for s in sets]))
@@ -145,8 +146,7 @@ def test_gemma_lens_last_layer_and_hooks(gemma, gemma_float64):
 
 
 def test_lens_overlap_rules(tiny_gemma):
-    from alignlens.capture import first_tokens, label_overlap
-    from alignlens.evaluate import label_token_ids
+    from alignlens.labels import first_tokens, label_overlap, label_token_ids
 
     tok = tiny_gemma.tokenizer
     labels, words = ["positive", "negative"], ["pozytywny", "negative"]
@@ -161,8 +161,7 @@ def test_lens_overlap_rules(tiny_gemma):
 
 @pytest.mark.integration
 def test_lens_overlap_rules_on_gemma(gemma):
-    from alignlens.capture import label_overlap
-    from alignlens.evaluate import label_token_ids
+    from alignlens.labels import label_overlap, label_token_ids
 
     tok = gemma.tokenizer
     spec = data.load_task("emotion")
@@ -175,7 +174,7 @@ def test_lens_overlap_rules_on_gemma(gemma):
 
 def test_lens_label_probs_against_float64_softmax(tiny_llama_bytelevel):
     """Independent computation: float64 log-softmax of the unembedded, normed states."""
-    from alignlens.evaluate import final_logits
+    from alignlens.engine import Unembed
     from alignlens.lens import entropy_bits, lens_label_probs
 
     model = tiny_llama_bytelevel
@@ -184,7 +183,7 @@ def test_lens_label_probs_against_float64_softmax(tiny_llama_bytelevel):
     sets_a, sets_b = [[5, 9, 11], [20]], [[7], [30, 31]]
     p_a, p_b, ent = lens_label_probs(model, resid, sets_a, sets_b)
     with torch.no_grad():
-        logits = final_logits(model.hf_model, model.bridge.ln_final(resid)).double()
+        logits = Unembed.from_hf(model.hf_model).head(model.bridge.ln_final(resid)).double()
     p = torch.softmax(logits, -1)
     assert torch.allclose(p_a.double(), torch.stack([p[..., s].sum(-1) for s in sets_a], -1), atol=1e-6)
     assert torch.allclose(p_b.double(), torch.stack([p[..., s].sum(-1) for s in sets_b], -1), atol=1e-6)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from alignlens.train import save_tiny_base
+from fixtures import save_tiny_base
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

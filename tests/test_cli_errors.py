@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alignlens.train import save_tiny_base
+from fixtures import save_tiny_base
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):

@@ -12,6 +12,8 @@ import torch
 
 from alignlens import AlignlensError, data
 from alignlens import evaluate as ev
+from alignlens.engine import encode, reference_probs
+from alignlens.labels import label_sets, label_token_ids, vocab_kind
 from alignlens.model import load_model
 
 
@@ -44,15 +46,15 @@ def _brute_force_bytelevel(tokenizer, word):
 
 @pytest.mark.parametrize("word", ["entailment", "neutral", "contradiction", "positive", "different"])
 def test_label_token_sets_sentencepiece(tiny_gemma, word):
-    assert ev.vocab_kind(tiny_gemma.tokenizer) == "sentencepiece"
-    assert ev.label_token_ids(tiny_gemma.tokenizer, word) == _brute_force_sentencepiece(tiny_gemma.tokenizer, word)
+    assert vocab_kind(tiny_gemma.tokenizer) == "sentencepiece"
+    assert label_token_ids(tiny_gemma.tokenizer, word) == _brute_force_sentencepiece(tiny_gemma.tokenizer, word)
 
 
 @pytest.mark.parametrize("word", ["entailment", "neutral", "contradiction", "same"])
 def test_label_token_sets_bytelevel(tiny_llama_bytelevel, word):
     tok = tiny_llama_bytelevel.tokenizer
-    assert ev.vocab_kind(tok) == "bytelevel"
-    got = ev.label_token_ids(tok, word)
+    assert vocab_kind(tok) == "bytelevel"
+    got = label_token_ids(tok, word)
     assert got == _brute_force_bytelevel(tok, word)
     assert tok.convert_tokens_to_ids(word[0]) in got  # the single first byte is always there
 
@@ -61,8 +63,8 @@ def _check_parity(model, lang, n, batch_size, prefix_cache, task="snli"):
     spec = data.load_task(task)
     items = data.load_items(spec, lang, limit=n)
     res = ev.evaluate_language(model, spec, lang, items, batch_size=batch_size, prefix_cache=prefix_cache)
-    sets = ev.label_sets_for(model, spec.labels)
-    ref = torch.stack([ev.reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
+    sets = label_sets(model.tokenizer, spec.labels)
+    ref = torch.stack([reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
     assert res.probs.shape == (n, len(spec.labels))
     assert np.all(res.probs > 0)
     return np.abs(res.probs - ref).max()
@@ -80,7 +82,7 @@ def test_sliding_window_beyond_prompt_length(tiny_gemma):
     """Tiny Gemma has a 64-token sliding window; prompts are longer, so cached sliding layers are exercised."""
     spec = data.load_task("paws")
     item = data.load_items(spec, "de", limit=1)[0]
-    assert len(ev.encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "de", item)])[0]) > 64
+    assert len(encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "de", item)])[0]) > 64
     assert _check_parity(tiny_gemma, "de", 3, 2, True, task="paws") <= 1e-4
 
 
@@ -152,10 +154,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 @pytest.mark.integration
 def test_gemma_label_sets_and_bos(gemma):
     tok = gemma.tokenizer
-    ids = ev.encode(tok, ["Hallo"])[0]
+    ids = encode(tok, ["Hallo"])[0]
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert gemma.info["tokenizer_prepends_bos"] is True
-    names = set(tok.convert_ids_to_tokens(ev.label_token_ids(tok, "neutral")))
+    names = set(tok.convert_ids_to_tokens(label_token_ids(tok, "neutral")))
     assert {"neutral", "▁neutral", "n", "▁n", "<0x6E>"} <= names
     assert all(n.lstrip("▁") and "neutral".startswith(n.lstrip("▁")) or n == "<0x6E>" for n in names)
 
@@ -195,14 +197,14 @@ def test_prompts_longer_than_gemma_sliding_window(gemma, tmp_path):
     for name, (prefix, queries) in cases.items():
         spec = data.load_task(_long_prompt_task(tmp_path / name, prefix, queries))
         task_items = data.load_items(spec, "en")
-        n_prefix = len(ev.encode(gemma.tokenizer, [data.prompt_prefix(spec, "en")])[0])
-        n_full = [len(ev.encode(gemma.tokenizer, [data.build_prompt(spec, "en", it)])[0]) for it in task_items]
+        n_prefix = len(encode(gemma.tokenizer, [data.prompt_prefix(spec, "en")])[0])
+        n_full = [len(encode(gemma.tokenizer, [data.build_prompt(spec, "en", it)])[0]) for it in task_items]
         if name == "long-prefix":
             assert n_prefix > 600
         else:
             assert n_prefix < 512 < min(n_full) and len(set(n_full)) > 1  # padded batch
         res = ev.evaluate_language(gemma, spec, "en", task_items, batch_size=3, prefix_cache=True)
-        sets = ev.label_sets_for(gemma, spec.labels)
-        ref = torch.stack([ev.reference_probs(gemma, data.build_prompt(spec, "en", it), sets) for it in task_items])
+        sets = label_sets(gemma.tokenizer, spec.labels)
+        ref = torch.stack([reference_probs(gemma, data.build_prompt(spec, "en", it), sets) for it in task_items])
         assert np.all(res.probs > 0)
         assert np.abs(res.probs - ref.numpy()).max() <= 1e-4, name

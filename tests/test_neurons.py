@@ -6,7 +6,7 @@ import torch
 
 from alignlens import AlignlensError
 from alignlens.neurons import NeuronOptions, compare_neurons, kth_quantile, neuron_report
-from alignlens.reducers import ActivationCounter
+from alignlens.capture.reducers import ActivationCounter
 
 LANGS = ["en", "zh", "de", "sw", "bn"]
 L, D, N_TOK = 4, 50, 1000

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from alignlens import AlignlensError
-from alignlens.reducers import ActivationCounter, RowStore, SumCount
+from alignlens.capture.reducers import ActivationCounter, RowStore, SumCount
 
 
 def _batches(n: int, sizes: list[int]):

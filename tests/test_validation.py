@@ -13,6 +13,8 @@ import torch
 
 from alignlens import AlignlensError, NumericalError, data
 from alignlens import evaluate as ev
+from alignlens.engine import SuffixBatch, encode
+from alignlens.labels import label_sets, label_token_ids
 from alignlens import model
 
 SPEC = {"labels": ["yes", "no"], "fields": ["text"],
@@ -106,9 +108,9 @@ def test_empty_label_word_names_task_language_and_label(tmp_path, word):
 
 def test_label_token_ids_errors_name_their_place(tiny_gemma):
     with pytest.raises(AlignlensError, match=r"^task t, language de, label 'no': empty label word$"):
-        ev.label_token_ids(tiny_gemma.tokenizer, "", "task t, language de, label 'no'")
+        label_token_ids(tiny_gemma.tokenizer, "", "task t, language de, label 'no'")
     with pytest.raises(AlignlensError, match=r"^task t, language de, label ' ': empty label word$"):
-        ev.label_sets_for(tiny_gemma, ["yes", " "], where="task t, language de")
+        label_sets(tiny_gemma.tokenizer, ["yes", " "], where="task t, language de")
 
 
 # ---- item files -----------------------------------------------------------------------------
@@ -215,8 +217,8 @@ def test_path_like_model_that_does_not_exist(tmp_path, monkeypatch):
         model.check_model_spec("")
     # hub names (org/name, org not a local folder) are left to the loader
     for spec in ("google/gemma-3-270m", "HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-0.5B"):
-        assert models.model_source(spec) == ("hub", None)
-    assert models.model_source("gemma-3-270m") == ("default", None)
+        assert model.model_source(spec) == ("hub", None)
+    assert model.model_source("gemma-3-270m") == ("default", None)
 
 
 def test_existing_folders_that_are_not_models(tmp_path):
@@ -229,7 +231,7 @@ def test_existing_folders_that_are_not_models(tmp_path):
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(AlignlensError, match=r"^model path .*file\.bin is a file"):
         model.check_model_spec(str(tmp_path / "file.bin"))
-    assert models.model_source(str(_hf_folder(tmp_path / "hf"))) == ("folder", tmp_path / "hf")
+    assert model.model_source(str(_hf_folder(tmp_path / "hf"))) == ("folder", tmp_path / "hf")
 
 
 def test_train_outputs_finished_interrupted_and_unfinished(tmp_path):
@@ -247,7 +249,7 @@ def test_train_outputs_finished_interrupted_and_unfinished(tmp_path):
     _hf_folder(run / "merged")
     (run / "checkpoints" / "last.pt").write_bytes(b"x")  # kept checkpoints (--keep-checkpoints)
     (run / "manifest.json").write_text("{}")
-    assert models.model_source(str(run)) == ("folder", run / "merged")
+    assert model.model_source(str(run)) == ("folder", run / "merged")
 
 
 def test_load_model_checks_the_spec_and_dtype_before_loading(tmp_path):
@@ -284,9 +286,19 @@ def test_device_and_dtype_checks():
 # ---- non-finite numbers ---------------------------------------------------------------------
 
 
-def _nan_rows(target: set[int], layer: int = 0):
-    """batch_hooks factory writing NaN into the residual stream of the rows whose item index is in `target`."""
-    def factory(batch: ev.SuffixBatch):
+class _HookProbe:
+    """A probe (`engine.Probe`) that only adds the hooks `hooks_for(batch)` returns."""
+
+    def __init__(self, hooks_for):
+        self.hooks = hooks_for
+
+    def after_batch(self, batch: SuffixBatch) -> None:
+        pass
+
+
+def _nan_rows(target: set[int], layer: int = 0) -> _HookProbe:
+    """A probe writing NaN into the residual stream of the rows whose item index is in `target`."""
+    def factory(batch: SuffixBatch):
         rows = [r for r, i in enumerate(batch.ids) if i in target]
 
         def hook(x, hook):
@@ -294,19 +306,19 @@ def _nan_rows(target: set[int], layer: int = 0):
             x[rows] = float("nan")
             return x
         return [(f"blocks.{layer}.hook_resid_post", hook)] if rows else []
-    return factory
+    return _HookProbe(factory)
 
 
 def test_nan_probabilities_name_task_language_and_items(tiny_gemma):
     spec = data.load_task("snli")
     items = data.load_items(spec, "de", limit=7)
     with pytest.raises(NumericalError) as exc:
-        ev.evaluate_language(tiny_gemma, spec, "de", items, batch_size=3, batch_hooks=_nan_rows({2, 5}))
+        ev.evaluate_language(tiny_gemma, spec, "de", items, batch_size=3, probes=[_nan_rows({2, 5})])
     assert re.fullmatch(
         r"task snli, language de: non-finite label probabilities \(NaN or inf\) for item index (2|5|2, 5)", _one_line(exc))
     with pytest.raises(NumericalError, match=r"^task snli, language de: non-finite label probabilities "
                                              r"\(NaN or inf\) for item index 2, 5$"):
-        ev.evaluate_language(tiny_gemma, spec, "de", items, batch_size=7, batch_hooks=_nan_rows({2, 5}))
+        ev.evaluate_language(tiny_gemma, spec, "de", items, batch_size=7, probes=[_nan_rows({2, 5})])
     # +inf in the residual stream is caught too; an untouched run is finite
     def inf_everywhere(x, hook):
         return torch.full_like(x, float("inf"))
@@ -319,7 +331,7 @@ def test_nan_probabilities_name_task_language_and_items(tiny_gemma):
 def test_nan_activations_stop_the_capture(tiny_gemma):
     from alignlens.config import AnalyzeConfig
     from alignlens.pipeline import capture_run
-    from alignlens.capture import Capturer
+    from alignlens.capture.capturer import Capturer
 
     def nan_everywhere(x, hook):
         return x * float("nan")
@@ -336,29 +348,28 @@ def test_nan_activations_stop_the_capture(tiny_gemma):
     with pytest.raises(NumericalError, match=r"^task snli, language hi: non-finite residual-stream activations "
                                              r"\(NaN or inf\) for item index 3$"):
         ev.evaluate_language(tiny_gemma, spec, "hi", items, batch_size=5,
-                             batch_hooks=lambda b: cap.batch_hooks(b) + _nan_rows({3})(b), after_batch=cap.after_batch)
+                             probes=[cap, _nan_rows({3})])
 
 
 def test_nan_at_padding_positions_is_ignored(tiny_gemma):
     """Padding never enters a statistic: NaN written only at padding positions changes nothing."""
-    from alignlens.capture import Capturer
+    from alignlens.capture.capturer import Capturer
 
     spec = data.load_task("snli")
     items = data.load_items(spec, "de", limit=4)
 
-    def nan_padding(batch: ev.SuffixBatch):
+    def nan_padding(batch: SuffixBatch):
         def hook(x, hook):
             return torch.where(batch.mask.unsqueeze(-1), x, torch.full_like(x, float("nan")))
         return [("blocks.1.hook_resid_post", hook)]
 
-    lengths = {len(ids) for ids in ev.encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "de", it) for it in items])}
+    lengths = {len(ids) for ids in encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "de", it) for it in items])}
     assert len(lengths) > 1  # so the batch of 4 has padding
     runs = []
     for extra in (lambda b: [], nan_padding):
         cap = Capturer(tiny_gemma, spec, "de")
         res = ev.evaluate_language(tiny_gemma, spec, "de", items, batch_size=4,
-                                   batch_hooks=lambda b, extra=extra, cap=cap: cap.batch_hooks(b) + extra(b),
-                                   after_batch=cap.after_batch)
+                                   probes=[cap, _HookProbe(extra)])
         runs.append((res, cap.capture))
     assert (runs[0][0].probs == runs[1][0].probs).all()
     assert torch.equal(runs[0][1].mean.to_tensor(), runs[1][1].mean.to_tensor())

@@ -36,35 +36,15 @@ from importlib import resources
 from pathlib import Path
 
 from alignlens import AlignlensError
+from alignlens.languages import language_name, paper_order
 
-#: Languages of the paper, in the paper's order.
-PAPER_LANGUAGES: tuple[str, ...] = (
-    "en", "zh", "de", "fr", "es", "it", "nl", "ja", "ru", "sv",
-    "sl", "pl", "bg", "no", "ms", "is", "hi", "th", "sw", "bn",
-)
 BUNDLED_TASKS: tuple[str, ...] = ("emotion", "snli", "paws")
 QT_LANGUAGES: tuple[str, ...] = ("de", "es", "it", "sw", "zh")
-
-
-def paper_order(langs) -> list[str]:
-    """The paper's languages first, in the paper's order, then the others in the order given."""
-    langs = list(dict.fromkeys(langs))
-    return [lang for lang in PAPER_LANGUAGES if lang in langs] + [lang for lang in langs if lang not in PAPER_LANGUAGES]
 
 
 def data_root() -> Path:
     """Folder of the bundled data (inside the installed package)."""
     return Path(str(resources.files("alignlens") / "resources" / "data"))
-
-
-@lru_cache(maxsize=1)
-def language_names() -> dict[str, str]:
-    """Language code -> English name (bundled languages)."""
-    return json.loads((data_root() / "languages.json").read_text(encoding="utf-8"))
-
-
-def language_name(code: str) -> str:
-    return language_names().get(code, code)
 
 
 @dataclass(frozen=True)

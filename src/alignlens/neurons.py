@@ -30,7 +30,7 @@ import torch
 from scipy import stats as sps
 
 from alignlens import AlignlensError
-from alignlens.reducers import ActivationCounter
+from alignlens.capture.reducers import ActivationCounter
 
 __all__ = [
     "NeuronOptions",

@@ -1,32 +1,15 @@
-"""The study's languages as the report shows them: native names, resource groups, order."""
+"""The study's languages as the report shows them: code + native name, resource-group order.
+
+The facts (codes, names, groups) live in `alignlens.languages`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from alignlens.data import PAPER_LANGUAGES
+from alignlens.languages import HIGH_RESOURCE, LOW_RESOURCE, NATIVE_NAMES, PAPER_LANGUAGES, resource_group  # noqa: F401
 
 #: The 20 study languages in the paper's order.
 LANGUAGES: tuple[str, ...] = PAPER_LANGUAGES
-
-#: Native names, shown next to the codes (this is also how the report proves every script renders).
-NATIVE_NAMES: dict[str, str] = {
-    "en": "English", "zh": "中文", "de": "Deutsch", "fr": "français", "es": "español",
-    "it": "italiano", "nl": "Nederlands", "ja": "日本語", "ru": "русский", "sv": "svenska",
-    "sl": "slovenščina", "pl": "polski", "bg": "български", "no": "norsk", "ms": "Bahasa Melayu",
-    "is": "íslenska", "hi": "हिन्दी", "th": "ไทย", "sw": "Kiswahili", "bn": "বাংলা",
-}  # fmt: skip
-
-# Resource groups, following the paper's convention (Zhang et al., 2024): the "high-resource"
-# languages are the majority languages of LLM pre-training corpora, the "low-resource" ones are the
-# minority languages. Languages outside the 20 fall into "other".
-HIGH_RESOURCE: tuple[str, ...] = ("en", "zh", "de", "fr", "es", "it", "nl", "ja", "ru", "sv", "pl")
-LOW_RESOURCE: tuple[str, ...] = ("sl", "bg", "no", "ms", "is", "hi", "th", "sw", "bn")
-
-
-def resource_group(lang: str) -> str:
-    """'high', 'low' or 'other'."""
-    return "high" if lang in HIGH_RESOURCE else "low" if lang in LOW_RESOURCE else "other"
 
 
 def lang_label(lang: str) -> str:

@@ -65,7 +65,7 @@ def task_hash(folder: Path) -> str:
 def eval_data(options: dict) -> dict[str, Any]:
     """The `data` section of an evaluation manifest: per task its folder, whether bundled, hash and
     languages; the limit; all languages in paper order."""
-    from alignlens import data
+    from alignlens import data, languages
 
     info: dict[str, Any] = {"tasks": {}, "limit": options.get("limit")}
     for t in options.get("tasks", []):
@@ -75,7 +75,7 @@ def eval_data(options: dict) -> dict[str, Any]:
             "hash": task_hash(spec.folder), "languages": data.task_languages(spec, options.get("languages")),
         }
     langs = sorted({lang for v in info["tasks"].values() for lang in v["languages"]})
-    info["languages"] = data.paper_order(langs)
+    info["languages"] = languages.paper_order(langs)
     return info
 
 

@@ -1,6 +1,6 @@
-"""One forward pass feeds every analysis: hooks on exactly the activations needed, reduced on the fly.
+"""The capture probe: hooks on exactly the activations the analyses need, reduced on the fly.
 
-For each (task, language), while the evaluation scores the queries (see `evaluate.score_prompts`;
+For each (task, language), while the evaluation scores the queries (see `engine.score_prompts`;
 the few-shot prefix comes from the KV cache, so hooks see the query tokens only), TransformerLens
 hooks read:
 
@@ -12,25 +12,22 @@ hooks read:
 
 After each batch the last-position states go through the logit lens (final norm + unembedding
 at every layer), reduced to label-word probabilities and entropy. Padding never enters a
-statistic. Everything kept is a mergeable reducer (`alignlens.reducers`), so shards from
-several processes merge exactly; `save_shard`/`load_shard` write them to safetensors.
+statistic. Everything kept is a reducer (`alignlens.capture.reducers`), so shards from several
+processes can be combined (`alignlens.capture.shards` writes and reads them).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from alignlens import AlignlensError, data
-from alignlens.evaluate import LanguageResult, SuffixBatch, label_token_ids, nonfinite_error
+from alignlens.capture.reducers import ActivationCounter, RowStore
+from alignlens.engine import Hook, SuffixBatch, nonfinite_error
+from alignlens.labels import label_overlap, label_sets, label_token_ids
 from alignlens.lens import LensCapture, lens_label_probs
 from alignlens.model import LoadedModel
-from alignlens.reducers import ActivationCounter, RowStore
 
 #: Activation functions whose output is > 0 exactly where their input is > 0.
 SIGN_PRESERVING = ("gelu", "silu", "swish", "relu")
@@ -85,43 +82,18 @@ class LanguageCapture:
                            torch.tensor(gold), self.overlap)
 
 
-LENS_OVERLAP_RULES = ("token-set", "first-token")
-
-
-def first_tokens(tokenizer, word: str) -> set[int]:
-    """First token of `word` as the tokenizer encodes it, standing alone and after a space."""
-    out = set()
-    for text in (word, " " + word):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if ids:
-            out.add(ids[0])
-    return out
-
-
-def label_overlap(tokenizer, labels, words, sets_en, sets_target, rule: str = "token-set") -> list[bool]:
-    """Per label: do its English and target-language words collide, so the lens cannot tell them apart?
-
-    `token-set`: their token sets (every prefix token, see `evaluate.label_token_ids`) share a token;
-    strict: words starting with the same letter collide. `first-token`: their first tokens as the
-    tokenizer encodes them are the same (Wendler et al. 2024's rule).
-    """
-    if rule == "token-set":
-        return [bool(set(a) & set(b)) for a, b in zip(sets_en, sets_target)]
-    if rule == "first-token":
-        return [bool(first_tokens(tokenizer, e) & first_tokens(tokenizer, t)) for e, t in zip(labels, words)]
-    raise AlignlensError(f"unknown lens overlap rule {rule!r} (use {', '.join(LENS_OVERLAP_RULES)})")
-
-
 class Capturer:
-    """Hooks and after-batch reduction for one task and language (pass its methods to
-    `evaluate.evaluate_language(..., batch_hooks=c.batch_hooks, after_batch=c.after_batch)`)."""
+    """The capture of one task and language, as an `engine.Probe`: `hooks(batch)` read the
+    residual stream and MLP pre-activations, `after_batch(batch)` reduces them and runs the
+    logit lens. Pass it as `evaluate.evaluate_language(..., probes=[capturer])`; the reduced
+    result is `capturer.capture`."""
 
     def __init__(self, model: LoadedModel, spec: data.TaskSpec, lang: str, lens_overlap: str = "token-set") -> None:
         self.model = model
         self.n_layers, self.d_model, self.d_mlp = model.n_layers, model.d_model, model.d_mlp
         tok = model.tokenizer
         self.where = f"task {spec.name}, language {lang}"
-        self.sets_en = [label_token_ids(tok, w, f"{self.where}, label {w!r}") for w in spec.labels]
+        self.sets_en = label_sets(tok, spec.labels, self.where)
         words = spec.prompts[lang].label_words
         self.sets_target = [label_token_ids(tok, words.get(w, w), f"{self.where}, label {w!r} (word {words.get(w, w)!r})")
                             for w in spec.labels]
@@ -131,7 +103,9 @@ class Capturer:
         self._last: torch.Tensor | None = None
         self._mean: torch.Tensor | None = None
 
-    def batch_hooks(self, batch: SuffixBatch) -> list:
+    def hooks(self, batch: SuffixBatch) -> list[Hook]:
+        """Hooks for one batch: every block's resid_post (last position and mean over the query's
+        tokens) and MLP pre-activation (counted where > 0)."""
         n = len(batch.rows)
         dev = batch.mask.device
         self._last = torch.zeros(n, self.n_layers, self.d_model, dtype=torch.float32, device=dev)
@@ -179,54 +153,3 @@ class Capturer:
         if bool(bad.any()):
             ids = batch.ids or batch.rows
             raise nonfinite_error(what, self.where, [ids[i] for i in bad.nonzero().flatten().tolist()], self.model.dtype)
-
-
-# ---- shards ---------------------------------------------------------------------------------
-
-
-def shard_path(folder: Path, task: str, lang: str) -> Path:
-    return Path(folder) / f"{task}__{lang}.safetensors"
-
-
-def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Path:
-    """Write one (task, language)'s eval result and reduced captures atomically to safetensors."""
-    from safetensors.torch import save_file
-
-    n = len(result.indices)
-    tensors = {
-        "probs": torch.as_tensor(result.probs, dtype=torch.float64), "gold": torch.tensor(result.gold),
-        "indices": torch.tensor(result.indices), "last": cap.last.to_tensor(n), "mean": cap.mean.to_tensor(n),
-        "p_en": cap.p_en.to_tensor(n), "p_target": cap.p_target.to_tensor(n), "entropy": cap.entropy.to_tensor(n),
-        "neuron_counts": cap.neurons.counts, "neuron_tokens": cap.neurons.n_tokens_per_layer,
-        "overlap": cap.overlap.to(torch.uint8),
-    }
-    meta = {"task": result.task, "lang": result.lang, "labels": json.dumps(result.labels, ensure_ascii=False)}
-    path = shard_path(folder, result.task, result.lang)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
-    """Inverse of `save_shard`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-        t = {k: fh.get_tensor(k) for k in fh.keys()}
-    rows = list(range(len(t["indices"])))
-    result = LanguageResult(meta["task"], meta["lang"], json.loads(meta["labels"]), t["indices"].tolist(),
-                            t["gold"].tolist(), t["probs"].numpy())
-    n_layers, d_mlp = t["neuron_counts"].shape
-    cap = LanguageCapture.empty(meta["task"], meta["lang"], n_layers, d_mlp, t["overlap"].bool())
-    for name in ("last", "mean", "p_en", "p_target", "entropy"):
-        getattr(cap, name).update(rows, t[name])
-    cap.neurons.counts = t["neuron_counts"].clone()
-    cap.neurons.n_tokens_per_layer = t["neuron_tokens"].clone()
-    return result, cap
