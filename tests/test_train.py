@@ -11,7 +11,7 @@ import torch
 from alignlens import AlignlensError
 from alignlens.train import PRESETS, TrainConfig, TrainInterrupted, train
 from alignlens.train.examples import collate, encode, load_pairs
-from alignlens.train.loss import target_loss
+from alignlens.train.loss import TargetLossModel, target_loss
 from fixtures import save_tiny_base
 
 
@@ -60,6 +60,40 @@ def test_target_only_loss_equals_hf_masked_loss(tmp_path, arch, overrides):
     loss_sum, n = target_loss(model, ids, tgt)
     assert n == int(tgt[:, 1:].sum())
     assert abs(float(loss_sum.detach()) / n - float(ref.detach())) < 1e-5
+
+
+def test_target_loss_model_under_ddp_all_reduces_every_gradient(tmp_path):
+    """The loss runs inside TargetLossModel.forward, so a DDP wrapper around it all-reduces the
+    gradient of every parameter (calling the inner module directly would skip the all-reduce)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, tok = _load(save_tiny_base(tmp_path / "m", "gemma3", seed=1, final_logit_softcapping=30.0))
+    examples, _ = encode(tok, load_pairs(_cfg(per_language=4)), max_len=80)
+    ids, tgt = collate(examples, tok.pad_token_id)
+    loss, n = TargetLossModel(model)(ids, tgt)
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    reduced = []
+
+    def count(state, bucket):  # noqa: ARG001 - world size 1: the all-reduce of a bucket is itself
+        reduced.append(bucket.buffer().numel())
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(TargetLossModel(model))
+        ddp.register_comm_hook(None, count)
+        loss_ddp, n_ddp = ddp(ids, tgt)
+        loss_ddp.backward()
+    finally:
+        dist.destroy_process_group()
+    assert n_ddp == n and float(loss_ddp.detach()) == float(loss.detach())
+    assert sum(reduced) == sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(p.grad, expected[name]) for name, p in model.named_parameters())
 
 
 def test_encode_appends_eos_and_cuts_to_max_len(tiny_base):
@@ -173,6 +207,39 @@ def test_merged_equals_adapter_and_loads(lora_runs, tiny_base):
     assert manifest["best_val_loss"] == a.best_val_loss
     lm_loaded = load_model(str(root / "a"))
     assert lm_loaded.info["trained_languages"] == ["de"]
+
+
+def test_trainer_driven_by_hand_equals_train(tiny_base, tmp_path):
+    """setup + Trainer.start/validate/step/checkpoint/finish give train()'s weights and losses, and
+    every loss (training and validation) goes through the TargetLossModel's forward."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from alignlens.train import Checkpoint
+    from alignlens.train.trainer import setup
+
+    cfg = dict(per_language=20, eval_every=0, lora_dropout=0.1, epochs=2)
+    ref = train(_cfg(**cfg), tiny_base, tmp_path / "ref", progress=False)
+    trainer = setup(_cfg(**cfg), tiny_base, tmp_path / "hand", None, progress=False)
+    trainer.start()
+    seen = []
+    trainer.loss_model.register_forward_hook(lambda module, args, out: seen.append(out[1]))
+    assert trainer.validate() == ref.initial_val_loss
+    while trainer.state.step < trainer.total_steps:
+        trainer.step()
+    trainer.validate()
+    trainer.checkpoint()
+    saved = Checkpoint.load(trainer.ckpt_dir / "last.pt")
+    assert dataclasses.replace(saved.state, elapsed=0.0, rng=None) == dataclasses.replace(trainer.state, rng=None)
+    assert torch.equal(saved.state.rng["torch"], trainer.state.rng["torch"])
+    res = trainer.finish(loop_seconds=1.0)
+    assert (res.steps, res.best_val_loss, res.final_train_loss) == (ref.steps, ref.best_val_loss, ref.final_train_loss)
+    for sub in ("adapter/adapter_model.safetensors", "merged/model.safetensors"):
+        wa, wb = load_file(tmp_path / "ref" / sub), load_file(tmp_path / "hand" / sub)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), sub
+    targets = [sum(len(e.ids) - e.n_prompt for e in split) for split in (trainer.data.train, trainer.data.val)]
+    assert sum(seen) == 2 * targets[0] + 2 * targets[1]  # 2 epochs, 2 validations
 
 
 def res_total(exc) -> int:

@@ -181,6 +181,23 @@ def test_threads_and_signal_handlers_are_restored(tiny_base, tmp_path):
     assert _process_state() == before
 
 
+def test_global_rngs_are_restored(tiny_base, tmp_path):
+    """A run seeds python's, numpy's and torch's global RNGs; they are as before once it returns."""
+    import random
+
+    import numpy as np
+
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    train(_cfg(lora_dropout=0.1), tiny_base, tmp_path / "out", progress=False)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
 def test_interrupted_message_and_resume_cleans_stale_temporaries(tiny_base, tmp_path):
     out = tmp_path / "my run"  # a space: the resume command must quote it
 

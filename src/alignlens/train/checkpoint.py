@@ -177,7 +177,7 @@ class TrainLog:
         return self.fh.tell()
 
     def close(self) -> None:
-        self.fh.close()
+        self.fh.close()  # (closing twice is harmless)
 
 
 # ---- the output folder ----------------------------------------------------------------------

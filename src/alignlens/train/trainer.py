@@ -19,8 +19,8 @@ checkpoint / finish).
    float32), `adapter/` (peft adapter of the same weights, LoRA only), `manifest.json`
    (`training_manifest`), `train_log.jsonl`; `checkpoints/` is deleted unless `keep_checkpoints`.
 
-Process-wide state set for a run (torch's thread count, SIGINT/SIGTERM handlers) is restored
-when `train` returns or raises.
+Process-wide state set for a run (torch's thread count, SIGINT/SIGTERM handlers, the global
+RNGs it seeds) is restored when `train` returns or raises.
 """
 
 from __future__ import annotations
@@ -92,6 +92,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def global_rng_restored() -> Iterator[None]:
+    """The global RNGs (python, numpy, torch, CUDA) as they were before, after the block: a run
+    seeds them with its own seed."""
+    before = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(before)
 
 
 class StopRequest:
@@ -338,6 +349,9 @@ class Trainer:
                     self._after_step(self.step(), bar, callback)
             except KeyboardInterrupt:
                 raise self._interrupted(bar) from None
+            except BaseException:
+                self.log.close()
+                raise
             finally:
                 bar.close()
         return self.finish(time.perf_counter() - self._loop_start)
@@ -498,7 +512,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     config = config or TrainConfig.from_preset("default")
     config.validate()
     model_spec = model_spec or DEFAULT_MODEL
-    with torch_threads(config.threads):
+    with torch_threads(config.threads), global_rng_restored():
         trainer = setup(config, model_spec, out, ckpt, progress, session_start)
         trainer.start(ckpt)
         return trainer.run(progress, callback)
