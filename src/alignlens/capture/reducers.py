@@ -1,12 +1,17 @@
-"""Mergeable streaming reducers for the capture pass.
+"""Streaming reducers for the capture pass, and how their shards combine.
 
-Every reducer here can be updated batch by batch, merged with another shard of
-the same run (``merge``), and serialised to a dict of tensors only
-(``state_dict`` / ``from_state_dict``), so shards computed on several processes
-or GPUs can be combined exactly: ``SumCount`` and ``ActivationCounter`` states
-are plain sums (``torch.distributed.all_reduce(SUM)`` on every tensor of the
-state is a valid merge), ``RowStore`` states are unions (``all_gather`` then
-``merge``). Positions whose mask is False (padding) never enter a statistic.
+Every reducer here is updated batch by batch and serialised to a dict of tensors only
+(``state_dict`` / ``from_state_dict``); positions whose mask is False (padding) never enter a
+statistic. How shards from several processes combine differs:
+
+- ``ActivationCounter`` holds int64 counts: ``merge`` (or ``all_reduce(SUM)`` on every state
+  tensor) is exact and independent of the order of the shards.
+- ``RowStore`` holds per-item rows: shards are gathered (``all_gather``, then ``merge``, a
+  union of disjoint item sets); nothing is summed, so the result is exact.
+- ``SumCount`` holds a float64 sum: floating-point addition is not associative, so merging the
+  same shards in different orders can give sums that differ in the last bits (shards summing to
+  0.1, 0.2 and 0.3 merge to 0.6000000000000001 or 0.6 depending on the order). Use a fixed
+  merge order when results must be reproducible bit for bit. (The capture pass does not use it.)
 
 State tensors live on the CPU; sums are float64, counts int64.
 """
@@ -36,7 +41,8 @@ def _check_mask(mask, lead_shape: Sequence[int], what: str) -> torch.Tensor:
 
 
 class SumCount:
-    """Running sum and count of vectors over the leading (batch/position) dims.
+    """Running sum and count of vectors over the leading (batch/position) dims (float64 sum:
+    merges are exact only up to rounding, and depend on the merge order; see the module docstring).
 
     ``update(x)`` with ``x`` [batch, *feature] adds ``x.sum(0)`` and ``batch``;
     ``update(x, mask)`` with ``mask`` bool of shape ``x.shape[:k]`` adds only the
