@@ -34,7 +34,7 @@ BOOTSTRAP = 300  # resamples of the accuracy intervals (real runs: 2000; fewer k
 
 
 class SyntheticModel:
-    """Stands in for `models.LoadedModel` where the manifest needs it (`describe()`, `info`)."""
+    """Stands in for `model.LoadedModel` where the manifest needs it (`describe()`, `info`)."""
 
     def __init__(self, name: str, seed: int, n_layers: int, d_mlp: int, trained: list[str]) -> None:
         self.name, self.seed, self.n_layers, self.d_mlp = name, seed, n_layers, d_mlp

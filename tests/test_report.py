@@ -467,7 +467,7 @@ def test_report_from_a_real_analysis_shows_its_data_hash(tmp_path: Path):
     """`alignlens analyze` on a tiny model, then its report: the title page carries the real data hash."""
     from alignlens.config import AnalyzeConfig
     from alignlens.pipeline import analyze
-    from alignlens.train import save_tiny_base
+    from fixtures import save_tiny_base
 
     model = save_tiny_base(tmp_path / "tiny", "gemma3", seed=0)
     out = tmp_path / "analysis"

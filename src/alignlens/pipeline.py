@@ -24,15 +24,17 @@ from typing import Any, Callable
 import torch
 
 from alignlens import AlignlensError, RunInterrupted, data
-from alignlens.capture import Capturer, LanguageCapture, check_neuron_hooks, load_shard, save_shard, shard_path
+from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_hooks
+from alignlens.capture.reducers import ActivationCounter
+from alignlens.capture.shards import load_shard, save_shard, shard_path
 from alignlens.config import AnalyzeConfig, check_layers
 from alignlens.evaluate import LanguageResult, evaluate_language, task_languages, write_eval
 from alignlens.results.manifest import make_manifest
 from alignlens.results.writer import write_analysis_files
+from alignlens.languages import paper_order
 from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
-from alignlens.reducers import ActivationCounter
 from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, write_json
 from alignlens.similarity import similarity_report
 
@@ -69,7 +71,7 @@ def capture_run(
             capturer = Capturer(model, spec, lang, config.lens_overlap)
             result = evaluate_language(
                 model, spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
-                batch_hooks=capturer.batch_hooks, after_batch=capturer.after_batch,
+                probes=[capturer],
                 on_batch_done=(lambda n: progress.advance(bar, n)) if progress is not None else None,
             )
             cap = capturer.capture
@@ -112,7 +114,7 @@ def run_analyses(
             counters[lang].merge(cap.neurons)
         else:
             counters[lang] = ActivationCounter.from_state_dict(cap.neurons.state_dict())
-    order = data.paper_order(sorted(counters))
+    order = paper_order(sorted(counters))
     neurons, tensors = neuron_report({lang: counters[lang] for lang in order}, config.neurons)
     neurons["tasks"] = sorted(by_task)
     return {"similarity": similarity, "logit_lens": lens, "neurons": neurons, "neuron_tensors": tensors}
