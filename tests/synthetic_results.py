@@ -7,12 +7,14 @@ manifest.json through `evaluate.write_eval` / `evaluate.make_manifest`; logit_le
 neurons.safetensors through `neurons.neuron_report` (the last three can be left out with `analyses=`).
 Only the model is fake: per-item label probabilities, lens probabilities, hidden states and neuron
 activation counts are random but shaped like real results. `make_synthetic_pair` also writes the
-pair's comparison.json with `neurons.compare_neurons`, as `analyze --compare` does.
+pair's comparison.json with `pipeline.compare_models`, as `analyze --compare` does.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from alignlens.config import AnalyzeConfig
 from alignlens.evaluate import LanguageResult, write_eval
 from alignlens.results.manifest import make_manifest
 from alignlens.lens import LensCapture, lens_report
-from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
+from alignlens.neurons import NeuronOptions, neuron_report
 from alignlens.similarity import similarity_report
 
 ALL_LANGUAGES = ["en", "zh", "de", "fr", "es", "it", "nl", "ja", "ru", "sv",
@@ -53,16 +55,48 @@ def _accuracy_target(lang: str, n_labels: int, boost: float, trained: list[str],
     return float(np.clip(base + boost * (1.6 if lang in trained else 1.0) + rng.normal(0, 0.04), 0.05, 0.98))
 
 
-def _language_result(task: str, labels: list[str], lang: str, indices: list[int], acc: float, rng) -> LanguageResult:
-    """Per-item label probabilities whose argmax is right for about `acc` of the items."""
+def _task_seed(task: str) -> int:
+    return zlib.crc32(task.encode())
+
+
+def gold_labels(task: str, k: int, indices: list[int], weights: Sequence[float] | None = None) -> list[int]:
+    """Gold label ids of items `indices`: i % k (balanced), or drawn with `weights` per label from a
+    generator seeded by the task and item alone, so every run and language has the same gold."""
+    if weights is None:
+        return [i % k for i in indices]
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    return [int(np.random.default_rng([_task_seed(task), i]).choice(k, p=w)) for i in indices]
+
+
+def _language_result(task: str, labels: list[str], lang: str, indices: list[int], acc: float, rng, *,
+                     gold_weights: Sequence[float] | None = None, label_bias: Mapping[str, float] | None = None,
+                     difficulty: float = 1.0) -> LanguageResult:
+    """Per-item label probabilities shaped like a real model's (softmax of noisy label logits).
+
+    Item i is answered right with probability Phi(Phi^-1(acc) sqrt(1 + d^2) + d z_i), z_i ~ N(0, 1)
+    fixed per task and item (an item's easiness, shared by every language and run; d = `difficulty`),
+    so the expected accuracy is `acc` and two runs' answers are correlated item by item, as real runs
+    are. The chosen label leads by a graded margin and the gold label gets some evidence even when
+    wrong, so ROC-AUC tracks the evidence rather than just correctness. `label_bias` adds a logit
+    offset to a label before the argmax (a label-prior shift: with a large offset the model predicts
+    that label for every item)."""
+    from scipy.stats import norm
+
     k = len(labels)
-    gold = [i % k for i in indices]
+    gold = gold_labels(task, k, indices, gold_weights)
+    z = np.array([np.random.default_rng([_task_seed(task), 7, i]).normal() for i in indices])
+    a = norm.ppf(np.clip(acc, 1e-3, 1 - 1e-3))
+    p_right = norm.cdf(a * np.sqrt(1 + difficulty**2) + difficulty * z)
+    bias = np.array([float((label_bias or {}).get(lab, 0.0)) for lab in labels])
     probs = np.zeros((len(indices), k))
     for row, g in enumerate(gold):
-        top = g if rng.random() < acc else (g + 1 + int(rng.integers(0, k - 1))) % k
-        p = rng.dirichlet(np.ones(k)) * 0.4
-        p[top] += 0.6
-        probs[row] = p / p.sum()
+        top = g if rng.random() < p_right[row] else (g + 1 + int(rng.integers(0, k - 1))) % k
+        logits = rng.normal(0.0, 0.5, k)
+        if top != g:
+            logits[g] += abs(rng.normal(0.0, 0.4))  # the gold label is often the runner-up
+        logits[top] = np.max(np.delete(logits, top)) + 0.05 + rng.exponential(0.6)
+        e = np.exp(logits + bias - np.max(logits + bias))
+        probs[row] = e / e.sum()
     return LanguageResult(task, lang, list(labels), list(indices), gold, probs)
 
 
@@ -146,6 +180,9 @@ def make_synthetic_run(
     analyses: tuple[str, ...] = ("lens", "similarity", "neurons"),
     lens_no_items: tuple[str, ...] = (),
     role: str | None = None,
+    accuracy: Mapping[str, float] | None = None,
+    gold_weights: Sequence[float] | None = None,
+    label_bias: Mapping[str, float] | None = None,
 ) -> Path:
     """Write a synthetic run folder at `dir` (items 0..n_items-1 of each task and language, as
     `--limit n_items` would) and return it.
@@ -154,6 +191,9 @@ def make_synthetic_run(
     similarity curves, so a "base" (boost 0) vs "aligned" (boost > 0) pair shows visible changes.
     `lens_no_items`: languages whose every label's English and target words overlap (the logit
     lens keeps no item of theirs, as with the token-set rule on shared words).
+    `accuracy`: expected accuracy per language (overrides the boost-based one for those languages);
+    `gold_weights`: label weights of the gold answers (default: balanced, item i has label i % k),
+    the same in every run; `label_bias`: logit offset per label name (see `_language_result`).
     """
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +210,9 @@ def make_synthetic_run(
         labels = list(data.load_task(t).labels)
         for lang in languages:
             acc = _accuracy_target(lang, len(labels), boost, trained, rng)
-            per_task.setdefault(t, []).append(_language_result(t, labels, lang, list(range(n_items)), acc, rng))
+            acc = (accuracy or {}).get(lang, acc)
+            per_task.setdefault(t, []).append(_language_result(t, labels, lang, list(range(n_items)), acc, rng,
+                                                               gold_weights=gold_weights, label_bias=label_bias))  # fmt: skip
 
     if "lens" in analyses:
         lens = {"tasks": {t: {**_lens(rs, n_layers, boost, rng, lens_no_items), "overlap_rule": config.lens_overlap}
@@ -198,14 +240,12 @@ def make_synthetic_run(
 
 
 def write_comparison(root: Path, base: Path, aligned: Path) -> Path:
-    """root/comparison.json from the two runs' neuron files, as `alignlens analyze --compare` writes it."""
-    from safetensors.torch import load_file
+    """root/comparison.json from the two runs, written by the function `alignlens analyze --compare` uses."""
+    from alignlens.pipeline import compare_models
 
-    def load(d: Path):
-        return json.loads((d / "neurons.json").read_text(encoding="utf-8")), load_file(str(d / "neurons.safetensors"))
-
+    trained = json.loads((aligned / "manifest.json").read_text(encoding="utf-8")).get("trained_languages", [])
     path = Path(root) / "comparison.json"
-    results.write_json(path, compare_neurons(load(base), load(aligned)))
+    results.write_json(path, compare_models(base, aligned, trained, AnalyzeConfig(bootstrap_resamples=200)))
     return path
 
 

@@ -19,7 +19,6 @@ from synthetic_results import ALL_LANGUAGES, make_synthetic_pair, make_synthetic
 from alignlens import AlignlensError  # noqa: E402
 from alignlens.report import check_results, fonts, render_report  # noqa: E402
 from alignlens.report.languages import HIGH_RESOURCE, LANGUAGES, LOW_RESOURCE, NATIVE_NAMES, order_languages  # noqa: E402
-from alignlens.stats import diff_ci  # noqa: E402
 
 ALL_SECTIONS = ["Title", "Contents", "Summary", "Accuracy table", "Accuracy charts", "Logit lens", "Similarity", "Neurons"]
 
@@ -193,12 +192,6 @@ def test_language_constants():
     assert order_languages(["bn", "xx", "en", "sl", "zh"]) == ["en", "zh", "sl", "bn", "xx"]
 
 
-def test_diff_ci():
-    d, lo, hi = diff_ci(0.5, (0.4, 0.6), 0.7, (0.6, 0.8))
-    assert d == pytest.approx(0.2) and lo < 0.2 < hi and lo > 0
-    assert all(x != x for x in diff_ci(float("nan"), (0, 0), 0.5, (0.4, 0.6)))
-
-
 def test_fonts_all_scripts_and_warn_once(monkeypatch):
     fonts._reset_for_tests()
     if fonts.missing_scripts():
@@ -262,9 +255,10 @@ def test_compare_different_limits_uses_shared_items_and_consistent_deltas(tmp_pa
     groups = {(r["task"], r["group"]): r for r in _csv(tables / "accuracy_groups.csv")}
     g = groups["emotion", "all"]
     assert g["n_languages"] == "3"  # the paired languages only
-    # every "a% → b% (Δ d points)" in the summary: d is b − a, and a, b are the table's means
-    found = re.findall(r"(\d+\.\d)% → (\d+\.\d)% \(Δ ([+-]\d+\.\d) points\)", summary)
-    assert len(found) == 2  # overall and emotion; snli is not compared
+    # every "mean accuracy ... a% → b% (Δ d points, 95% CI ...)" in the summary: d is b − a, and a, b
+    # are the group table's macro means (the cross-task mean without a paired interval is gone)
+    found = re.findall(r"mean accuracy over \d+ languages (\d+\.\d)% → (\d+\.\d)% \(Δ ([+-]\d+\.\d) points, 95% CI", summary)
+    assert len(found) == 1  # emotion; snli is not compared
     for a, b, d in found:
         assert abs(float(d) - (float(b) - float(a))) <= 0.1 + 1e-9
         assert (float(a), float(b)) == (_pct(g["mean_acc_base"]), _pct(g["mean_acc_aligned"]))
@@ -317,7 +311,7 @@ def test_compare_different_items_are_not_overlaid(tmp_path: Path):
 def test_neuron_change_read_from_comparison_json(tmp_path: Path):
     base, aligned = make_synthetic_pair(tmp_path, ["en", "zh", "de"], 5, tasks=("emotion",), n_items=6)
     comp = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
-    comp["per_language"]["zh"]["jaccard_specific"] = 0.123456  # only comparison.json says so
+    comp["neurons"]["per_language"]["zh"]["jaccard_specific"] = 0.123456  # only comparison.json says so
     (tmp_path / "comparison.json").write_text(json.dumps(comp), encoding="utf-8")
     out = render_report(base, aligned)
     change = {r["language"]: r for r in _csv(out.with_name("report_tables") / "neurons_change.csv")}
@@ -390,8 +384,6 @@ def test_probability_intervals_are_clipped(tmp_path: Path):
         assert float(r["entropy_bits_lo"]) >= 0.0
     de = next(r for r in _csv(tables / "accuracy.csv") if r["language"] == "de")
     assert (float(de["ci95_lo_base"]), float(de["ci95_hi_base"])) == (0.0, 1.0)
-    d, lo, hi = diff_ci(0.05, (-0.5, 0.9), 0.95, (0.1, 1.5))
-    assert -1.0 <= lo <= d <= hi <= 1.0
 
 
 def test_progress_is_reported_per_page(tmp_path: Path):
@@ -499,3 +491,163 @@ def test_sections_are_pure(tmp_path: Path):
         assert f.summary_lines == b.summary_lines and f.summary_lines
         assert [(t.name, t.header) for t in f.tables] == [(t.name, t.header) for t in b.tables]
         assert [p.slug for p in f.pages] == [p.slug for p in b.pages]
+
+
+# ---- paired statistics and an honest summary (issue 12) ----------------------------------------
+
+
+def _holm_by_hand(p: list[float]) -> list[float]:
+    """Holm step-down adjusted p-values, written out independently of alignlens.paired."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adj, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adj[i] = running
+    return adj
+
+
+def _mcnemar_by_hand(base: Path, aligned: Path, task: str) -> dict[str, tuple[int, int, float]]:
+    """lang -> (b01, b10, exact two-sided p) from the two predictions.jsonl files."""
+    from scipy.stats import binomtest
+
+    right = {}
+    for role, run in (("a", base), ("b", aligned)):
+        for p in _predictions(run):
+            if p["task"] == task:
+                right.setdefault(p["lang"], {}).setdefault(p["index"], {})[role] = p["gold"] == p["pred"]
+    out = {}
+    for lang, items in right.items():
+        b01 = sum(not v["a"] and v["b"] for v in items.values())
+        b10 = sum(v["a"] and not v["b"] for v in items.values())
+        out[lang] = (b01, b10, binomtest(b01, b01 + b10, 0.5).pvalue if b01 + b10 else 1.0)
+    return out
+
+
+def test_prior_shift_is_named_and_not_called_significant(tmp_path: Path):
+    """Aligned predicts "positive" for every item; gold is 60% positive: accuracy rises (base ~56%),
+    balanced accuracy falls to 50%. The summary names the prior shift and never says "significant"."""
+    langs = ["en", "zh", "de", "fr", "es", "hi", "th", "sw"]
+    kw = dict(tasks=("emotion",), n_items=60, gold_weights=[0.6, 0.4], analyses=())
+    base = make_synthetic_run(tmp_path / "base", 31, langs, 4, trained=[], accuracy=dict.fromkeys(langs, 0.56), **kw)
+    aligned = make_synthetic_run(tmp_path / "aligned", 32, langs, 4, accuracy=dict.fromkeys(langs, 0.52),
+                                 label_bias={"positive": 8.0}, boost=0.01, **kw)  # fmt: skip
+    preds = _predictions(aligned)
+    assert {p["pred"] for p in preds} == {"positive"}  # the synthetic aligned model always says positive
+    gold_pos = sum(p["gold"] == "positive" for p in preds) / len(preds)
+    tests = _mcnemar_by_hand(base, aligned, "emotion")
+    assert min(_holm_by_hand([t[2] for t in tests.values()])) >= 0.05  # the premise: nothing survives Holm
+
+    out = render_report(base, aligned)
+    tables = out.with_name("report_tables")
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    assert "significant" not in summary.lower()
+    assert "0 of 8 languages survive Holm correction" in summary
+    assert f"likely a label-prior shift: the aligned model predicts positive for 100.0% of items vs {gold_pos * 100:.1f}% gold" in summary
+    assert "predicts one label for every item in 8 languages" in summary
+    assert "The paper's claim (alignment improves accuracy across languages, including untrained ones) does not hold" in summary
+    acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
+    for lang in langs:
+        assert float(acc[lang]["balanced_acc_aligned"]) == pytest.approx(0.5)  # one label always: mean recall 1/2
+        assert json.loads(acc[lang]["pred_counts_aligned"]) == {"positive": 60, "negative": 0}
+    groups = {r["group"]: r for r in _csv(tables / "accuracy_groups.csv")}
+    assert float(groups["all"]["mean_diff"]) > 0 > float(groups["all"]["mean_bal_diff"])
+
+
+def test_strong_improvement_counts_holm_survivors(tmp_path: Path):
+    langs = ["en", "zh", "de", "fr", "hi", "th"]
+    kw = dict(tasks=("emotion",), n_items=60, analyses=())
+    base = make_synthetic_run(tmp_path / "base", 41, langs, 4, trained=[], accuracy=dict.fromkeys(langs, 0.5), **kw)
+    aligned = make_synthetic_run(tmp_path / "aligned", 42, langs, 4, trained=["zh", "de"], boost=0.1,
+                                 accuracy={**dict.fromkeys(langs, 0.5), "zh": 0.97, "de": 0.97, "hi": 0.97}, **kw)  # fmt: skip
+    tests = _mcnemar_by_hand(base, aligned, "emotion")
+    order = list(tests)
+    holm = dict(zip(order, _holm_by_hand([tests[l][2] for l in order])))
+    survivors = sorted(l for l in order if holm[l] < 0.05)
+    assert survivors == ["de", "hi", "zh"]  # the premise: the boosted languages, and only they
+
+    out = render_report(base, aligned, out=tmp_path / "r.pdf")  # two eval folders, no comparison.json
+    tables = out.with_name("r_tables")
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    assert "computed by this report from the two runs' predictions.jsonl" in summary
+    assert "3 of 6 languages survive Holm correction (significant at p_Holm < 0.05): gains in 3" in summary
+    acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
+    for lang in langs:
+        b01, b10, p = tests[lang]
+        assert (int(acc[lang]["mcnemar_b01"]), int(acc[lang]["mcnemar_b10"])) == (b01, b10)
+        assert float(acc[lang]["mcnemar_p"]) == pytest.approx(p)
+        assert float(acc[lang]["p_holm"]) == pytest.approx(holm[lang])
+        lo, d, hi = float(acc[lang]["diff_ci95_lo"]), float(acc[lang]["diff"]), float(acc[lang]["diff_ci95_hi"])
+        assert lo <= d <= hi
+        assert d == pytest.approx((b01 - b10) / 60)  # paired: Δ is the discordant balance
+    assert float(acc["zh"]["diff_ci95_lo"]) > 0
+
+
+def test_csv_columns(full_report: Path):
+    tables = full_report.with_name("report_tables")
+    with open(tables / "accuracy.csv", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    for side in ("base", "aligned"):
+        for col in ("n", "acc", "ci95_lo", "ci95_hi", "balanced_acc", "macro_f1", "roc_auc", "pred_counts"):
+            assert f"{col}_{side}" in header
+    for col in ("gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh"):
+        assert col in header
+    rows = _csv(tables / "accuracy.csv")
+    assert all(r["p_holm"] and r["p_bh"] and r["roc_auc_base"] for r in rows)
+    assert all(float(r["p_holm"]) >= float(r["mcnemar_p"]) for r in rows)
+    with open(tables / "accuracy_groups.csv", encoding="utf-8") as f:
+        groups = list(csv.DictReader(f))
+    assert [g["group"] for g in groups] == ["all", "trained", "untrained", "high-resource", "low-resource"]
+    for g in groups:
+        for col in ("mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi", "mean_bal_diff", "mean_bal_diff_ci95_lo",
+                    "mean_bal_diff_ci95_hi", "n_items"):  # fmt: skip
+            assert g[col] != "", (g["group"], col)
+        assert float(g["mean_diff_ci95_lo"]) <= float(g["mean_diff"]) <= float(g["mean_diff_ci95_hi"])
+    assert {g["group"]: g["n_languages"] for g in groups}["untrained"] == "18"
+
+
+def test_single_run_shows_label_bias_metrics(tmp_path: Path):
+    run = make_synthetic_run(tmp_path / "run", 51, ["en", "de"], 3, trained=[], tasks=("emotion",), n_items=40, analyses=(),
+                             label_bias={"negative": 8.0})  # fmt: skip
+    out = render_report(run)
+    rows = {r["language"]: r for r in _csv(out.with_name("report_tables") / "accuracy.csv")}
+    for lang in ("en", "de"):
+        assert float(rows[lang]["balanced_acc_base"]) == pytest.approx(0.5)
+        assert json.loads(rows[lang]["pred_counts_base"]) == {"positive": 0, "negative": 40}
+        assert rows[lang]["roc_auc_base"] and rows[lang]["p_holm"] == "" and rows[lang]["diff"] == ""
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "balanced accuracy 50.0%" in summary and "it predicts negative for 100.0% of items vs 50.0% gold" in summary
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+        assert "balanced" in text and "ROC-AUC" in text and "pred %" in text
+
+
+def test_paired_statistics_read_from_comparison_json_when_it_belongs(tmp_path: Path):
+    from alignlens.report.runs import load_runs
+
+    base, aligned = make_synthetic_pair(tmp_path, ["en", "zh", "de"], 4, tasks=("emotion",), n_items=20)
+    runs = load_runs(base, aligned)
+    assert runs.paired_source.startswith("read from comparison.json") and not runs.notes
+    comp = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    comp["accuracy"]["tasks"]["emotion"]["languages"]["zh"]["p_holm"] = 0.0123  # only comparison.json says so
+    (tmp_path / "comparison.json").write_text(json.dumps(comp), encoding="utf-8")
+    out = render_report(base, aligned)
+    zh = next(r for r in _csv(out.with_name("report_tables") / "accuracy.csv") if r["language"] == "zh")
+    assert float(zh["p_holm"]) == pytest.approx(0.0123)
+    # a comparison.json of other runs (here: other accuracies) is not used, and the summary says so
+    comp["accuracy"]["tasks"]["emotion"]["languages"]["de"]["acc_b"] += 0.05
+    (tmp_path / "comparison.json").write_text(json.dumps(comp), encoding="utf-8")
+    out = render_report(base, aligned, force=True)
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "does not belong to these runs (emotion de:" in summary and "computed by this report" in summary
+    zh = next(r for r in _csv(out.with_name("report_tables") / "accuracy.csv") if r["language"] == "zh")
+    assert float(zh["p_holm"]) != pytest.approx(0.0123)
+
+
+def test_no_independent_interval_delta_left():
+    root = Path(__file__).resolve().parents[1]
+    for path in list((root / "src" / "alignlens").rglob("*.py")) + [Path(__file__)]:
+        text = path.read_text(encoding="utf-8")
+        assert "diff" + "_ci(" not in text and "New" + "combe" not in text, path
+    import alignlens.stats
+
+    assert not hasattr(alignlens.stats, "diff" + "_ci")

@@ -75,8 +75,11 @@ def evaluate_language(
 
 
 def summarize(results: list[LanguageResult], bootstrap_resamples: int = 2000, seed: int = 0) -> dict:
-    """summary.json: per task and language accuracy, n, 95% bootstrap interval, confusion counts;
-    per task the mean accuracy over languages."""
+    """summary.json: per task and language accuracy, n, 95% bootstrap interval, confusion counts and
+    the label-bias-robust metrics of `metrics.classification_metrics` (balanced accuracy, macro-F1,
+    two-label ROC-AUC, predicted and gold label counts); per task the means over languages."""
+    from alignlens.metrics import classification_metrics
+
     tasks: dict[str, dict] = {}
     for r in results:
         t = tasks.setdefault(r.task, {"labels": r.labels, "languages": {}})
@@ -85,13 +88,19 @@ def summarize(results: list[LanguageResult], bootstrap_resamples: int = 2000, se
         confusion = {g: {p: 0 for p in r.labels} for g in r.labels}
         for g, p in zip(r.gold, r.pred):
             confusion[r.labels[g]][r.labels[int(p)]] += 1
+        m = classification_metrics(r.gold, r.probs, r.labels)
         t["languages"][r.lang] = {
             "accuracy": float(correct.mean()) if len(correct) else float("nan"),
             "n": int(len(correct)), "ci95": [lo, hi], "confusion": confusion,
+            **{k: m[k] for k in ("balanced_accuracy", "macro_f1", "roc_auc", "predicted_distribution",
+                                 "gold_distribution")},
         }
     for t in tasks.values():
-        accs = [v["accuracy"] for v in t["languages"].values()]
+        langs = t["languages"].values()
+        accs = [v["accuracy"] for v in langs]
         t["mean_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+        bal = [v["balanced_accuracy"] for v in langs if v["balanced_accuracy"] is not None]
+        t["mean_balanced_accuracy"] = float(np.mean(bal)) if bal else None
     return {"tasks": tasks}
 
 

@@ -393,3 +393,18 @@ def compare_runs(
         "n_only_b": sum(c["only_b"] for t in cells.values() for c in t.values()),
         "n_resamples": n_resamples, "seed": seed,
     }  # fmt: skip
+
+
+def language_groups(languages: Sequence[str], trained: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The groups macro deltas are reported for: all, trained, untrained (when some languages were
+    trained), high- and low-resource (`languages.resource_group`); empty groups are left out."""
+    from alignlens.languages import resource_group
+
+    langs = list(languages)
+    groups = {"all": langs}
+    if trained:
+        groups["trained"] = [lang for lang in langs if lang in trained]
+        groups["untrained"] = [lang for lang in langs if lang not in trained]
+    groups["high-resource"] = [lang for lang in langs if resource_group(lang) == "high"]
+    groups["low-resource"] = [lang for lang in langs if resource_group(lang) == "low"]
+    return {k: v for k, v in groups.items() if v}

@@ -6,7 +6,7 @@
                                   neurons.json, neurons.safetensors, manifest.json
                                   [activations/<task>__<lang>.safetensors with --save-activations]
     out/aligned/   the --compare model (same files), when given
-    out/comparison.json           neuron changes between the two models, when --compare is given
+    out/comparison.json           paired accuracy statistics and neuron changes, when --compare is given
     out/report.pdf                the PDF report (and its figures and tables)
 
 Analyses are pure functions of the captured tensors (`similarity`, `lens`, `neurons`), so a
@@ -34,8 +34,8 @@ from alignlens.results.writer import write_analysis_files
 from alignlens.languages import paper_order
 from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
-from alignlens.neurons import NeuronOptions, compare_neurons, neuron_report
-from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, write_json
+from alignlens.neurons import compare_neurons, neuron_report
+from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, read_jsonl, write_json
 from alignlens.similarity import similarity_report
 
 
@@ -207,8 +207,7 @@ def analyze(
     try:
         summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state)
         if compare:
-            write_json(stage / "comparison.json", compare_neurons(_load_neurons(stage / "base"),
-                                                                  _load_neurons(stage / "aligned")))
+            write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
         state["role"] = "report"
         report_path = None
         if report:
@@ -279,6 +278,19 @@ def _interrupted_message(out: Path, stage: Path, folder: OutputFolder, config: A
         return f"{what}; finished (task, language) shards are kept in {out}/*/activations; continue with: {resume}"
     return (f"{what}; partial results are in {out} (nothing resumable without --save-activations); "
             f"continue with: {resume}")
+
+
+def compare_models(base_dir: Path, aligned_dir: Path, trained: list[str], config: AnalyzeConfig) -> dict:
+    """comparison.json: paired statistics of accuracy (`paired.compare_runs`: per language McNemar with
+    Holm/BH, paired intervals, item-cluster bootstrap macro deltas per language group) and the
+    neuron changes (`neurons.compare_neurons`), computed once here and read by the report."""
+    from alignlens.paired import compare_runs, language_groups
+
+    rows = [read_jsonl(d / "predictions.jsonl") for d in (base_dir, aligned_dir)]
+    langs = sorted({r["lang"] for r in rows[0]})
+    accuracy = compare_runs(rows[0], rows[1], language_groups(langs, trained),
+                            n_resamples=config.bootstrap_resamples, seed=config.seed)
+    return {"accuracy": accuracy, "neurons": compare_neurons(_load_neurons(base_dir), _load_neurons(aligned_dir))}
 
 
 def _load_neurons(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -2,7 +2,7 @@
 for two runs, how they changed (neurons_*.csv).
 
 The change between the models is read from comparison.json, which `alignlens analyze --compare`
-writes with `neurons.compare_neurons` (`runs.comparison`); only for two folders without it are the
+writes with `neurons.compare_neurons` (its "neurons" part, `runs.neuron_comparison`); only for two folders without it are the
 per-language Jaccard overlaps computed here from the two neurons.json files. It is shown only for
 models with the same MLP shape and only for languages whose items are the same in both runs (the
 neuron statistics are per run, not per item).
@@ -108,7 +108,7 @@ def neuron_change(runs: Runs) -> tuple[dict | None, str]:
     langs = comparable_languages(runs)
     if not langs:
         return None, "no language has the same items in both runs (neuron statistics are per run, not per item)"
-    comp = runs.comparison
+    comp = runs.neuron_comparison
     per = {}
     for l in langs:
         if comp is None or l not in comp["per_language"]:

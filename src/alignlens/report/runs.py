@@ -12,12 +12,13 @@ Two runs are compared only on the (task, language, item index) triples both have
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from alignlens import AlignlensError
+from alignlens.results.io import read_json, read_jsonl
 from alignlens.results.schema import Cell, Run, load_run, read_comparison_file
 from alignlens.stats import bootstrap_ci, clip_interval
 
@@ -107,21 +108,86 @@ def item_overlap(a: Run, b: Run) -> ItemOverlap:
     return ItemOverlap(shared, only_a, only_b, same, acc, (a.n_layers, b.n_layers))
 
 
-def read_comparison(a: Run, b: Run) -> dict | None:
-    """comparison.json written by `alignlens analyze --compare` for exactly these two runs, else None.
+def find_comparison(a: Run, b: Run) -> tuple[dict | None, str]:
+    """(comparison.json of the runs' common parent folder, checked; or None, and why not).
 
-    It is looked for in the runs' common parent folder and used only when its per-language counts
-    match both runs' neurons.json (so it belongs to them)."""
+    A file of an older format (without the "accuracy" and "neurons" parts that `alignlens analyze
+    --compare` writes now) is not used; a file of the current format that fails its checks is an error."""
     pa, pb = a.path.resolve().parent, b.path.resolve().parent
     path = pa / "comparison.json"
-    if pa != pb or not path.is_file() or not a.neurons or not b.neurons:
+    if pa != pb or not path.is_file():
+        return None, ""
+    raw = read_json(path)
+    if not isinstance(raw, dict) or "accuracy" not in raw or "neurons" not in raw:
+        return None, f"{path} is of an older format (no paired accuracy statistics) and was not used"
+    return read_comparison_file(path), ""
+
+
+def neurons_match(comp: dict | None, a: Run, b: Run) -> dict | None:
+    """comparison.json's "neurons" part when its per-language counts match both runs' neurons.json
+    (so it belongs to them), else None."""
+    if comp is None or not a.neurons or not b.neurons:
         return None
-    comp = read_comparison_file(path)
-    for l, v in comp["per_language"].items():
+    for l, v in comp["neurons"]["per_language"].items():
         if (l not in a.neurons["specific"] or l not in b.neurons["specific"]
                 or v["count_a"] != a.neurons["specific"][l]["count"] or v["count_b"] != b.neurons["specific"][l]["count"]):  # fmt: skip
             return None
-    return comp
+    return comp["neurons"]
+
+
+def expected_groups(overlap: ItemOverlap, trained: list[str]) -> dict[str, dict[str, list[str]]]:
+    """task -> the language groups (`paired.language_groups`, with the aligned run's trained
+    languages) restricted to the languages the two runs share items in; empty groups left out."""
+    from alignlens.paired import language_groups
+    from alignlens.report.languages import order_languages
+
+    langs = order_languages(l for _, l in overlap.shared)
+    out: dict[str, dict[str, list[str]]] = {}
+    for task in dict.fromkeys(t for t, _ in overlap.shared):
+        have = {l for t, l in overlap.shared if t == task}
+        groups = {g: [l for l in ls if l in have] for g, ls in language_groups(langs, trained).items()}
+        out[task] = {g: ls for g, ls in groups.items() if ls}
+    return out
+
+
+def paired_mismatch(acc: dict, overlap: ItemOverlap, trained: list[str]) -> str:
+    """Why comparison.json's "accuracy" part does not belong to these two runs ("" when it does):
+    it must cover exactly the shared (task, language) cells, with the same item counts and both
+    accuracies on the shared items, and the same language groups."""
+    cells = {(t, l) for t, e in acc["tasks"].items() for l in e["languages"]}
+    if cells != set(overlap.shared):
+        extra, missing = cells - set(overlap.shared), set(overlap.shared) - cells
+        return f"its task × language cells differ from the runs' shared ones ({cells_text({c: 0 for c in sorted(extra | missing)})})"
+    for (t, l), items in overlap.shared.items():
+        e = acc["tasks"][t]["languages"][l]
+        ra, rb = overlap.acc[t, l]
+        if e["n"] != len(items) or abs(e["acc_a"] - ra["accuracy"]) > 1e-9 or abs(e["acc_b"] - rb["accuracy"]) > 1e-9:
+            return f"{t} {l}: n={e['n']}, accuracies {e['acc_a']:.4f}/{e['acc_b']:.4f} there vs n={len(items)}, {ra['accuracy']:.4f}/{rb['accuracy']:.4f} in the runs"
+    for t, groups in expected_groups(overlap, trained).items():
+        have = {g: v["accuracy"]["languages"] for g, v in (acc["tasks"][t].get("groups") or {}).items() if v["accuracy"]["languages"]}
+        if {g: set(v) for g, v in have.items()} != {g: set(v) for g, v in groups.items()}:
+            return f"{t}: its language groups ({', '.join(have)}) differ from the runs' ({', '.join(groups)}; trained: {' '.join(trained) or 'none'})"
+    return ""
+
+
+def prediction_rows(run: Run) -> list[dict]:
+    """predictions.jsonl of `run`, row by row ({task, lang, index, gold, pred, probs})."""
+    return read_jsonl(run.path / "predictions.jsonl")
+
+
+def compute_paired(a: Run, b: Run, overlap: ItemOverlap, trained: list[str]) -> dict:
+    """`paired.compare_runs` of the two runs' prediction rows, with the groups of `expected_groups`
+    and run a's bootstrap resamples and seed (as `evaluate.summarize` used them)."""
+    from alignlens.paired import compare_runs, language_groups
+    from alignlens.report.languages import order_languages
+
+    langs = order_languages(l for _, l in overlap.shared)
+    opts = a.manifest.get("options") or {}
+    try:
+        return compare_runs(prediction_rows(a), prediction_rows(b), language_groups(langs, trained),
+                            n_resamples=int(opts.get("bootstrap_resamples") or 2000), seed=int(a.manifest.get("seed") or 0))  # fmt: skip
+    except AlignlensError as e:
+        raise AlignlensError(f"{a.path / 'predictions.jsonl'} (run a) vs {b.path / 'predictions.jsonl'} (run b): {e}") from None
 
 
 # ---- the runs of one report -----------------------------------------------------------------
@@ -133,7 +199,11 @@ class Runs:
 
     runs: list[Run]
     overlap: ItemOverlap | None = None
-    comparison: dict | None = None  # comparison.json of these two runs, when found
+    neuron_comparison: dict | None = None  # comparison.json["neurons"] of these two runs, when found
+    paired: dict | None = None  # paired.compare_runs of the two runs (comparison.json["accuracy"] or computed)
+    paired_source: str = ""  # where `paired` comes from, in words
+    notes: list[str] = field(default_factory=list)  # what the summary should say about the inputs
+    _metrics: dict = field(default_factory=dict, repr=False)  # run index -> computed metrics per cell
 
     @property
     def compare(self) -> bool:
@@ -174,13 +244,70 @@ class Runs:
     def absent(self) -> list[str]:
         return sorted({a for r in self.runs for a in r.absent})
 
+    def metrics(self, i: int, task: str, lang: str) -> dict:
+        """Run i's {balanced_accuracy, macro_f1, roc_auc, predicted_distribution, gold_distribution}
+        on all its items of (task, lang): from summary.json, or, for a summary written before these
+        metrics existed, computed from predictions.jsonl (every value None without it)."""
+        entry = self.runs[i].summary["tasks"][task]["languages"][lang]
+        if all(k in entry for k in METRIC_KEYS):
+            return {k: entry[k] for k in METRIC_KEYS}
+        if i not in self._metrics:
+            self._metrics[i] = metrics_from_predictions(self.runs[i])
+        return self._metrics[i].get((task, lang)) or dict.fromkeys(METRIC_KEYS)
+
+
+#: Per-language metrics beside accuracy (summary.json keys, `metrics.classification_metrics`).
+METRIC_KEYS = ("balanced_accuracy", "macro_f1", "roc_auc", "predicted_distribution", "gold_distribution")
+
+
+def metrics_from_predictions(run: Run) -> dict[Cell, dict]:
+    """(task, lang) -> `metrics.classification_metrics` of the run's predictions.jsonl rows (pred as
+    recorded), {} when the run has no predictions.jsonl."""
+    from alignlens.metrics import classification_metrics
+
+    if not (run.path / "predictions.jsonl").is_file():
+        return {}
+    cells: dict[Cell, list[dict]] = {}
+    for row in prediction_rows(run):
+        cells.setdefault((str(row["task"]), str(row["lang"])), []).append(row)
+    out = {}
+    for (task, lang), rows in cells.items():
+        labels = list(run.summary["tasks"].get(task, {}).get("labels") or rows[0]["probs"])
+        ids = {lab: j for j, lab in enumerate(labels)}
+        try:
+            gold = [ids[r["gold"]] if isinstance(r["gold"], str) else int(r["gold"]) for r in rows]
+            pred = [ids[r["pred"]] if isinstance(r["pred"], str) else int(r["pred"]) for r in rows]
+            probs = [[float(r["probs"][lab]) for lab in labels] for r in rows]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AlignlensError(f"{run.path / 'predictions.jsonl'}: {task} {lang}: label {e} is not one of {labels}") from None
+        m = classification_metrics(gold, probs, labels, pred=pred)
+        out[task, lang] = {k: m[k] for k in METRIC_KEYS}
+    return out
+
 
 def load_runs(run_dir: Path, compare_dir: Path | None = None) -> Runs:
-    """Load one run, or two to compare (AlignlensError when two runs share no item)."""
+    """Load one run, or two to compare (AlignlensError when two runs share no item).
+
+    For two runs the paired statistics are read from comparison.json when it belongs to them
+    (`paired_mismatch`), else computed once here from their predictions.jsonl (`compute_paired`)."""
     runs = [load_run(Path(run_dir))] + ([load_run(Path(compare_dir))] if compare_dir is not None else [])
     if len(runs) == 1:
         return Runs(runs)
-    return Runs(runs, item_overlap(*runs), read_comparison(*runs))
+    a, b = runs
+    overlap = item_overlap(a, b)
+    trained = list(b.manifest.get("trained_languages") or [])
+    comp, why = find_comparison(a, b)
+    notes = [why] if why else []
+    paired, source = None, ""
+    if comp is not None:
+        why = paired_mismatch(comp["accuracy"], overlap, trained)
+        if why:
+            notes.append(f"{a.path.resolve().parent / 'comparison.json'} does not belong to these runs ({why}); its paired statistics were not used")
+        else:
+            paired, source = comp["accuracy"], "read from comparison.json (written by alignlens analyze --compare)"
+    if paired is None:
+        paired, source = compute_paired(a, b, overlap, trained), "computed by this report from the two runs' predictions.jsonl"
+    return Runs(runs, overlap, neurons_match(comp, a, b), paired, source, notes)
 
 
 def arr(values) -> np.ndarray:

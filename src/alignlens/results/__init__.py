@@ -7,14 +7,14 @@ JSONL, summary JSON, manifest; UTF-8, NaN -> null, atomic writes that honour the
 - `schema`: typed, checked readers of result folders (used by the report and by model loading).
 """
 
-from alignlens.results.io import (TEMP_PREFIX, atomic_path, atomic_write_bytes, clean_stale_temps, read_json,
+from alignlens.results.io import (TEMP_PREFIX, atomic_path, atomic_write_bytes, clean_stale_temps, read_json, read_jsonl,
                                   to_jsonable, write_json, write_jsonl)
 from alignlens.results.manifest import git_commit, now_iso, versions
 from alignlens.results.writer import (ANALYSIS_FILES, ANALYZE_FILES, EVAL_FILES, ROLES, OutputFolder,
                                       report_files)
 
 __all__ = [
-    "TEMP_PREFIX", "atomic_path", "atomic_write_bytes", "clean_stale_temps", "read_json", "to_jsonable",
+    "TEMP_PREFIX", "atomic_path", "atomic_write_bytes", "clean_stale_temps", "read_json", "read_jsonl", "to_jsonable",
     "write_json", "write_jsonl", "git_commit", "now_iso", "versions", "ANALYSIS_FILES", "ANALYZE_FILES",
     "EVAL_FILES", "ROLES", "OutputFolder", "report_files",
 ]

@@ -117,6 +117,22 @@ def read_json(path: str | Path) -> Any:
         raise AlignlensError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One JSON object per line (AlignlensError naming file and line for a bad one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AlignlensError(f"{path}: missing")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise AlignlensError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+    return rows
+
+
 def to_jsonable(obj: Any) -> Any:
     """Make numpy/torch scalars and arrays JSON-able; NaN/inf become null."""
     if isinstance(obj, dict):

@@ -13,7 +13,9 @@ Shapes of the JSON files (keys that readers rely on):
 - logit_lens.json: tasks.<task>.{n_layers, per_language.<lang>.{p_en, p_target, entropy_bits}.{mean, lo, hi}[layer]}
 - similarity.json: tasks.<task>.{per_language.<lang>.<metric>[layer], pairwise.{layers, languages, ...}}
 - neurons.json: {n_layers, languages, specific.<lang>.{count, count_per_layer, neurons}, overlap}
-- comparison.json: per_language.<lang>.{count_a, count_b, count_per_layer_a, count_per_layer_b}
+- comparison.json: {accuracy: paired.compare_runs output (tasks.<task>.{languages.<lang>.{n, acc_a, acc_b, delta,
+  delta_ci95, mcnemar, p_holm, p_bh, ...}, groups.<group>.{accuracy, balanced_accuracy}}),
+  neurons: per_language.<lang>.{count_a, count_b, count_per_layer_a, count_per_layer_b}, ...}
 - manifest.json: {alignlens_version, command, model{spec, name, hash, n_layers, ...}, data{tasks.<task>.hash, ...},
   options, seed, versions, git_commit, started, finished}
 """
@@ -157,13 +159,17 @@ def _check_neurons(d: Any, path: Path) -> None:
 
 
 def _check_comparison(d: Any, path: Path) -> None:
-    for l in _get(d, "per_language", path, dict):
+    for l in _get(d, "neurons.per_language", path, dict):
         for k in ("count_a", "count_b"):
-            _get(d, f"per_language.{l}.{k}", path, int)
+            _get(d, f"neurons.per_language.{l}.{k}", path, int)
         for k in ("count_per_layer_a", "count_per_layer_b"):
-            _check_series(d, f"per_language.{l}.{k}", path)
-    if "mean_abs_activation_probability_change_per_layer" in d:
-        _check_series(d, "mean_abs_activation_probability_change_per_layer", path)
+            _check_series(d, f"neurons.per_language.{l}.{k}", path)
+    if "mean_abs_activation_probability_change_per_layer" in d["neurons"]:
+        _check_series(d, "neurons.mean_abs_activation_probability_change_per_layer", path)
+    for t in _get(d, "accuracy.tasks", path, dict):
+        for l in _get(d, f"accuracy.tasks.{t}.languages", path, dict):
+            for k in ("n", "acc_a", "acc_b", "delta", "delta_ci95", "mcnemar", "p_holm"):
+                _get(d, f"accuracy.tasks.{t}.languages.{l}.{k}", path)
 
 
 _CHECKERS: dict[str, Callable[[Any, Path], None]] = {
