@@ -295,9 +295,9 @@ def train_cmd(
                      threads=threads, keep_checkpoints=keep_checkpoints or None)
     cfg = TrainConfig.from_preset(preset, **overrides)
     if resume:  # the saved run's options and model are used; only runtime options may change
-        result = train(None, None, out, resume=True, progress=True)
+        result = train(None, None, out, resume=True, progress=True, command=_command_line())
     else:
-        result = train(cfg, model, out, force=force, progress=True)
+        result = train(cfg, model, out, force=force, progress=True, command=_command_line())
     console.print(f"trained {result.steps} steps in {result.wall_seconds / 60:.1f} min "
                   f"({result.tokens_per_second:.0f} tok/s); val loss {result.initial_val_loss} -> best "
                   f"{result.best_val_loss} (step {result.best_step}); model: {result.out_dir}")

@@ -330,3 +330,17 @@ def test_sigterm_checkpoints_and_resume_checks_options(tiny_base, tmp_path):
     res = train(_cfg(per_language=20, eval_every=0, threads=1), tiny_base, out, resume=True, progress=False)
     assert res.resumed and res.steps == res.total_steps == res_total(info.value)
     assert res.manifest["training"]["sessions"] == 2
+
+
+def test_training_manifest_shares_the_provenance_keys_of_evaluation_manifests(tmp_path, tiny_base):
+    """Eval and train manifests start with the same keys (results.manifest.provenance)."""
+    from alignlens.results.manifest import provenance
+
+    out = tmp_path / "run"
+    train(_cfg(epochs=1), tiny_base, out, progress=False, command="alignlens train --out run")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    shared = list(provenance(command="", model={}, data={}, options={}, seed=0, started="", finished=None))
+    assert list(manifest)[: len(shared)] == shared
+    assert manifest["command"] == "alignlens train --out run"
+    assert manifest["model"]["spec"] == manifest["base_model"]["spec"] == tiny_base
+    assert manifest["finished"] is not None and manifest["seed"] == manifest["options"]["seed"]

@@ -41,9 +41,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from alignlens import AlignlensError, RunInterrupted, __version__
+from alignlens import AlignlensError, RunInterrupted
 from alignlens.model import DEFAULT_MODEL, load_hf, load_tokenizer, model_source, resolve_device
-from alignlens.results import git_commit, now_iso, versions, write_json
+from alignlens.results import now_iso, write_json
+from alignlens.results.manifest import provenance
 from alignlens.train.checkpoint import (FORMAT, Checkpoint, TrainLog, TrainState, atomic_save,
                                         check_out_dir, load_trainable, load_weights, rng_state, save_folder,
                                         set_rng_state, start_writing, trainable_state)
@@ -215,6 +216,7 @@ class Trainer:
         self.session_start = time.perf_counter() if session_start is None else session_start
         self._loop_start = time.perf_counter()  # reset by run()
         self._tokens_session = 0
+        self.command = ""  # the command line, recorded in the manifest (set by `train`)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -319,7 +321,8 @@ class Trainer:
         elapsed = st.elapsed + loop_seconds
         manifest = training_manifest(cfg, self.base_info, self.data, st, total_steps=self.total_steps,
                                      steps_per_epoch=self.steps_per_epoch, n_trainable=self.n_trainable,
-                                     device=self.device, elapsed=elapsed, best_weights=self.best_weights is not None)
+                                     device=self.device, elapsed=elapsed, best_weights=self.best_weights is not None,
+                                     command=self.command)
         self.log.write({"event": "done", "time": now_iso(), "step": st.step, "best_val_loss": st.best_val,
                         "best_step": st.best_step, "wall_seconds": round(elapsed, 1)})
         self.log.close()
@@ -409,27 +412,28 @@ class Trainer:
 
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
-                      best_weights: bool) -> dict:
-    """`manifest.json` of a finished run. `elapsed`: training-loop seconds over all sessions;
-    `best_weights`: the outputs hold the best-validation weights (else the final ones)."""
+                      best_weights: bool, command: str = "") -> dict:
+    """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
+    (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
+    times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
+    the outputs hold the best-validation weights (else the final ones)."""
     counts = data.counts
+    data_section = {
+        "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
+        "bundled": config.resolved_languages(), "files": list(config.data_files),
+        "n_train": len(data.train), "n_val": len(data.val),
+        "n_cut_to_max_len": sum(c["truncated"] + c["dropped"] for split in counts.values() for c in split.values()),
+        "max_len": config.max_len,
+        "examples": {split: {lang: {k: c[k] for k in COUNT_KEYS} for lang, c in rows.items()}
+                     for split, rows in counts.items()},
+        "train_tokens": sum(len(e.ids) for e in data.train), "seed": config.seed,
+        "format": "prompt = <X question>\\nTranslate the input from <X> to English:\\n; "
+                  "target = <English question>" + (" + EOS" if config.append_eos else "")}
     return {
+        **provenance(command=command, model=base_info, data=data_section, options=config.to_dict(),
+                     seed=config.seed, started=state.started, finished=now_iso()),
         "format": FORMAT,
-        "alignlens_version": __version__,
-        "base_model": base_info,
-        "data": {"languages": data.languages,
-                 "per_language": config.per_language if config.resolved_languages() else None,
-                 "bundled": config.resolved_languages(), "files": list(config.data_files),
-                 "n_train": len(data.train), "n_val": len(data.val),
-                 "n_cut_to_max_len": sum(c["truncated"] + c["dropped"] for split in counts.values()
-                                         for c in split.values()),
-                 "max_len": config.max_len,
-                 "examples": {split: {lang: {k: c[k] for k in COUNT_KEYS} for lang, c in rows.items()}
-                              for split, rows in counts.items()},
-                 "train_tokens": sum(len(e.ids) for e in data.train), "seed": config.seed,
-                 "format": "prompt = <X question>\\nTranslate the input from <X> to English:\\n; "
-                           "target = <English question>" + (" + EOS" if config.append_eos else "")},
-        "options": config.to_dict(),
+        "base_model": base_info,  # the same as "model": the model that was fine-tuned
         "training": {"steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                      "trainable_params": n_trainable, "method": "full" if config.full else "lora",
                      "device": str(device), "tokens_seen": state.tokens, "sessions": state.sessions,
@@ -443,10 +447,6 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
         "weights": "best validation loss" if best_weights else "final (no validation split)",
         "outputs": {"merged": "merged", "adapter": None if config.full else "adapter",
                     "checkpoints": "checkpoints" if config.keep_checkpoints else None},
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "started": state.started,
-        "finished": now_iso(),
     }
 
 
@@ -487,7 +487,7 @@ def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | No
 
 def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Path, *, resume: bool = False,
           force: bool = False, progress: bool = True,
-          callback: Callable[[dict], None] | None = None) -> TrainResult:
+          callback: Callable[[dict], None] | None = None, command: str = "") -> TrainResult:
     """Fine-tune `model_spec` on question translation and write a model folder to `out_dir`.
 
     `resume=True` continues from `out_dir/checkpoints/last.pt`; `config` and `model_spec` may
@@ -514,6 +514,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     model_spec = model_spec or DEFAULT_MODEL
     with torch_threads(config.threads), global_rng_restored():
         trainer = setup(config, model_spec, out, ckpt, progress, session_start)
+        trainer.command = command
         trainer.start(ckpt)
         return trainer.run(progress, callback)
 
