@@ -52,22 +52,6 @@ def clip_interval(interval, lo: float = 0.0, hi: float = 1.0) -> list[float]:
     return [math.nan if v is None or v != v else min(max(float(v), lo), hi) for v in interval]
 
 
-def diff_ci(a: float, a_ci, b: float, b_ci) -> tuple[float, float, float]:
-    """b - a of two proportions with Newcombe's (method 10) interval built from their own 95%
-    intervals (each first clipped to [0, 1]); the result is clipped to [-1, 1]. NaNs for a missing
-    proportion.
-
-    Treats the two proportions as independent, which is conservative for paired items.
-    """
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)):
-        return (math.nan, math.nan, math.nan)
-    (la, ua), (lb, ub) = clip_interval(a_ci), clip_interval(b_ci)
-    d = b - a
-    lo = d - math.sqrt((b - lb) ** 2 + (ua - a) ** 2)
-    hi = d + math.sqrt((ub - b) ** 2 + (a - la) ** 2)
-    return d, max(lo, -1.0), min(hi, 1.0)
-
-
 def group_means(
     pairs: Sequence[tuple[float | None, float | None]], groups: Mapping[str, Sequence[int]],
     paired: Sequence[bool] | None = None,

@@ -1,214 +1,567 @@
-"""Accuracy section: a table per task (with Δ and its interval when comparing) and bar charts.
+"""Accuracy section: per-language tables (accuracy, balanced accuracy, macro-F1, ROC-AUC, predicted
+labels; with two runs the paired tests), macro Δ by language group, bar charts, and the summary
+lines -- which are generated from these tests only.
 
-With two runs, a language both runs have is compared on their shared items only (both accuracies
-from `runs.overlap`); a language only one run has is listed with that run's own accuracy and no Δ,
-and is left out of the means, so every Δ is computed from the numbers printed beside it.
+With two runs every Δ comes from `runs.paired` (`paired.compare_runs`: read from comparison.json
+or computed from the runs' predictions.jsonl): per language the accuracy Δ on the items both runs
+have, its paired bootstrap 95% interval and the exact McNemar test with Holm (and
+Benjamini-Hochberg) adjustment across the task's languages; per language group the macro Δ of
+accuracy and of balanced accuracy with an item-cluster bootstrap 95% interval over the items every
+language of the group shares. A language only one run has is listed with that run's own numbers
+and no Δ. "Significant" is written only for a Holm-adjusted p < 0.05.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from alignlens import stats
-from alignlens.report.languages import NATIVE_NAMES, lang_label, resource_group
-from alignlens.report.layout import COLOR, Page, Section, Table, fmt, lang_ticks, new_fig, top, wrap
-from alignlens.report.runs import Runs
+from alignlens.report.languages import NATIVE_NAMES, lang_label, order_languages, resource_group
+from alignlens.report.layout import COLOR, Page, Section, Table, fmt, lang_ticks, new_fig, top
+from alignlens.report.runs import METRIC_KEYS, Runs
 from alignlens.stats import clip_interval
+
+ALPHA = 0.05  # Holm-adjusted p below this: "significant"
+ROWS_PER_PAGE = 24  # language rows per table page (longer tables continue on the next page)
+GROUP_ROWS_PER_PAGE = 26
+GREEN, RED, GREY, WHITE, HEAD = "#d8f0d8", "#f6d5d5", "#eeeeee", "#ffffff", "#dde4f0"
 
 
 @dataclass
 class AccRow:
-    """One language of one task: each run's {"accuracy", "n", "ci95"} (None where absent)."""
+    """One language of one task. a / b: each run's {"accuracy", "n", "ci95", and METRIC_KEYS} on the
+    compared items (None where the run lacks the language); test: the paired statistics of
+    `paired.compare_runs` for the language (None when not compared)."""
 
     task: str
     lang: str
     trained: bool
     a: dict | None
     b: dict | None
-    comparable: bool = True  # False: both runs have the language but on disjoint items
+    test: dict | None = None
 
     @property
     def paired(self) -> bool:
-        return bool(self.a and self.b and self.comparable)
-
-    @property
-    def diff(self) -> tuple[float, float, float]:
-        """(b - a, lo, hi) with Newcombe's interval; NaNs when not paired."""
-        if not self.paired:
-            return (math.nan, math.nan, math.nan)
-        return stats.diff_ci(self.a["accuracy"], self.a["ci95"], self.b["accuracy"], self.b["ci95"])
+        return self.test is not None
 
 
-def _clipped(entry: dict | None) -> dict | None:
-    return None if entry is None else {**entry, "ci95": clip_interval(entry["ci95"])}
+def _clipped(entry: dict) -> dict:
+    return {**entry, "ci95": clip_interval(entry["ci95"])}
+
+
+def task_labels(runs: Runs, task: str) -> list[str]:
+    for r in runs.runs:
+        labels = r.summary["tasks"].get(task, {}).get("labels")
+        if labels:
+            return [str(x) for x in labels]
+    if runs.paired and task in runs.paired["tasks"]:
+        return list(runs.paired["tasks"][task]["labels"])
+    return []
 
 
 def accuracy_rows(runs: Runs, task: str) -> list[AccRow]:
     """One row per language of `task`, languages in report order (see the module docstring)."""
-    from alignlens.report.languages import order_languages
-
     per = [r.summary["tasks"].get(task, {}).get("languages", {}) for r in runs.runs]
+    tests = (runs.paired or {}).get("tasks", {}).get(task, {}).get("languages", {})
     rows = []
     for l in order_languages([l for p in per for l in p]):
-        a, b = per[0].get(l), per[1].get(l) if len(per) > 1 else None
-        comparable = True
-        if runs.overlap is not None and (task, l) in runs.overlap.acc:
-            a, b = runs.overlap.acc[task, l]
-        elif a is not None and b is not None:  # both ran it, on disjoint items
-            comparable = False
-        rows.append(AccRow(task, l, l in runs.trained, _clipped(a), _clipped(b), comparable))
+        if l in tests and runs.overlap is not None and (task, l) in runs.overlap.acc:
+            t = tests[l]
+            oa, ob = runs.overlap.acc[task, l]
+            a = {**_clipped(oa), **{k: t["metrics_a"][k] for k in METRIC_KEYS}}
+            b = {**_clipped(ob), **{k: t["metrics_b"][k] for k in METRIC_KEYS}}
+            rows.append(AccRow(task, l, l in runs.trained, a, b, t))
+            continue
+        side = []
+        for i, p in enumerate(per):
+            side.append({**_clipped(p[l]), **runs.metrics(i, task, l)} if l in p else None)
+        rows.append(AccRow(task, l, l in runs.trained, side[0], side[1] if len(side) > 1 else None))
     return rows
 
 
-def group_means(rows: list[AccRow]) -> list[dict]:
-    """Macro means over languages for the groups high/low-resource, trained/not trained and all:
-    [{"group", "n_languages", "base", "aligned", "diff"}] (see `stats.group_means`)."""
-    groups = {
-        "high-resource": [i for i, r in enumerate(rows) if resource_group(r.lang) == "high"],
-        "low-resource": [i for i, r in enumerate(rows) if resource_group(r.lang) == "low"],
-        "trained": [i for i, r in enumerate(rows) if r.trained],
-        "not trained": [i for i, r in enumerate(rows) if not r.trained],
-        "all": list(range(len(rows))),
-    }
-    pairs = [(r.a["accuracy"] if r.a else None, r.b["accuracy"] if r.b else None) for r in rows]
-    return [{"group": g["group"], "n_languages": g["n"], "base": g["a"], "aligned": g["b"], "diff": g["diff"]}
-            for g in stats.group_means(pairs, groups, [r.paired for r in rows])]  # fmt: skip
+def task_groups(runs: Runs, task: str) -> dict[str, dict]:
+    """The paired macro Δ per language group of `task` ({group: {"accuracy", "balanced_accuracy"}},
+    groups without a compared language left out); {} for a single run or a task not compared."""
+    groups = (runs.paired or {}).get("tasks", {}).get(task, {}).get("groups", {})
+    return {g: v for g, v in groups.items() if v["accuracy"]["languages"]}
+
+
+def single_group_means(runs: Runs, rows: list[AccRow]) -> list[dict]:
+    """Single run: macro means over the languages of each group (`paired.language_groups`)."""
+    from alignlens.paired import language_groups
+
+    by_lang = {r.lang: r.a for r in rows if r.a}
+    out = []
+    for g, langs in language_groups(list(by_lang), runs.trained).items():
+        vals = {k: [by_lang[l][k] for l in langs if by_lang[l].get(k) is not None]
+                for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")}  # fmt: skip
+        out.append({"group": g, "languages": langs, **{k: float(np.mean(v)) if v else None for k, v in vals.items()}})
+    return out
+
+
+# ---- text helpers ------------------------------------------------------------------------------
+
+
+def _p(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def _auc(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _ci(ci, sign: bool = True) -> str:
+    return "—" if not ci or ci[0] is None else f"[{fmt(ci[0], sign=sign)}, {fmt(ci[1], sign=sign)}]"
+
+
+def _excludes0(ci) -> bool:
+    return bool(ci) and ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def _verdict(ci) -> str:
+    """What a Δ's interval says about 0, in words."""
+    if not ci or ci[0] is None:
+        return "has no interval (no item is shared by all its languages)"
+    return "lies above 0" if ci[0] > 0 else "lies below 0" if ci[1] < 0 else "includes 0"
+
+
+def _shares(dist: dict | None, labels: list[str]) -> str:
+    """'87/13': predicted (or gold) share of each label in %, in label order."""
+    if not dist:
+        return "—"
+    n = sum(dist.values())
+    return "/".join(f"{100 * dist.get(lab, 0) / n:.0f}" for lab in labels) if n else "—"
+
+
+def _pooled(rows: list[AccRow], side: str, key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        for lab, c in ((getattr(r, side) or {}).get(key) or {}).items():
+            out[lab] = out.get(lab, 0) + int(c)
+    return out
+
+
+def _share(dist: dict[str, int], label: str) -> float:
+    n = sum(dist.values())
+    return dist.get(label, 0) / n if n else math.nan
+
+
+def _langs(rows: list[AccRow]) -> str:
+    return " ".join(r.lang for r in rows) or "none"
+
+
+# ---- summary lines -----------------------------------------------------------------------------
+
+
+def method_line(runs: Runs) -> list[str]:
+    """How the Δs and tests below were obtained (comparing only)."""
+    if not runs.compare or not runs.paired:
+        return []
+    p = runs.paired
+    return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ (aligned − base) on the shared items "
+            f"with a paired bootstrap 95% interval and an exact McNemar test, Holm-adjusted across a task's languages "
+            f"(Benjamini–Hochberg as an extra column); per language group the macro Δ over its languages with an item-cluster "
+            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']})."]  # fmt: skip
+
+
+def prior_shift(rows: list[AccRow], labels: list[str], groups: dict[str, dict]) -> dict | None:
+    """When a task's macro accuracy gain comes with a fall in macro balanced accuracy or in mean
+    ROC-AUC: {"bal", "auc" (mean_a, mean_b, n_lower, n) or None, "label", "share_b", "share_a",
+    "gold", "one_label_langs"}; else None."""
+    pairs = [r for r in rows if r.paired]
+    acc, bal = groups["all"]["accuracy"], groups["all"]["balanced_accuracy"]
+    if acc["delta"] is None or acc["delta"] <= 0:
+        return None
+    aucs = [(r.a["roc_auc"], r.b["roc_auc"]) for r in pairs if r.a["roc_auc"] is not None and r.b["roc_auc"] is not None]
+    auc = None
+    if aucs:
+        ma, mb = float(np.mean([x for x, _ in aucs])), float(np.mean([y for _, y in aucs]))
+        auc = (ma, mb, sum(y < x for x, y in aucs), len(aucs))
+    bal_fall = bal["delta"] is not None and bal["delta"] < 0
+    auc_fall = auc is not None and auc[1] < auc[0]
+    if not (bal_fall or auc_fall):
+        return None
+    pa, pb, gold = _pooled(pairs, "a", "predicted_distribution"), _pooled(pairs, "b", "predicted_distribution"), _pooled(pairs, "a", "gold_distribution")
+    label = max(labels, key=lambda lab: (_share(pb, lab) - _share(pa, lab), _share(pb, lab)))
+    one = [r for r in pairs if r.b["n"] and max((r.b["predicted_distribution"] or {}).values(), default=0) == r.b["n"]]
+    return {"bal": bal if bal_fall else None, "auc": auc if auc_fall else None, "label": label,
+            "share_b": _share(pb, label), "share_a": _share(pa, label), "gold": _share(gold, label), "one_label_langs": one}  # fmt: skip
+
+
+def _holm_text(pairs: list[AccRow]) -> str:
+    m = len(pairs)
+    sig = [r for r in pairs if r.test["p_holm"] is not None and r.test["p_holm"] < ALPHA]
+    raw = sum(r.test["mcnemar"]["p_value"] < ALPHA for r in pairs)
+    bh = sum(r.test["p_bh"] is not None and r.test["p_bh"] < ALPHA for r in pairs)
+    if sig:
+        up = [r for r in sig if r.test["delta"] > 0]
+        down = [r for r in sig if r.test["delta"] < 0]
+        text = (f"{len(sig)} of {m} languages survive Holm correction (significant at p_Holm < {ALPHA}): "
+                f"gains in {len(up)} ({_langs(up)}), losses in {len(down)} ({_langs(down)})")  # fmt: skip
+    else:
+        best = min(pairs, key=lambda r: (r.test["p_holm"] if r.test["p_holm"] is not None else 2.0))
+        text = (f"0 of {m} languages survive Holm correction (p_Holm < {ALPHA}); smallest p_Holm {_p(best.test['p_holm'])} "
+                f"({lang_label(best.lang)})")  # fmt: skip
+    return text + f"; unadjusted p < {ALPHA} in {raw} of {m}; Benjamini–Hochberg-adjusted p < {ALPHA} in {bh} of {m}."
+
+
+def _delta_text(g: dict, what: str) -> str:
+    ci = g["ci95"]
+    verdict = "excludes 0" if _excludes0(ci) else "includes 0" if ci else "cannot be computed"
+    return (f"{what} {fmt(g['a'])}% → {fmt(g['b'])}% (Δ {fmt(g['delta'], sign=True)} points, 95% CI {_ci(ci)}; "
+            f"the interval {verdict})")
+
+
+def claim_text(task: str, groups: dict[str, dict], shift: dict | None) -> tuple[bool, str]:
+    """(holds, sentence) on the paper's claim -- alignment improves accuracy across languages,
+    including untrained ones -- for one task, from the macro Δ intervals."""
+    claim = "alignment improves accuracy across languages, including untrained ones"
+    acc = groups["all"]["accuracy"]
+    untr = groups.get("untrained", {}).get("accuracy")
+    fails = []
+    if not (acc["ci95"] and acc["ci95"][0] > 0):
+        fails.append(f"the macro accuracy Δ over all {len(acc['languages'])} languages is {fmt(acc['delta'], sign=True)} "
+                     f"points with 95% CI {_ci(acc['ci95'])}, an interval that {_verdict(acc['ci95'])}")  # fmt: skip
+    if untr is not None and not (untr["ci95"] and untr["ci95"][0] > 0):
+        fails.append(f"over the {len(untr['languages'])} untrained languages it is {fmt(untr['delta'], sign=True)} points "
+                     f"with 95% CI {_ci(untr['ci95'])}, an interval that {_verdict(untr['ci95'])}")  # fmt: skip
+    if shift is not None:
+        fails.append("the accuracy change comes with a fall in balanced accuracy or ROC-AUC (see above), so it does not show better task ability")
+    if fails:
+        return False, f"The paper's claim ({claim}) does not hold on these runs for {task}: " + "; ".join(fails) + "."
+    if untr is None:
+        return True, (f"Consistent with the first half of the paper's claim ({claim}) for {task}: the macro accuracy gain's "
+                      "interval lies above 0; the untrained half cannot be checked (the aligned run's manifest names no trained languages).")  # fmt: skip
+    return True, (f"Consistent with the paper's claim ({claim}) for {task}: the macro accuracy gains over all languages "
+                  "and over the untrained languages both have intervals above 0.")  # fmt: skip
+
+
+def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str], bool | None]:
+    """The summary lines of one compared task (and whether the paper's claim holds there)."""
+    groups = task_groups(runs, task)
+    pairs = [r for r in rows if r.paired]
+    labels = task_labels(runs, task)
+    acc, bal = groups["all"]["accuracy"], groups["all"]["balanced_accuracy"]
+    n_items = acc["n_items"]
+    if not n_items:
+        lines = [f"• {task}: no item is shared by all {len(acc['languages'])} compared languages, so no macro Δ is given "
+                 "(per-language tests below)."]  # fmt: skip
+    else:
+        lines = [f"• {task}: mean accuracy over {len(acc['languages'])} languages {fmt(acc['a'])}% → {fmt(acc['b'])}% "
+                 f"(Δ {fmt(acc['delta'], sign=True)} points, 95% CI {_ci(acc['ci95'])} by item-cluster bootstrap over the {n_items} "
+                 f"items all of them share; the interval {'excludes' if _excludes0(acc['ci95']) else 'includes'} 0). "
+                 + _delta_text(bal, "Balanced accuracy") + "."]  # fmt: skip
+    lines.append("   – Exact McNemar per language: " + _holm_text(pairs))
+    others = [(g, v) for g, v in groups.items() if g != "all"]
+    if others:
+        lines.append("   – Macro accuracy Δ by group (item-cluster bootstrap 95% CI): " + "; ".join(
+            f"{g} ({len(v['accuracy']['languages'])} languages, {v['accuracy']['n_items']} items) "
+            f"{fmt(v['accuracy']['delta'], sign=True)} {_ci(v['accuracy']['ci95'])}" for g, v in others) + ".")  # fmt: skip
+    if labels:
+        dists = [(who, _pooled(pairs, side, key)) for who, side, key in
+                 (("base", "a", "predicted_distribution"), ("aligned", "b", "predicted_distribution"), ("gold", "a", "gold_distribution"))]  # fmt: skip
+        lines.append(f"   – Labels used ({'/'.join(labels)}, % of the compared items, pooled over languages): "
+                     + ", ".join(f"{who} {_shares(d, labels)}" for who, d in dists) + ".")  # fmt: skip
+    shift = prior_shift(rows, labels, groups)
+    if shift is not None:
+        falls = []
+        if shift["bal"] is not None:
+            falls.append(f"balanced accuracy ({fmt(shift['bal']['a'])}% → {fmt(shift['bal']['b'])}%)")
+        if shift["auc"] is not None:
+            ma, mb, k, n = shift["auc"]
+            falls.append(f"ROC-AUC (mean {ma:.3f} → {mb:.3f}; lower in {k} of {n} languages)")
+        text = (f"   – The accuracy gain comes with a fall in {' and in '.join(falls)}: likely a label-prior shift: the aligned "
+                f"model predicts {shift['label']} for {fmt(shift['share_b'])}% of items vs {fmt(shift['gold'])}% gold "
+                f"(base: {fmt(shift['share_a'])}%).")  # fmt: skip
+        if shift["one_label_langs"]:
+            text += f" It predicts one label for every item in {len(shift['one_label_langs'])} languages ({_langs(shift['one_label_langs'])})."
+        lines.append(text)
+    holds, claim = claim_text(task, groups, shift)
+    lines.append("   – " + claim)
+    return lines, holds
+
+
+def single_lines(runs: Runs, task: str, rows: list[AccRow]) -> list[str]:
+    """The summary line of one task of a single run (or of a task only one run has)."""
+    present = [(i, [getattr(r, side) for r in rows if getattr(r, side)]) for i, side in enumerate(("a", "b")[: len(runs.runs)])]
+    labels = task_labels(runs, task)
+    parts = []
+    for i, entries in present:
+        if not entries:
+            continue
+
+        def mean(k):
+            v = [e[k] for e in entries if e.get(k) is not None]
+            return float(np.mean(v)) if v else None
+
+        pred, gold = {}, {}
+        for e in entries:
+            for lab, c in (e.get("predicted_distribution") or {}).items():
+                pred[lab] = pred.get(lab, 0) + c
+            for lab, c in (e.get("gold_distribution") or {}).items():
+                gold[lab] = gold.get(lab, 0) + c
+        who = f"{runs.roles[i]} " if runs.compare else ""
+        text = (f"{who}mean accuracy {fmt(mean('accuracy'))}% over {len(entries)} languages, balanced accuracy "
+                f"{fmt(mean('balanced_accuracy'))}%, macro-F1 {fmt(mean('macro_f1'))}%"
+                + (f", ROC-AUC {_auc(mean('roc_auc'))}" if mean("roc_auc") is not None else ""))  # fmt: skip
+        if pred and gold and labels:
+            over = max(labels, key=lambda lab: _share(pred, lab) - _share(gold, lab))
+            text += f"; it predicts {over} for {fmt(_share(pred, over))}% of items vs {fmt(_share(gold, over))}% gold"
+        parts.append(text)
+    prefix = f"• {task} (not compared: no item in both runs): " if runs.compare else f"• {task}: "
+    return [prefix + "; ".join(parts) + "."]
+
+
+def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
+    lines = method_line(runs)
+    verdicts = {}
+    for task, rows in per_task.items():
+        if runs.compare and any(r.paired for r in rows) and "all" in task_groups(runs, task):
+            more, verdicts[task] = compare_lines(runs, task, rows)
+            lines += more
+        else:
+            lines += single_lines(runs, task, rows)
+    if verdicts:
+        held = [t for t, v in verdicts.items() if v]
+        lines.append(f"• Paper's claim (alignment improves accuracy across languages, including untrained ones): holds on these runs "
+                     f"for {len(held)} of {len(verdicts)} compared tasks ({', '.join(held) or 'none'}).")  # fmt: skip
+    return lines
+
+
+# ---- tables (CSV) ------------------------------------------------------------------------------
+
+CSV_HEADER = [
+    "task", "language", "native_name", "resource_group", "trained",
+    "n_base", "acc_base", "ci95_lo_base", "ci95_hi_base", "balanced_acc_base", "macro_f1_base", "roc_auc_base", "pred_counts_base",
+    "n_aligned", "acc_aligned", "ci95_lo_aligned", "ci95_hi_aligned", "balanced_acc_aligned", "macro_f1_aligned",
+    "roc_auc_aligned", "pred_counts_aligned",
+    "gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh",
+]  # fmt: skip
+GROUP_HEADER = [
+    "task", "group", "n_languages", "languages", "missing_languages", "n_items",
+    "mean_acc_base", "mean_acc_aligned", "mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi",
+    "mean_bal_acc_base", "mean_bal_acc_aligned", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi",
+]  # fmt: skip
+
+
+def _num(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _csv_row(r: AccRow) -> list:
+    rec = [r.task, r.lang, NATIVE_NAMES.get(r.lang, ""), resource_group(r.lang), int(r.trained)]
+    for x in (r.a, r.b):
+        if x:
+            rec += [x["n"], x["accuracy"], x["ci95"][0], x["ci95"][1], _num(x["balanced_accuracy"]), _num(x["macro_f1"]),
+                    _num(x["roc_auc"]), json.dumps(x["predicted_distribution"], ensure_ascii=False) if x["predicted_distribution"] else ""]  # fmt: skip
+        else:
+            rec += ["", math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, ""]
+    gold = next((x["gold_distribution"] for x in (r.a, r.b) if x and x.get("gold_distribution")), None)
+    rec.append(json.dumps(gold, ensure_ascii=False) if gold else "")
+    if r.paired:
+        t = r.test
+        rec += [t["delta"], t["delta_ci95"][0], t["delta_ci95"][1], t["mcnemar"]["b01"], t["mcnemar"]["b10"],
+                t["mcnemar"]["p_value"], _num(t["p_holm"]), _num(t["p_bh"])]  # fmt: skip
+    else:
+        rec += [math.nan, math.nan, math.nan, "", "", math.nan, math.nan, math.nan]
+    return rec
+
+
+def _group_csv_rows(runs: Runs, task: str, rows: list[AccRow]) -> list[list]:
+    out = []
+    groups = task_groups(runs, task)
+    if groups:
+        for g, v in groups.items():
+            a, b = v["accuracy"], v["balanced_accuracy"]
+            ci_a, ci_b = a["ci95"] or [None, None], b["ci95"] or [None, None]
+            out.append([task, g, len(a["languages"]), " ".join(a["languages"]), " ".join(a["missing_languages"]), a["n_items"],
+                        _num(a["a"]), _num(a["b"]), _num(a["delta"]), _num(ci_a[0]), _num(ci_a[1]),
+                        _num(b["a"]), _num(b["b"]), _num(b["delta"]), _num(ci_b[0]), _num(ci_b[1])])  # fmt: skip
+        return out
+    if runs.compare:
+        return out
+    for g in single_group_means(runs, rows):
+        out.append([task, g["group"], len(g["languages"]), " ".join(g["languages"]), "", "", _num(g["accuracy"]),
+                    math.nan, math.nan, math.nan, math.nan, _num(g["balanced_accuracy"]), math.nan, math.nan, math.nan, math.nan])  # fmt: skip
+    return out
+
+
+# ---- the section -------------------------------------------------------------------------------
 
 
 def build(runs: Runs) -> Section:
     """Accuracy tables and charts, accuracy.csv / accuracy_groups.csv, and the accuracy summary lines."""
     section = Section()
-    csv_rows, group_rows, task_lines = [], [], []
-    for task in runs.tasks():
-        rows = accuracy_rows(runs, task)
-        groups = group_means(rows)
-        for r in rows:
-            rec = [task, r.lang, NATIVE_NAMES.get(r.lang, ""), resource_group(r.lang), int(r.trained)]
-            for x in (r.a, r.b):
-                rec += [x["n"], x["accuracy"], x["ci95"][0], x["ci95"][1]] if x else ["", math.nan, math.nan, math.nan]
-            csv_rows.append(rec + list(r.diff))
-        group_rows += [[task, g["group"], g["n_languages"], g["base"], g["aligned"], g["diff"]] for g in groups]
-        task_lines.append(_task_line(runs, task, rows, groups))
-        section.pages.append(Page("Accuracy table", f"Accuracy table — {task}", f"accuracy_table_{task}",
-                                  lambda task=task, rows=rows, groups=groups: _draw_table(runs, task, rows, groups)))  # fmt: skip
-    tasks = runs.tasks()
+    per_task = {task: accuracy_rows(runs, task) for task in runs.tasks()}
+    csv_rows, group_rows = [], []
+    for task, rows in per_task.items():
+        csv_rows += [_csv_row(r) for r in rows]
+        group_rows += _group_csv_rows(runs, task, rows)
+        chunks = [rows[i : i + ROWS_PER_PAGE] for i in range(0, len(rows), ROWS_PER_PAGE)]
+        for k, chunk in enumerate(chunks):
+            part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            draw = _draw_compare_table if runs.compare else _draw_single_table
+            means = rows if k == len(chunks) - 1 else None  # group means below the last part
+            section.pages.append(Page("Accuracy table", f"Accuracy table — {task}{part}", f"accuracy_table_{task}{'_' + str(k + 1) if part else ''}",
+                                      lambda task=task, chunk=chunk, part=part, means=means, draw=draw:
+                                      draw(runs, task, chunk, part, means)))  # fmt: skip
+    if runs.compare:
+        grows = [(task, g, v) for task in per_task for g, v in task_groups(runs, task).items()]
+        chunks = [grows[i : i + GROUP_ROWS_PER_PAGE] for i in range(0, len(grows), GROUP_ROWS_PER_PAGE)]
+        for k, chunk in enumerate(chunks):
+            part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            section.pages.append(Page("Accuracy table", f"Macro Δ by language group{part}", f"accuracy_groups{'_' + str(k + 1) if part else ''}",
+                                      lambda chunk=chunk, part=part: _draw_groups(runs, chunk, part)))  # fmt: skip
+    tasks = list(per_task)
     for start in range(0, len(tasks), 3):
         chunk = tasks[start : start + 3]
         section.pages.append(Page("Accuracy charts", f"Accuracy by language — {', '.join(chunk)}", f"accuracy_bars_{'_'.join(chunk)}",
                                   lambda chunk=chunk: _draw_bars(runs, chunk)))  # fmt: skip
-    section.summary_lines = _overall_lines(runs) + task_lines
-    section.tables = [
-        Table("accuracy.csv", ["task", "language", "native_name", "resource_group", "trained",
-                               "n_base", "acc_base", "ci95_lo_base", "ci95_hi_base",
-                               "n_aligned", "acc_aligned", "ci95_lo_aligned", "ci95_hi_aligned",
-                               "diff", "diff_ci95_lo", "diff_ci95_hi"], csv_rows),
-        Table("accuracy_groups.csv", ["task", "group", "n_languages", "mean_acc_base", "mean_acc_aligned", "mean_diff"], group_rows),
-    ]  # fmt: skip
+    section.summary_lines = summary_lines(runs, per_task)
+    section.tables = [Table("accuracy.csv", CSV_HEADER, csv_rows), Table("accuracy_groups.csv", GROUP_HEADER, group_rows)]
     return section
 
 
-def _overall_lines(runs: Runs) -> list[str]:
-    """The first summary line when comparing: means over all tasks × languages, and by group."""
-    if not runs.compare:
-        return []
-    g = {x["group"]: x for x in group_means([r for t in runs.tasks() for r in accuracy_rows(runs, t)])}
-    if "all" not in g or math.isnan(g["all"]["diff"]):
-        return []
-    bits = [f"{name} {fmt(g[name]['diff'], sign=True)}" for name in ("trained", "not trained", "high-resource", "low-resource")
-            if name in g and not math.isnan(g[name]["diff"])]  # fmt: skip
-    return [f"• Overall (all tasks, macro mean over task × language): accuracy {fmt(g['all']['base'])}% → "
-            f"{fmt(g['all']['aligned'])}% (Δ {fmt(g['all']['diff'], sign=True)} points). Mean Δ by group: {', '.join(bits) or '—'}."]  # fmt: skip
+# ---- pages -------------------------------------------------------------------------------------
 
 
-def _task_line(runs: Runs, task: str, rows: list[AccRow], groups: list[dict]) -> str:
-    """One summary line for a task: its mean accuracies (and Δ, significant changes when comparing)."""
-    g = {x["group"]: x for x in groups}
-    if runs.compare and not any(r.paired for r in rows):  # only one run has this task (or no shared item)
-        sides = [(runs.roles[i], key) for i, key in ((0, "base"), (1, "aligned")) if not math.isnan(g["all"][key])]
-        return f"• {task} (not compared: no item in both runs): " + "; ".join(
-            f"{role} mean accuracy {fmt(g['all'][key])}% over {g['all']['n_languages']} languages" for role, key in sides) + "."  # fmt: skip
-    if not runs.compare:
-        return (f"• {task}: mean accuracy {fmt(g['all']['base'])}% over {g['all']['n_languages']} languages"
-                + (f" (high-resource {fmt(g['high-resource']['base'])}%, low-resource {fmt(g['low-resource']['base'])}%)."
-                   if "high-resource" in g and "low-resource" in g else "."))  # fmt: skip
-    parts = [f"• {task}: mean accuracy {fmt(g['all']['base'])}% → {fmt(g['all']['aligned'])}% (Δ {fmt(g['all']['diff'], sign=True)} points)"]
-    parts += [f"{name} Δ {fmt(g[name]['diff'], sign=True)}" for name in ("high-resource", "low-resource", "trained", "not trained")
-              if name in g and not math.isnan(g[name]["diff"])]  # fmt: skip
-    both = [(r, *r.diff) for r in rows if r.paired]
-    up = [r.lang for r, d, lo, hi in both if lo > 0]
-    down = [r.lang for r, d, lo, hi in both if hi < 0]
-    line = "; ".join(parts) + "."
-    line += f" Significant gains in {len(up)}/{len(both)} languages ({' '.join(up) or 'none'}), losses in {len(down)} ({' '.join(down) or 'none'})."
-    best, worst = max(both, key=lambda x: x[1]), min(both, key=lambda x: x[1])
-    line += (f" Largest gain: {lang_label(best[0].lang)} {fmt(best[1], sign=True)}; largest drop/smallest gain: "
-             f"{lang_label(worst[0].lang)} {fmt(worst[1], sign=True)}.")  # fmt: skip
-    return line
-
-
-def _table_cells(runs: Runs, rows: list[AccRow], groups: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
-    """(cell texts, cell colours) of the accuracy table: one row per language, then the group means."""
-    cells, colors = [], []
-    white, grey = "#ffffff", "#eeeeee"
-    for r in rows:
-        c = [lang_label(r.lang) + (" *" if r.trained else ""), resource_group(r.lang)]
-        c.append("/".join(dict.fromkeys(str(x["n"]) for x in (r.a, r.b) if x)) or "—")
-        for x in [r.a] + ([r.b] if runs.compare else []):
-            c += [fmt(x["accuracy"]), f"[{fmt(x['ci95'][0])}, {fmt(x['ci95'][1])}]"] if x else ["—", "—"]
-        col = [white] * (len(c) + (2 if runs.compare else 0))
-        if runs.compare:
-            d, lo, hi = r.diff
-            c += [fmt(d, sign=True), f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}]"]
-            if not math.isnan(lo) and lo > 0:
-                col[-2] = col[-1] = "#d8f0d8"
-            elif not math.isnan(hi) and hi < 0:
-                col[-2] = col[-1] = "#f6d5d5"
-        cells.append(c)
-        colors.append(col)
-    for g in groups:
-        c = [f"mean: {g['group']}", f"{g['n_languages']} langs", "", fmt(g["base"]), ""]
-        if runs.compare:
-            c += [fmt(g["aligned"]), "", fmt(g["diff"], sign=True), ""]
-        cells.append(c)
-        colors.append([grey] * len(c))
-    return cells, colors
-
-
-def _draw_table(runs: Runs, task: str, rows: list[AccRow], groups: list[dict]):
-    labels = next((r.summary["tasks"].get(task, {}).get("labels") for r in runs.runs
-                   if r.summary["tasks"].get(task, {}).get("labels")), [])  # fmt: skip
-    sub = (f"Few-shot accuracy (%) with 95% intervals. Labels: {', '.join(map(str, labels)) or '—'}. "
-           "* = trained language of the aligned model. ")  # fmt: skip
-    if runs.compare:
-        sub += ("Δ = aligned − base (Newcombe interval from the two intervals; green/red: interval excludes 0). "
-                "Compared on the items both runs have (n); a language only one run has is shown without Δ "
-                "and left out of the means.")  # fmt: skip
-    fig = new_fig(f"Accuracy — {task}", wrap(sub, 170))
-    ax = fig.add_axes([0.03, 0.04, 0.94, top(fig, 0.88) + 0.02 - 0.04])
+def _table(fig, cells, colors, header, widths, bold_from: int | None = None, fontsize: float = 8) -> float:
+    """A table below the page's subtitle: header row (two lines) bold on blue, first column
+    left-aligned, rows at most 0.035 of the page high. Returns the figure y of the table's bottom."""
+    y_top = top(fig, 0.88) + 0.02
+    avail = y_top - 0.04
+    ax = fig.add_axes([0.02, 0.04, 0.96, avail])
     ax.axis("off")
-    header = ["language", "group", "n", "base", "base 95% CI"]
-    if runs.compare:
-        header += ["aligned", "aligned 95% CI", "Δ", "Δ 95% CI"]
-    cells, colors = _table_cells(runs, rows, groups)
-    widths = [0.2, 0.08, 0.06, 0.08, 0.13] + ([0.08, 0.13, 0.08, 0.14] if runs.compare else [])
     tab = ax.table(cellText=cells, colLabels=header, cellColours=colors, colWidths=widths, loc="upper center", cellLoc="center")
     tab.auto_set_font_size(False)
-    tab.set_fontsize(8.5 if len(cells) <= 26 else 7)
-    h = min(0.045, 0.98 / (len(cells) + 1))
+    tab.set_fontsize(fontsize)
+    n = len(cells) + 2  # the header takes two lines
+    h = min(0.035, 0.97 * avail / n)  # figure fraction per row
     for (ri, ci), cell in tab.get_celld().items():
-        cell.set_height(h)
+        cell.set_height((2 * h if ri == 0 else h) / avail)
         cell.set_edgecolor("#bbbbbb")
         if ri == 0:
             cell.set_text_props(fontweight="bold")
-            cell.set_facecolor("#dde4f0")
+            cell.set_facecolor(HEAD)
         if ci == 0 and ri > 0:
             cell.set_text_props(ha="left")
             cell._loc = "left"
-        if ri > len(rows):
+        if bold_from is not None and ri > bold_from:
             cell.set_text_props(fontweight="bold")
+    return y_top - n * h
+
+
+def _draw_single_table(runs: Runs, task: str, rows: list[AccRow], part: str, means: list[AccRow] | None):
+    """One run's table of `rows`; with `means` (all rows of the task) the group means below."""
+    labels = task_labels(runs, task)
+    sub = (f"Few-shot accuracy (%) with 95% bootstrap intervals, balanced accuracy (mean recall over the gold labels), macro-F1 and, "
+           f"for two-label tasks, ROC-AUC of p({labels[-1] if labels else '?'}) / (sum of both). pred % and gold %: share of each label "
+           f"({'/'.join(labels) or '—'}) among the predictions and the gold answers. * = trained language.")  # fmt: skip
+    fig = new_fig(f"Accuracy — {task}{part}", sub)
+    header = ["language", "group", "n", "accuracy", "95% CI", "balanced\naccuracy", "macro-F1", "ROC-AUC", "pred %", "gold %"]
+    cells, colors = [], []
+    for r in rows:
+        x = r.a or r.b
+        cells.append([lang_label(r.lang) + (" *" if r.trained else ""), resource_group(r.lang), str(x["n"]), fmt(x["accuracy"]),
+                      _ci(x["ci95"], sign=False), fmt(x["balanced_accuracy"]), fmt(x["macro_f1"]), _auc(x["roc_auc"]),
+                      _shares(x["predicted_distribution"], labels), _shares(x["gold_distribution"], labels)])  # fmt: skip
+        colors.append([WHITE] * len(header))
+    for g in single_group_means(runs, means) if means else []:
+        cells.append([f"mean: {g['group']}", f"{len(g['languages'])} langs", "", fmt(g["accuracy"]), "",
+                      fmt(g["balanced_accuracy"]), fmt(g["macro_f1"]), _auc(g["roc_auc"]), "", ""])  # fmt: skip
+        colors.append([GREY] * len(header))
+    _table(fig, cells, colors, header, [0.19, 0.07, 0.05, 0.08, 0.13, 0.09, 0.08, 0.08, 0.11, 0.11], bold_from=len(rows), fontsize=8.5)
     return fig
+
+
+def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, means: list[AccRow] | None):
+    """Two runs' table of `rows` with the paired tests (the group Δs are on their own page)."""
+    labels = task_labels(runs, task)
+    lab = "/".join(labels) or "—"
+    sub = (f"Accuracy (%) of base and aligned on the items both runs have (n). Δ = aligned − base with a paired bootstrap 95% "
+           f"interval; McNemar: exact test on the discordant items (base wrong & aligned right / base right & aligned wrong); p Holm and "
+           f"p BH: adjusted across the task's languages; green/red Δ: p Holm < {ALPHA}. Balanced accuracy, macro-F1, ROC-AUC "
+           f"(two-label tasks) for both runs; red: balanced accuracy falls while accuracy rises. pred %: share of each label ({lab}) "
+           f"among the predictions; gold % likewise. * = trained language. Macro Δ by group: next page.")  # fmt: skip
+    fig = new_fig(f"Accuracy — {task}{part}: paired tests", sub)
+    header = ["language", "n", "acc\nbase", "acc\naligned", "Δ [95% CI]", "McNemar\nb01 / b10", "McNemar\np", "p Holm", "p BH",
+              "bal. acc\nbase", "bal. acc\naligned", "F1\nbase", "F1\naligned", "AUC\nbase", "AUC\naligned",
+              "pred %\nbase", "pred %\naligned", "gold %"]  # fmt: skip
+    cells, colors = [], []
+    for r in rows:
+        a, b, t = r.a, r.b, r.test
+        c = [lang_label(r.lang) + (" *" if r.trained else ""), "/".join(dict.fromkeys(str(x["n"]) for x in (a, b) if x))]
+        c += [fmt(a["accuracy"]) if a else "—", fmt(b["accuracy"]) if b else "—"]
+        if t:
+            c += [f"{fmt(t['delta'], sign=True)} {_ci(t['delta_ci95'])}", f"{t['mcnemar']['b01']} / {t['mcnemar']['b10']}",
+                  _p(t["mcnemar"]["p_value"]), _p(t["p_holm"]), _p(t["p_bh"])]  # fmt: skip
+        else:
+            c += ["— (not paired)", "—", "—", "—", "—"]
+        for key, f in (("balanced_accuracy", fmt), ("macro_f1", fmt), ("roc_auc", _auc)):
+            c += [f(a[key]) if a else "—", f(b[key]) if b else "—"]
+        c += [_shares(a["predicted_distribution"], labels) if a else "—", _shares(b["predicted_distribution"], labels) if b else "—",
+              _shares((a or b)["gold_distribution"], labels)]  # fmt: skip
+        col = [WHITE] * len(header)
+        if t and t["p_holm"] is not None and t["p_holm"] < ALPHA:
+            col[4] = GREEN if t["delta"] > 0 else RED
+        if t and t["delta"] > 0 and a["balanced_accuracy"] is not None and b["balanced_accuracy"] is not None \
+                and b["balanced_accuracy"] < a["balanced_accuracy"]:
+            col[10] = RED
+        cells.append(c)
+        colors.append(col)
+    widths = [0.105, 0.03, 0.042, 0.048, 0.115, 0.06, 0.05, 0.045, 0.042, 0.045, 0.05, 0.037, 0.047, 0.042, 0.048, 0.05, 0.055, 0.044]
+    _table(fig, cells, colors, header, [w / sum(widths) * 0.99 for w in widths], fontsize=7.3)
+    return fig
+
+
+def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
+    sub = ("Macro Δ = mean over a group's languages of (aligned − base), for accuracy and for balanced accuracy, on the items every "
+           "language of the group has in both runs (items). 95% CI: item-cluster bootstrap (an item is drawn once and used in every "
+           "language, since the languages share their items). green/red: the interval excludes 0. trained / untrained: the aligned "
+           "model's training languages (its manifest). Chart: the same Δs with their intervals.")  # fmt: skip
+    fig = new_fig(f"Macro Δ by language group{part}", sub)
+    header = ["task", "group", "languages", "items", "acc base", "acc aligned", "Δ acc [95% CI]", "bal. acc\nbase",
+              "bal. acc\naligned", "Δ bal. acc [95% CI]"]  # fmt: skip
+    cells, colors = [], []
+    for task, g, v in chunk:
+        a, b = v["accuracy"], v["balanced_accuracy"]
+        langs = len(a["languages"])
+        miss = f" (+{len(a['missing_languages'])} not compared)" if a["missing_languages"] else ""
+        cells.append([task, g, f"{langs}{miss}", str(a["n_items"]), fmt(a["a"]), fmt(a["b"]),
+                      f"{fmt(a['delta'], sign=True)} {_ci(a['ci95'])}", fmt(b["a"]), fmt(b["b"]),
+                      f"{fmt(b['delta'], sign=True)} {_ci(b['ci95'])}"])  # fmt: skip
+        col = [WHITE] * len(header)
+        for k, x in ((6, a), (9, b)):
+            if _excludes0(x["ci95"]):
+                col[k] = GREEN if x["delta"] > 0 else RED
+        colors.append(col)
+    bottom = _table(fig, cells, colors, header, [0.1, 0.1, 0.12, 0.06, 0.07, 0.08, 0.16, 0.07, 0.08, 0.16], fontsize=8.5)
+    if bottom - 0.1 >= 0.25:  # room for the intervals as a chart
+        _forest(fig.add_axes([0.2, 0.12, 0.75, bottom - 0.2]), chunk)
+    return fig
+
+
+def _forest(ax, chunk: list[tuple[str, str, dict]]) -> None:
+    """Macro Δ (points) with 95% item-cluster intervals, accuracy and balanced accuracy, one row per task × group."""
+    y = np.arange(len(chunk))[::-1]
+    for off, key, color, name in ((0.15, "accuracy", COLOR["base"], "accuracy"), (-0.15, "balanced_accuracy", COLOR["aligned"], "balanced accuracy")):
+        d = np.array([_num(v[key]["delta"]) for _, _, v in chunk]) * 100
+        lo = np.array([_num((v[key]["ci95"] or [None, None])[0]) for _, _, v in chunk]) * 100
+        hi = np.array([_num((v[key]["ci95"] or [None, None])[1]) for _, _, v in chunk]) * 100
+        ax.errorbar(d, y + off, xerr=np.vstack([d - lo, hi - d]), fmt="o", color=color, ms=4, capsize=2, lw=1, label=f"Δ {name}")
+    ax.axvline(0, color="#555555", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{t}: {g}" for t, g, _ in chunk], fontsize=8)
+    ax.set_xlabel("macro Δ, aligned − base (points), with 95% item-cluster bootstrap interval", fontsize=8.5)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_ylim(-0.7, len(chunk) - 0.3)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
 
 
 def _draw_bars(runs: Runs, tasks: list[str]):
@@ -231,7 +584,7 @@ def _draw_bars(runs: Runs, tasks: list[str]):
         n_high = sum(resource_group(r.lang) == "high" for r in rows)
         if 0 < n_high < len(rows):
             ax.axvline(n_high - 0.5, color="#888888", lw=1)
-        labels = runs.runs[0].summary["tasks"].get(task, {}).get("labels") or []
+        labels = task_labels(runs, task)
         if labels:
             ax.axhline(1 / len(labels), color="#555555", lw=0.8, ls=":")
         lang_ticks(ax, [r.lang for r in rows], runs.trained)

@@ -39,7 +39,7 @@ def build_report(runs: Runs) -> Report:
     sections = [build(runs) for build in SECTIONS]
     lines = summary.overlap_lines(runs) + [l for s in sections for l in s.summary_lines] + summary.absent_lines(runs)
     front = title.build(runs).pages
-    pages = front + [summary.summary_page(lines)] + [p for s in sections for p in s.pages]
+    pages = front + summary.summary_pages(lines) + [p for s in sections for p in s.pages]
     pages.insert(len(front), summary.contents_page(pages))  # lazy: lists the final page list, itself included
     return Report(pages, [t for s in sections for t in s.tables], lines)
 

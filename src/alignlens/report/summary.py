@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from alignlens.report.languages import order_languages
-from alignlens.report.layout import Page, new_fig, wrap
+from alignlens.report.layout import Page, new_fig
 from alignlens.report.runs import Runs, cells_text
 
 
@@ -26,6 +26,7 @@ def overlap_lines(runs: Runs) -> list[str]:
             + (f" ({cells_text(ov.only_a)})" if ov.only_a else "")
             + f"; {runs.roles[1]} only: {sum(ov.only_b.values())} items" + (f" ({cells_text(ov.only_b)})" if ov.only_b else "") + "."
         ]  # fmt: skip
+    lines += [f"• {note}." for note in runs.notes]
     if not ov.same_depth:
         lines.append(f"• The models have different numbers of layers ({ov.n_layers[0]} vs {ov.n_layers[1]}): per-layer "
                      "curves are drawn against relative depth, layer / (layers − 1), and no layer-by-layer difference is shown.")  # fmt: skip
@@ -37,22 +38,55 @@ def absent_lines(runs: Runs) -> list[str]:
     return [f"• Not in the results (sections omitted): {', '.join(absent)}."] if absent else []
 
 
-def summary_page(lines: list[str]) -> Page:
-    """The summary page: `lines` as paragraphs, the font shrunk to fit the page."""
+SUMMARY_FONT = 9.0  # pt
+SUMMARY_WIDTH = 178  # characters per line at SUMMARY_FONT
+LINE_HEIGHT = 0.0293 * SUMMARY_FONT / 9.5 * 1.04  # figure fraction per line (measured with the Noto fonts at 9.5 pt, +4%)
+PARA_GAP = 0.008
+TEXT_TOP, TEXT_BOTTOM = 0.88, 0.05
 
-    def draw():
-        fig = new_fig("Summary: what changed", "Auto-generated from the numbers in this report.")
-        paras = [wrap(s, 150).replace("\n", "\n   ") for s in lines] or ["Nothing to summarize."]
-        n_lines = sum(p.count("\n") + 1 for p in paras)
-        # line height in figure fraction at 9.5 pt with linespacing 1.35; shrink the font to fit the page
-        scale = min(1.0, 0.82 / (n_lines * 0.0225 + len(paras) * 0.012))
-        y = 0.88
-        for p in paras:
-            fig.text(0.04, y, p, fontsize=9.5 * scale, va="top", linespacing=1.35)
-            y -= ((p.count("\n") + 1) * 0.0225 + 0.012) * scale
+
+def _paragraph(line: str) -> str:
+    """A summary line wrapped to the page: bullets and sub-bullets with hanging indents."""
+    import textwrap
+
+    stripped = line.lstrip()
+    indent = " " * (len(line) - len(stripped))
+    hang = indent + " " * (stripped.index(" ") + 1 if stripped[:1] in "•–" and " " in stripped else 0)
+    return textwrap.fill(stripped, SUMMARY_WIDTH, initial_indent=indent, subsequent_indent=hang, break_on_hyphens=False)
+
+
+def _height(paragraph: str) -> float:
+    return (paragraph.count("\n") + 1) * LINE_HEIGHT + PARA_GAP
+
+
+def summary_pages(lines: list[str]) -> list[Page]:
+    """The summary: `lines` as paragraphs at a fixed font size, continued on further pages when
+    they do not fit on one."""
+    paras = [_paragraph(s) for s in lines] or ["Nothing to summarize."]
+    chunks: list[list[str]] = [[]]
+    room = TEXT_TOP - TEXT_BOTTOM
+    used = 0.0
+    for p in paras:
+        if chunks[-1] and used + _height(p) > room:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(p)
+        used += _height(p)
+
+    def draw(chunk: list[str], part: str):
+        fig = new_fig(f"Summary: what changed{part}", "Auto-generated from the numbers and tests in this report.")
+        y = TEXT_TOP
+        for p in chunk:
+            fig.text(0.04, y, p, fontsize=SUMMARY_FONT, va="top", linespacing=1.35)
+            y -= _height(p)
         return fig
 
-    return Page("Summary", "Summary of what changed", "summary", draw, export=False)
+    pages = []
+    for k, chunk in enumerate(chunks):
+        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        pages.append(Page("Summary", f"Summary of what changed{part}", f"summary{'_' + str(k + 1) if part else ''}",
+                          lambda chunk=chunk, part=part: draw(chunk, part), export=False))  # fmt: skip
+    return pages
 
 
 def contents_page(pages: list[Page]) -> Page:
