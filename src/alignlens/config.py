@@ -7,8 +7,9 @@ model is loaded. Lists are stored as tuples; a repeated or empty list is an erro
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from alignlens import AlignlensError
 from alignlens.neurons import NeuronOptions
@@ -58,6 +59,96 @@ def parse_layers(text: str | Iterable[int] | None, what: str = "--pair-layers") 
     return tuple(out)
 
 
+def parse_items(text: str | Iterable[int] | None, what: str = "--items") -> tuple[int, ...] | None:
+    """Item indices from '0-249' or '1,5,10-19' (ranges inclusive) or ints -> sorted tuple; None stays None.
+
+    A negative index, a reversed range, a non-number or an index given twice is an AlignlensError."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    if not parts or any(p == "" for p in parts):
+        raise AlignlensError(f"{what}: empty list or empty entry ({text!r}; use e.g. 0-249 or 1,5,10-19)")
+    out: list[int] = []
+    for p in parts:
+        text_p = str(p).strip()
+        m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", text_p) if not isinstance(p, bool) else None
+        if m is None:
+            raise AlignlensError(f"{what}: {p!r} is not an item index or a range (use e.g. 0-249 or 1,5,10-19)")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if lo < 0:
+            raise AlignlensError(f"{what}: item index {lo} is negative")
+        if hi < lo:
+            raise AlignlensError(f"{what}: range {p!r} ends before it starts")
+        if hi - lo >= 10_000_000:
+            raise AlignlensError(f"{what}: range {p!r} is too large (more than 10 million items)")
+        out.extend(range(lo, hi + 1))
+    seen: set[int] = set()
+    dup = [i for i in out if i in seen or seen.add(i)]
+    if dup:
+        raise AlignlensError(f"{what}: item {dup[0]} is given more than once")
+    return tuple(sorted(out))
+
+
+def format_items(indices: Iterable[int]) -> str:
+    """Sorted item indices as ranges: (0, 1, 2, 5, 7, 8) -> '0-2,5,7-8' (the inverse of `parse_items`)."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterable[int] | None = None,
+                 limit: int | None = None, balanced: bool = False, where: str = "items") -> list[Any]:
+    """The items a run uses, from all items of one (task, language) in file order (objects with
+    `.index` and `.label`, the English gold label; e.g. `data.Item`), in file order:
+
+    1. `indices` (None: all) keeps the items with those indices; an index not in the file is an error;
+    2. `limit` keeps the first `limit` of them; with `balanced`, the first `limit / len(labels)` of
+       each label instead (so every label has the same count), and without a limit as many per
+       label as the rarest label has. A limit that is not a multiple of the label count, or a label
+       with too few items, is an AlignlensError naming `where` (e.g. "task emotion, language de")."""
+    items = list(items)
+    if indices is not None:
+        wanted = set(indices)
+        have = {it.index for it in items}
+        missing = sorted(wanted - have)
+        if missing:
+            raise AlignlensError(f"{where}: --items lists {len(missing)} item(s) not in the test file "
+                                 f"({format_items(missing[:5])}{', ...' if len(missing) > 5 else ''}; "
+                                 f"the file has items {format_items(have)})")
+        items = [it for it in items if it.index in wanted]
+    if not balanced:
+        return items if limit is None else items[:limit]
+    by_label = {lab: [it for it in items if it.label == lab] for lab in labels}
+    counts = {lab: len(v) for lab, v in by_label.items()}
+    if limit is None:
+        per = min(counts.values())
+        if per == 0:
+            empty = [lab for lab, n in counts.items() if n == 0]
+            raise AlignlensError(f"{where}: --balanced is impossible: label {empty[0]!r} has no items "
+                                 f"among the selected ones ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    else:
+        if limit % len(labels):
+            lo = limit - limit % len(labels)
+            hint = f"{lo} or {lo + len(labels)}" if lo else str(len(labels))
+            raise AlignlensError(f"{where}: --balanced needs --limit to be a multiple of the {len(labels)} labels "
+                                 f"(got {limit}; use {hint})")
+        per = limit // len(labels)
+        short = [lab for lab in labels if counts[lab] < per]
+        if short:
+            lab = short[0]
+            raise AlignlensError(
+                f"{where}: --balanced --limit {limit} needs {per} items of each label, but label {lab!r} has only "
+                f"{counts[lab]} among the selected items ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+                f"lower --limit to {min(counts.values()) * len(labels)} or widen --items")
+    keep = {id(it) for v in by_label.values() for it in v[:per]}
+    return [it for it in items if id(it) in keep]
+
+
 def check_layers(layers: Iterable[int] | None, n_layers: int, what: str = "--pair-layers") -> None:
     bad = [x for x in layers or () if x >= n_layers]
     if bad:
@@ -75,13 +166,28 @@ class EvalConfig:
     seed: int = 0
     prefix_cache: bool = True
     bootstrap_resamples: int = 2000
+    #: Item indices evaluated, e.g. "0-249" or "1,5,10-19" (applied before `limit`); None: all.
+    #: Stored in the canonical form of `format_items`.
+    items: str | None = None
+    #: Take the first limit/len(labels) items of each English gold label (see `select_items`).
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", _unique(self.tasks, "tasks", allow_none=False))
         object.__setattr__(self, "languages", _unique(self.languages, "languages"))
         _positive(self.limit, "limit", allow_none=True)
+        if self.items is not None:
+            object.__setattr__(self, "items", format_items(parse_items(self.items)))
+        if not isinstance(self.balanced, bool):
+            raise AlignlensError(f"balanced must be true or false (got {self.balanced!r})")
         _positive(self.batch_size, "batch size")
         _positive(self.bootstrap_resamples, "bootstrap resamples")
+
+    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
+        """This run's items of one (task, language), from all of them in file order: `items`, then
+        `limit` (`balanced` per English gold label); see `select_items`."""
+        return select_items(items, labels, indices=parse_items(self.items), limit=self.limit,
+                            balanced=self.balanced, where=where)
 
 
 @dataclass(frozen=True)
@@ -100,11 +206,15 @@ class AnalyzeConfig:
     #: When the logit lens drops an item: "token-set" (its gold label's English and target token
     #: sets share a token) or "first-token" (their first tokens are equal, as Wendler et al.).
     lens_overlap: str = "token-set"
+    #: Item indices analysed ("0-249", "1,5,10-19"; before `limit`) and label balance: as `EvalConfig`.
+    items: str | None = None
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         base = self.eval_config()  # validates the shared options
         object.__setattr__(self, "tasks", base.tasks)
         object.__setattr__(self, "languages", base.languages)
+        object.__setattr__(self, "items", base.items)
         object.__setattr__(self, "pair_layers", parse_layers(self.pair_layers))
         if isinstance(self.neurons, dict):
             object.__setattr__(self, "neurons", NeuronOptions(**self.neurons))
@@ -113,7 +223,12 @@ class AnalyzeConfig:
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
-                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples)
+                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
+                          items=self.items, balanced=self.balanced)
+
+    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
+        """This run's items of one (task, language): see `EvalConfig.select_items`."""
+        return self.eval_config().select_items(items, labels, where)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able options (lists, not tuples) as recorded in manifests."""
