@@ -6,7 +6,9 @@ manifest.json through `evaluate.write_eval` / `evaluate.make_manifest`; logit_le
 `lens.lens_report`; similarity.json through `similarity.similarity_report`; neurons.json and
 neurons.safetensors through `neurons.neuron_report` (the last three can be left out with `analyses=`).
 Only the model is fake: per-item label probabilities, lens probabilities, hidden states and neuron
-activation counts are random but shaped like real results. `make_synthetic_pair` also writes the
+activation counts are random but shaped like real results (label probabilities are a softmax of
+noisy logits with item easiness shared across languages and runs; gold label weights, a label bias
+and per-language accuracies can be set, e.g. to make a label-prior shift). `make_synthetic_pair` also writes the
 pair's comparison.json with `pipeline.compare_models`, as `analyze --compare` does.
 """
 

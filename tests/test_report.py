@@ -651,3 +651,34 @@ def test_no_independent_interval_delta_left():
     import alignlens.stats
 
     assert not hasattr(alignlens.stats, "diff" + "_ci")
+
+
+def test_long_language_tables_continue_on_further_pages(tmp_path: Path, monkeypatch):
+    """More languages than fit on a page: the per-language table continues on further pages (here
+    with 8 rows a page, 20 languages -> 3 pages); group means only under the last part."""
+    from alignlens.report import accuracy
+
+    monkeypatch.setattr(accuracy, "ROWS_PER_PAGE", 8)
+    run = make_synthetic_run(tmp_path / "run", 61, ALL_LANGUAGES, 3, trained=[], tasks=("emotion",), n_items=10, analyses=())
+    out = render_report(run)
+    titles = [r["title"] for r in _contents(out)]
+    assert [t for t in titles if t.startswith("Accuracy table")] == [f"Accuracy table — emotion ({k}/3)" for k in (1, 2, 3)]
+    assert {r["language"] for r in _csv(out.with_name("report_tables") / "accuracy.csv")} == set(ALL_LANGUAGES)
+    if shutil.which("pdftotext"):
+        pages = [subprocess.run(["pdftotext", "-f", str(n), "-l", str(n), str(out), "-"], capture_output=True, text=True).stdout
+                 for n in range(1, len(titles) + 1)]  # fmt: skip
+        parts = [p for p in pages if "Accuracy — emotion (" in p]
+        assert len(parts) == 3 and "mean: all" in parts[2] and not any("mean: all" in p for p in parts[:2])
+
+
+def test_comparison_json_of_an_older_format_is_not_used(tmp_path: Path):
+    """A comparison.json written before the paired statistics (neuron changes at the top level):
+    the paired statistics are computed from predictions.jsonl and the summary says why."""
+    base, aligned = make_synthetic_pair(tmp_path, ["en", "zh", "de"], 4, tasks=("emotion",), n_items=12)
+    comp = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    (tmp_path / "comparison.json").write_text(json.dumps(comp["neurons"]), encoding="utf-8")
+    out = render_report(base, aligned)
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "comparison.json is of an older format (no paired accuracy statistics) and was not used" in summary
+    assert "computed by this report from the two runs' predictions.jsonl" in summary
+    assert {r["language"] for r in _csv(out.with_name("report_tables") / "accuracy.csv") if r["p_holm"]} == {"en", "zh", "de"}

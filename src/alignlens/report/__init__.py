@@ -14,10 +14,15 @@ Two runs are compared like with like: only on the (task, language, item) triples
 (from their predictions.jsonl), with both accuracies recomputed on those items; two runs with no
 item in common are refused. Models of different depth are drawn against relative depth.
 
+Every Δ has a paired interval: the paired statistics of :func:`alignlens.paired.compare_runs`
+(per-language paired bootstrap, exact McNemar with Holm/Benjamini-Hochberg, item-cluster bootstrap
+of the macro Δ per language group) are read from the runs' comparison.json when it belongs to them,
+else computed once from their predictions.jsonl. The summary text is generated from these tests.
+
 Modules: ``runs`` (loading and checking result folders), ``layout`` (pages, figures),
 ``fonts``, ``languages``, one module per section (``title``, ``accuracy``, ``lens``, ``similarity``,
 ``neurons``; each a pure ``build(runs) -> Section``), ``summary`` and ``render`` (orders the sections
-and writes the outputs atomically). Statistics live in :mod:`alignlens.stats`.
+and writes the outputs atomically). Statistics live in :mod:`alignlens.paired` and :mod:`alignlens.metrics`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Neurons section: language-specific (LAPE) neurons per layer, overlaps between languages and,
 for two runs, how they changed (neurons_*.csv).
 
-The change between the models is read from comparison.json, which `alignlens analyze --compare`
-writes with `neurons.compare_neurons` (its "neurons" part, `runs.neuron_comparison`); only for two folders without it are the
-per-language Jaccard overlaps computed here from the two neurons.json files. It is shown only for
+The change between the models is read from comparison.json's "neurons" part, which `alignlens
+analyze --compare` writes with `neurons.compare_neurons` (`runs.neuron_comparison`); only for two
+folders without it are the per-language Jaccard overlaps computed here from the two neurons.json
+files. It is shown only for
 models with the same MLP shape and only for languages whose items are the same in both runs (the
 neuron statistics are per run, not per item).
 """

@@ -6,7 +6,9 @@ runs are compared, item by item. Every problem is an :class:`alignlens.Alignlens
 line naming the file and the key (or line) at fault.
 
 Two runs are compared only on the (task, language, item index) triples both have
-(:func:`item_overlap`); both runs' accuracies are then taken on those shared items.
+(:func:`item_overlap`); both runs' accuracies are then taken on those shared items. Their paired
+statistics (`paired.compare_runs`) come from comparison.json when it belongs to the two runs
+(:func:`paired_mismatch`), else from :func:`compute_paired` on their predictions.jsonl.
 """
 
 from __future__ import annotations
