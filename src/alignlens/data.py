@@ -36,6 +36,7 @@ from importlib import resources
 from pathlib import Path
 
 from alignlens import AlignlensError
+from alignlens.config import format_items
 from alignlens.languages import language_name, paper_order
 
 BUNDLED_TASKS: tuple[str, ...] = ("emotion", "snli", "paws")
@@ -464,6 +465,71 @@ def load_question_translation(
         instr = translation_instruction(lang)
         pairs.extend(TranslationPair(lang, rows[i]["text"] + instr, rows[i]["english"]) for i in idx)
     return pairs
+
+
+def task_query(spec: TaskSpec, lang: str, item: Item) -> str:
+    """The question of `item` in `lang`: its query template filled with the item's fields, no
+    demonstrations, ending where the answer would follow (at the answer's opening quote)."""
+    return spec.prompts[lang].query_template.format(**item.fields)
+
+
+def default_train_items(task: str | Path | TaskSpec) -> tuple[int, ...]:
+    """The default alignment training split of a task: the second half of its English items in
+    file order (items 250-499 of 500, 300-599 of 600), leaving the first half for evaluation."""
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    if _item_file(spec.folder, "en") is None or "en" not in spec.prompts:
+        raise AlignlensError(f"task {spec.name}: task-question alignment needs an English item file and prompt "
+                             f"(the translation target) in {spec.folder}")
+    indices = [it.index for it in load_items(spec, "en")]
+    return tuple(sorted(indices[len(indices) // 2:]))
+
+
+def load_task_question_translation(
+    task: str | Path | TaskSpec, languages: list[str], items: list[int] | tuple[int, ...],
+    per_language: int | None = None, seed: int = 0,
+) -> list[TranslationPair]:
+    """X -> English question pairs from a task's own parallel test files, questions only (no answers).
+
+    For each language X of `languages` (not English) and each item index in `items` (at most
+    `per_language` of them per language, a seeded sample, all when None or when there are fewer):
+    input = the item's question in X (`task_query`: X template and fields, ending at the answer's
+    opening quote) + "\nTranslate the input from <X> to English:\n"; answer = the same item's
+    English question. Pairs are in language order, then file order. An index missing from a
+    file is an AlignlensError naming the file, task and language."""
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    default_train_items(spec)  # checks that the English file and prompt exist
+    if "en" in languages:
+        raise AlignlensError(f"task {spec.name}: English is the translation target, not a source language "
+                             "(for English -> English pairs use --control copy)")
+    languages = task_languages(spec, list(languages))
+    if not items:
+        raise AlignlensError(f"task {spec.name}: no training items given")
+    english = {it.index: it for it in load_items(spec, "en")}
+    rng = random.Random(seed)
+    pairs: list[TranslationPair] = []
+    for lang in languages:
+        source = {it.index: it for it in load_items(spec, lang)}
+        for what, table in ((lang, source), ("en", english)):
+            missing = [i for i in items if i not in table]
+            if missing:
+                raise AlignlensError(f"{_item_file(spec.folder, what)}: training item(s) {format_items(missing)} missing "
+                                     f"(task {spec.name}, language {what}; {len(missing)} of {len(items)})")
+        idx = list(items)
+        if per_language is not None and per_language < len(idx):
+            idx = sorted(rng.sample(idx, per_language))
+        instr = translation_instruction(lang)
+        pairs.extend(TranslationPair(lang, task_query(spec, lang, source[i]) + instr, task_query(spec, "en", english[i]))
+                     for i in idx)
+    return pairs
+
+
+def english_copies(pairs: list[TranslationPair]) -> list[TranslationPair]:
+    """The copy control of `pairs`: English -> English (input = the English question + "\nTranslate
+    the input from English to English:\n", answer = the English question), one per pair, in the
+    same order and with the same `lang` (the language whose slot the copy fills), so a control run
+    has the same items, split and steps as the alignment run it controls."""
+    instr = translation_instruction("en")
+    return [TranslationPair(p.lang, p.answer + instr, p.answer) for p in pairs]
 
 
 def load_translation_file(path: str | Path) -> list[TranslationPair]:
