@@ -174,8 +174,9 @@ def test_lens_overlap_rules_on_gemma(gemma):
 
 def test_lens_label_probs_against_float64_softmax(tiny_llama_bytelevel):
     """Independent computation: float64 log-softmax of the unembedded, normed states."""
+    from alignlens.capture.capturer import lens_label_probs
     from alignlens.engine import Unembed
-    from alignlens.lens import entropy_bits, lens_label_probs
+    from alignlens.lens import entropy_bits
 
     model = tiny_llama_bytelevel
     torch.manual_seed(0)

@@ -214,7 +214,7 @@ def score_prompts(
     queries' ids; default their positions).
     """
     tok, device = model.tokenizer, model.device
-    body = decoder_body(model.hf_model)
+    body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
     full = encode(tok, [prefix + q for q in queries])
     k = shared_prefix_len(encode(tok, [prefix])[0], full) if prefix_cache else 0
     ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
@@ -237,7 +237,7 @@ def score_prompts(
             for p in probes:
                 p.after_batch(batch)
             h_last = hidden[torch.arange(len(rows), device=device), batch.last]
-            probs = torch.softmax(model.unembed.head(h_last).float(), dim=-1)
+            probs = torch.softmax(unembed.head(h_last).float(), dim=-1)
             for j, idx in enumerate(index_sets):
                 out[rows, j] = probs[:, idx].sum(-1).double().cpu()
             bad = ~torch.isfinite(out[rows]).all(dim=1)

@@ -1,7 +1,7 @@
 """Logit lens (nostalgebraist 2020; Wendler et al. 2024) on label words.
 
-Pure summary part: given, per language, the lens probabilities of each label word at
-every layer (final norm + unembedding applied to the last-position residual), report
+Pure summary: given, per language, the lens probabilities of each label word at every
+layer (final norm + unembedding applied to the last-position residual), report
 per-layer means with 95% Student-t intervals of
 
 * ``p_en``: probability of the gold label's English word (summed over its token set);
@@ -11,7 +11,8 @@ per-layer means with 95% Student-t intervals of
 
 Items whose gold label's English and target-language token sets share a token are
 dropped for that language (as Wendler et al. 2024), except for English itself.
-The model-side capture ``lens_label_probs`` lives in the marked section at the end.
+The model side (``lens_label_probs``: residual states -> label-word probabilities) runs in the
+capture pass, `alignlens.capture.capturer`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from alignlens import AlignlensError
 from alignlens.stats import mean_ci
 
-__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report", "lens_label_probs"]
+__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report"]
 
 _METRICS = ("p_en", "p_target", "p_correct", "entropy_bits")
 
@@ -147,32 +148,3 @@ def lens_report(
             entry[name] = {"mean": _json(mean), "lo": _json(lo), "hi": _json(hi)}
         out["per_language"][lang] = entry
     return out
-
-
-# =====================================================================================
-# Model-side part: from residual states to label-word probabilities.
-# =====================================================================================
-
-
-@torch.no_grad()
-def lens_label_probs(
-    model, resid: torch.Tensor, label_sets_en: list[list[int]], label_sets_target: list[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logit lens at every layer: the model's unembedding (`model.unembed`, an `engine.Unembed`:
-    final norm, LM head, final soft-capping where the model has one) applied to residual states.
-
-    resid: [batch, n_layers, d_model] (residual stream after each block, last position).
-    Returns (p_en [batch, n_layers, n_labels], p_target [same], entropy_bits [batch, n_layers]),
-    float32 on CPU. At the last layer this equals the model's own next-token distribution.
-    """
-    logits = model.unembed(resid).float()
-    # Three passes over the vocabulary instead of log_softmax + exp + product temporaries:
-    # H = logsumexp(z) - E_p[z], p = exp(z - max) / sum.
-    top = logits.amax(dim=-1, keepdim=True)
-    unnorm = torch.exp(logits - top)
-    total = unnorm.sum(dim=-1, keepdim=True)
-    mean_logit = torch.linalg.vecdot(unnorm, logits).unsqueeze(-1) / total
-    ent = ((top + total.log() - mean_logit) / math.log(2.0)).squeeze(-1)
-    p_en = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_en], dim=-1) / total
-    p_tg = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_target], dim=-1) / total
-    return p_en.cpu(), p_tg.cpu(), ent.clamp_min(0.0).cpu()

@@ -21,15 +21,13 @@ import shlex
 import shutil
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignlens import AlignlensError
-from alignlens.engine import Unembed
-from alignlens.results import atomic_path, atomic_write_bytes
+from alignlens.results.io import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +101,6 @@ class LoadedModel:
     def hf_model(self) -> torch.nn.Module:
         """The underlying HF causal LM (its submodules are the bridge's hooked components)."""
         return self.bridge.original_model
-
-    @cached_property
-    def unembed(self) -> Unembed:
-        """The model's final norm + LM head + soft-cap (`engine.Unembed`; its modules are the bridge's)."""
-        return Unembed.from_hf(self.hf_model)
 
     @property
     def n_layers(self) -> int:

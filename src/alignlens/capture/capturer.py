@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from alignlens import AlignlensError, data
 from alignlens.capture.reducers import ActivationCounter, RowStore
-from alignlens.engine import Hook, SuffixBatch, nonfinite_error
+from alignlens.engine import Hook, SuffixBatch, Unembed, nonfinite_error
 from alignlens.labels import label_overlap, label_sets, label_token_ids
-from alignlens.lens import LensCapture, lens_label_probs
+from alignlens.lens import LensCapture
 from alignlens.model import LoadedModel
 
 #: Activation functions whose output is > 0 exactly where their input is > 0.
@@ -49,6 +51,30 @@ def check_neuron_hooks(model: LoadedModel) -> None:
     missing = [mlp_hook_name(i) for i in range(model.n_layers) if mlp_hook_name(i) not in model.bridge.hook_dict]
     if missing:
         raise AlignlensError(f"this model has no hook {missing[0]} for the neuron analysis")
+
+
+@torch.no_grad()
+def lens_label_probs(
+    model: LoadedModel, resid: torch.Tensor, label_sets_en: list[list[int]], label_sets_target: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logit lens at every layer: the model's unembedding (`engine.Unembed`: final norm, LM head,
+    final soft-capping where the model has one) applied to residual states.
+
+    resid: [batch, n_layers, d_model] (residual stream after each block, last position).
+    Returns (p_en [batch, n_layers, n_labels], p_target [same], entropy_bits [batch, n_layers]),
+    float32 on CPU. At the last layer this equals the model's own next-token distribution.
+    """
+    logits = Unembed.from_hf(model.hf_model)(resid).float()
+    # Three passes over the vocabulary instead of log_softmax + exp + product temporaries:
+    # H = logsumexp(z) - E_p[z], p = exp(z - max) / sum.
+    top = logits.amax(dim=-1, keepdim=True)
+    unnorm = torch.exp(logits - top)
+    total = unnorm.sum(dim=-1, keepdim=True)
+    mean_logit = torch.linalg.vecdot(unnorm, logits).unsqueeze(-1) / total
+    ent = ((top + total.log() - mean_logit) / math.log(2.0)).squeeze(-1)
+    p_en = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_en], dim=-1) / total
+    p_tg = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_target], dim=-1) / total
+    return p_en.cpu(), p_tg.cpu(), ent.clamp_min(0.0).cpu()
 
 
 @dataclass

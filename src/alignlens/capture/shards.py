@@ -11,7 +11,7 @@ import torch
 
 from alignlens.capture.capturer import LanguageCapture
 from alignlens.evaluate import LanguageResult
-from alignlens.results import atomic_path
+from alignlens.results.io import atomic_path
 
 
 def shard_path(folder: Path, task: str, lang: str) -> Path:
