@@ -20,6 +20,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   max_len=256, eval_every=200, save_every=500),
 }
 DEFAULT_LANGUAGES: tuple[str, ...] = ("zh", "de")
+#: Training controls: None (X -> English alignment) or "copy" (English -> English, same questions).
+CONTROLS: tuple[str | None, ...] = (None, "copy")
 
 #: Options that may change between the sessions of one run (everything else must match to resume).
 RUNTIME_OPTIONS: tuple[str, ...] = ("keep_checkpoints", "threads")
@@ -31,8 +33,18 @@ class TrainConfig:
 
     preset: str = "default"
     # data
-    languages: list[str] | None = None  # bundled QT languages; None -> zh,de unless data_files are given
-    per_language: int | None = 600  # sampled per bundled language (None = all 10,000)
+    #: A task (bundled name or folder): train on its own questions, X -> English, from its parallel
+    #: test files (same-task alignment). None: the bundled SNLI question-translation set.
+    task: str | None = None
+    #: The task's item indices trained on ("250-499", "1,5,10-19"); None -> the task's default split
+    #: (`data.default_train_items`: the second half, e.g. 250-499 of 500), resolved by `validate`.
+    train_items: str | None = None
+    #: "copy": the control run, English -> English pairs of the same questions (same items, split,
+    #: steps and settings), to tell alignment from generic fine-tuning. None: X -> English.
+    control: str | None = None
+    languages: list[str] | None = None  # source languages; None -> zh,de unless only data_files are given
+    per_language: int | None = 600  # sampled per language (bundled: None = all 10,000; with a task: at
+    # most this many of the split's items, all of them when the split is smaller)
     data_files: list[str] = field(default_factory=list)  # user JSONL files (used whole)
     val_fraction: float = 0.05  # held out per language
     max_len: int = 128  # tokens per example (prompt + target), longer ones are cut from the right
@@ -88,9 +100,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def resolved_languages(self) -> list[str]:
-        """The bundled languages trained on: `languages`, else zh,de unless data files are given."""
+        """The source languages of the task's or the bundled pairs: `languages`, else zh,de (with
+        data files and no task: none)."""
         if self.languages is None:
-            return [] if self.data_files else list(DEFAULT_LANGUAGES)
+            return [] if self.data_files and self.task is None else list(DEFAULT_LANGUAGES)
         return list(self.languages)
 
     def differences(self, other: "TrainConfig") -> list[str]:
@@ -128,3 +141,43 @@ class TrainConfig:
         need(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
         need(bool(self.resolved_languages()) or bool(self.data_files),
              "no training data: give languages or data files")
+        need(self.control in CONTROLS, f"unknown control {self.control!r} (use {' or '.join(map(str, CONTROLS[1:]))})")
+        need(self.control is None or not self.data_files,
+             "--control copy builds English copies of the task's or the bundled questions; it cannot be "
+             "combined with --data files")
+        need(self.task is not None or self.train_items is None, "--train-items needs --task (the task whose items they are)")
+        if self.task is not None:
+            self._resolve_task()
+
+    def _resolve_task(self) -> None:
+        """Check the task and its languages; set `train_items` to its canonical form (the task's
+        default split when None), so manifests and resumed runs record the exact items."""
+        from alignlens import data
+        from alignlens.config import format_items, parse_items
+
+        spec = data.load_task(self.task)
+        if self.train_items is None:
+            indices = data.default_train_items(spec)
+        else:
+            indices = parse_items(self.train_items, "--train-items")
+            data.default_train_items(spec)  # the task needs an English file (the target)
+            have = {it.index for it in data.load_items(spec, "en")}
+            missing = [i for i in indices if i not in have]
+            if missing:
+                raise AlignlensError(f"--train-items: {len(missing)} item(s) are not in task {spec.name} "
+                                     f"({format_items(missing[:5])}{', ...' if len(missing) > 5 else ''}; "
+                                     f"it has items {format_items(have)})")
+        self.train_items = format_items(indices)
+        langs = self.resolved_languages()
+        if "en" in langs:
+            raise AlignlensError(f"--languages: English is the translation target, not a source language "
+                                 f"(task {spec.name}; for English -> English pairs use --control copy)")
+        data.task_languages(spec, langs)
+
+    def train_indices(self) -> tuple[int, ...]:
+        """The task's item indices trained on (empty without a task)."""
+        from alignlens.config import parse_items
+
+        if self.task is None or self.train_items is None:
+            return ()
+        return parse_items(self.train_items, "--train-items") or ()

@@ -1,5 +1,9 @@
 """Training examples: question-translation pairs -> a seeded validation split -> token ids.
 
+Pairs come from the task's own questions (`TrainConfig.task`, its `train_items`: same-task
+alignment), else from the bundled SNLI question-translation set; `control="copy"` turns them into
+English -> English copies (`data.english_copies`); `data_source` says which in the manifest.
+
 One example is `prompt = <question in X>\\nTranslate the input from X to English:\\n` followed by
 `target = <English question><eos>`: `tokenizer(prompt)` (BOS as the tokenizer adds it) +
 `tokenizer(target, no specials)` + EOS (`append_eos`, so the model also learns where the
@@ -65,16 +69,71 @@ class TrainData:
 
 
 def load_pairs(config: TrainConfig) -> list:
-    """All training pairs: bundled question translation (seeded sample) + user files."""
+    """All training pairs: the task's own questions (`task`: its `train_items`, X -> English) or
+    else the bundled SNLI question translation (seeded sample), as English copies with
+    `control="copy"`; then the user's files."""
     from alignlens import data
 
     pairs = []
     langs = config.resolved_languages()
-    if langs:
+    if config.task is not None:
+        pairs += data.load_task_question_translation(config.task, langs, config.train_indices(),
+                                                     config.per_language, seed=config.seed)
+    elif langs:
         pairs += data.load_question_translation(langs, config.per_language, seed=config.seed)
+    if config.control == "copy":
+        pairs = data.english_copies(pairs)
     for path in config.data_files:
         pairs += data.load_translation_file(path)
     return pairs
+
+
+#: `data_source(config)["source"]` of each kind of training data.
+SOURCE_TASK = "task questions"
+SOURCE_BUNDLED = "bundled SNLI question-translation set"
+SOURCE_FILES = "your files"
+
+
+def data_source(config: TrainConfig) -> dict:
+    """Which data trained the model, for the training manifest's `data` section:
+    {"source", "task", "task_folder", "train_items", "control", "direction", "description"}.
+
+    `source`: "task questions" (the task's own test-file questions, `train_items` of them: same-task
+    for that task, cross-task for any other), "bundled SNLI question-translation set" (10,000 SNLI
+    training questions, none of the snli test premises: cross-task for emotion and paws) or "your
+    files", joined with " + " when files are added. `task`: the task's name (None for the bundled
+    set). `control`: "copy" for the English -> English control, else None."""
+    from alignlens import data
+    from alignlens.languages import language_name
+
+    langs = config.resolved_languages()
+    task = folder = None
+    parts = []
+    if config.task is not None:
+        spec = data.load_task(config.task)
+        task, folder = spec.name, str(spec.folder)
+        parts.append(SOURCE_TASK)
+        what = f"{task} questions, items {config.train_items}"
+        reading = f"same-task when reading {task}, cross-task for any other task"
+    elif langs:
+        parts.append(SOURCE_BUNDLED)
+        what = "bundled SNLI question-translation set (SNLI training questions, none of the snli test premises)"
+        reading = "same task as snli (other questions than its test items), cross-task for emotion, paws and others"
+    else:
+        what, reading = "", "task unknown (your files)"
+    if config.data_files:
+        parts.append(SOURCE_FILES)
+        what = " + ".join(x for x in (what, "your files " + ", ".join(config.data_files)) if x)
+    names = ", ".join(language_name(lang) for lang in langs)
+    if config.control == "copy":
+        direction = "English -> English (copy control)"
+        pairs = f"English copies in the slots of {names}" if names else "English copies"
+    else:
+        direction = "X -> English"
+        pairs = f"{names} -> English" if names else "pairs as given"
+    return {"source": " + ".join(parts), "task": task, "task_folder": folder,
+            "train_items": config.train_items if task is not None else None, "control": config.control,
+            "direction": direction, "description": f"{what}; {pairs}; {reading}"}
 
 
 def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
