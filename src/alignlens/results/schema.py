@@ -278,6 +278,39 @@ def read_training(model_folder: Path) -> dict[str, Any]:
             "base_model": base.get("spec") if isinstance(base, dict) else None}
 
 
+def read_training_split(model_folder: Path) -> dict[str, Any]:
+    """Which task items an `alignlens train` output was trained on, for the leakage check:
+    {"task": name or None, "task_folder": str or None, "train_items": sorted tuple of item indices
+    or None, "source", "control"} ({} for a folder without manifest.json).
+
+    Read from the manifest's `data` section (`data.task`, `data.train_items`), else from the
+    options the run recorded (`options.task`, `options.train_items`). A value of the wrong type or
+    an unreadable item list is an AlignlensError naming the file and the key."""
+    from alignlens.config import parse_items
+
+    path = Path(model_folder) / "manifest.json"
+    if not path.is_file():
+        return {}
+    m = read_json(path)
+    if not isinstance(m, dict):
+        _fail(path, "should be a JSON object")
+    data = m.get("data") if isinstance(m.get("data"), dict) else {}
+    options = m.get("options") if isinstance(m.get("options"), dict) else {}
+    section, where = (data, "data") if "task" in data else (options, "options")
+    task, items = section.get("task"), section.get("train_items")
+    if task is not None and not isinstance(task, str):
+        _fail(path, f"key '{where}.task' should be a str, got {type(task).__name__}")
+    if items is not None and not isinstance(items, str):
+        _fail(path, f"key '{where}.train_items' should be a str such as '250-499', got {type(items).__name__}")
+    try:
+        indices = parse_items(items, f"key '{where}.train_items'") if task is not None else None
+    except AlignlensError as exc:
+        raise AlignlensError(f"{path}: {exc}") from None
+    folder = data.get("task_folder") if where == "data" else (task if task and Path(task).is_dir() else None)
+    return {"task": task, "task_folder": folder if isinstance(folder, str) else None, "train_items": indices,
+            "source": data.get("source"), "control": section.get("control")}
+
+
 def read_comparison_file(path: Path) -> dict:
     """comparison.json (neuron changes between two models), read and checked."""
     comp = read_json(path)
