@@ -55,7 +55,8 @@ class TrainConfig:
     epochs: int = 1
     lr: float = 5e-4
     batch_size: int = 8  # examples per forward pass
-    grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum)
+    grad_accum: int = 1  # forward passes per optimizer step and process (global batch = batch_size * grad_accum
+    # * the number of torchrun processes)
     warmup: float = 0.05  # linear warm-up, as a fraction of all optimizer steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
@@ -63,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     # model
     full: bool = False  # full fine-tuning instead of LoRA
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
