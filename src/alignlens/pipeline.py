@@ -54,7 +54,8 @@ def capture_run(
     for t in config.tasks:
         spec = data.load_task(t)
         for lang in task_languages(spec, config.languages):
-            plan.append((spec, lang, data.load_items(spec, lang, config.limit)))
+            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
+                                                         f"task {spec.name}, language {lang}")))
     bar = progress.add_task("capturing", total=sum(len(i) for _, _, i in plan)) if progress is not None else None
     results, captures = [], {}
     for spec, lang, items in plan:
@@ -191,6 +192,7 @@ def analyze(
         if n_layers is not None:
             check_layers(config.pair_layers, n_layers)
     check_dtype(dtype, device)
+    check_training_overlap(config, [spec for _, spec in specs])
     folder = OutputFolder(out, ANALYZE_FILES, force)
     saved: dict[str, dict | None] = {}
     if resume:
@@ -246,6 +248,51 @@ def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: P
             trained = list(m.info.get("trained_languages", []))
         del m
     return summaries, trained
+
+
+def check_training_overlap(config: Any, models: list[str]) -> None:
+    """Refuse to evaluate items a model was trained on (no model is loaded).
+
+    For each model that is an `alignlens train` output whose training manifest names one of the
+    evaluated tasks (`results.schema.read_training_split`), the indices this run evaluates (the
+    config's `select_items` over every evaluated language: item i is the same question in every
+    language, and its English text was the training target) must not meet its `train_items`.
+    `config`: an EvalConfig or AnalyzeConfig. Raises AlignlensError naming the model, the task, the
+    overlapping count and first indices, and the held-out items to use instead."""
+    from alignlens.config import format_items
+    from alignlens.results.schema import read_training_split
+
+    for spec in models:
+        folder = Path(spec).expanduser()
+        split = read_training_split(folder) if folder.is_dir() else {}
+        if not split.get("task"):
+            continue
+        for t in config.tasks:
+            ts = data.load_task(t)
+            same = split["task"] in (ts.name, t) or (
+                split.get("task_folder") and Path(split["task_folder"]).resolve() == ts.folder.resolve())
+            if not same:
+                continue
+            if split.get("train_items") is None:
+                raise AlignlensError(f"{folder / 'manifest.json'}: trained on task {ts.name} but records no "
+                                     f"train_items; cannot check that the evaluated items are held out")
+            trained = set(split["train_items"])
+            evaluated: set[int] = set()
+            every: set[int] = set()
+            for lang in task_languages(ts, config.languages):
+                items = data.load_items(ts, lang)
+                every |= {it.index for it in items}
+                chosen = config.select_items(items, ts.labels, f"task {ts.name}, language {lang}")
+                evaluated |= {it.index for it in chosen}
+            overlap = sorted(trained & evaluated)
+            if overlap:
+                free = sorted(every - trained)
+                hint = f"evaluate held-out items, e.g. --items {format_items(free)}" if free else \
+                    "no item of this task is held out"
+                raise AlignlensError(
+                    f"model {spec} was trained on task {ts.name} items {format_items(trained)}: {len(overlap)} of "
+                    f"the {len(evaluated)} {ts.name} items this run evaluates overlap (first: "
+                    f"{', '.join(map(str, overlap[:5]))}); {hint}")
 
 
 def _peek_n_layers(spec: str) -> int | None:
