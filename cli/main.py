@@ -46,6 +46,11 @@ MODEL_HELP = "Model: 'gemma-3-270m' (embedded default), a local HF folder (e.g. 
 DEVICE_HELP = "auto (GPU if present, else CPU), cpu, cuda, cuda:N."
 DTYPE_HELP = "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 (GPU only)."
 TASKS_HELP = "Comma-separated task names (emotion, snli, paws) or task folders."
+ITEMS_HELP = ("Item indices to use, e.g. 0-249 or 1,5,10-19 (the same items in every language), applied before "
+              "--limit. Runs refuse items an aligned model was trained on (`alignlens train --task` trains on "
+              "the second half by default, so use e.g. --items 0-249 for sentiment).")
+BALANCED_HELP = ("Label-balanced items: the first limit/n_labels items of each English gold label (in index order); "
+                 "refused when --limit is not a multiple of the label count or a label has too few items.")
 FORCE_HELP = "Replace the results alignlens wrote in a non-empty --out (other files are kept; the old results stay until the new ones are complete)."
 
 
@@ -159,6 +164,8 @@ def eval_cmd(
     languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes; default: all of each task."),
     limit: int = typer.Option(EvalConfig.limit, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
     all_items: bool = typer.Option(False, "--all", help="Use every item (ignores --limit)."),
+    items: Optional[str] = typer.Option(EvalConfig.items, "--items", help=ITEMS_HELP),
+    balanced: bool = typer.Option(EvalConfig.balanced, "--balanced", help=BALANCED_HELP + " With --all: as many per label as the rarest label has."),
     batch_size: int = typer.Option(EvalConfig.batch_size, "--batch-size", "-b", min=1, help="Queries per forward pass."),
     seed: int = typer.Option(EvalConfig.seed, "--seed", help="Seed (torch; bootstrap intervals)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions.jsonl, summary.json, manifest.json here."),
@@ -176,7 +183,8 @@ def eval_cmd(
     from alignlens.results import EVAL_FILES, OutputFolder
 
     cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
-                     batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache)
+                     batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache, items=items,
+                     balanced=balanced)
     _check_inputs(cfg, [model], device, dtype)
     if out is not None:
         OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
@@ -189,14 +197,25 @@ def eval_cmd(
 
 
 def _check_inputs(cfg, models: list[str], device: str, dtype: str) -> None:
-    """Everything checkable without a model: tasks and their data files, languages, models, device, dtype."""
+    """Everything checkable without a model: tasks and their data files, languages, the item
+    selection (--items, --balanced), models, device, dtype, and that no model was trained on the
+    items evaluated (`pipeline.check_training_overlap`)."""
     from alignlens import data
     from alignlens.model import check_dtype, check_model_spec
+    from alignlens.pipeline import check_training_overlap
 
     check_dtype(dtype, device)
-    data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None, cfg.limit)
+    selecting = cfg.items is not None or cfg.balanced
+    data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None,
+                        None if selecting else cfg.limit)
+    if selecting:
+        for t in cfg.tasks:
+            spec = data.load_task(t)
+            for lang in data.task_languages(spec, list(cfg.languages) if cfg.languages else None):
+                cfg.select_items(data.load_items(spec, lang), spec.labels, f"task {spec.name}, language {lang}")
     for spec in models:
         check_model_spec(spec)
+    check_training_overlap(cfg, models)
 
 
 _NEURON_DEFAULTS = NeuronOptions()
@@ -209,6 +228,8 @@ def analyze_cmd(
     tasks: str = typer.Option(",".join(AnalyzeConfig.tasks), "--tasks", "-t", help=TASKS_HELP),
     languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes (include en for similarity); default: all 20."),
     limit: int = typer.Option(AnalyzeConfig.limit, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    items: Optional[str] = typer.Option(AnalyzeConfig.items, "--items", help=ITEMS_HELP),
+    balanced: bool = typer.Option(AnalyzeConfig.balanced, "--balanced", help=BALANCED_HELP),
     batch_size: int = typer.Option(AnalyzeConfig.batch_size, "--batch-size", "-b", min=1, help="Queries per forward pass."),
     seed: int = typer.Option(AnalyzeConfig.seed, "--seed", help="Seed (torch; bootstrap intervals)."),
     out: Path = typer.Option(Path("runs/analyze"), "--out", "-o", help="Output folder."),
@@ -236,7 +257,7 @@ def analyze_cmd(
         tasks=_csv(tasks), languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
         pair_layers=pair_layers,
         neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
-        save_activations=save_activations, lens_overlap=lens_overlap,
+        save_activations=save_activations, lens_overlap=lens_overlap, items=items, balanced=balanced,
     )
     _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype)
     t0 = time.time()
@@ -257,8 +278,11 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output model folder (merged/ HF model, adapter/, manifest.json, train_log.jsonl); loads with --model OUT."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
     preset: str = typer.Option("default", "--preset", help="default: sized for a 2-core CPU (zh+de, 600 each, 1 epoch, LoRA lr 5e-4); paper: lr 5e-5, 3 epochs, batch 16, 10k per language (GPU)."),
-    languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Bundled SNLI question-translation languages (de, es, it, sw, zh); default zh,de."),
-    per_language: Optional[int] = typer.Option(None, "--per-language", min=1, help="Examples sampled per language (preset: 600 / 10000)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Train on this task's own questions (emotion, snli, paws or a task folder): X -> English pairs of its parallel test files, questions only, no answers (same-task alignment). Without it: the bundled SNLI question-translation set (cross-task when you read emotion or paws)."),
+    train_items: Optional[str] = typer.Option(None, "--train-items", help="With --task: the item indices trained on, e.g. 250-499 or 1,5,10-19. Default: the second half of the task's items (emotion and paws 250-499 of 500, snli 300-599 of 600), so evaluate the first half (--items 0-249); eval/analyze refuse trained items."),
+    control: Optional[str] = typer.Option(None, "--control", help="copy: the control run, English -> English pairs of the same questions (\"<English question>\\nTranslate the input from English to English:\\n\" -> the English question), same items, split, steps and settings, to tell alignment from generic fine-tuning."),
+    languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Source languages (default zh,de): any of the task's languages except en with --task, else the bundled SNLI question-translation languages (de, es, it, sw, zh)."),
+    per_language: Optional[int] = typer.Option(None, "--per-language", min=1, help="Examples sampled per language (preset: 600 / 10000); with --task, at most this many of the split's items (all of them when the split is smaller)."),
     data_files: Optional[list[Path]] = typer.Option(None, "--data", help="Your own JSONL file(s): {input, answer} or {lang, text, english}; repeatable."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine schedule with warm-up)."),
@@ -284,10 +308,15 @@ def train_cmd(
     """Question-translation alignment (the paper's step 1): fine-tune on questions only, translated
     X -> English ("<question in X>\\nTranslate the input from <Language> to English:\\n" -> the English
     question). Loss on the English target tokens only. Ctrl-C saves a checkpoint; --resume continues.
+
+    Data: with --task, the task's own questions (its query template filled with an item's fields,
+    ending at the answer's opening quote) for --train-items (default: the second half of its items);
+    without it, the bundled SNLI question-translation set. The manifest records data.source, data.task,
+    data.train_items and data.control. Long questions (emotion) need a larger --max-len, e.g. 640.
     """
     from alignlens.train import TrainConfig, train
 
-    overrides = dict(languages=_csv(languages), per_language=per_language,
+    overrides = dict(task=task, train_items=train_items, control=control, languages=_csv(languages), per_language=per_language,
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
                      batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
