@@ -50,11 +50,6 @@ class LanguageResult:
         return (self.pred == np.asarray(self.gold)).astype(np.float64)
 
 
-def task_languages(spec: data.TaskSpec, languages: list[str] | None) -> list[str]:
-    """See `data.task_languages`."""
-    return data.task_languages(spec, languages)
-
-
 def evaluate_language(
     model: LoadedModel, spec: data.TaskSpec, lang: str, items: list[data.Item], *, batch_size: int = 8,
     prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = (), probes: Sequence[Probe] = (),
@@ -123,7 +118,7 @@ def run_eval(
     plan = []
     for t in config.tasks:
         spec = data.load_task(t)
-        for lang in task_languages(spec, config.languages):
+        for lang in data.task_languages(spec, config.languages):
             plan.append((spec, lang, data.load_items(spec, lang, config.limit)))
     total = sum(len(items) for _, _, items in plan)
     bar = progress.add_task("evaluating", total=total) if progress is not None else None

@@ -28,7 +28,7 @@ from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_h
 from alignlens.capture.reducers import ActivationCounter
 from alignlens.capture.shards import load_shard, save_shard, shard_path
 from alignlens.config import AnalyzeConfig, check_layers
-from alignlens.evaluate import LanguageResult, evaluate_language, task_languages, write_eval
+from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
 from alignlens.results.manifest import make_manifest
 from alignlens.results.writer import write_analysis_files
 from alignlens.languages import paper_order
@@ -53,7 +53,7 @@ def capture_run(
     plan = []
     for t in config.tasks:
         spec = data.load_task(t)
-        for lang in task_languages(spec, config.languages):
+        for lang in data.task_languages(spec, config.languages):
             plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
                                                          f"task {spec.name}, language {lang}")))
     bar = progress.add_task("capturing", total=sum(len(i) for _, _, i in plan)) if progress is not None else None
@@ -279,7 +279,7 @@ def check_training_overlap(config: Any, models: list[str]) -> None:
             trained = set(split["train_items"])
             evaluated: set[int] = set()
             every: set[int] = set()
-            for lang in task_languages(ts, config.languages):
+            for lang in data.task_languages(ts, config.languages):
                 items = data.load_items(ts, lang)
                 every |= {it.index for it in items}
                 chosen = config.select_items(items, ts.labels, f"task {ts.name}, language {lang}")
@@ -290,7 +290,7 @@ def check_training_overlap(config: Any, models: list[str]) -> None:
                 hint = f"evaluate held-out items, e.g. --items {format_items(free)}" if free else \
                     "no item of this task is held out"
                 raise AlignlensError(
-                    f"model {spec} was trained on task {ts.name} items {format_items(trained)}: {len(overlap)} of "
+                    f"model {spec} was trained on task {ts.name} items {format_items(trained, 5)}: {len(overlap)} of "
                     f"the {len(evaluated)} {ts.name} items this run evaluates overlap (first: "
                     f"{', '.join(map(str, overlap[:5]))}); {hint}")
 

@@ -24,8 +24,9 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
 
     Tensors: probs float64 [n, n_labels], gold/indices [n], last/mean [n, n_layers, d_model],
     p_en/p_target [n, n_layers, n_labels], entropy [n, n_layers], neuron_counts int64
-    [n_layers, d_mlp], neuron_tokens int64 [n_layers], overlap uint8 [n_labels]; metadata: task,
-    lang, labels (JSON list)."""
+    [n_layers, d_mlp], neuron_tokens int64 [n_layers], overlap uint8 [n_labels]; metadata: one key,
+    `alignlens`, a sorted JSON object {task, lang, labels} (safetensors writes several metadata
+    keys in a random order, which would make equal shards differ in bytes)."""
     from safetensors.torch import save_file
 
     n = len(result.indices)
@@ -36,7 +37,8 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
         "neuron_counts": cap.neurons.counts, "neuron_tokens": cap.neurons.n_tokens_per_layer,
         "overlap": cap.overlap.to(torch.uint8),
     }
-    meta = {"task": result.task, "lang": result.lang, "labels": json.dumps(result.labels, ensure_ascii=False)}
+    meta = {"alignlens": json.dumps({"task": result.task, "lang": result.lang, "labels": list(result.labels)},
+                                    ensure_ascii=False, sort_keys=True)}
     path = shard_path(folder, result.task, result.lang)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -50,8 +52,12 @@ def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
         t = {k: fh.get_tensor(k) for k in fh.keys()}
+    if "alignlens" in meta:
+        meta = json.loads(meta["alignlens"])
+    else:  # shards written before the metadata became one key
+        meta = {**meta, "labels": json.loads(meta["labels"])}
     rows = list(range(len(t["indices"])))
-    result = LanguageResult(meta["task"], meta["lang"], json.loads(meta["labels"]), t["indices"].tolist(),
+    result = LanguageResult(meta["task"], meta["lang"], list(meta["labels"]), t["indices"].tolist(),
                             t["gold"].tolist(), t["probs"].numpy())
     n_layers, d_mlp = t["neuron_counts"].shape
     cap = LanguageCapture.empty(meta["task"], meta["lang"], n_layers, d_mlp, t["overlap"].bool())
