@@ -90,15 +90,18 @@ def parse_items(text: str | Iterable[int] | None, what: str = "--items") -> tupl
     return tuple(sorted(out))
 
 
-def format_items(indices: Iterable[int]) -> str:
-    """Sorted item indices as ranges: (0, 1, 2, 5, 7, 8) -> '0-2,5,7-8' (the inverse of `parse_items`)."""
+def format_items(indices: Iterable[int], max_runs: int | None = None) -> str:
+    """Sorted item indices as ranges: (0, 1, 2, 5, 7, 8) -> '0-2,5,7-8' (the inverse of `parse_items`);
+    with `max_runs`, only the first `max_runs` ranges, then ',...' when there are more (for messages)."""
     runs: list[list[int]] = []
     for i in sorted(indices):
         if runs and i == runs[-1][1] + 1:
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    more = max_runs is not None and len(runs) > max_runs
+    text = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:max_runs])
+    return text + (",..." if more else "")
 
 
 def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterable[int] | None = None,
@@ -118,8 +121,7 @@ def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterab
         missing = sorted(wanted - have)
         if missing:
             raise AlignlensError(f"{where}: --items lists {len(missing)} item(s) not in the test file "
-                                 f"({format_items(missing[:5])}{', ...' if len(missing) > 5 else ''}; "
-                                 f"the file has items {format_items(have)})")
+                                 f"({format_items(missing, 5)}; the file has items {format_items(have, 5)})")
         items = [it for it in items if it.index in wanted]
     if not balanced:
         return items if limit is None else items[:limit]

@@ -512,7 +512,7 @@ def load_task_question_translation(
         for what, table in ((lang, source), ("en", english)):
             missing = [i for i in items if i not in table]
             if missing:
-                raise AlignlensError(f"{_item_file(spec.folder, what)}: training item(s) {format_items(missing)} missing "
+                raise AlignlensError(f"{_item_file(spec.folder, what)}: training item(s) {format_items(missing, 5)} missing "
                                      f"(task {spec.name}, language {what}; {len(missing)} of {len(items)})")
         idx = list(items)
         if per_language is not None and per_language < len(idx):

@@ -167,8 +167,7 @@ class TrainConfig:
             missing = [i for i in indices if i not in have]
             if missing:
                 raise AlignlensError(f"--train-items: {len(missing)} item(s) are not in task {spec.name} "
-                                     f"({format_items(missing[:5])}{', ...' if len(missing) > 5 else ''}; "
-                                     f"it has items {format_items(have)})")
+                                     f"({format_items(missing, 5)}; it has items {format_items(have, 5)})")
         self.train_items = format_items(indices)
         langs = self.resolved_languages()
         if "en" in langs:
