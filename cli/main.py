@@ -308,11 +308,10 @@ def train_cmd(
     """Question-translation alignment (the paper's step 1): fine-tune on questions only, translated
     X -> English ("<question in X>\\nTranslate the input from <Language> to English:\\n" -> the English
     question). Loss on the English target tokens only. Ctrl-C saves a checkpoint; --resume continues.
-
     Data: with --task, the task's own questions (its query template filled with an item's fields,
     ending at the answer's opening quote) for --train-items (default: the second half of its items);
-    without it, the bundled SNLI question-translation set. The manifest records data.source, data.task,
-    data.train_items and data.control. Long questions (emotion) need a larger --max-len, e.g. 640.
+    without it, the bundled SNLI question-translation set. The manifest records which (source, task,
+    train_items, control). Long questions (emotion) need a larger --max-len, e.g. 640.
     """
     from alignlens.train import TrainConfig, train
 
