@@ -206,6 +206,10 @@ def test_refusal_names_task_overlap_and_the_held_out_items(tmp_path):
     msg = str(err.value)
     assert "task emotion" in msg and "10 of the 20 emotion items" in msg and "first: 250, 251, 252, 253, 254" in msg
     assert "--items 0-249" in msg and "\n" not in msg
+    (model / "merged").mkdir()  # the merged/ model of a training output is checked against its parent's manifest
+    with pytest.raises(AlignlensError, match="10 of the 20"):
+        check_training_overlap(EvalConfig(tasks=("emotion",), languages=("de",), items="240-259", limit=None),
+                               [str(model / "merged")])
     # the first 300 of every language: items 250-299 overlap
     with pytest.raises(AlignlensError, match="50 of the 300"):
         check_training_overlap(EvalConfig(tasks=("emotion",), limit=300), [str(model)])

@@ -264,6 +264,8 @@ def check_training_overlap(config: Any, models: list[str]) -> None:
 
     for spec in models:
         folder = Path(spec).expanduser()
+        if folder.name == "merged" and not (folder / "manifest.json").is_file():
+            folder = folder.parent  # the `merged/` model of an `alignlens train` output
         split = read_training_split(folder) if folder.is_dir() else {}
         if not split.get("task"):
             continue
