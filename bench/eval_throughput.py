@@ -2,61 +2,100 @@
 
 The paper's method: one item at a time, full-sequence logits, no cache. alignlens: the few-shot
 prefix's KV cache reused, padded batches, LM head on the last position only. Checks that the
-predictions are identical and the probabilities agree, then prints items/s of both and the ratio
-(target: >= 5 on a 2-core CPU).
+predictions are identical and the probabilities agree (1e-4), then times the two methods
+alternately for `--rounds` rounds (load from other processes affects both alike) and prints the
+median items/s of each and the median ratio (target: >= 14; the FLOP ratio is the moonshot), with
+each method's counted FLOPs per item and achieved GFLOP/s against the machine's measured GEMM peak
+(bench/flops.py).
 
-    python bench/eval_throughput.py [--items 100] [--languages en,zh,de] [--batch-size 8]
+    python bench/eval_throughput.py [--items 34] [--languages en,zh,de] [--batch-size 8] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from alignlens import data
-from alignlens import evaluate as ev
-from alignlens.engine import reference_probs
-from alignlens.labels import label_sets
-from alignlens.model import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
+
+from alignlens import data  # noqa: E402
+from alignlens import evaluate as ev  # noqa: E402
+from alignlens.engine import encode, reference_probs, shared_prefix_len  # noqa: E402
+from alignlens.labels import label_sets  # noqa: E402
+from alignlens.model import load_model  # noqa: E402
+
+
+def counted_flops(model, spec, langs: list[str], items: dict) -> tuple[float, float]:
+    """(paper's method, alignlens) useful FLOPs over all items: the paper runs every prompt token
+    through the body and the head; alignlens runs each language's shared prefix once through the
+    body, each item's suffix through the body and its last position through the head."""
+    fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
+    paper = fast = 0.0
+    for lang in langs:
+        prompts = encode(model.tokenizer, [data.build_prompt(spec, lang, it) for it in items[lang]])
+        prefix = encode(model.tokenizer, [data.prompt_prefix(spec, lang)])[0]
+        k = shared_prefix_len(prefix, prompts)
+        paper += sum(len(p) for p in prompts) * (fb + fh)
+        fast += k * fb + sum((len(p) - k) * fb + fh for p in prompts)
+    return paper, fast
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--task", default="snli")
-    ap.add_argument("--items", type=int, default=100, help="items per language")
+    ap.add_argument("--items", type=int, default=34, help="items per language")
     ap.add_argument("--languages", default="en,zh,de")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     model = load_model(args.model)
     spec = data.load_task(args.task)
     sets = label_sets(model.tokenizer, spec.labels)
     langs = args.languages.split(",")
-    fast, ref, n = {}, {}, 0
-    t0 = time.perf_counter()
-    for lang in langs:
-        items = data.load_items(spec, lang, args.items)
-        fast[lang] = ev.evaluate_language(model, spec, lang, items, batch_size=args.batch_size).probs
-        n += len(items)
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for lang in langs:
-        items = data.load_items(spec, lang, args.items)
-        ref[lang] = torch.stack([reference_probs(model, data.build_prompt(spec, lang, it), sets) for it in items]).numpy()
-    t_ref = time.perf_counter() - t0
+    items = {lang: data.load_items(spec, lang, args.items) for lang in langs}
+    n = sum(len(v) for v in items.values())
+
+    def run_fast():
+        return {lang: ev.evaluate_language(model, spec, lang, items[lang], batch_size=args.batch_size).probs
+                for lang in langs}
+
+    def run_paper():
+        return {lang: torch.stack([reference_probs(model, data.build_prompt(spec, lang, it), sets)
+                                   for it in items[lang]]).numpy() for lang in langs}
+
+    t_fast, t_ref = [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        fast = run_fast()
+        t_fast.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = run_paper()
+        t_ref.append(time.perf_counter() - t0)
     same = all((fast[lang].argmax(1) == ref[lang].argmax(1)).all() for lang in langs)
     max_diff = max(float(np.abs(fast[lang] - ref[lang]).max()) for lang in langs)
+    peak = gemm_peak_gflops()
+    f_paper, f_fast = counted_flops(model, spec, langs, items)
+    tf, tr = statistics.median(t_fast), statistics.median(t_ref)
     print(f"model {args.model}, task {args.task}, {n} items ({args.items} x {len(langs)} languages), "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print(f"paper's method (one item, full logits, no cache): {n / t_ref:7.2f} items/s ({t_ref:.0f}s)")
-    print(f"alignlens (prefix KV cache, batched, last position): {n / t_fast:7.2f} items/s ({t_fast:.0f}s)")
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds (medians)")
+    print(f"paper's method (one item, full logits, no cache): {n / tr:7.2f} items/s ({tr:.1f}s)")
+    print(f"alignlens (prefix KV cache, batched, last position): {n / tf:7.2f} items/s ({tf:.1f}s)")
+    print(describe("  paper's method", f_paper, tr, peak, n))
+    print(describe("  alignlens     ", f_fast, tf, peak, n))
     print(f"predictions identical: {same}; max |prob difference|: {max_diff:.2e}")
-    print(f"ratio: {t_ref / t_fast:.2f}x (target >= 5)")
-    if not same:
-        raise SystemExit("predictions differ")
+    ratios = [r / f for r, f in zip(t_ref, t_fast)]
+    print(f"ratio: {statistics.median(ratios):.2f}x median of rounds {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(target >= 14; FLOP ratio {f_paper / f_fast:.1f}x)")
+    if not same or max_diff > 1e-4:
+        raise SystemExit("predictions differ or probabilities disagree by more than 1e-4")
 
 
 if __name__ == "__main__":
