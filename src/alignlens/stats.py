@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -50,30 +49,3 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95, axis: int = 0) -> tupl
 def clip_interval(interval, lo: float = 0.0, hi: float = 1.0) -> list[float]:
     """An interval [l, u] clipped to [lo, hi] (e.g. a probability's to [0, 1]); None/NaN become NaN."""
     return [math.nan if v is None or v != v else min(max(float(v), lo), hi) for v in interval]
-
-
-def group_means(
-    pairs: Sequence[tuple[float | None, float | None]], groups: Mapping[str, Sequence[int]],
-    paired: Sequence[bool] | None = None,
-) -> list[dict]:
-    """Macro means of two runs' values (e.g. accuracies per language) over groups of entries.
-
-    pairs[i] = (a_i, b_i), None where a run has no value; groups: name -> indices into `pairs`;
-    paired[i] (default: both values present) says whether entry i may be compared. When any entry
-    is paired, both means of every group are over its paired entries only, so that "diff" is exactly
-    b - a (groups without a paired entry are left out); otherwise each mean is over the entries
-    that run has. Returns [{"group", "n", "a", "b", "diff"}] (NaN where undefined), in group order.
-    """
-    ok = [a is not None and b is not None for a, b in pairs] if paired is None else list(paired)
-    any_paired = any(ok)
-    out = []
-    for name, idx in groups.items():
-        idx = [i for i in idx if ok[i]] if any_paired else list(idx)
-        if not idx:
-            continue
-        a = [pairs[i][0] for i in idx if pairs[i][0] is not None]
-        b = [pairs[i][1] for i in idx if pairs[i][1] is not None]
-        d = [pairs[i][1] - pairs[i][0] for i in idx if ok[i]]
-        out.append({"group": name, "n": len(idx), "a": float(np.mean(a)) if a else math.nan,
-                    "b": float(np.mean(b)) if b else math.nan, "diff": float(np.mean(d)) if d else math.nan})  # fmt: skip
-    return out
