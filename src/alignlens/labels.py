@@ -1,11 +1,13 @@
 """Label-word token sets: which next tokens count as answering a label word.
 
-The paper's rule (its scripts, for SentencePiece vocabularies): every vocabulary token equal to
-a non-empty prefix of the word, with or without the leading word-boundary marker "▁", plus the
-byte-fallback token `<0xNN>` of the word's first byte where the vocabulary has one. For
-byte-level BPE vocabularies (GPT-2, Llama 3, Qwen) the same rule is applied to bytes: every
-token whose bytes are a non-empty prefix of the word's UTF-8 bytes, with or without a leading
-space byte ("Ġ").
+The paper's rule (`process_tokens` and `unicode_prefix_tokid` in its `zsm_emotion_2shot.py`, for
+SentencePiece vocabularies): every vocabulary token equal to a non-empty prefix of the word, with or
+without the leading word-boundary marker "▁", plus -- only when the word's first character is
+non-ASCII -- the byte-fallback token `<0xNN>` of its first UTF-8 byte, where the vocabulary has one
+(`byte_fallback_token`). For byte-level BPE vocabularies (GPT-2, Llama 3, Qwen) the same rule is
+applied to bytes: every token whose bytes are a non-empty prefix of the word's UTF-8 bytes, with or
+without a leading space byte ("Ġ"); this contains the paper's extra Qwen rule (the first token of
+each encoded prefix).
 
 The logit lens also needs to know when a label's English word and its target-language word
 cannot be told apart (`label_overlap`).
@@ -63,6 +65,21 @@ def vocab_kind(tokenizer: Any) -> str:
     return "sentencepiece" if n_sp >= n_bl else "bytelevel"
 
 
+def byte_fallback_token(word: str) -> str | None:
+    """The byte-fallback token name `<0xNN>` (NN: the first UTF-8 byte, upper-case hex) that the
+    paper's `unicode_prefix_tokid(word[0])` adds to a word's token set, or None where it adds none.
+
+    The paper tests `str(word[0].encode())[2:-1].startswith('\\x')`: Python writes a byte as `\\xNN`
+    exactly when it is >= 0x80 (every byte of a non-ASCII character) or an ASCII control byte other
+    than tab, newline and carriage return (written `\\t`, `\\n`, `\\r`). So an ASCII word gets no byte
+    token ("positive" -> None) and a non-ASCII one gets its first byte's ("积极" -> "<0xE7>")."""
+    if not word:
+        return None
+    first = word.encode("utf-8")[0]
+    hex_escaped = first >= 0x80 or first == 0x7F or (first < 0x20 and first not in (0x09, 0x0A, 0x0D))
+    return f"<0x{first:02X}>" if hex_escaped else None
+
+
 def label_token_ids(tokenizer: Any, word: str, where: str = "") -> list[int]:
     """Token ids whose probabilities are summed for `word` (see the module docstring). Sorted.
 
@@ -78,8 +95,8 @@ def label_token_ids(tokenizer: Any, word: str, where: str = "") -> list[int]:
             for tok in (prefix, SP_MARKER + prefix):
                 if tok in vocab:
                     ids.add(vocab[tok])
-        byte_tok = f"<0x{word.encode('utf-8')[0]:02X}>"
-        if byte_tok in vocab:
+        byte_tok = byte_fallback_token(word)
+        if byte_tok is not None and byte_tok in vocab:
             ids.add(vocab[byte_tok])
     else:
         enc = _byte_encoder()
