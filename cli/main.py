@@ -241,6 +241,7 @@ def analyze_cmd(
     filter_rate: float = typer.Option(_NEURON_DEFAULTS.filter_rate, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
     activation_bar: float = typer.Option(_NEURON_DEFAULTS.activation_bar_ratio, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
     lens_overlap: str = typer.Option(AnalyzeConfig.lens_overlap, "--lens-overlap", help="Logit lens drops items whose gold label's English and target words collide: token-set (their prefix token sets share a token; strict) or first-token (same first token, as Wendler et al.)."),
+    lens_prompts: str = typer.Option(AnalyzeConfig.lens_prompts, "--lens-prompts", help="Prompts of the capture pass (logit lens, similarity, neurons): target-labels (demonstrations with the language's label words, as the paper's lens; accuracy still from a second pass on the English-label prompts) or english-labels (the evaluation prompts; one pass)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
@@ -258,6 +259,7 @@ def analyze_cmd(
         pair_layers=pair_layers,
         neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
         save_activations=save_activations, lens_overlap=lens_overlap, items=items, balanced=balanced,
+        lens_prompts=lens_prompts,
     )
     _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype)
     t0 = time.time()
@@ -291,6 +293,7 @@ def train_cmd(
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Max tokens per example (prompt + target)."),
     max_drop_fraction: Optional[float] = typer.Option(None, "--max-drop-fraction", help="Refuse when more of a language's examples would be dropped (prompt alone fills --max-len); default 0.05. Kept/truncated/dropped counts are printed and recorded in the manifest."),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2) instead of replicating them (DDP); for models larger than one device."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r"),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha"),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (default q_proj,v_proj)."),
@@ -317,7 +320,7 @@ def train_cmd(
 
     overrides = dict(task=task, train_items=train_items, control=control, languages=_csv(languages), per_language=per_language,
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
-                     batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None,
+                     batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None, fsdp=fsdp or None,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
                      val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, device=device,
                      threads=threads, keep_checkpoints=keep_checkpoints or None)

@@ -20,7 +20,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -124,7 +124,13 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Checkpoint:
-    """One resumable point of a run (`checkpoints/last.pt`); see `CHECKPOINT_KEYS`."""
+    """One resumable point of a run (`checkpoints/last.pt`); see `CHECKPOINT_KEYS`.
+
+    Under torchrun: `world_size` processes saved it (a resumed run must use as many: the global
+    batch depends on it) and `rng_ranks[r]` is rank r's RNG state (LoRA dropout draws differ per
+    rank); `state.rng` is rank 0's. With FSDP, `trainable` and `optimizer` are empty and
+    `sharded` names the folders (torch.distributed.checkpoint, one file per rank) holding them:
+    {"last": folder, "best": folder or None}, relative to the checkpoint's folder."""
 
     config: dict  # TrainConfig.to_dict()
     model_spec: str
@@ -134,12 +140,16 @@ class Checkpoint:
     scheduler: dict
     log_offset: int  # bytes of train_log.jsonl written before this checkpoint
     state: TrainState
+    world_size: int = 1
+    rng_ranks: list[dict] | None = None
+    sharded: dict | None = None
 
     def save(self, path: Path) -> None:
         state, rng = self.state.to_checkpoint()
         atomic_save({"format": FORMAT, "config": self.config, "model_spec": self.model_spec,
                      "data_digest": self.data_digest, "trainable": self.trainable, "optimizer": self.optimizer,
-                     "scheduler": self.scheduler, "rng": rng, "log_offset": self.log_offset, "state": state}, path)
+                     "scheduler": self.scheduler, "rng": rng, "log_offset": self.log_offset, "state": state,
+                     "world_size": self.world_size, "rng_ranks": self.rng_ranks, "sharded": self.sharded}, path)
 
     @classmethod
     def load(cls, path: Path) -> "Checkpoint":
@@ -153,10 +163,15 @@ class Checkpoint:
                 raise ValueError(f"missing {', '.join(missing)}")
             TrainConfig.from_dict(raw["config"])
             return cls(raw["config"], raw["model_spec"], raw["data_digest"], raw["trainable"], raw["optimizer"],
-                       raw["scheduler"], raw["log_offset"], TrainState.from_checkpoint(raw["state"], raw["rng"]))
+                       raw["scheduler"], raw["log_offset"], TrainState.from_checkpoint(raw["state"], raw["rng"]),
+                       int(raw.get("world_size", 1)), raw.get("rng_ranks"), raw.get("sharded"))
         except Exception as exc:  # noqa: BLE001 - one clear line for the user
             raise AlignlensError(f"cannot resume from {path}: unreadable checkpoint ({first_line(exc)}); "
                                  f"start again with --force instead of --resume") from None
+
+    def rng_for(self, rank: int) -> dict | None:
+        """The RNG state rank `rank` had at this checkpoint (rank 0's for a one-process checkpoint)."""
+        return self.rng_ranks[rank] if self.rng_ranks else self.state.rng
 
 
 class TrainLog:
@@ -178,6 +193,19 @@ class TrainLog:
 
     def close(self) -> None:
         self.fh.close()  # (closing twice is harmless)
+
+
+class NoLog:
+    """The log of ranks other than 0 under torchrun: they write nothing."""
+
+    def write(self, record: dict) -> None:  # noqa: ARG002
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 # ---- the output folder ----------------------------------------------------------------------
@@ -241,3 +269,49 @@ def save_folder(path: Path, save: Callable[[Path], None]) -> None:
         shutil.rmtree(path)
     with atomic_path(path, folder=True) as tmp:
         save(tmp)
+
+
+#: Largest safetensors file `write_safetensors_shards` writes (bytes; a bigger tensor gets a file of its own).
+MAX_SHARD_BYTES = 4 << 30
+
+
+def write_safetensors_shards(folder: Path, tensors: Iterable[tuple[str, torch.Tensor]],
+                             max_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+    """Write (name, tensor) pairs as HF-style safetensors into `folder` (a new, private folder such
+    as `save_folder`'s): `model.safetensors` when they fit in one file, else
+    `model-0000i-of-0000n.safetensors` and `model.safetensors.index.json`. Tensors are consumed
+    one by one and at most one file's worth is held at a time. Returns the file names."""
+    from safetensors.torch import save_file
+
+    parts: list[str] = []
+    weight_map: dict[str, str] = {}
+    current: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        nonlocal current, size
+        if current:
+            name = f"part-{len(parts):05d}.safetensors"
+            save_file(current, str(folder / name), metadata={"format": "pt"})
+            parts.append(name)
+            weight_map.update(dict.fromkeys(current, name))
+            current, size = {}, 0
+
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_bytes:
+            flush()
+        current[name] = tensor.contiguous()
+        size += nbytes
+        total += nbytes
+    flush()
+    if len(parts) == 1:
+        names = {parts[0]: "model.safetensors"}
+    else:
+        names = {p: f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i, p in enumerate(parts)}
+    for old, new in names.items():
+        (folder / old).rename(folder / new)
+    if len(parts) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return list(names.values())

@@ -12,11 +12,13 @@ sees the whole computation and syncs the gradients of every parameter the loss u
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from alignlens import distributed
 from alignlens.engine import Unembed, decoder_body
 from alignlens.train.examples import Example, collate
 
@@ -62,19 +64,38 @@ def target_loss(model: torch.nn.Module, input_ids: torch.Tensor, target_mask: to
 
 @torch.no_grad()
 def validation_loss(loss_model: TargetLossModel | Any, examples: list[Example], batch_size: int, pad_id: int,
-                    device: torch.device, bf16: bool = False) -> float | None:
+                    device: torch.device, bf16: bool = False, lockstep: bool = False) -> float | None:
     """Mean target-token loss over `examples` in eval mode (deterministic; no RNG used); None
-    without examples. `loss_model`: a `TargetLossModel` (or a wrapper with the same forward)."""
+    without examples. `loss_model`: a `TargetLossModel` (or a wrapper with the same forward).
+
+    Under torchrun, batch i (of `batch_size` examples, in order) is computed by rank i % world
+    size. The batches' loss sums are collected with `distributed.exact_float_sums` (each entry
+    has one non-zero addend, so it arrives bit for bit) and their token counts as int64, then
+    summed in batch order exactly as one process sums them: the result equals one process's, bit
+    for bit. `lockstep`: every rank runs the same number of forward passes (FSDP, whose forward
+    gathers parameters from all ranks); a rank without a batch in a round computes batch 0 again
+    and discards it."""
     if not examples:
         return None
+    world = distributed.world()
+    starts = list(range(0, len(examples), batch_size))
+    sums: list[float | None] = [None] * len(starts)
+    counts = [0] * len(starts)
+    rounds = math.ceil(len(starts) / world.size) if lockstep else len(range(world.rank, len(starts), world.size))
     was_training = loss_model.training
     loss_model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        ids, tgt = collate(examples[i: i + batch_size], pad_id)
+    for r in range(rounds):
+        i = r * world.size + world.rank
+        ids, tgt = collate(examples[starts[i if i < len(starts) else 0]:][:batch_size], pad_id)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, n = loss_model(ids.to(device), tgt.to(device))
-        total += float(loss)
-        count += n
+        if i < len(starts):
+            sums[i], counts[i] = float(loss), n
     loss_model.train(was_training)
+    if world.distributed:
+        sums, counts = distributed.exact_float_sums(sums), distributed.sum_ints(counts)
+    total, count = 0.0, 0
+    for s, n in zip(sums, counts):
+        total += s
+        count += n
     return total / max(count, 1)

@@ -21,12 +21,27 @@ checkpoint / finish).
 
 Process-wide state set for a run (torch's thread count, SIGINT/SIGTERM handlers, the global
 RNGs it seeds) is restored when `train` returns or raises.
+
+Under torchrun (`torchrun --nproc_per_node=N -m alignlens train ...`; see `alignlens.distributed`)
+every process runs `train`; the loss goes through the wrapped `TargetLossModel` (DDP, or FSDP2
+with `fsdp`). Global batch = `batch_size` x `grad_accum` x N: each optimizer step takes the same
+examples in the same order as one process with `grad_accum` x N, rank r the r-th share of them
+(`no_sync` on its accumulation passes; gradients are summed over ranks, the loss is divided by
+the step's target-token count over all ranks). Logged losses and validation losses are collected
+exactly (one addend per entry) and summed in one process's order. Rank 0 alone prepares the
+output folder and writes the log, checkpoints (with every rank's RNG state), the merge and the
+manifest (with the world size); with `fsdp` every rank also writes its own shard files of a
+checkpoint (torch.distributed.checkpoint). A stop request (Ctrl-C/SIGTERM on any rank) is
+all-reduced after every step, so all ranks stop after the same step.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
 import math
+import os
 import random
 import shlex
 import shutil
@@ -41,16 +56,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from alignlens import AlignlensError, RunInterrupted
+from alignlens import AlignlensError, RunInterrupted, distributed
 from alignlens.model import DEFAULT_MODEL, load_hf, load_tokenizer, model_source, resolve_device
-from alignlens.results import now_iso, write_json
+from alignlens.results import TEMP_PREFIX, now_iso, write_json
 from alignlens.results.manifest import provenance
-from alignlens.train.checkpoint import (FORMAT, Checkpoint, TrainLog, TrainState, atomic_save,
+from alignlens.train.checkpoint import (FORMAT, Checkpoint, NoLog, TrainLog, TrainState, atomic_save,
                                         check_out_dir, load_trainable, load_weights, rng_state, save_folder,
-                                        set_rng_state, start_writing, trainable_state)
+                                        set_rng_state, start_writing, trainable_state, write_safetensors_shards)
 from alignlens.train.config import TrainConfig
 from alignlens.train.examples import COUNT_KEYS, TrainData, build_data, collate, epoch_order, load_pairs
-from alignlens.train.loss import TargetLossModel, validation_loss
+from alignlens.train.loss import TargetLossModel, hf_causal_lm, validation_loss
 
 
 @dataclass
@@ -107,16 +122,24 @@ def global_rng_restored() -> Iterator[None]:
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM ask the loop to stop at the next safe point (a second one stops at once)."""
+    """Ctrl-C / SIGTERM ask the loop to stop at the next safe point (a second one stops at once,
+    except under torchrun: Ctrl-C reaches a worker twice there, from the terminal and from
+    torchrun, and torchrun itself kills workers that do not stop within its grace period)."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeat_stops: bool = True) -> None:
         self.requested = False
         self.signum: int = signal.SIGINT
+        self.repeat_stops = repeat_stops
+
+    def request(self, signum: int) -> None:
+        """Ask for a stop (the first request's signal is kept)."""
+        if not self.requested:
+            self.requested, self.signum = True, signum
 
     def _on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.requested:
+        if self.requested and self.repeat_stops:
             raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
+        self.request(signum)
 
     @contextmanager
     def installed(self) -> Iterator["StopRequest"]:
@@ -179,6 +202,74 @@ def load_model_to_train(config: TrainConfig, model_spec: str, device: torch.devi
     return model, {k: info[k] for k in BASE_MODEL_KEYS}
 
 
+def seed_all(seed: int) -> None:
+    """Seed the global RNGs a run uses (python, numpy, torch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank` > 0 under torchrun after the model is built (its LoRA dropout masks
+    differ from the other ranks'); rank 0 continues the run's own stream."""
+    return (seed * 1_000_003 + rank) % (2 ** 63)
+
+
+def decoder_layers(loss_model: TargetLossModel) -> torch.nn.ModuleList:
+    """The decoder blocks (the model's largest ModuleList), the units FSDP shards one by one."""
+    lists = [m for m in loss_model.body().modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise AlignlensError(f"{type(hf_causal_lm(loss_model.model)).__name__}: cannot find the decoder blocks to shard")
+    return max(lists, key=len)
+
+
+def _sum_allreduce_hook(state, bucket):  # noqa: ANN001, ANN202 - DDP refuses other annotations than its own
+    """DDP communication hook: the SUM of the ranks' gradients (DDP's default averages). Each
+    rank's loss is already divided by the target tokens of the whole step, over all ranks.
+    `state`: the process group (None: the default one); `bucket`: a dist.GradBucket."""
+    work = torch.distributed.all_reduce(bucket.buffer(), group=state, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def parallelize(loss_model: TargetLossModel, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """What the training passes call: `loss_model` itself (one process), a DistributedDataParallel
+    wrapper around it, or (`config.fsdp`) `loss_model` sharded in place with FSDP2 `fully_shard`
+    (each decoder block, then the rest; gradients summed over ranks, bf16 parameters and float32
+    reductions with `bf16`). Parameters and buffers are the same on every rank afterwards (DDP
+    broadcasts rank 0's)."""
+    world = distributed.world()
+    if not world.distributed:
+        return loss_model
+    if config.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device.type, (world.size,))
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if config.bf16
+              else MixedPrecisionPolicy())
+        for layer in decoder_layers(loss_model):
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(loss_model, mesh=mesh, mp_policy=mp)
+        if not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+            raise AlignlensError(f"--fsdp needs a newer torch than {torch.__version__} "
+                                 f"(FSDPModule.set_force_sum_reduction_for_comms is missing)")
+        for m in loss_model.modules():
+            if isinstance(m, FSDPModule):  # plain sums (no averaging, no PREMUL_SUM: gloo has none)
+                m.set_gradient_divide_factor(1.0)
+                m.set_force_sum_reduction_for_comms(True)
+        return loss_model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # buffers (rotary tables) are constants: no broadcast before every forward
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  **no_buffer_sync)
+    ddp.register_comm_hook(None, _sum_allreduce_hook)
+    return ddp
+
+
 # ---- the trainer ----------------------------------------------------------------------------
 
 
@@ -189,6 +280,8 @@ class Trainer:
     then `step()` runs one optimizer step, `validate()` one validation pass, `checkpoint()` saves
     `checkpoints/last.pt`, `finish()` writes the outputs; `run()` drives these until done,
     handling Ctrl-C/SIGTERM. `state` (a `TrainState`) is everything that changes as it runs.
+    Under torchrun every rank builds a `Trainer` and calls the same operations (they are
+    collectives); rank 0 alone writes the shared files.
     """
 
     def __init__(self, config: TrainConfig, model_spec: str, out: Path, data: TrainData, model: torch.nn.Module,
@@ -197,21 +290,26 @@ class Trainer:
 
         self.config, self.model_spec, self.out, self.data = config, model_spec, out, data
         self.model, self.tokenizer, self.base_info, self.device = model, tokenizer, base_info, device
+        self.world = distributed.world()
+        self.fsdp = bool(config.fsdp and self.world.distributed)
         self.loss_model = TargetLossModel(model)
+        self.forward_model = parallelize(self.loss_model, config, device)  # what training passes call
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.per_step = config.batch_size * config.grad_accum  # examples per optimizer step
+        self.per_rank = config.batch_size * config.grad_accum  # examples per optimizer step and rank
+        self.per_step = self.per_rank * self.world.size  # examples per optimizer step (global batch)
         self.steps_per_epoch = math.ceil(len(data.train) / self.per_step)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, round(config.warmup * self.total_steps),
                                                          self.total_steps)
         self.state = TrainState(started=now_iso())
-        self.best_weights: dict[str, torch.Tensor] | None = None  # trainable weights at the best validation
+        self.best_weights: dict[str, torch.Tensor] | None = None  # trainable weights at the best validation (rank 0)
         self._best_saved = False  # best_weights are in checkpoints/best.pt
+        self._best_dir: str | None = None  # fsdp: the checkpoints/ folder holding the best weights' shards
         self.ckpt_dir = out / "checkpoints"
-        self.log: TrainLog | None = None
-        self.stop = StopRequest()
+        self.log: TrainLog | NoLog | None = None
+        self.stop = StopRequest(repeat_stops=not self.world.distributed)
         self.resumed = False
         self.session_start = time.perf_counter() if session_start is None else session_start
         self._loop_start = time.perf_counter()  # reset by run()
@@ -222,50 +320,76 @@ class Trainer:
 
     def start(self, ckpt: Checkpoint | None = None) -> None:
         """The first change to the output folder: a fresh run removes the previous run's files;
-        with `ckpt`, weights, optimizer, schedule, state, log and RNG are restored exactly."""
-        start_writing(self.out, fresh=ckpt is None)
+        with `ckpt`, weights, optimizer, schedule, state, log and RNG (this rank's) are restored
+        exactly. Under torchrun rank 0 alone changes the folder; the others wait."""
         if ckpt is not None:
-            load_trainable(self.model, ckpt.trainable)
-            self.optimizer.load_state_dict(ckpt.optimizer)
-            self.scheduler.load_state_dict(ckpt.scheduler)
-            self.state = dataclasses.replace(ckpt.state, sessions=ckpt.state.sessions + 1)
-            if (self.ckpt_dir / "best.pt").is_file():
-                self.best_weights = load_weights(self.ckpt_dir / "best.pt")
-            set_rng_state(ckpt.state.rng)
-            self.resumed = True
-        self.log = TrainLog(self.out / "train_log.jsonl", truncate_to=ckpt.log_offset if ckpt else None)
-        self.log.write({"event": "resume" if ckpt else "start", "time": now_iso(), "step": self.state.step,
-                        "total_steps": self.total_steps, "n_train": len(self.data.train),
-                        "n_val": len(self.data.val), "trainable_params": self.n_trainable, "model": self.model_spec})
-        self.ckpt_dir.mkdir(exist_ok=True)
+            self._restore(ckpt)
+
+        def prepare() -> None:
+            start_writing(self.out, fresh=ckpt is None)
+            self.log = TrainLog(self.out / "train_log.jsonl", truncate_to=ckpt.log_offset if ckpt else None)
+            self.log.write({"event": "resume" if ckpt else "start", "time": now_iso(), "step": self.state.step,
+                            "total_steps": self.total_steps, "n_train": len(self.data.train),
+                            "n_val": len(self.data.val), "trainable_params": self.n_trainable,
+                            "model": self.model_spec, **self._world_record()})
+            self.ckpt_dir.mkdir(exist_ok=True)
+
+        self.log = NoLog()
+        distributed.on_main(prepare)
         self._best_saved = self.best_weights is not None
         self.state.rng = rng_state()
+
+    def _world_record(self) -> dict:
+        """The log's start record keys about processes (none for one process: the log is unchanged)."""
+        if not self.world.distributed:
+            return {}
+        return {"world_size": self.world.size, "parallel": "fsdp" if self.fsdp else "ddp", "global_batch": self.per_step}
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        """Weights, optimizer, schedule, state and this rank's RNG from `ckpt` (no file changes)."""
+        if self.fsdp:
+            self._load_sharded(self.ckpt_dir / ckpt.sharded["last"], optimizer=True)
+            self._best_dir = ckpt.sharded.get("best")
+        else:
+            load_trainable(self.model, ckpt.trainable)
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            if self.world.is_main and (self.ckpt_dir / "best.pt").is_file():
+                self.best_weights = load_weights(self.ckpt_dir / "best.pt")
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        self.state = dataclasses.replace(ckpt.state, sessions=ckpt.state.sessions + 1)
+        set_rng_state(ckpt.rng_for(self.world.rank))
+        self.resumed = True
 
     # -- the four operations -------------------------------------------------------------------
 
     def step(self) -> dict:
-        """One optimizer step: `grad_accum` forward/backward passes of `batch_size` examples, the
-        loss of each divided by the step's target-token count, clipping, AdamW, schedule. Returns
-        (and logs) the step's record. Raises KeyboardInterrupt when a stop was requested."""
+        """One optimizer step: `grad_accum` forward/backward passes of `batch_size` examples (per
+        rank), the loss of each divided by the step's target-token count, clipping, AdamW, schedule.
+        Returns (and logs) the step's record. One process: raises KeyboardInterrupt when a stop
+        was requested (under torchrun the ranks agree on stopping after the step, see `run`)."""
         cfg, st = self.config, self.state
         epoch, k = divmod(st.step, self.steps_per_epoch)
         order = epoch_order(len(self.data.train), cfg.seed, epoch)
         chunk = [self.data.train[i] for i in order[k * self.per_step: (k + 1) * self.per_step]]
-        n_target = sum(len(e.ids) - e.n_prompt for e in chunk)  # target tokens of this step
+        n_target = sum(len(e.ids) - e.n_prompt for e in chunk)  # target tokens of this step (all ranks)
+        n_tok = sum(len(e.ids) for e in chunk)
         t0 = time.perf_counter()
-        loss_sum, n_tok = 0.0, 0
-        for j in range(0, len(chunk), cfg.batch_size):
-            batch = chunk[j: j + cfg.batch_size]
-            ids, tgt = collate(batch, self.data.pad_id)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, _ = self.loss_model(ids.to(self.device), tgt.to(self.device))
-            (loss / n_target).backward()
-            loss_sum += float(loss.detach())
-            n_tok += sum(len(e.ids) for e in batch)
-            if self.stop.requested:
-                raise KeyboardInterrupt
+        if self.world.distributed:
+            loss_sum = self._passes_distributed(chunk, n_target)
+        else:
+            loss_sum = 0.0
+            for j in range(0, len(chunk), cfg.batch_size):
+                ids, tgt = collate(chunk[j: j + cfg.batch_size], self.data.pad_id)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, _ = self.forward_model(ids.to(self.device), tgt.to(self.device))
+                (loss / n_target).backward()
+                loss_sum += float(loss.detach())
+                if self.stop.requested:
+                    raise KeyboardInterrupt
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor (FSDP)
+            grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -282,11 +406,55 @@ class Trainer:
         self.log.write(record)
         return record
 
+    def _passes_distributed(self, chunk: list, n_target: int) -> float:
+        """This rank's forward/backward passes of one step; returns the step's summed loss over all
+        ranks. Rank r takes examples [r * per_rank, (r + 1) * per_rank) of the step's `chunk` (the
+        micro-batches one process with grad_accum x world size would run, in the same order);
+        gradients are synchronised on its last pass only. A rank left without examples (the end of
+        an epoch) runs one pass with weight 0, and with FSDP every rank runs `grad_accum` passes:
+        every collective is reached by every rank."""
+        cfg, rank = self.config, self.world.rank
+        mine = chunk[rank * self.per_rank: (rank + 1) * self.per_rank]
+        batches = [mine[j: j + cfg.batch_size] for j in range(0, len(mine), cfg.batch_size)]
+        n_passes = cfg.grad_accum if self.fsdp else max(1, len(batches))
+        losses: list[float | None] = [None] * (cfg.grad_accum * self.world.size)  # by global micro-batch
+        for a in range(n_passes):
+            real = a < len(batches)
+            ids, tgt = collate(batches[a] if real else chunk[:1], self.data.pad_id)
+            with self._sync(a == n_passes - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, _ = self.forward_model(ids.to(self.device), tgt.to(self.device))
+                if real:
+                    (loss / n_target).backward()
+                    losses[rank * cfg.grad_accum + a] = float(loss.detach())
+                else:
+                    (loss * 0.0).backward()
+        total = 0.0
+        for value in distributed.exact_float_sums(losses):  # one process's order of additions
+            total += value
+        return total
+
+    @contextmanager
+    def _sync(self, sync: bool) -> Iterator[None]:
+        """Gradient synchronisation over ranks on (`sync`) or off (accumulation passes: `no_sync`)."""
+        if sync or not self.world.distributed:
+            yield
+        elif self.fsdp:
+            self.loss_model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.loss_model.set_requires_gradient_sync(True)
+        else:
+            with self.forward_model.no_sync():
+                yield
+
     def validate(self) -> float | None:
         """Validation loss now (None without validation data); at step 0 it is the base model's,
         later a new lowest one keeps the trainable weights as the best."""
         cfg, st = self.config, self.state
-        val = validation_loss(self.loss_model, self.data.val, cfg.batch_size, self.data.pad_id, self.device, cfg.bf16)
+        val = validation_loss(self.loss_model, self.data.val, cfg.batch_size, self.data.pad_id, self.device, cfg.bf16,
+                              lockstep=self.fsdp)
         st.last_eval_step = st.step
         if val is None:
             return None
@@ -295,40 +463,72 @@ class Trainer:
             st.initial_val = val
         elif st.best_val is None or val < st.best_val:
             st.best_val, st.best_step = val, st.step
-            self.best_weights, self._best_saved = trainable_state(self.model), False
+            if self.fsdp:
+                self._best_dir = self._save_sharded(f"best-step{st.step}.dcp", optimizer=False)
+            elif self.world.is_main:
+                self.best_weights, self._best_saved = trainable_state(self.model), False
         self.log.write({"event": "val", "step": st.step, "val_loss": val, "best_val_loss": st.best_val})
         return val
 
     def checkpoint(self) -> None:
-        """Save `checkpoints/last.pt` (and new best weights to `checkpoints/best.pt`)."""
-        if self.best_weights is not None and not self._best_saved:
-            atomic_save(self.best_weights, self.ckpt_dir / "best.pt")
-            self._best_saved = True
+        """Save `checkpoints/last.pt` (and new best weights to `checkpoints/best.pt`). Under
+        torchrun: every rank's RNG state is gathered, rank 0 writes (with FSDP every rank first
+        writes its shards of the weights and optimizer state)."""
+        rngs = distributed.gather_objects(self.state.rng) if self.world.distributed else None
+        sharded = None
+        if self.fsdp:
+            sharded = {"last": self._save_sharded(f"last-step{self.state.step}.dcp", optimizer=True),
+                       "best": self._best_dir}
         state = dataclasses.replace(self.state, elapsed=self.state.elapsed + time.perf_counter() - self._loop_start)
-        Checkpoint(self.config.to_dict(), self.model_spec, self.data.digest, trainable_state(self.model),
-                   self.optimizer.state_dict(), self.scheduler.state_dict(), self.log.offset(),
-                   state).save(self.ckpt_dir / "last.pt")
+
+        def write() -> None:
+            if self.best_weights is not None and not self._best_saved:
+                atomic_save(self.best_weights, self.ckpt_dir / "best.pt")
+                self._best_saved = True
+            trainable, optimizer = ({}, {}) if self.fsdp else (trainable_state(self.model), self.optimizer.state_dict())
+            Checkpoint(self.config.to_dict(), self.model_spec, self.data.digest, trainable, optimizer,
+                       self.scheduler.state_dict(), self.log.offset(), state, self.world.size, rngs,
+                       sharded).save(self.ckpt_dir / "last.pt")
+            if sharded is not None:  # shard folders no checkpoint names any more
+                for old in self.ckpt_dir.glob("*.dcp"):
+                    if old.name not in sharded.values():
+                        shutil.rmtree(old)
+
+        distributed.on_main(write)
 
     def finish(self, loop_seconds: float) -> TrainResult:
         """Load the best weights (the final ones without validation data), write `adapter/` (LoRA),
-        `merged/`, the manifest and the log's last line; remove `checkpoints/` unless kept."""
+        `merged/`, the manifest and the log's last line; remove `checkpoints/` unless kept.
+        Under torchrun rank 0 writes; every rank returns the same result."""
         cfg, st = self.config, self.state
-        if self.best_weights is not None:
-            load_trainable(self.model, self.best_weights)
-        else:  # no validation data: the final weights
+        best = st.best_val is not None  # the best-validation weights exist (else: no validation data)
+        if not best:
             st.best_step = st.step
-        self._save_model()
+        if self.fsdp:
+            if best:
+                self._load_sharded(self.ckpt_dir / self._best_dir, optimizer=False)
+            self._save_model_sharded()
+        elif self.world.is_main and best:
+            load_trainable(self.model, self.best_weights)
         elapsed = st.elapsed + loop_seconds
         manifest = training_manifest(cfg, self.base_info, self.data, st, total_steps=self.total_steps,
                                      steps_per_epoch=self.steps_per_epoch, n_trainable=self.n_trainable,
-                                     device=self.device, elapsed=elapsed, best_weights=self.best_weights is not None,
-                                     command=self.command)
-        self.log.write({"event": "done", "time": now_iso(), "step": st.step, "best_val_loss": st.best_val,
-                        "best_step": st.best_step, "wall_seconds": round(elapsed, 1)})
-        self.log.close()
-        write_json(self.out / "manifest.json", manifest)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+                                     device=self.device, elapsed=elapsed, best_weights=best,
+                                     command=self.command, world_size=self.world.size,
+                                     parallel="fsdp" if self.fsdp else ("ddp" if self.world.distributed else None))
+
+        def write() -> None:
+            if not self.fsdp:
+                self._save_model()
+            self.log.write({"event": "done", "time": now_iso(), "step": st.step, "best_val_loss": st.best_val,
+                            "best_step": st.best_step, "wall_seconds": round(elapsed, 1)})
+            self.log.close()
+            write_json(self.out / "manifest.json", manifest)
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+
+        distributed.on_main(write)
+        manifest = distributed.broadcast_object(manifest)
         return TrainResult(out_dir=self.out, steps=st.step, total_steps=self.total_steps, epochs=cfg.epochs,
                            n_train=len(self.data.train), n_val=len(self.data.val), initial_val_loss=st.initial_val,
                            best_val_loss=st.best_val, best_step=st.best_step, final_val_loss=st.last_val,
@@ -377,9 +577,24 @@ class Trainer:
         rate = self._tokens_session / (time.perf_counter() - self._loop_start)
         bar.update(st.step, st.train_loss, rate, st.last_val)
         if callback is not None:
-            callback(record)
-        if self.stop.requested:
+            try:
+                callback(record)
+            except KeyboardInterrupt:
+                if not self.world.distributed:
+                    raise
+                self.stop.request(signal.SIGINT)  # under torchrun: a stop the ranks agree on below
+        if self._stop_agreed():
             raise KeyboardInterrupt
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now. Under torchrun the requests are all-reduced after every step (the
+        largest signal number wins), so every rank stops after the same step."""
+        if not self.world.distributed:
+            return self.stop.requested
+        signum = distributed.max_int(int(self.stop.signum) if self.stop.requested else 0)
+        if signum:
+            self.stop.requested, self.stop.signum = True, signum
+        return bool(signum)
 
     def _interrupted(self, bar: "_Progress") -> TrainInterrupted:
         """Save a checkpoint and say what was kept and how to resume."""
@@ -392,7 +607,7 @@ class Trainer:
         return TrainInterrupted(
             f"training of {self.out} interrupted ({signal.Signals(self.stop.signum).name}) at step {step} of {total}; "
             f"kept: checkpoint at step {step} of {total} in {self.ckpt_dir / 'last.pt'} and the log; resume with: "
-            f"alignlens train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
+            f"{resume_command(self.out, self.world.size)}", self.stop.signum)
 
     def _save_model(self) -> None:
         """`adapter/` (LoRA only) and `merged/` (float32 HF model + tokenizer), each atomically."""
@@ -409,14 +624,150 @@ class Trainer:
 
         save_folder(self.out / "merged", save_merged)
 
+    # -- FSDP: sharded checkpoints and the streamed merge --------------------------------------
+
+    def _sharded_state(self, optimizer: bool) -> dict:
+        """The trainable weights (and optimizer state) as this rank's shards, keyed for
+        torch.distributed.checkpoint (frozen base weights are left out)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, get_model_state_dict
+
+        opts = StateDictOptions(ignore_frozen_params=True)
+        if optimizer:
+            model_sd, optim_sd = get_state_dict(self.loss_model, self.optimizer, options=opts)
+            return {"model": model_sd, "optim": optim_sd}
+        return {"model": get_model_state_dict(self.loss_model, options=opts)}
+
+    def _save_sharded(self, name: str, optimizer: bool) -> str:
+        """Every rank writes its shards to `checkpoints/<temporary>` (torch.distributed.checkpoint),
+        then rank 0 renames the folder to `checkpoints/name`. Returns `name`."""
+        import torch.distributed.checkpoint as dcp
+
+        tmp = self.ckpt_dir / f"{TEMP_PREFIX}{name}"
+        distributed.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        dcp.save(self._sharded_state(optimizer), checkpoint_id=str(tmp))
+
+        def commit() -> None:
+            final = self.ckpt_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+
+        distributed.on_main(commit)
+        return name
+
+    def _load_sharded(self, folder: Path, optimizer: bool) -> None:
+        """Restore `_save_sharded` output into this rank's shards (and the optimizer)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+        state = self._sharded_state(optimizer)
+        dcp.load(state, checkpoint_id=str(folder))
+        opts = StateDictOptions(ignore_frozen_params=True, strict=False)
+        if optimizer:
+            set_state_dict(self.loss_model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"], options=opts)
+        else:
+            set_model_state_dict(self.loss_model, state["model"], options=opts)
+
+    def _save_model_sharded(self) -> None:
+        """FSDP: `merged/` as sharded safetensors in the base model's dtype, gathered one tensor at a
+        time (LoRA merged layer by layer: W + B @ A * scaling in float32, then cast), so no rank
+        ever holds the whole model; `adapter/` (LoRA) from the gathered adapter weights. Rank 0
+        writes; every rank takes part in the gathers."""
+        hf = hf_causal_lm(self.model)
+        dtype = saved_dtype(self.base_info)
+        main = self.world.is_main
+        if not self.config.full:
+            lora = {n: _full(p) for n, p in self.model.named_parameters() if p.requires_grad}
+            if main:
+                save_folder(self.out / "adapter",
+                            lambda folder: self.model.save_pretrained(folder, state_dict={n: t.cpu() for n, t in lora.items()}))
+            del lora
+
+        def save_merged(folder: Path) -> None:  # rank 0
+            write_safetensors_shards(folder, merged_tensors(hf, dtype, keep=True))
+            config = copy.deepcopy(hf.config)
+            config.dtype = dtype
+            config.save_pretrained(folder)
+            if getattr(hf, "generation_config", None) is not None:
+                hf.generation_config.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        if main:
+            save_folder(self.out / "merged", save_merged)
+        else:
+            for _ in merged_tensors(hf, dtype, False):  # the same gathers as rank 0, nothing kept
+                pass
+        distributed.barrier()
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (possibly FSDP-sharded) parameter or buffer, detached (a collective
+    for a DTensor: every rank must call it in the same order)."""
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+
+
+def saved_dtype(base_info: dict) -> torch.dtype:
+    """The dtype the base model was saved in (its config.json `dtype`; float32 when unknown)."""
+    from transformers import AutoConfig
+
+    try:
+        dt = AutoConfig.from_pretrained(base_info.get("path") or base_info["spec"]).dtype
+    except Exception:  # noqa: BLE001 - float32 is always right, only larger
+        return torch.float32
+    dt = getattr(torch, dt) if isinstance(dt, str) else dt
+    return dt if dt in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+
+
+def merged_tensors(hf: torch.nn.Module, dtype: torch.dtype, keep: bool) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(name, whole tensor on the CPU in `dtype`) for every weight of the HF model `hf` as a plain
+    HF checkpoint names it: LoRA layers merged (base weight + B @ A * scaling, in float32), tied
+    weights once, persistent buffers. One tensor is gathered at a time; `keep` False (ranks other
+    than 0) yields None after taking part in the gather."""
+    from peft.tuners.lora import LoraLayer
+
+    lora = {name: m for name, m in hf.named_modules() if isinstance(m, LoraLayer)}
+    for name, p in hf.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        layer = lora.get(owner.removesuffix(".base_layer")) if owner.endswith(".base_layer") else None
+        if layer is not None:
+            name = f"{owner.removesuffix('.base_layer')}.{leaf}"
+        full = _full(p)
+        if layer is not None and leaf == "weight":
+            merged = full.float()
+            for adapter in layer.active_adapters:
+                a, b = _full(layer.lora_A[adapter].weight).float(), _full(layer.lora_B[adapter].weight).float()
+                delta = b @ a
+                merged = merged + (delta.T if layer.fan_in_fan_out else delta) * layer.scaling[adapter]
+            full = merged
+        yield name, (full.to("cpu", dtype) if keep else None)
+    for mod_name, m in hf.named_modules():
+        for buf_name, buf in m.named_buffers(recurse=False):
+            if buf is not None and buf_name not in m._non_persistent_buffers_set:
+                value = buf.detach().to("cpu", dtype if buf.is_floating_point() else buf.dtype)
+                yield f"{mod_name}.{buf_name}".lstrip("."), (value if keep else None)
+
+
+def resume_command(out: Path, world_size: int) -> str:
+    """The command that resumes a run in `out` launched with `world_size` processes."""
+    args = f"train --out {shlex.quote(str(out))} --resume"
+    if world_size == 1:
+        return f"alignlens {args}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size)
+    nodes = f" --nnodes={world_size // local}" if local != world_size else ""
+    return f"torchrun{nodes} --nproc_per_node={local} -m alignlens {args}"
+
 
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
-                      best_weights: bool, command: str = "") -> dict:
+                      best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None) -> dict:
     """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
     (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
     times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
-    the outputs hold the best-validation weights (else the final ones)."""
+    the outputs hold the best-validation weights (else the final ones); `world_size`: processes
+    (torchrun), `parallel`: "ddp", "fsdp" or None (one process)."""
     counts = data.counts
     data_section = {
         "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
@@ -436,7 +787,9 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
         "base_model": base_info,  # the same as "model": the model that was fine-tuned
         "training": {"steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                      "trainable_params": n_trainable, "method": "full" if config.full else "lora",
-                     "device": str(device), "tokens_seen": state.tokens, "sessions": state.sessions,
+                     "device": str(device), "world_size": world_size, "parallel": parallel,
+                     "global_batch": config.batch_size * config.grad_accum * world_size,
+                     "tokens_seen": state.tokens, "sessions": state.sessions,
                      "wall_seconds": round(elapsed, 1),
                      "tokens_per_second": round(state.tokens / elapsed, 1) if elapsed > 0 else None},
         "initial_val_loss": state.initial_val,
@@ -469,20 +822,38 @@ def _resume_options(config: TrainConfig | None, model_spec: str | None, ckpt: Ch
 
 
 def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | None, progress: bool,
-          session_start: float | None = None) -> Trainer:
+          session_start: float | None = None, device: torch.device | None = None) -> Trainer:
     """Seeds, data, tokens (checked before the model loads), the model and optimizer: a `Trainer`
-    ready to `start`. Nothing in `out` changes here."""
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)  # LoRA's initial weights
+    ready to `start`. Nothing in `out` changes here. `device`: None resolves `config.device`.
+    Under torchrun every rank loads the model; ranks other than 0 then reseed (`rank_seed`)."""
+    seed_all(config.seed)  # LoRA's initial weights
     pairs = load_pairs(config)
-    device = resolve_device(config.device)
+    device = device or distributed.rank_device(resolve_device(config.device))
     tokenizer = load_training_tokenizer(model_spec)
     data = build_data(config, pairs, tokenizer, progress)
     if ckpt is not None and ckpt.data_digest != data.digest:
         raise AlignlensError("cannot resume: the training data differ from the checkpoint's")
-    model, base_info = load_model_to_train(config, model_spec, device, tokenizer)
+    # FSDP: load on the CPU, `fully_shard` moves each rank's shards to its device
+    model, base_info = load_model_to_train(config, model_spec, torch.device("cpu") if config.fsdp else device,
+                                           tokenizer)
+    rank = distributed.world().rank
+    if rank > 0:
+        seed_all(rank_seed(config.seed, rank))
     return Trainer(config, model_spec, out, data, model, tokenizer, base_info, device, session_start)
+
+
+def check_world(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World, out: Path) -> None:
+    """The processes torchrun started fit the run: as many as the checkpoint's (the global batch
+    depends on them); FSDP needs at least two."""
+    if ckpt is not None and ckpt.world_size != world.size:
+        per = config.batch_size * config.grad_accum
+        raise AlignlensError(
+            f"cannot resume with {world.size} process(es): the checkpoint was saved by {ckpt.world_size} "
+            f"(global batch {per * ckpt.world_size} = batch size {config.batch_size} x grad accum "
+            f"{config.grad_accum} x {ckpt.world_size}); resume with: {resume_command(out, ckpt.world_size)}")
+    if config.fsdp and not world.distributed:
+        raise AlignlensError("--fsdp shards the model over the processes of a torchrun launch; start it with "
+                             "torchrun --nproc_per_node=N -m alignlens train ... (N >= 2)")
 
 
 def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Path, *, resume: bool = False,
@@ -500,6 +871,11 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     folder, data files, the model path, the tokenised data (`max_drop_fraction`), loading the
     model and fitting LoRA. Only then does a forced run remove the previous run's files (only
     `checkpoint.ARTIFACTS`, never other files).
+
+    Under torchrun (`WORLD_SIZE` > 1) every process calls `train` with the same arguments: the
+    checks run on every rank before the process group starts (so no rank writes before all
+    checked), a failure of the setup on any rank stops all (`distributed.agree`), then training
+    is data-parallel (see the module docstring); the result is the same on every rank.
     """
     session_start = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -512,11 +888,15 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     config = config or TrainConfig.from_preset("default")
     config.validate()
     model_spec = model_spec or DEFAULT_MODEL
-    with torch_threads(config.threads), global_rng_restored():
-        trainer = setup(config, model_spec, out, ckpt, progress, session_start)
+    env = distributed.env_world()
+    check_world(config, ckpt, env, out)
+    device = distributed.rank_device(resolve_device(config.device))
+    with torch_threads(config.threads), global_rng_restored(), distributed.process_group(device) as world:
+        trainer = distributed.agree(lambda: setup(config, model_spec, out, ckpt, progress and world.is_main,
+                                                  session_start, device))
         trainer.command = command
         trainer.start(ckpt)
-        return trainer.run(progress, callback)
+        return trainer.run(progress and world.is_main, callback)
 
 
 class _Progress:
