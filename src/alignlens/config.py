@@ -15,6 +15,9 @@ from alignlens import AlignlensError
 from alignlens.neurons import NeuronOptions
 
 LENS_OVERLAP_RULES = ("token-set", "first-token")
+#: Prompts of the capture pass (lens, similarity, neurons): demonstrations with the target-language
+#: label words (the paper's lens prompts) or the English-label evaluation prompts.
+LENS_PROMPTS = ("target-labels", "english-labels")
 
 
 def _unique(values: Iterable[Any] | None, what: str, allow_none: bool = True) -> tuple | None:
@@ -211,6 +214,9 @@ class AnalyzeConfig:
     #: Item indices analysed ("0-249", "1,5,10-19"; before `limit`) and label balance: as `EvalConfig`.
     items: str | None = None
     balanced: bool = False
+    #: Prompts of the capture pass (see `LENS_PROMPTS`); with "target-labels" accuracy still comes
+    #: from a separate pass on the English-label evaluation prompts.
+    lens_prompts: str = "target-labels"
 
     def __post_init__(self) -> None:
         base = self.eval_config()  # validates the shared options
@@ -222,6 +228,8 @@ class AnalyzeConfig:
             object.__setattr__(self, "neurons", NeuronOptions(**self.neurons))
         if self.lens_overlap not in LENS_OVERLAP_RULES:
             raise AlignlensError(f"unknown lens overlap rule {self.lens_overlap!r} (use {' or '.join(LENS_OVERLAP_RULES)})")
+        if self.lens_prompts not in LENS_PROMPTS:
+            raise AlignlensError(f"unknown lens prompts {self.lens_prompts!r} (use {' or '.join(LENS_PROMPTS)})")
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,

@@ -20,14 +20,17 @@ Item lines: {"index": int (optional, defaults to the line number), "label": Engl
 across languages: when the task has an English file, gold labels come from it for every language.
 
 Prompt (paper): `demonstrations + "\\n" + query_template.format(**item)`; the answer is scored on
-the next token.
+the next token. The logit lens's target-label prompts (`target_label_prompt_prefix`) are the same with
+each quoted English label word in the demonstrations replaced by the language's `label_words` word.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
+import re
 import string
 import zlib
 from dataclasses import dataclass, field
@@ -381,6 +384,80 @@ def build_prompt(spec: TaskSpec, lang: str, item: Item) -> str:
 def prompt_prefix(spec: TaskSpec, lang: str) -> str:
     """The part of every prompt of `lang` that precedes the query (demonstrations + newline)."""
     return spec.prompts[lang].demonstrations + "\n"
+
+
+def target_label_words(spec: TaskSpec, lang: str) -> dict[str, str]:
+    """English label -> its word in `lang` (task.json `label_words`), for every label.
+
+    English may leave a label out (its word is the label itself); any other language must give
+    every label's word, else an AlignlensError naming the task, language, label and the way out."""
+    if lang not in spec.prompts:
+        raise AlignlensError(f"task {spec.name!r} has no prompt for language {lang!r} (has: {', '.join(spec.languages)})")
+    words = spec.prompts[lang].label_words
+    missing = [lab for lab in spec.labels if lab not in words]
+    if missing and lang != "en":
+        raise AlignlensError(
+            f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}: field 'languages.{lang}.label_words' "
+            f"has no word for label {missing[0]!r} (needed for target-label lens prompts; add it, or use "
+            "--lens-prompts english-labels)")
+    return {lab: words.get(lab, lab) for lab in spec.labels}
+
+
+def _n_demonstrations(spec: TaskSpec, lang: str) -> tuple[int, str]:
+    """(number of demonstrations, how it was found): the task's `shots`, else the number of times the
+    query template's answer cue (its text after the last placeholder, e.g. '\\nEmotion: "') occurs."""
+    if spec.shots is not None:
+        return spec.shots, f"the task's shots = {spec.shots}"
+    template = spec.prompts[lang].query_template
+    cue = template.format(**{f: "\0" for f in spec.fields}).rsplit("\0", 1)[-1]
+    n = spec.prompts[lang].demonstrations.count(cue) if cue else 0
+    return n, f"{n} occurrence(s) of the answer cue {cue!r} (task.json gives no 'shots')"
+
+
+def target_label_demonstrations(spec: TaskSpec, lang: str) -> str:
+    """The demonstrations of `lang` with each quoted English label word `"<label>"` replaced by the
+    quoted target-language word `"<word>"` (`target_label_words`), as the paper's lens prompts
+    (`prompt_prefix` in its zsm_emotion_2shot.py).
+
+    Checked: the number of replacements equals the number of demonstrations (`shots`, else the
+    answer-cue count), and afterwards no English label word is left quoted except where it is its
+    own label's target word (Malay SNLI "entailment"); a target word that is another label's English
+    word is refused. Each refusal is an AlignlensError naming task.json, the task, language and
+    counts (use --lens-prompts english-labels for such a task)."""
+    words = target_label_words(spec, lang)
+    demos = spec.prompts[lang].demonstrations
+    where = f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}"
+    pattern = re.compile('"(' + "|".join(re.escape(lab) for lab in sorted(spec.labels, key=len, reverse=True)) + ')"')
+    found = pattern.findall(demos)
+    n_demos, how = _n_demonstrations(spec, lang)
+    if len(found) != n_demos or n_demos == 0:
+        raise AlignlensError(
+            f"{where}: target-label lens prompts need one quoted English label word per demonstration, but the "
+            f"demonstrations quote a label {len(found)} time(s) for {n_demos} demonstration(s) ({how}); fix "
+            "'demonstrations' or use --lens-prompts english-labels")
+    out = pattern.sub(lambda m: f'"{words[m.group(1)]}"', demos)
+    kept = {lab: found.count(lab) if words[lab] == lab else 0 for lab in spec.labels}  # e.g. Malay "entailment"
+    left = [lab for lab in spec.labels if out.count(f'"{lab}"') > kept[lab]]
+    if left:
+        other = [w for w, t in words.items() if t == left[0] and w != left[0]]
+        why = f" (it is the target word of label {other[0]!r})" if other else ""
+        raise AlignlensError(f"{where}: the English label word {left[0]!r} is still quoted in the target-label "
+                             f"demonstrations{why}; fix 'label_words' or 'demonstrations', or use --lens-prompts "
+                             "english-labels")
+    return out
+
+
+def target_label_prompt_prefix(spec: TaskSpec, lang: str) -> str:
+    """`prompt_prefix` with target-language label words in the demonstrations (the paper's lens prompt)."""
+    return target_label_demonstrations(spec, lang) + "\n"
+
+
+def target_label_spec(spec: TaskSpec, lang: str) -> TaskSpec:
+    """A copy of `spec` whose `lang` demonstrations carry the target-language label words (the other
+    languages, labels and items unchanged): run it through the evaluation engine to get the
+    paper's lens prompts, `target_label_prompt_prefix + query`."""
+    prompt = dataclasses.replace(spec.prompts[lang], demonstrations=target_label_demonstrations(spec, lang))
+    return dataclasses.replace(spec, prompts={**spec.prompts, lang: prompt})
 
 
 def check_languages(languages: list[str], known: tuple[str, ...] | list[str], what: str = "languages") -> None:
