@@ -266,8 +266,6 @@ def test_cli_train_on_task_items_then_refuse_them(tmp_path):
         assert options["items"] == "0-5" and options["balanced"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.run_eval still loads data.load_items(spec, lang, config.limit); "
-                                       "it needs config.select_items(...) as pipeline.capture_run does")
 def test_cli_eval_uses_the_selected_items(tmp_path):
     from fixtures import save_tiny_base
 

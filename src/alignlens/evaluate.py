@@ -119,7 +119,8 @@ def run_eval(
     for t in config.tasks:
         spec = data.load_task(t)
         for lang in data.task_languages(spec, config.languages):
-            plan.append((spec, lang, data.load_items(spec, lang, config.limit)))
+            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
+                                                         f"task {spec.name}, language {lang}")))
     total = sum(len(items) for _, _, items in plan)
     bar = progress.add_task("evaluating", total=total) if progress is not None else None
     results = []

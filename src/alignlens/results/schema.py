@@ -265,7 +265,8 @@ def check_results(run_dir: Path) -> None:
 
 def read_training(model_folder: Path) -> dict[str, Any]:
     """What an `alignlens train` output folder's manifest.json says about its training:
-    {"trained_languages", "base_model"} ({} for a folder without one)."""
+    {"trained_languages", "base_model", "alignment" (which data: `read_training_split`)} ({} for a
+    folder without one). Analysis manifests record it under `model`."""
     path = Path(model_folder) / "manifest.json"
     if not path.is_file():
         return {}
@@ -275,7 +276,8 @@ def read_training(model_folder: Path) -> dict[str, Any]:
     data = m.get("data") if isinstance(m.get("data"), dict) else {}
     base = m.get("base_model") or m.get("model")
     return {"trained_languages": list(data.get("languages", [])),
-            "base_model": base.get("spec") if isinstance(base, dict) else None}
+            "base_model": base.get("spec") if isinstance(base, dict) else None,
+            "alignment": read_training_split(model_folder)}
 
 
 def read_training_split(model_folder: Path) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from alignlens.train.checkpoint import (FORMAT, Checkpoint, NoLog, TrainLog, Tra
                                         check_out_dir, load_trainable, load_weights, rng_state, save_folder,
                                         set_rng_state, start_writing, trainable_state, write_safetensors_shards)
 from alignlens.train.config import TrainConfig
-from alignlens.train.examples import COUNT_KEYS, TrainData, build_data, collate, epoch_order, load_pairs
+from alignlens.train.examples import COUNT_KEYS, TrainData, build_data, collate, data_source, epoch_order, load_pairs
 from alignlens.train.loss import TargetLossModel, hf_causal_lm, validation_loss
 
 
@@ -771,15 +771,17 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
     counts = data.counts
     data_section = {
         "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
-        "bundled": config.resolved_languages(), "files": list(config.data_files),
+        "bundled": config.resolved_languages() if config.task is None else [], "files": list(config.data_files),
+        **data_source(config),
         "n_train": len(data.train), "n_val": len(data.val),
         "n_cut_to_max_len": sum(c["truncated"] + c["dropped"] for split in counts.values() for c in split.values()),
         "max_len": config.max_len,
         "examples": {split: {lang: {k: c[k] for k in COUNT_KEYS} for lang, c in rows.items()}
                      for split, rows in counts.items()},
         "train_tokens": sum(len(e.ids) for e in data.train), "seed": config.seed,
-        "format": "prompt = <X question>\\nTranslate the input from <X> to English:\\n; "
-                  "target = <English question>" + (" + EOS" if config.append_eos else "")}
+        "format": ("prompt = <English question>\\nTranslate the input from English to English:\\n; "
+                   if config.control == "copy" else "prompt = <X question>\\nTranslate the input from <X> to English:\\n; ")
+                  + "target = <English question>" + (" + EOS" if config.append_eos else "")}
     return {
         **provenance(command=command, model=base_info, data=data_section, options=config.to_dict(),
                      seed=config.seed, started=state.started, finished=now_iso()),
