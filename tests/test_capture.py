@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignlens import data
+from alignlens import AlignlensError, data
 from alignlens.engine import common_prefix_len, encode, reference_probs
 from alignlens.config import AnalyzeConfig
 from alignlens.labels import label_sets
@@ -26,16 +26,31 @@ def tiny_run(tiny_gemma):
     return capture_run(tiny_gemma, _config())
 
 
-def test_lens_last_layer_equals_model_output(tiny_gemma, tiny_run):
-    results, caps = tiny_run
+@pytest.mark.parametrize("mode", ["target-labels", "english-labels"])
+def test_lens_last_layer_equals_model_output(tiny_gemma, tiny_run, mode):
+    """The lens at the last layer is the model's own output on the capture prompts (target-label
+    prompts by default, else the evaluation prompts); accuracy always comes from the English-label prompts."""
+    results, caps = tiny_run if mode == "target-labels" else capture_run(tiny_gemma, _config(lens_prompts=mode))
     spec = data.load_task("snli")
     sets = label_sets(tiny_gemma.tokenizer, spec.labels)
     for r in results:
-        p_en = caps[(r.task, r.lang)].p_en.to_tensor().double()
-        assert torch.allclose(p_en[:, -1], torch.as_tensor(r.probs), atol=1e-5)
+        cap = caps[(r.task, r.lang)]
+        assert cap.prompts == mode
         items = data.load_items(spec, r.lang, 5)
-        ref = torch.stack([reference_probs(tiny_gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
-        assert (p_en[:, -1] - ref).abs().max() <= 1e-5
+        eval_ref = torch.stack([reference_probs(tiny_gemma, data.build_prompt(spec, r.lang, it), sets) for it in items])
+        assert (torch.as_tensor(r.probs) - eval_ref).abs().max() <= 1e-5  # predictions: English-label prompts
+        lens_spec = data.target_label_spec(spec, r.lang) if mode == "target-labels" else spec
+        words = data.target_label_words(spec, r.lang)
+        sets_tg = label_sets(tiny_gemma.tokenizer, [words[lab] for lab in spec.labels])
+        union_en, union_tg = [sorted({t for s in sets for t in s})], [sorted({t for s in sets_tg for t in s})]
+        prompts = [data.build_prompt(lens_spec, r.lang, it) for it in items]
+        for got, token_sets in ((cap.p_en, sets), (cap.p_target, sets_tg), (cap.p_en_all, union_en),
+                                (cap.p_target_all, union_tg)):
+            ref = torch.stack([reference_probs(tiny_gemma, p, token_sets) for p in prompts])
+            last = got.to_tensor().double()[:, -1].reshape(ref.shape)
+            assert (last - ref).abs().max() <= 1e-5
+        if mode == "target-labels" and r.lang != "en":  # a separate pass on other prompts (relative change)
+            assert ((cap.p_en.to_tensor().double()[:, -1] - eval_ref).abs() / eval_ref).max() > 1e-3
 
 
 def _full_cache_reference(model, spec, lang, items):
@@ -71,7 +86,8 @@ def test_streaming_captures_equal_full_cache(request, fixture):
     results, caps = capture_run(model, _config(languages=["en", "zh"], batch_size=3))
     for lang in ("en", "zh"):
         items = data.load_items(spec, lang, 5)
-        last, mean, counts, n_tokens = _full_cache_reference(model, spec, lang, items)
+        # the capture pass runs on the target-label prompts (the default --lens-prompts)
+        last, mean, counts, n_tokens = _full_cache_reference(model, data.target_label_spec(spec, lang), lang, items)
         cap = caps[("snli", lang)]
         assert torch.allclose(cap.last.to_tensor(), last, atol=1e-4, rtol=1e-4)
         assert torch.allclose(cap.mean.to_tensor(), mean, atol=1e-4, rtol=1e-4)
@@ -188,11 +204,117 @@ def test_lens_label_probs_against_float64_softmax(tiny_llama_bytelevel):
     model = tiny_llama_bytelevel
     torch.manual_seed(0)
     resid = torch.randn(3, model.n_layers, model.d_model) * 3
-    sets_a, sets_b = [[5, 9, 11], [20]], [[7], [30, 31]]
-    p_a, p_b, ent = lens_label_probs(model, resid, sets_a, sets_b)
+    sets_a, sets_b = [[5, 9, 11], [20, 9]], [[7], [30, 31]]  # token 9 in two labels' sets
+    p_a, p_b, all_a, all_b, ent = lens_label_probs(model, resid, sets_a, sets_b)
     with torch.no_grad():
         logits = Unembed.from_hf(model.hf_model).head(model.bridge.ln_final(resid)).double()
     p = torch.softmax(logits, -1)
     assert torch.allclose(p_a.double(), torch.stack([p[..., s].sum(-1) for s in sets_a], -1), atol=1e-6)
     assert torch.allclose(p_b.double(), torch.stack([p[..., s].sum(-1) for s in sets_b], -1), atol=1e-6)
+    # all-label sums: each token once (the paper's list(set(...))), so not the sum of the labels' masses
+    assert torch.allclose(all_a.double(), p[..., [5, 9, 11, 20]].sum(-1), atol=1e-6)
+    assert torch.allclose(all_b.double(), p[..., [7, 30, 31]].sum(-1), atol=1e-6)
+    assert (p_a.double().sum(-1) - all_a.double() - p[..., 9]).abs().max() <= 1e-6
     assert torch.allclose(ent.double(), entropy_bits(logits), atol=1e-4)
+
+
+def _float64_lens(tokenizer, prompts, token_sets, n_layers):
+    """Independent logit lens: a fresh float64 copy of the tiny Gemma (same seed, no bridge), torch
+    forward hooks on its decoder layers, then its final norm, LM head and soft-cap at every layer.
+    Returns {name: [n_prompts, n_layers, len(sets)]} of probabilities and entropy [n_prompts, n_layers]."""
+    from fixtures import tiny_hf_model
+
+    hf = tiny_hf_model("gemma3", tokenizer, seed=0, n_layers=n_layers).double()
+    outs = {}
+    handles = [layer.register_forward_hook(lambda m, i, o, k=k: outs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+               for k, layer in enumerate(hf.model.layers)]
+    probs = {name: [] for name in token_sets}
+    entropy = []
+    try:
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            with torch.no_grad():
+                final = hf(input_ids=ids).logits[0, -1]
+                resid = torch.stack([outs[k][0, -1] for k in range(n_layers)])  # [L, d_model]
+                logits = hf.lm_head(hf.model.norm(resid))
+                cap = getattr(hf.config, "final_logit_softcapping", None)
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+            assert torch.allclose(logits[-1], final, atol=1e-9)  # the last layer is the model's output
+            p = torch.softmax(logits, -1)
+            for name, sets in token_sets.items():
+                probs[name].append(torch.stack([p[:, s].sum(-1) for s in sets], -1))
+            entropy.append(-(p * torch.log2(p)).sum(-1))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.stack(v) for name, v in probs.items()}, torch.stack(entropy)
+
+
+def test_target_label_lens_against_float64_reference(tiny_gemma, tiny_run):
+    """Target-label mode, end to end: per-item lens values of the capture pass and the per-layer
+    means of logit_lens.json against an independent float64 computation on the paper's prompts."""
+    from alignlens.labels import label_overlap
+
+    results, caps = tiny_run  # default --lens-prompts target-labels
+    out = run_analyses(results, caps, _config())
+    lens = out["logit_lens"]
+    assert lens["lens_prompts"] == "target-labels" and lens["tasks"]["snli"]["lens_prompts"] == "target-labels"
+    spec = data.load_task("snli")
+    tok = tiny_gemma.tokenizer
+    for r in results:
+        items = data.load_items(spec, r.lang, 5)
+        prompts = [data.target_label_prompt_prefix(spec, r.lang) + spec.prompts[r.lang].query_template.format(**it.fields)
+                   for it in items]
+        words = [data.target_label_words(spec, r.lang)[lab] for lab in spec.labels]
+        sets_en, sets_tg = label_sets(tok, spec.labels), label_sets(tok, words)
+        token_sets = {"p_en": sets_en, "p_target": sets_tg, "p_en_all": [sorted({t for s in sets_en for t in s})],
+                      "p_target_all": [sorted({t for s in sets_tg for t in s})]}
+        ref, ent = _float64_lens(tok, prompts, token_sets, tiny_gemma.n_layers)
+        cap = caps[("snli", r.lang)]
+        for name in token_sets:
+            got = getattr(cap, name).to_tensor().double().reshape(ref[name].shape)
+            assert (got - ref[name]).abs().max() <= 1e-5, (r.lang, name)
+        assert (cap.entropy.to_tensor().double() - ent).abs().max() <= 1e-4
+        # logit_lens.json: means over the items kept by the token-set rule (English keeps all)
+        overlap = label_overlap(tok, spec.labels, words, sets_en, sets_tg, "token-set")
+        keep = [i for i, g in enumerate(r.gold) if r.lang == "en" or not overlap[g]]
+        entry = lens["tasks"]["snli"]["per_language"][r.lang]
+        assert entry["n"] == len(keep) and entry["n_dropped_overlap"] == len(items) - len(keep)
+        if not keep:
+            continue
+        gold = torch.tensor([r.gold[i] for i in keep])
+        expect = {"p_en": ref["p_en"][keep, :, :].gather(2, gold[:, None, None].expand(-1, ref["p_en"].shape[1], 1))[..., 0],
+                  "p_target": ref["p_target"][keep].gather(2, gold[:, None, None].expand(-1, ref["p_en"].shape[1], 1))[..., 0],
+                  "p_en_all": ref["p_en_all"][keep, :, 0], "p_target_all": ref["p_target_all"][keep, :, 0],
+                  "entropy_bits": ent[keep]}
+        for name, values in expect.items():
+            assert np.allclose(entry[name]["mean"], values.mean(0).numpy(), rtol=1e-4, atol=1e-7), (r.lang, name)
+
+
+def test_shards_keep_lens_values_and_prompts(tiny_run, tmp_path):
+    """Shards carry the all-label sums and the capture prompts; a shard of an older run (neither)
+    loads as english-labels without sums, and the lens report then leaves the sums out."""
+    from safetensors.torch import load_file, save_file
+
+    from alignlens.capture.shards import load_shard, save_shard
+
+    results, caps = tiny_run
+    r = results[1]
+    cap = caps[(r.task, r.lang)]
+    path = save_shard(tmp_path, r, cap)
+    _, back = load_shard(path)
+    assert back.prompts == "target-labels"
+    for name in ("p_en", "p_target", "p_en_all", "p_target_all", "entropy"):
+        assert torch.equal(getattr(back, name).to_tensor(), getattr(cap, name).to_tensor()), name
+    old = {k: v for k, v in load_file(str(path)).items() if k not in ("p_en_all", "p_target_all")}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"alignlens": json.dumps(
+        {"task": r.task, "lang": r.lang, "labels": r.labels}, sort_keys=True)})
+    _, older = load_shard(tmp_path / "old.safetensors")
+    assert older.prompts == "english-labels" and len(older.p_en_all) == 0
+    entry = run_analyses([r], {(r.task, r.lang): older}, _config())["logit_lens"]["tasks"][r.task]
+    assert entry["lens_prompts"] == "english-labels"
+    assert "p_en_all" not in entry["per_language"][r.lang] and "p_en" in entry["per_language"][r.lang]
+    with pytest.raises(AlignlensError, match="different --lens-prompts"):
+        run_analyses([results[0], r], {(results[0].task, results[0].lang): caps[(results[0].task, results[0].lang)],
+                                      (r.task, r.lang): older}, _config())

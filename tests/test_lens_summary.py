@@ -113,3 +113,26 @@ def test_shape_errors():
     other, _ = _capture(L=4)
     with pytest.raises(AlignlensError):
         lens_report({"de": cap, "fr": other})
+
+
+def test_all_label_sums_reported_over_kept_items():
+    cap, (_, _, _, gold) = _capture()
+    rng = np.random.default_rng(5)
+    cap.p_en_all = rng.uniform(0, 1, size=(40, 5))
+    cap.p_target_all = torch.from_numpy(rng.uniform(0, 1, size=(40, 5)))
+    rep = lens_report({"de": cap}, prompts="target-labels", overlap_rule="token-set")
+    assert rep["lens_prompts"] == "target-labels" and rep["overlap_rule"] == "token-set"
+    entry = rep["per_language"]["de"]
+    keep = gold != 1  # label 1 overlaps: its items are dropped from every metric, the sums too
+    for name, values in (("p_en_all", cap.p_en_all), ("p_target_all", cap.p_target_all.numpy())):
+        for layer in range(5):
+            m, lo, hi = _t_interval(values[keep, layer])
+            assert entry[name]["mean"][layer] == pytest.approx(m, rel=1e-12)
+            assert (entry[name]["lo"][layer], entry[name]["hi"][layer]) == pytest.approx((lo, hi), rel=1e-9)
+    json.dumps(rep, allow_nan=False)
+    # not captured (older runs): not reported, rather than reported as zeros
+    plain, _ = _capture()
+    assert "p_en_all" not in lens_report({"de": plain})["per_language"]["de"]
+    with pytest.raises(AlignlensError, match="p_target_all must be"):
+        plain.p_target_all = np.zeros((40, 4))
+        lens_report({"de": plain})

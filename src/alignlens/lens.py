@@ -1,18 +1,21 @@
-"""Logit lens (nostalgebraist 2020; Wendler et al. 2024) on label words.
+"""Logit lens (nostalgebraist 2020; Wendler et al. 2024) on label words, as the paper's
+`zsm_emotion_2shot.py`.
 
-Pure summary: given, per language, the lens probabilities of each label word at every
-layer (final norm + unembedding applied to the last-position residual), report
-per-layer means with 95% Student-t intervals of
+Pure summary: given, per language, the lens probabilities at every layer (final norm +
+unembedding applied to the last-position residual after each block), report per-layer means with
+95% Student-t intervals over items of
 
-* ``p_en``: probability of the gold label's English word (summed over its token set);
-* ``p_target``: the same for the gold label's target-language word;
-* ``p_correct``: ``p_en[gold] / sum_labels p_en`` (the correct label among the label words);
+* ``p_en``: probability of the gold label's English token set (the paper's "latent");
+* ``p_target``: the same for the gold label's target-language token set (the paper's "out");
+* ``p_en_all`` / ``p_target_all``: probability of the union of every label's English (target-language)
+  token sets, each token counted once (the paper's "all_possible_latent" / "all_possible_out");
+* ``p_correct``: ``p_en[gold] / sum_labels p_en`` (the correct label among the English label words);
 * ``entropy_bits``: entropy of the full next-token distribution, in bits.
 
-Items whose gold label's English and target-language token sets share a token are
-dropped for that language (as Wendler et al. 2024), except for English itself.
-The model side (``lens_label_probs``: residual states -> label-word probabilities) runs in the
-capture pass, `alignlens.capture.capturer`.
+Items whose gold label's English and target-language token sets collide (`labels.label_overlap`)
+are dropped for that language (as Wendler et al. 2024 and the paper), except for English itself.
+The model side (``lens_label_probs``: residual states -> these probabilities) runs in the capture
+pass, `alignlens.capture.capturer`, on the prompts `AnalyzeConfig.lens_prompts` names.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from alignlens.stats import mean_ci
 
 __all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report"]
 
-_METRICS = ("p_en", "p_target", "p_correct", "entropy_bits")
+_METRICS = ("p_en", "p_target", "p_en_all", "p_target_all", "p_correct", "entropy_bits")
 
 
 def entropy_bits(logits: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -54,7 +57,9 @@ class LensCapture:
     p_target: [n_items, n_layers, n_labels] the same for the target-language token sets.
     entropy_bits: [n_items, n_layers] entropy of the lens distribution (bits).
     gold: [n_items] int gold label index.
-    overlap: [n_labels] bool, True if the label's English and target token sets share a token.
+    overlap: [n_labels] bool, True if the label's English and target token sets collide.
+    p_en_all, p_target_all: [n_items, n_layers] probability of the union of all labels' English
+    (target) token sets; None when not captured (shards of older runs): then not reported.
     """
 
     p_en: torch.Tensor | np.ndarray
@@ -62,6 +67,8 @@ class LensCapture:
     entropy_bits: torch.Tensor | np.ndarray
     gold: torch.Tensor | np.ndarray
     overlap: torch.Tensor | np.ndarray
+    p_en_all: torch.Tensor | np.ndarray | None = None
+    p_target_all: torch.Tensor | np.ndarray | None = None
 
 
 def _np(x, dtype=np.float64) -> np.ndarray:
@@ -79,7 +86,8 @@ def _json(arr: np.ndarray) -> list:
 def lens_summary(
     cap: LensCapture, drop_overlap: bool = True, confidence: float = 0.95
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], int, int]:
-    """Per-layer (mean, lo, hi), each float64 [n_layers], of the four metrics for one language.
+    """Per-layer (mean, lo, hi), each float64 [n_layers], of the metrics for one language
+    (``p_en_all``/``p_target_all`` only when captured).
 
     Returns (metrics, n_kept, n_dropped_overlap). ``p_correct`` is NaN for an item whose
     label words have zero total English mass at a layer (NaN then propagates to that mean).
@@ -97,6 +105,15 @@ def lens_summary(
     if n_items and (gold.min() < 0 or gold.max() >= n_labels):
         raise AlignlensError(f"lens: gold label index out of range 0..{n_labels - 1}")
 
+    sums = {}
+    for name in ("p_en_all", "p_target_all"):
+        value = getattr(cap, name)
+        if value is not None:
+            sums[name] = _np(value)
+            if sums[name].shape != (n_items, n_layers):
+                raise AlignlensError(f"lens: {name} must be [n_items, n_layers] = {(n_items, n_layers)}, "
+                                     f"got {sums[name].shape}")
+
     keep = ~overlap[gold] if drop_overlap else np.ones(n_items, dtype=bool)
     p_en, p_tg, ent, gold = p_en[keep], p_tg[keep], ent[keep], gold[keep]
     idx = np.arange(gold.shape[0])
@@ -105,9 +122,10 @@ def lens_summary(
     with np.errstate(invalid="ignore", divide="ignore"):
         total = p_en.sum(axis=-1)
         p_correct = np.where(total > 0, gold_en / np.where(total > 0, total, 1.0), np.nan)
-    values = {"p_en": gold_en, "p_target": gold_tg, "p_correct": p_correct, "entropy_bits": ent}
+    values = {"p_en": gold_en, "p_target": gold_tg, "p_correct": p_correct, "entropy_bits": ent,
+              **{name: v[keep] for name, v in sums.items()}}
     out = {}
-    for name in _METRICS:
+    for name in (m for m in _METRICS if m in values):
         if gold.shape[0] == 0:
             nan = np.full(n_layers, np.nan)
             out[name] = (nan, nan.copy(), nan.copy())
@@ -121,20 +139,30 @@ def lens_report(
     english: str = "en",
     drop_overlap: bool = True,
     confidence: float = 0.95,
+    *,
+    prompts: str | None = None,
+    overlap_rule: str | None = None,
 ) -> dict:
     """JSON-able logit-lens summary. Overlap-dropping is skipped for ``english``.
 
     Schema::
 
-        {"n_layers": L, "per_language": {lang: {"n": int, "n_dropped_overlap": int,
+        {"n_layers": L, ["lens_prompts": "target-labels" | "english-labels", "overlap_rule": str,]
+         "per_language": {lang: {"n": int, "n_dropped_overlap": int,
             "p_en": {"mean": [L], "lo": [L], "hi": [L]}, "p_target": {...},
-            "p_correct": {...}, "entropy_bits": {...}}}}
+            ["p_en_all": {...}, "p_target_all": {...},] "p_correct": {...}, "entropy_bits": {...}}}}
 
-    NaN (e.g. n == 0 after dropping) is reported as None.
+    `prompts` (as "lens_prompts") and `overlap_rule` (how the values were captured) are recorded when given; the
+    all-label sums when captured. NaN (e.g. n == 0 after dropping) is reported as None.
     """
     if not per_lang:
         raise AlignlensError("lens_report: no languages given")
-    out: dict = {"n_layers": None, "per_language": {}}
+    out: dict = {"n_layers": None}
+    if prompts is not None:
+        out["lens_prompts"] = prompts
+    if overlap_rule is not None:
+        out["overlap_rule"] = overlap_rule
+    out["per_language"] = {}
     for lang, cap in per_lang.items():
         metrics, n, dropped = lens_summary(cap, drop_overlap=drop_overlap and lang != english, confidence=confidence)
         n_layers = len(metrics["p_en"][0])
@@ -143,7 +171,7 @@ def lens_report(
         elif out["n_layers"] != n_layers:
             raise AlignlensError(f"lens_report: {lang} has {n_layers} layers, expected {out['n_layers']}")
         entry: dict = {"n": n, "n_dropped_overlap": dropped}
-        for name in _METRICS:
+        for name in (m for m in _METRICS if m in metrics):
             mean, lo, hi = metrics[name]
             entry[name] = {"mean": _json(mean), "lo": _json(lo), "hi": _json(hi)}
         out["per_language"][lang] = entry

@@ -1,4 +1,8 @@
-"""The pipeline of `alignlens analyze`: evaluation + one capture pass + all analyses (+ report), for one or two models.
+"""The pipeline of `alignlens analyze`: evaluation + capture + all analyses (+ report), for one or two models.
+
+The evaluation runs on the English-label prompts; the capture (logit lens, states, neurons) on the
+target-label prompts by default (`--lens-prompts target-labels`: a second pass per task and
+language, `capture_run`), or in the same pass (`english-labels`).
 
 `analyze(AnalyzeConfig(...), "gemma-3-270m", compare="runs/aligned", out="runs/analysis")` writes
 
@@ -43,38 +47,69 @@ def default_pair_layers(n_layers: int) -> list[int]:
     return sorted({max(0, n_layers // 4 - 1), n_layers // 2 - 1, (3 * n_layers) // 4 - 1, n_layers - 1})
 
 
+def capture_spec(spec: data.TaskSpec, lang: str, lens_prompts: str) -> data.TaskSpec | None:
+    """The task whose prompts the capture pass of (`spec`, `lang`) runs, when they differ from the
+    evaluation prompts: `data.target_label_spec` for "target-labels" (AlignlensError naming the task
+    and language if its demonstrations cannot carry the target words); None when the evaluation pass
+    can capture too ("english-labels", or target words equal to the English ones, as English or PAWS)."""
+    if lens_prompts == "english-labels":
+        return None
+    target = data.target_label_spec(spec, lang)
+    return None if target.prompts[lang].demonstrations == spec.prompts[lang].demonstrations else target
+
+
+def check_lens_prompts(config: AnalyzeConfig) -> None:
+    """Build every target-label prompt of the run (no model): a task or language whose
+    demonstrations cannot carry the target words fails here, before any model loads."""
+    for t in config.tasks:
+        spec = data.load_task(t)
+        for lang in data.task_languages(spec, config.languages):
+            capture_spec(spec, lang, config.lens_prompts)
+
+
 def capture_run(
     model: LoadedModel, config: AnalyzeConfig, *, shard_dir: Path | None = None, progress: Any = None,
     fwd_hooks: list = (),
 ) -> tuple[list[LanguageResult], dict[tuple[str, str], LanguageCapture]]:
-    """Evaluate and capture every (task, language) in one pass each. With `shard_dir`, finished
-    (task, language) shards found there are loaded instead of recomputed, and new ones are saved."""
+    """Evaluate and capture every (task, language). The evaluation (predictions, accuracy) always
+    runs on the English-label prompts; the capture (lens, states, neurons) on `config.lens_prompts`:
+    with "target-labels" a second pass on the target-label prompts (`capture_spec`), else (or where
+    those equal the evaluation prompts) the same pass. With `shard_dir`, finished (task, language)
+    shards found there are loaded instead of recomputed, and new ones are saved."""
     check_neuron_hooks(model)
     plan = []
     for t in config.tasks:
         spec = data.load_task(t)
         for lang in data.task_languages(spec, config.languages):
             plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
-                                                         f"task {spec.name}, language {lang}")))
-    bar = progress.add_task("capturing", total=sum(len(i) for _, _, i in plan)) if progress is not None else None
+                                                         f"task {spec.name}, language {lang}"),
+                         capture_spec(spec, lang, config.lens_prompts)))
+    total = sum(len(i) * (1 if c is None else 2) for _, _, i, c in plan)
+    bar = progress.add_task("capturing", total=total) if progress is not None else None
+    done = (lambda n: progress.advance(bar, n)) if progress is not None else None
     results, captures = [], {}
-    for spec, lang, items in plan:
+    for spec, lang, items, cap_spec in plan:
         path = shard_path(shard_dir, spec.name, lang) if shard_dir is not None else None
         if path is not None and path.is_file():
             result, cap = load_shard(path)
             if result.indices != [it.index for it in items]:
                 raise AlignlensError(f"{path}: saved items differ from this run's (other --limit?); use --force")
+            if cap.prompts != config.lens_prompts:
+                raise AlignlensError(f"{path}: captured with --lens-prompts {cap.prompts}, not {config.lens_prompts}; "
+                                     "use --force")
             if progress is not None:
-                progress.advance(bar, len(items))
+                progress.advance(bar, len(items) * (1 if cap_spec is None else 2))
         else:
             if progress is not None:
                 progress.update(bar, description=f"{model.spec.split('/')[-1][:24]} {spec.name} {lang}")
-            capturer = Capturer(model, spec, lang, config.lens_overlap)
+            capturer = Capturer(model, spec, lang, config.lens_overlap, config.lens_prompts)
             result = evaluate_language(
                 model, spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
-                probes=[capturer],
-                on_batch_done=(lambda n: progress.advance(bar, n)) if progress is not None else None,
+                probes=[capturer] if cap_spec is None else [], on_batch_done=done,
             )
+            if cap_spec is not None:  # the capture pass: same items, target-label demonstrations
+                evaluate_language(model, cap_spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
+                                  probes=[capturer], on_batch_done=done)
             cap = capturer.capture
             if path is not None:
                 save_shard(shard_dir, result, cap)
@@ -95,8 +130,11 @@ def run_analyses(
     lens: dict = {"tasks": {}}
     notes: list[str] = []
     for task, per_lang in by_task.items():
-        lens["tasks"][task] = lens_report({lang: cap.lens(r.gold) for lang, (r, cap) in per_lang.items()})
-        lens["tasks"][task]["overlap_rule"] = config.lens_overlap
+        modes = sorted({cap.prompts for _, cap in per_lang.values()})
+        if len(modes) > 1:
+            raise AlignlensError(f"{task}: captures of different --lens-prompts ({', '.join(modes)}) cannot be analysed together")
+        lens["tasks"][task] = lens_report({lang: cap.lens(r.gold) for lang, (r, cap) in per_lang.items()},
+                                          prompts=modes[0], overlap_rule=config.lens_overlap)
         if "en" not in per_lang:
             notes.append(f"similarity for {task} skipped: English is not among the languages")
             continue
@@ -107,6 +145,9 @@ def run_analyses(
         last = {lang: cap.last.to_tensor()[:n] for lang, (_, cap) in per_lang.items()}
         n_layers = next(iter(mean.values())).shape[1]
         similarity["tasks"][task] = similarity_report(mean, last, config.pair_layers or default_pair_layers(n_layers))
+    modes = {t["lens_prompts"] for t in lens["tasks"].values()}
+    if len(modes) == 1:
+        lens = {"lens_prompts": modes.pop(), **lens}
     if notes:
         similarity["notes"] = notes
     counters: dict[str, ActivationCounter] = {}
@@ -193,6 +234,7 @@ def analyze(
             check_layers(config.pair_layers, n_layers)
     check_dtype(dtype, device)
     check_training_overlap(config, [spec for _, spec in specs])
+    check_lens_prompts(config)
     folder = OutputFolder(out, ANALYZE_FILES, force)
     saved: dict[str, dict | None] = {}
     if resume:

@@ -11,7 +11,10 @@ hooks read:
   so this counts the tokens whose activation after the nonlinearity is > 0.
 
 After each batch the last-position states go through the logit lens (final norm + unembedding
-at every layer), reduced to label-word probabilities and entropy. Padding never enters a
+at every layer), reduced to label-word probabilities (each label's English and target-language
+token sets, and the union of all labels' sets of each) and entropy. Which prompts the pass runs
+on (target-language or English label words in the demonstrations) is the caller's choice
+(`pipeline.capture_run`); the capture records it (`LanguageCapture.prompts`). Padding never enters a
 statistic. Everything kept is a reducer (`alignlens.capture.reducers`), so shards from several
 processes can be combined (`alignlens.capture.shards` writes and reads them).
 """
@@ -19,6 +22,7 @@ processes can be combined (`alignlens.capture.shards` writes and reads them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import math
 
@@ -53,16 +57,28 @@ def check_neuron_hooks(model: LoadedModel) -> None:
         raise AlignlensError(f"this model has no hook {missing[0]} for the neuron analysis")
 
 
+class LensValues(NamedTuple):
+    """Lens values of a batch, float32 on CPU: p_en, p_target [batch, n_layers, n_labels] (each
+    label's English / target token set); p_en_all, p_target_all [batch, n_layers] (the union of
+    all labels' English / target sets, each token once); entropy_bits [batch, n_layers]."""
+
+    p_en: torch.Tensor
+    p_target: torch.Tensor
+    p_en_all: torch.Tensor
+    p_target_all: torch.Tensor
+    entropy_bits: torch.Tensor
+
+
 @torch.no_grad()
 def lens_label_probs(
     model: LoadedModel, resid: torch.Tensor, label_sets_en: list[list[int]], label_sets_target: list[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> LensValues:
     """Logit lens at every layer: the model's unembedding (`engine.Unembed`: final norm, LM head,
     final soft-capping where the model has one) applied to residual states.
 
     resid: [batch, n_layers, d_model] (residual stream after each block, last position).
-    Returns (p_en [batch, n_layers, n_labels], p_target [same], entropy_bits [batch, n_layers]),
-    float32 on CPU. At the last layer this equals the model's own next-token distribution.
+    Returns `LensValues` (probabilities of the label token sets and of their unions, entropy in
+    bits). At the last layer this equals the model's own next-token distribution.
     """
     logits = Unembed.from_hf(model.hf_model)(resid).float()
     # Three passes over the vocabulary instead of log_softmax + exp + product temporaries:
@@ -74,7 +90,11 @@ def lens_label_probs(
     ent = ((top + total.log() - mean_logit) / math.log(2.0)).squeeze(-1)
     p_en = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_en], dim=-1) / total
     p_tg = torch.stack([unnorm[..., s].sum(-1) for s in label_sets_target], dim=-1) / total
-    return p_en.cpu(), p_tg.cpu(), ent.clamp_min(0.0).cpu()
+    union_en = sorted({t for s in label_sets_en for t in s})
+    union_tg = sorted({t for s in label_sets_target for t in s})
+    p_en_all = unnorm[..., union_en].sum(-1) / total.squeeze(-1)
+    p_tg_all = unnorm[..., union_tg].sum(-1) / total.squeeze(-1)
+    return LensValues(p_en.cpu(), p_tg.cpu(), p_en_all.cpu(), p_tg_all.cpu(), ent.clamp_min(0.0).cpu())
 
 
 @dataclass
@@ -82,8 +102,10 @@ class LanguageCapture:
     """Reduced captures of one task in one language; rows keyed by position in the item list.
 
     last, mean: [n_items, n_layers, d_model]; p_en, p_target: [n_items, n_layers, n_labels];
-    entropy: [n_items, n_layers] (bits); neurons: counts [n_layers, d_mlp] of tokens with
-    activation > 0, and the number of tokens.
+    p_en_all, p_target_all: [n_items, n_layers] (union of all labels' sets; empty for shards of
+    older runs); entropy: [n_items, n_layers] (bits); neurons: counts [n_layers, d_mlp] of tokens
+    with activation > 0, and the number of tokens. `prompts`: the prompts captured
+    ("target-labels" or "english-labels", `config.LENS_PROMPTS`).
     """
 
     task: str
@@ -94,18 +116,23 @@ class LanguageCapture:
     p_target: RowStore
     entropy: RowStore
     neurons: ActivationCounter
-    overlap: torch.Tensor  # [n_labels] bool: English and target token sets share a token
+    overlap: torch.Tensor  # [n_labels] bool: English and target words collide (the lens overlap rule)
+    p_en_all: RowStore | None = None
+    p_target_all: RowStore | None = None
+    prompts: str = "english-labels"
 
     @classmethod
-    def empty(cls, task: str, lang: str, n_layers: int, d_mlp: int, overlap: torch.Tensor) -> "LanguageCapture":
+    def empty(cls, task: str, lang: str, n_layers: int, d_mlp: int, overlap: torch.Tensor,
+              prompts: str = "english-labels") -> "LanguageCapture":
         f32 = torch.float32
         return cls(task, lang, RowStore(f32), RowStore(f32), RowStore(f32), RowStore(f32), RowStore(f32),
-                   ActivationCounter(n_layers, d_mlp), overlap)
+                   ActivationCounter(n_layers, d_mlp), overlap, RowStore(f32), RowStore(f32), prompts)
 
     def lens(self, gold: list[int]) -> LensCapture:
         n = len(gold)
+        sums = [s.to_tensor(n) if s is not None and len(s) else None for s in (self.p_en_all, self.p_target_all)]
         return LensCapture(self.p_en.to_tensor(n), self.p_target.to_tensor(n), self.entropy.to_tensor(n),
-                           torch.tensor(gold), self.overlap)
+                           torch.tensor(gold), self.overlap, *sums)
 
 
 class Capturer:
@@ -114,7 +141,8 @@ class Capturer:
     logit lens. Pass it as `evaluate.evaluate_language(..., probes=[capturer])`; the reduced
     result is `capturer.capture`."""
 
-    def __init__(self, model: LoadedModel, spec: data.TaskSpec, lang: str, lens_overlap: str = "token-set") -> None:
+    def __init__(self, model: LoadedModel, spec: data.TaskSpec, lang: str, lens_overlap: str = "token-set",
+                 prompts: str = "english-labels") -> None:
         self.model = model
         self.n_layers, self.d_model, self.d_mlp = model.n_layers, model.d_model, model.d_mlp
         tok = model.tokenizer
@@ -125,7 +153,7 @@ class Capturer:
                             for w in spec.labels]
         overlap = torch.tensor(label_overlap(tok, spec.labels, [words.get(w, w) for w in spec.labels],
                                              self.sets_en, self.sets_target, lens_overlap))
-        self.capture = LanguageCapture.empty(spec.name, lang, self.n_layers, self.d_mlp, overlap)
+        self.capture = LanguageCapture.empty(spec.name, lang, self.n_layers, self.d_mlp, overlap, prompts)
         self._last: torch.Tensor | None = None
         self._mean: torch.Tensor | None = None
 
@@ -162,13 +190,15 @@ class Capturer:
         items) if any of them is NaN/inf."""
         c = self.capture
         self._check(batch, "residual-stream activations", self._last, self._mean)
-        p_en, p_tg, ent = lens_label_probs(self.model, self._last.to(self.model.dtype), self.sets_en, self.sets_target)
-        self._check(batch, "logit-lens values", p_en, p_tg, ent)
+        lens = lens_label_probs(self.model, self._last.to(self.model.dtype), self.sets_en, self.sets_target)
+        self._check(batch, "logit-lens values", *lens)
         c.last.update(batch.rows, self._last.cpu())
         c.mean.update(batch.rows, self._mean.cpu())
-        c.p_en.update(batch.rows, p_en)
-        c.p_target.update(batch.rows, p_tg)
-        c.entropy.update(batch.rows, ent)
+        c.p_en.update(batch.rows, lens.p_en)
+        c.p_target.update(batch.rows, lens.p_target)
+        c.p_en_all.update(batch.rows, lens.p_en_all)
+        c.p_target_all.update(batch.rows, lens.p_target_all)
+        c.entropy.update(batch.rows, lens.entropy_bits)
         self._last = self._mean = None
 
     def _check(self, batch: SuffixBatch, what: str, *tensors: torch.Tensor) -> None:

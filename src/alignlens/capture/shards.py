@@ -23,10 +23,12 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
     """Write one (task, language)'s eval result and reduced captures atomically to safetensors.
 
     Tensors: probs float64 [n, n_labels], gold/indices [n], last/mean [n, n_layers, d_model],
-    p_en/p_target [n, n_layers, n_labels], entropy [n, n_layers], neuron_counts int64
-    [n_layers, d_mlp], neuron_tokens int64 [n_layers], overlap uint8 [n_labels]; metadata: one key,
-    `alignlens`, a sorted JSON object {task, lang, labels} (safetensors writes several metadata
-    keys in a random order, which would make equal shards differ in bytes)."""
+    p_en/p_target [n, n_layers, n_labels], p_en_all/p_target_all [n, n_layers], entropy
+    [n, n_layers], neuron_counts int64 [n_layers, d_mlp], neuron_tokens int64 [n_layers], overlap
+    uint8 [n_labels]; metadata: one key, `alignlens`, a sorted JSON object {task, lang, labels,
+    lens_prompts} (safetensors writes several metadata keys in a random order, which would make
+    equal shards differ in bytes). `result` is the evaluation pass's (English-label prompts), `cap`
+    the capture pass's (prompts `cap.prompts`)."""
     from safetensors.torch import save_file
 
     n = len(result.indices)
@@ -37,8 +39,12 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
         "neuron_counts": cap.neurons.counts, "neuron_tokens": cap.neurons.n_tokens_per_layer,
         "overlap": cap.overlap.to(torch.uint8),
     }
-    meta = {"alignlens": json.dumps({"task": result.task, "lang": result.lang, "labels": list(result.labels)},
-                                    ensure_ascii=False, sort_keys=True)}
+    for name in ("p_en_all", "p_target_all"):
+        store = getattr(cap, name)
+        if store is not None and len(store):
+            tensors[name] = store.to_tensor(n)
+    meta = {"alignlens": json.dumps({"task": result.task, "lang": result.lang, "labels": list(result.labels),
+                                     "lens_prompts": cap.prompts}, ensure_ascii=False, sort_keys=True)}
     path = shard_path(folder, result.task, result.lang)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -46,7 +52,8 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
 
 
 def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
-    """Inverse of `save_shard`."""
+    """Inverse of `save_shard`. Shards of older runs (no all-label sums, no `lens_prompts`: they
+    captured the English-label prompts) load with empty sums and prompts "english-labels"."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
@@ -60,9 +67,13 @@ def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
     result = LanguageResult(meta["task"], meta["lang"], list(meta["labels"]), t["indices"].tolist(),
                             t["gold"].tolist(), t["probs"].numpy())
     n_layers, d_mlp = t["neuron_counts"].shape
-    cap = LanguageCapture.empty(meta["task"], meta["lang"], n_layers, d_mlp, t["overlap"].bool())
+    cap = LanguageCapture.empty(meta["task"], meta["lang"], n_layers, d_mlp, t["overlap"].bool(),
+                                meta.get("lens_prompts", "english-labels"))
     for name in ("last", "mean", "p_en", "p_target", "entropy"):
         getattr(cap, name).update(rows, t[name])
+    for name in ("p_en_all", "p_target_all"):  # absent from shards of older runs
+        if name in t:
+            getattr(cap, name).update(rows, t[name])
     cap.neurons.counts = t["neuron_counts"].clone()
     cap.neurons.n_tokens_per_layer = t["neuron_tokens"].clone()
     return result, cap
