@@ -136,3 +136,105 @@ def test_all_label_sums_reported_over_kept_items():
     with pytest.raises(AlignlensError, match="p_target_all must be"):
         plain.p_target_all = np.zeros((40, 4))
         lens_report({"de": plain})
+
+
+# ---- report: the paper's figure (language means over relative depth) and the CSV ------------------
+
+
+def _lens_file(langs, n_layers, n, seed, boost, mode="target-labels", overlapping=("de",), none_kept=()):
+    """logit_lens.json written by lens_report from synthetic per-item values (with all-label sums)."""
+    rng = np.random.default_rng(seed)
+    depth = np.linspace(0, 1, n_layers)
+    caps = {}
+    for lang in langs:
+        gold = np.arange(n) % 2
+        p_en = rng.uniform(0, 0.05, (n, n_layers, 2))
+        p_tg = rng.uniform(0, 0.05, (n, n_layers, 2))
+        p_en[np.arange(n), :, gold] = np.clip(0.3 * np.exp(-((depth - 0.6) ** 2) / 0.03) + boost
+                                              + rng.normal(0, 0.05, (n, n_layers)), 0, 1)
+        p_tg[np.arange(n), :, gold] = np.clip(0.6 * depth**4 + rng.normal(0, 0.05, (n, n_layers)), 0, 1)
+        caps[lang] = LensCapture(p_en, p_tg, rng.uniform(0, 12, (n, n_layers)), gold,
+                                 np.array([lang in overlapping + none_kept, lang in none_kept]), p_en.sum(-1), p_tg.sum(-1))
+    return {"lens_prompts": mode, "tasks": {"emotion": lens_report(caps, prompts=mode, overlap_rule="token-set")}}
+
+
+@pytest.fixture
+def lens_pair(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic_results import make_synthetic_pair
+
+    langs = ["en", "zh", "de", "ja", "sw"]
+    base, aligned = make_synthetic_pair(tmp_path, langs, 7, tasks=("emotion",), n_items=6)
+    files = {}
+    for d, seed, boost in ((base, 1, 0.0), (aligned, 2, 0.1)):
+        files[d.name] = _lens_file(langs, 7, 6, seed, boost, none_kept=() if d.name == "base" else ("ja",))
+        (d / "logit_lens.json").write_text(json.dumps(files[d.name]), encoding="utf-8")
+    return base, aligned, files
+
+
+def test_paper_figure_draws_language_means_over_relative_depth(lens_pair):
+    """The mean-over-languages page: each curve is the mean over the non-English languages kept in
+    both runs of their per-language means (computed here independently), against layer / (L - 1),
+    with a Student-t band across languages."""
+    from alignlens.report.render import build_report
+    from alignlens.report.runs import load_runs
+
+    base, aligned, files = lens_pair
+    runs = load_runs(base, aligned)
+    pages = [p for p in build_report(runs).pages if p.title == "Logit lens — emotion, mean over languages"]
+    assert len(pages) == 1
+    fig = pages[0].draw()
+    subtitle = fig.texts[1].get_text().replace("\n", " ")
+    assert "mean over the 3 non-English languages with kept items in both runs (zh de sw)" in subtitle
+    assert "Left out (no kept item): ja" in subtitle and "target-label prompts" in subtitle
+    gold_ax, all_ax = [ax for ax in fig.axes if ax.get_title().startswith(("gold label", "all labels"))]
+    for ax, quantities in ((gold_ax, ("p_en", "p_target")), (all_ax, ("p_en_all", "p_target_all"))):
+        lines = ax.get_lines()
+        assert len(lines) == 4  # base and aligned, latent and out
+        for line, (role, q) in zip(lines, [(r, q) for r in ("base", "aligned") for q in quantities]):
+            per = files[role]["tasks"]["emotion"]["per_language"]
+            values = np.array([per[l][q]["mean"] for l in ("zh", "de", "sw")])
+            np.testing.assert_allclose(line.get_ydata(), values.mean(0), rtol=1e-12)
+            np.testing.assert_allclose(line.get_xdata(), np.arange(7) / 6)
+            assert line.get_linestyle() == ("-" if role == "base" else "--")
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]  # base p_en (p_en_all) band: lo then hi
+        values = np.array([files["base"]["tasks"]["emotion"]["per_language"][l][quantities[0]]["mean"]
+                           for l in ("zh", "de", "sw")])
+        half = sps.t.ppf(0.975, 2) * values.std(0, ddof=1) / np.sqrt(3)
+        expect = np.clip(np.r_[values.mean(0) - half, values.mean(0) + half], 0, 1)
+        assert all(np.isclose(band, e).any() for e in expect)
+
+
+def test_lens_csv_and_summary_name_the_prompts(lens_pair):
+    import csv
+
+    from alignlens.report import render_report
+
+    base, aligned, files = lens_pair
+    out = render_report(base, aligned)
+    rows = list(csv.DictReader((out.with_name("report_tables") / "logit_lens.csv").open(encoding="utf-8")))
+    zh = [r for r in rows if r["model"] == "aligned" and r["language"] == "zh"]
+    assert [float(r["p_target_all_mean"]) for r in zh] == pytest.approx(
+        files["aligned"]["tasks"]["emotion"]["per_language"]["zh"]["p_target_all"]["mean"])
+    assert {r["lens_prompts"] for r in rows} == {"target-labels"}
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "Logit lens, emotion (non-English languages, on target-label prompts)" in summary
+
+
+def test_runs_with_different_lens_prompts_are_not_overlaid(lens_pair):
+    from alignlens.report.render import build_report
+    from alignlens.report.runs import load_runs
+
+    base, aligned, files = lens_pair
+    files["aligned"] = {"lens_prompts": "english-labels", "tasks": {"emotion": {
+        **files["aligned"]["tasks"]["emotion"], "lens_prompts": "english-labels"}}}
+    (aligned / "logit_lens.json").write_text(json.dumps(files["aligned"]), encoding="utf-8")
+    section = build_report(load_runs(base, aligned)).pages
+    titles = [p.title for p in section if p.section == "Logit lens"]
+    assert "Logit lens — emotion (base)" in titles and "Logit lens — emotion (aligned)" in titles
+    assert "Logit lens — emotion" not in titles
+    fig = next(p for p in section if p.title == "Logit lens — emotion (aligned)").draw()
+    assert "near 0 by construction" in fig.texts[1].get_text().replace("\n", " ")

@@ -1,10 +1,21 @@
-"""Logit-lens section: per language, P(English label) and P(target-language label) by layer, with
-the next-token entropy strip below, and logit_lens.csv.
+"""Logit-lens section, as the paper's figures (its zsm_emotion_2shot.py, after Wendler et al. 2024).
 
-Two runs are overlaid only on the languages both have, and only where both evaluated the same
-items: lens values are saved as means over each run's own items, so they cannot be restricted to
-shared items afterwards -- otherwise each run gets its own pages. Models of different depth are
-drawn against relative depth. A panel with no item (all dropped by the overlap rule) says why.
+Pages per task:
+- the paper's figure: P(English gold label set) ("latent") and P(target-language gold label set)
+  ("out"), and the all-label sums of each, against relative depth layer / (layers - 1), averaged over
+  the non-English languages (`language_average`: the mean of the per-language means, each language
+  weighted equally; band: 95% Student-t interval across languages), base vs aligned, with the mean
+  entropy strip below;
+- per language: the same curves by layer with 95% intervals over items, entropy strip below.
+Plus logit_lens.csv and a summary line. The prompts the lens ran on (`lens_prompts` in
+logit_lens.json: target-label prompts as the paper, or the English-label evaluation prompts, where
+P(target) is ~0 by construction) are named on every page.
+
+Two runs are overlaid only on the languages both have, only where both evaluated the same items
+and only when both ran the lens on the same prompts: lens values are saved as means over each
+run's own items, so they cannot be restricted to shared items afterwards -- otherwise each run gets
+its own pages. Models of different depth are drawn against relative depth. A panel with no item
+(all dropped by the overlap rule) says why.
 """
 
 from __future__ import annotations
@@ -16,9 +27,26 @@ import numpy as np
 from alignlens.report.languages import lang_label, order_languages
 from alignlens.report.layout import COLOR, LINESTYLE, Page, Section, Table, int_layers, new_fig, top
 from alignlens.report.runs import Runs, arr
+from alignlens.stats import mean_ci
 
-QUANTITIES = ("p_en", "p_target", "entropy_bits")
+QUANTITIES = ("p_en", "p_target", "p_en_all", "p_target_all", "entropy_bits")
+PROBABILITIES = ("p_en", "p_target", "p_en_all", "p_target_all")
+#: Curve colours: the gold label's sets dark, the all-label sums light (thinner) in the same hue.
+COLORS = {"p_en": COLOR["p_en"], "p_target": COLOR["p_target"], "p_en_all": "#A68BCB", "p_target_all": "#6CC4A8"}
+NAMES = {"p_en": "P(English gold label) — latent", "p_target": "P(target-language gold label) — out",
+         "p_en_all": "P(any English label) — all latent", "p_target_all": "P(any target-language label) — all out"}
+PROMPTS_TEXT = {
+    "target-labels": "on target-label prompts (the demonstrations carry the language's label words, as the paper's lens)",
+    "english-labels": "on the English-label evaluation prompts (the target-language word never appears in them, so "
+                      "P(target) is near 0 by construction; use --lens-prompts target-labels for the paper's lens)",
+}
 Group = tuple[list[int], list[str]]  # (run indices drawn together, languages)
+
+
+def lens_prompts(tdict: dict) -> str:
+    """The prompts a run's lens ran on (`lens_prompts` of its task entry; files written before the
+    option existed used the English-label evaluation prompts)."""
+    return tdict.get("lens_prompts") or "english-labels"
 
 
 def build(runs: Runs) -> Section:
@@ -31,27 +59,35 @@ def build(runs: Runs) -> Section:
         tdicts = [(r.lens or {}).get("tasks", {}).get(task, {}) for r in runs.runs]
         per = [t.get("per_language", {}) for t in tdicts]
         rule = next((t["overlap_rule"] for t in tdicts if t.get("overlap_rule")), "token-set")
-        csv_rows += _csv_rows(runs, task, per)
-        groups, notes = _plan(runs, task, per)
+        modes = [lens_prompts(t) for t in tdicts]
+        csv_rows += _csv_rows(runs, task, per, modes)
+        groups, notes = _plan(runs, task, per, modes)
         if runs.depth_axis:
             notes.append(f"The models have {runs.overlap.n_layers[0]} and {runs.overlap.n_layers[1]} layers: "
                          "the x axis is relative depth, layer / (layers − 1).")  # fmt: skip
-        line = _summary_line(runs, task, per, groups)
+        line = _summary_line(runs, task, per, groups, modes)
         section.summary_lines += [line] if line else []
         for idxs, langs in groups:
             own = len(groups) > 1 and len(idxs) == 1
-            title = f"Logit lens — {task}" + (f" ({runs.roles[idxs[0]]})" if own else "")
+            suffix = f" ({runs.roles[idxs[0]]})" if own else ""
+            series = [(i, per[i]) for i in idxs]
+            mode = modes[idxs[0]]
+            title = f"Logit lens — {task}, mean over languages" + suffix
+            if any(l != "en" for l in langs):
+                section.pages.append(Page("Logit lens", title, f"logit_lens_{task}{'_' + runs.roles[idxs[0]] if own else ''}_mean",
+                                          lambda t=title, s=series, c=langs, m=mode, n=" ".join(notes): _draw_average(runs, t, s, c, m, n)))  # fmt: skip
+            title = f"Logit lens — {task}" + suffix
             for start in range(0, len(langs), 20):
                 slug = f"logit_lens_{task}{'_' + runs.roles[idxs[0]] if own else ''}_{start // 20}"
-                series = [(i, per[i]) for i in idxs]
                 section.pages.append(Page("Logit lens", title, slug, lambda t=title, s=series, c=langs[start : start + 20],
-                                          n=" ".join(notes): _draw(runs, t, s, c, rule, n)))  # fmt: skip
-    header = ["task", "model", "language", "layer", "n"] + [f"{q}_{s}" for q in QUANTITIES for s in ("mean", "lo", "hi")]
+                                          m=mode, n=" ".join(notes): _draw(runs, t, s, c, rule, n, m)))  # fmt: skip
+    header = ["task", "model", "lens_prompts", "language", "layer", "n"] + [
+        f"{q}_{s}" for q in QUANTITIES for s in ("mean", "lo", "hi")]
     section.tables = [Table("logit_lens.csv", header, csv_rows)]
     return section
 
 
-def _plan(runs: Runs, task: str, per: list[dict]) -> tuple[list[Group], list[str]]:
+def _plan(runs: Runs, task: str, per: list[dict], modes: list[str]) -> tuple[list[Group], list[str]]:
     """Which runs share a page and for which languages, and notes for the pages (see the module docstring)."""
     have = [i for i, p in enumerate(per) if p]
     if len(have) < 2:
@@ -65,6 +101,10 @@ def _plan(runs: Runs, task: str, per: list[dict]) -> tuple[list[Group], list[str
                      + "; ".join(f"{r}: {' '.join(ls)}" for r, ls in one_sided.items() if ls) + ".")  # fmt: skip
     if not shared:
         return [([i], order_languages(per[i])) for i in (0, 1)], notes
+    if modes[0] != modes[1]:
+        notes.append(f"The two runs ran the lens on different prompts (base: {modes[0]}, aligned: {modes[1]}), so "
+                     "each is shown on its own page, not overlaid.")  # fmt: skip
+        return [([0], shared), ([1], shared)], notes
     if runs.overlap.same_items(task, shared):
         return [([0, 1], shared)], notes
     notes.append("The two runs evaluated different items here; lens values are saved as means over each run's own "
@@ -72,17 +112,18 @@ def _plan(runs: Runs, task: str, per: list[dict]) -> tuple[list[Group], list[str
     return [([0], shared), ([1], shared)], notes
 
 
-def _csv_rows(runs: Runs, task: str, per: list[dict]) -> list[list]:
-    """Rows of logit_lens.csv for one task (intervals of probabilities clipped to [0, 1], entropy's at 0)."""
+def _csv_rows(runs: Runs, task: str, per: list[dict], modes: list[str]) -> list[list]:
+    """Rows of logit_lens.csv for one task (intervals of probabilities clipped to [0, 1], entropy's at 0;
+    NaN for the all-label sums of files written before they existed)."""
     rows = []
     for i, p in enumerate(per):
         for l, e in p.items():
-            series = {q: {s: arr(e[q][s]) for s in ("mean", "lo", "hi")} for q in QUANTITIES}
+            series = {q: {s: arr((e.get(q) or {}).get(s)) for s in ("mean", "lo", "hi")} for q in QUANTITIES}
             for q in QUANTITIES:
                 for s in ("lo", "hi"):
                     series[q][s] = np.clip(series[q][s], 0.0, 1.0 if q != "entropy_bits" else None)
             for layer in range(len(series["p_en"]["mean"])):
-                rows.append([task, runs.roles[i], l, layer, e.get("n", "")] + [
+                rows.append([task, runs.roles[i], modes[i], l, layer, e.get("n", "")] + [
                     series[q][s][layer] if layer < len(series[q][s]) else math.nan
                     for q in QUANTITIES for s in ("mean", "lo", "hi")])  # fmt: skip
     return rows
@@ -123,13 +164,16 @@ def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: 
         ns.append(f"{e.get('n', '?')}")
         if e.get("n") == 0:
             empty.append((f"{runs.roles[i]}: " if len(series) > 1 else "") + no_items_text(e, rule))
-        for q in ("p_en", "p_target"):
+        for q in ("p_en_all", "p_target_all", "p_en", "p_target"):
+            if q not in e:  # all-label sums: not in files written before they existed
+                continue
             m, lo, hi = (arr(e[q][s]) for s in ("mean", "lo", "hi"))
             xs = runs.layer_x(len(m))
             x_max = max(x_max, float(xs[-1]) if len(xs) else 0.0)
-            ax.plot(xs, m, color=COLOR[q], ls=LINESTYLE[runs.roles[i]], lw=1.2)
-            if len(lo) == len(m) and len(hi) == len(m):
-                ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLOR[q], alpha=0.12, lw=0)
+            gold = q in ("p_en", "p_target")
+            ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.roles[i]], lw=1.2 if gold else 0.9)
+            if gold and len(lo) == len(m) and len(hi) == len(m):
+                ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLORS[q], alpha=0.12, lw=0)
         ent_rows.append(arr(e["entropy_bits"]["mean"]))
     if empty:
         ax.text(0.5, 0.5, "\n".join(empty), transform=ax.transAxes, ha="center", va="center", fontsize=6.5,
@@ -138,13 +182,16 @@ def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: 
     return _strip(runs, strip, ent_rows, ent_max), x_max
 
 
-def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[str], rule: str, note: str = ""):
+def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[str], rule: str, note: str = "",
+          mode: str = "english-labels"):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    fig = new_fig(title, "Probability of the English label word (purple) vs the target-language label word (green) read "
-                  "out at each layer (mean with 95% interval). Strip below each panel: mean next-token entropy (bits) per "
-                  "layer" + (", rows = base / aligned." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
+    fig = new_fig(title, "Logit lens " + PROMPTS_TEXT[mode] + ": probability of the gold label's English token set "
+                  "(purple, the paper's latent) and of its target-language token set (green, out) after final norm + "
+                  "unembedding at each layer (mean over items with 95% interval); light thin lines: the same summed over "
+                  "every label's set. Strip below each panel: mean next-token entropy (bits) per layer"
+                  + (", rows = base / aligned." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
     n = len(langs)
     ncols = 5 if n > 8 else min(max(n, 1), 4)
     nrows = math.ceil(n / ncols)
@@ -170,13 +217,105 @@ def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[st
         if x_max:
             pad = 0.03 if runs.depth_axis else 0.5
             ax.set_xlim(-pad, x_max + pad)
-    handles = [Line2D([], [], color=COLOR["p_en"], lw=1.5, label="P(English label)"),
-               Line2D([], [], color=COLOR["p_target"], lw=1.5, label="P(target-language label)"),
+    handles = [Line2D([], [], color=COLORS["p_en"], lw=1.5, label="P(English label)"),
+               Line2D([], [], color=COLORS["p_target"], lw=1.5, label="P(target-language label)"),
+               Line2D([], [], color=COLORS["p_en_all"], lw=1.0, label="any English label"),
+               Line2D([], [], color=COLORS["p_target_all"], lw=1.0, label="any target label"),
                Patch(color="#cccccc", alpha=0.6, label="95% interval")]  # fmt: skip
     handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.roles[i]], label=runs.role_label(i)) for i, _ in series]
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.02))
     if im is not None:
         cax = fig.add_axes([0.945, 0.1, 0.01, 0.3])
+        fig.colorbar(im, cax=cax).set_label("entropy (bits)", fontsize=7)
+        cax.tick_params(labelsize=6.5)
+    return fig
+
+
+def averaged_languages(series: list[tuple[int, dict]], langs: list[str], english: str = "en") -> tuple[list[str], list[str]]:
+    """(languages averaged, languages left out): the non-English `langs` with kept items (n > 0) in
+    every run of `series`, so that base and aligned average the same languages."""
+    non_en = [l for l in langs if l != english]
+    use = [l for l in non_en if all((p.get(l) or {}).get("n") for _, p in series)]
+    return use, [l for l in non_en if l not in use]
+
+
+def language_average(entries: list[dict], q: str, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer (mean, lo, hi) of quantity `q` over languages: the mean of the per-language means
+    (each language weighted equally, whatever its number of kept items) with a Student-t interval
+    across languages (n = number of languages; it collapses to the mean for one language)."""
+    rows = np.array([arr(e[q]["mean"]) for e in entries], dtype=float)
+    if rows.ndim != 2 or not len(rows):
+        nan = np.full(rows.shape[-1] if rows.ndim == 2 else 0, np.nan)
+        return nan, nan.copy(), nan.copy()
+    return mean_ci(rows, confidence=confidence, axis=0)
+
+
+def _draw_average(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[str], mode: str, note: str = ""):
+    """The paper's figure: latent vs out (left) and the all-label sums (right) over relative depth,
+    language means over the non-English languages, base vs aligned, entropy strips below."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    use, left_out = averaged_languages(series, langs)
+    sums = all(q in p[l] for _, p in series for l in use for q in ("p_en_all", "p_target_all"))
+    text = (f"Logit lens {PROMPTS_TEXT[mode]}, as the paper's figure: mean over the {len(use)} non-English languages with "
+            f"kept items{' in both runs' if len(series) > 1 else ''} ({' '.join(use) or 'none'}), each language weighted "
+            "equally (the mean of its per-item means); band: 95% Student-t interval across languages (how much languages "
+            "differ, not item noise). x: relative depth, layer / (layers − 1). Strip below: mean next-token entropy (bits)"
+            + (", rows = base / aligned." if len(series) > 1 else ".")
+            + (f" Left out (no kept item): {' '.join(left_out)}." if left_out else "")
+            + ("" if sums else " All-label sums: not in this logit_lens.json (written before they existed).")
+            + (f" {note}" if note else ""))  # fmt: skip
+    fig = new_fig(title, text)
+    outer = fig.add_gridspec(1, 2, left=0.07, right=0.9, top=top(fig, 0.8), bottom=0.2, wspace=0.18)
+    panels = [("gold label", ("p_en", "p_target")), ("all labels", ("p_en_all", "p_target_all"))]
+    ent_rows = []
+    for _, p in series:
+        ent_rows.append(language_average([p[l] for l in use], "entropy_bits")[0] if use else np.array([]))
+    finite = [float(np.nanmax(r)) for r in ent_rows if len(r) and np.isfinite(r).any()]
+    ent_max = max(finite or [1.0]) or 1.0
+    im = None
+    for k, (name, qs) in enumerate(panels):
+        sub = outer[0, k].subgridspec(2, 1, height_ratios=[6, 1], hspace=0.08)
+        ax = fig.add_subplot(sub[0])
+        strip = fig.add_subplot(sub[1], sharex=ax)
+        for i, p in series:
+            for q in qs:
+                if not use or not all(q in p[l] for l in use):
+                    continue
+                m, lo, hi = language_average([p[l] for l in use], q)
+                xs = np.arange(len(m)) / max(len(m) - 1, 1)
+                ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.roles[i]], lw=1.6)
+                ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLORS[q], alpha=0.15, lw=0)
+        if not use:
+            ax.text(0.5, 0.5, "no non-English language with kept items", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="#444444")  # fmt: skip
+        elif name == "all labels" and not sums:
+            ax.text(0.5, 0.5, "all-label sums not recorded\n(logit_lens.json of an older alignlens)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#444444")  # fmt: skip
+        for ri, r in enumerate(ent_rows):
+            if len(r):
+                xs = np.arange(len(r)) / max(len(r) - 1, 1)
+                step = xs[1] - xs[0] if len(xs) > 1 else 1.0
+                im = strip.imshow(r[None, :], aspect="auto", cmap="viridis", vmin=0, vmax=ent_max, interpolation="nearest",
+                                  extent=(xs[0] - step / 2, xs[-1] + step / 2, ri + 0.5, ri - 0.5))  # fmt: skip
+        strip.set_ylim(len(ent_rows) - 0.5, -0.5)
+        strip.set_yticks(range(len(ent_rows)))
+        strip.set_yticklabels([runs.roles[i] for i, _ in series], fontsize=7)
+        strip.set_xlabel("relative depth", fontsize=8)
+        strip.tick_params(labelsize=7)
+        ax.set_title(f"{name}: latent (English) vs out (target language)", fontsize=9.5, pad=4)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(-0.03, 1.03)
+        ax.tick_params(labelsize=7, labelbottom=False)
+        ax.set_ylabel("probability" if k == 0 else "", fontsize=8)
+        ax.grid(alpha=0.25)
+    handles = [Line2D([], [], color=COLORS[q], lw=1.6, label=NAMES[q]) for q in PROBABILITIES]
+    handles += [Patch(color="#cccccc", alpha=0.6, label="95% interval across languages")]
+    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.roles[i]], label=runs.role_label(i)) for i, _ in series]
+    fig.legend(handles=handles, loc="lower center", ncols=4, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.035))
+    if im is not None:
+        cax = fig.add_axes([0.92, 0.2, 0.01, 0.12])
         fig.colorbar(im, cax=cax).set_label("entropy (bits)", fontsize=7)
         cax.tick_params(labelsize=6.5)
     return fig
@@ -190,9 +329,9 @@ def _peak(e: dict, q: str) -> tuple[float, int]:
     return float(m[i]), i
 
 
-def _summary_line(runs: Runs, task: str, per: list[dict], groups: list[Group]) -> str | None:
+def _summary_line(runs: Runs, task: str, per: list[dict], groups: list[Group], modes: list[str]) -> str | None:
     """Each run's mean peak of P(English label) and last-layer P(target), over the non-English
-    languages shown on the pages (the shared ones when both runs have the task)."""
+    languages shown on the pages (the shared ones when both runs have the task), and the prompts."""
     bits = []
     shown = {i: langs for idxs, langs in groups for i in idxs}
     for i, p in enumerate(per):
@@ -206,5 +345,8 @@ def _summary_line(runs: Runs, task: str, per: list[dict], groups: list[Group]) -
                     f"(at {rel * 100:.0f}% depth), target-language label at the last layer {np.mean(finals) if finals else math.nan:.2f}")  # fmt: skip
     if not bits:
         return None
-    own = " (each run on its own items, not compared)" if len(bits) > 1 and not any(len(ix) > 1 for ix, _ in groups) else ""
-    return f"• Logit lens, {task} (non-English languages){own}: " + "; ".join(bits) + "."
+    own = " (each run on its own items or prompts, not compared)" if len(bits) > 1 and not any(len(ix) > 1 for ix, _ in groups) else ""
+    shown = sorted({modes[i] for i, p in enumerate(per) if p})
+    on = " and ".join({"target-labels": "target-label prompts", "english-labels": "English-label prompts"}[m] for m in shown)
+    caveat = " (P(target) is near 0 there by construction)" if "english-labels" in shown else ""
+    return f"• Logit lens, {task} (non-English languages, on {on}{caveat}){own}: " + "; ".join(bits) + "."
