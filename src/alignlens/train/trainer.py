@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import inspect
 import math
 import os
@@ -223,20 +224,13 @@ def decoder_layers(loss_model: TargetLossModel) -> torch.nn.ModuleList:
     return max(lists, key=len)
 
 
-def _sum_allreduce_hook(state, bucket):  # noqa: ANN001, ANN202 - DDP refuses other annotations than its own
-    """DDP communication hook: the SUM of the ranks' gradients (DDP's default averages). Each
-    rank's loss is already divided by the target tokens of the whole step, over all ranks.
-    `state`: the process group (None: the default one); `bucket`: a dist.GradBucket."""
-    work = torch.distributed.all_reduce(bucket.buffer(), group=state, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
-
-
 def parallelize(loss_model: TargetLossModel, config: TrainConfig, device: torch.device) -> torch.nn.Module:
     """What the training passes call: `loss_model` itself (one process), a DistributedDataParallel
-    wrapper around it, or (`config.fsdp`) `loss_model` sharded in place with FSDP2 `fully_shard`
-    (each decoder block, then the rest; gradients summed over ranks, bf16 parameters and float32
-    reductions with `bf16`). Parameters and buffers are the same on every rank afterwards (DDP
-    broadcasts rank 0's)."""
+    wrapper around it (it averages the ranks' gradients: `Trainer` scales each rank's loss by the
+    world size, so the result is their sum), or (`config.fsdp`) `loss_model` sharded in place with
+    FSDP2 `fully_shard` (each decoder block, then the rest; gradients summed over ranks, bf16
+    parameters and float32 reductions with `bf16`). Parameters and buffers are the same on every
+    rank afterwards (DDP broadcasts rank 0's)."""
     world = distributed.world()
     if not world.distributed:
         return loss_model
@@ -264,10 +258,9 @@ def parallelize(loss_model: TargetLossModel, config: TrainConfig, device: torch.
     no_buffer_sync = ({"forward_sync_buffers": False}
                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                       else {"broadcast_buffers": False})
-    ddp = DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  **no_buffer_sync)
-    ddp.register_comm_hook(None, _sum_allreduce_hook)
-    return ddp
+    # (no Python communication hook: gloo's threads would hold Python objects)
+    return DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **no_buffer_sync)
 
 
 # ---- the trainer ----------------------------------------------------------------------------
@@ -410,10 +403,12 @@ class Trainer:
         """This rank's forward/backward passes of one step; returns the step's summed loss over all
         ranks. Rank r takes examples [r * per_rank, (r + 1) * per_rank) of the step's `chunk` (the
         micro-batches one process with grad_accum x world size would run, in the same order);
-        gradients are synchronised on its last pass only. A rank left without examples (the end of
+        gradients are synchronised on its last pass only (summed over ranks). A rank left without examples (the end of
         an epoch) runs one pass with weight 0, and with FSDP every rank runs `grad_accum` passes:
         every collective is reached by every rank."""
         cfg, rank = self.config, self.world.rank
+        # DDP averages the ranks' gradients: x world size makes that their sum (exact for a power of two)
+        scale = 1.0 if self.fsdp else float(self.world.size)
         mine = chunk[rank * self.per_rank: (rank + 1) * self.per_rank]
         batches = [mine[j: j + cfg.batch_size] for j in range(0, len(mine), cfg.batch_size)]
         n_passes = cfg.grad_accum if self.fsdp else max(1, len(batches))
@@ -425,7 +420,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     loss, _ = self.forward_model(ids.to(self.device), tgt.to(self.device))
                 if real:
-                    (loss / n_target).backward()
+                    (loss * scale / n_target).backward()
                     losses[rank * cfg.grad_accum + a] = float(loss.detach())
                 else:
                     (loss * 0.0).backward()
@@ -623,6 +618,15 @@ class Trainer:
             self.tokenizer.save_pretrained(folder)
 
         save_folder(self.out / "merged", save_merged)
+
+    def close(self) -> None:
+        """Release the model, its DDP/FSDP wrapping and the optimizer, and collect them now: their
+        references to the process group must go while Python is fully alive (else gloo's threads
+        may outlive it and abort the process at exit). The trainer cannot be used afterwards."""
+        self.forward_model = self.loss_model = self.model = None
+        self.optimizer = self.scheduler = None
+        self.params, self.best_weights = [], None
+        gc.collect()
 
     # -- FSDP: sharded checkpoints and the streamed merge --------------------------------------
 
@@ -896,9 +900,13 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     with torch_threads(config.threads), global_rng_restored(), distributed.process_group(device) as world:
         trainer = distributed.agree(lambda: setup(config, model_spec, out, ckpt, progress and world.is_main,
                                                   session_start, device))
-        trainer.command = command
-        trainer.start(ckpt)
-        return trainer.run(progress and world.is_main, callback)
+        try:
+            trainer.command = command
+            trainer.start(ckpt)
+            return trainer.run(progress and world.is_main, callback)
+        finally:
+            if world.distributed:
+                trainer.close()
 
 
 class _Progress:
