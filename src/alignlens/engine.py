@@ -12,8 +12,9 @@ to one plain forward pass per prompt (tested):
   the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass).
 
 Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
-pass) read activations on the way; the capture pass of `alignlens analyze` is one
-(`alignlens.capture.capturer.Capturer`). User `fwd_hooks` apply to every pass, the prefix's too.
+pass, and optionally `prefix_hooks(n_tokens)` for the shared prefix's one pass) read activations
+on the way; the capture pass of `alignlens analyze` is one (`alignlens.capture.capturer.Capturer`).
+User `fwd_hooks` apply to every pass, the prefix's too.
 """
 
 from __future__ import annotations
@@ -121,9 +122,14 @@ class SuffixBatch:
 class Probe(Protocol):
     """Reads (or changes) activations of the query batches of `score_prompts`.
 
-    `hooks(batch)`: TransformerLens hooks for this batch's forward pass only (the prefix pass is
-    not probed); hooks of several probes run in the order the probes are given.
+    `hooks(batch)`: TransformerLens hooks for this batch's forward pass only; hooks of several
+    probes run in the order the probes are given.
     `after_batch(batch)`: called after the batch's forward pass, before the next batch.
+    Optional `prefix_hooks(n_tokens)`: hooks for the one forward pass of the shared prefix (its
+    first `n_tokens` tokens, batch 1, positions 0..n_tokens-1), run before any batch when
+    `score_prompts` caches a prefix; a probe without this method does not see the prefix pass.
+    The prefix's states are the same for every query, so a probe that needs whole-prompt
+    statistics adds the prefix's part once (e.g. the capture's prompt mean pooling).
     """
 
     def hooks(self, batch: SuffixBatch) -> list[Hook]: ...
@@ -206,7 +212,8 @@ def score_prompts(
 
     Returns float64 [n_queries, n_labels]. `fwd_hooks` (TransformerLens hook name or filter,
     hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch or
-    steer. `probes` hook each query batch (see `Probe`), after the `fwd_hooks`.
+    steer. `probes` hook each query batch (and, with `prefix_hooks`, the prefix pass; see `Probe`),
+    after the `fwd_hooks`.
     `on_batch_done(n)` is told the number of queries each finished batch scored.
 
     A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
@@ -227,7 +234,9 @@ def score_prompts(
     with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
         cache = None
         if k > 0:
-            cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
+            prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
+            with model.bridge.hooks(fwd_hooks=prefix_hooks):
+                cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)

@@ -25,8 +25,9 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
     Tensors: probs float64 [n, n_labels], gold/indices [n], last/mean [n, n_layers, d_model],
     p_en/p_target [n, n_layers, n_labels], p_en_all/p_target_all [n, n_layers], entropy
     [n, n_layers], neuron_counts int64 [n_layers, d_mlp], neuron_tokens int64 [n_layers], overlap
-    uint8 [n_labels]; metadata: one key, `alignlens`, a sorted JSON object {task, lang, labels,
-    lens_prompts} (safetensors writes several metadata keys in a random order, which would make
+    uint8 [n_labels], embed [n, 3, d_model] and prompt [n, n_layers, d_model] (the similarity
+    states, `LanguageCapture.pooled`); metadata: one key, `alignlens`, a sorted JSON object {task,
+    lang, labels, lens_prompts} (safetensors writes several metadata keys in a random order, which would make
     equal shards differ in bytes). `result` is the evaluation pass's (English-label prompts), `cap`
     the capture pass's (prompts `cap.prompts`)."""
     from safetensors.torch import save_file
@@ -43,6 +44,9 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
         store = getattr(cap, name)
         if store is not None and len(store):
             tensors[name] = store.to_tensor(n)
+    for name in ("embed", "prompt"):  # similarity states (absent when loaded from an older shard)
+        if len(getattr(cap, name)):
+            tensors[name] = getattr(cap, name).to_tensor(n)
     meta = {"alignlens": json.dumps({"task": result.task, "lang": result.lang, "labels": list(result.labels),
                                      "lens_prompts": cap.prompts}, ensure_ascii=False, sort_keys=True)}
     path = shard_path(folder, result.task, result.lang)
@@ -72,6 +76,9 @@ def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
     for name in ("last", "mean", "p_en", "p_target", "entropy"):
         getattr(cap, name).update(rows, t[name])
     for name in ("p_en_all", "p_target_all"):  # absent from shards of older runs
+        if name in t:
+            getattr(cap, name).update(rows, t[name])
+    for name in ("embed", "prompt"):  # absent from shards of older runs (`pooled` then refuses)
         if name in t:
             getattr(cap, name).update(rows, t[name])
     cap.neurons.counts = t["neuron_counts"].clone()
