@@ -18,6 +18,12 @@ LENS_OVERLAP_RULES = ("token-set", "first-token")
 #: Prompts of the capture pass (lens, similarity, neurons): demonstrations with the target-language
 #: label words (the paper's lens prompts) or the English-label evaluation prompts.
 LENS_PROMPTS = ("target-labels", "english-labels")
+#: Pooling of the states the similarity analysis compares: all prompt tokens (BOS and demonstrations
+#: included, as the paper's knowledge_finding.ipynb), the item's own tokens after the shared few-shot
+#: prefix, or the last prompt token.
+SIMILARITY_POOLINGS = ("prompt", "query", "last")
+#: The robust variant computed beside the paper's similarity measures (`similarity.robust_states`).
+SIMILARITY_ROBUST = ("drop-outliers", "standardize", "none")
 
 
 def _unique(values: Iterable[Any] | None, what: str, allow_none: bool = True) -> tuple | None:
@@ -154,6 +160,14 @@ def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterab
     return [it for it in items if id(it) in keep]
 
 
+def check_rows(rows: Iterable[int] | None, n_layers: int, what: str = "--pair-layers") -> None:
+    """Hidden-state layers of the similarity analysis: 0 (the embedding output) .. n_layers (after the last block)."""
+    bad = [x for x in rows or () if x > n_layers]
+    if bad:
+        raise AlignlensError(f"{what}: layer {bad[0]} does not exist (the similarity layers of this model are "
+                             f"0..{n_layers}: 0 the embedding output, l the output of block l)")
+
+
 def check_layers(layers: Iterable[int] | None, n_layers: int, what: str = "--pair-layers") -> None:
     bad = [x for x in layers or () if x >= n_layers]
     if bad:
@@ -217,6 +231,15 @@ class AnalyzeConfig:
     #: Prompts of the capture pass (see `LENS_PROMPTS`); with "target-labels" accuracy still comes
     #: from a separate pass on the English-label evaluation prompts.
     lens_prompts: str = "target-labels"
+    #: Similarity (`similarity.similarity_analysis`): pooling of the states (`SIMILARITY_POOLINGS`);
+    #: the languages PC1 is fitted on (None: the paper's en,de,fr,hi,th,sw,ms when all are analysed,
+    #: else all); hidden-state layers of the 2-D PCA scatter (0 = embedding output; None: 0, 1/3, 2/3,
+    #: last); bootstrap resamples of the intervals (0: none); the robust variant (`SIMILARITY_ROBUST`).
+    similarity_pooling: str = "prompt"
+    pca_languages: tuple[str, ...] | None = None
+    scatter_layers: tuple[int, ...] | None = None
+    similarity_resamples: int = 1000
+    similarity_robust: str = "drop-outliers"
 
     def __post_init__(self) -> None:
         base = self.eval_config()  # validates the shared options
@@ -230,6 +253,23 @@ class AnalyzeConfig:
             raise AlignlensError(f"unknown lens overlap rule {self.lens_overlap!r} (use {' or '.join(LENS_OVERLAP_RULES)})")
         if self.lens_prompts not in LENS_PROMPTS:
             raise AlignlensError(f"unknown lens prompts {self.lens_prompts!r} (use {' or '.join(LENS_PROMPTS)})")
+        if self.similarity_pooling not in SIMILARITY_POOLINGS:
+            raise AlignlensError(f"unknown similarity pooling {self.similarity_pooling!r} "
+                                 f"(use {', '.join(SIMILARITY_POOLINGS)})")
+        if self.similarity_robust not in SIMILARITY_ROBUST:
+            raise AlignlensError(f"unknown robust similarity variant {self.similarity_robust!r} "
+                                 f"(use {', '.join(SIMILARITY_ROBUST)})")
+        pca = _unique(self.pca_languages, "--pca-languages")
+        if pca is not None and ("en" not in pca or len(pca) < 2):
+            raise AlignlensError(f"--pca-languages must include en and at least one other language (got {','.join(pca)})")
+        if pca is not None and self.languages is not None and set(pca) - set(self.languages):
+            missing = [lang for lang in pca if lang not in self.languages]
+            raise AlignlensError(f"--pca-languages {','.join(missing)} not among --languages {','.join(self.languages)}")
+        object.__setattr__(self, "pca_languages", pca)
+        object.__setattr__(self, "scatter_layers", parse_layers(self.scatter_layers, "--scatter-layers"))
+        if (not isinstance(self.similarity_resamples, int) or isinstance(self.similarity_resamples, bool)
+                or self.similarity_resamples < 0):
+            raise AlignlensError(f"similarity resamples must be a whole number >= 0 (got {self.similarity_resamples!r})")
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,

@@ -28,6 +28,7 @@ from scipy import stats as sps
 from scipy.sparse.linalg import svds
 
 from alignlens import AlignlensError
+from alignlens.config import SIMILARITY_ROBUST
 
 if TYPE_CHECKING:
     import torch
@@ -137,15 +138,28 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
         return float(sps.pearsonr(a, b).statistic)
 
 
-def pca_pearson(states: Mapping[str, ArrayLike], english: str = "en") -> dict[str, float]:
+def pca_pearson(
+    states: Mapping[str, ArrayLike], english: str = "en", fit_languages: Sequence[str] | None = None
+) -> dict[str, float]:
     """Per language, Pearson r of English vs that language's scores on a 1-component PCA
-    fitted jointly on all languages' states (``states``: lang -> [n_items, d], one layer)."""
+    fitted jointly on the ``fit_languages``' states (default: all languages; ``states``: lang ->
+    [n_items, d], one layer). Languages outside the fit set are projected on the fitted component
+    (centred by the fit data's mean, as sklearn's ``PCA.transform``)."""
     langs = list(states)
-    mats = [_f64(states[lang]) for lang in langs]
-    n = mats[0].shape[0]
-    scores = pca_scores(np.concatenate(mats, axis=0)).reshape(len(langs), n)
-    en = scores[langs.index(english)]
-    return {lang: _pearson(en, scores[j]) for j, lang in enumerate(langs)}
+    fit = langs if fit_languages is None else [lang for lang in langs if lang in set(fit_languages)]
+    if english not in fit:
+        raise AlignlensError(f"pca_pearson: English ({english!r}) must be among the fit languages {fit}")
+    mats = {lang: _f64(states[lang]) for lang in langs}
+    n = mats[english].shape[0]
+    if len(fit) == len(langs):
+        scores = pca_scores(np.concatenate([mats[lang] for lang in langs], axis=0)).reshape(len(langs), n)
+        en = scores[langs.index(english)]
+        return {lang: _pearson(en, scores[j]) for j, lang in enumerate(langs)}
+    stacked = np.concatenate([mats[lang] for lang in fit], axis=0)
+    mu = stacked.mean(axis=0)
+    v = _top_components(stacked - mu, 1)[0][:, 0]
+    sc = {lang: (mats[lang] - mu) @ v for lang in langs}
+    return {lang: _pearson(sc[english], sc[lang]) for lang in langs}
 
 
 def _normalised_gram(x: np.ndarray) -> np.ndarray:
@@ -203,6 +217,7 @@ def similarity_report(
     last_states: Mapping[str, ArrayLike],
     layers_for_pairs: Sequence[int],
     english: str = "en",
+    pca_languages: Sequence[str] | None = None,
 ) -> dict:
     """JSON-able similarity report.
 
@@ -219,7 +234,9 @@ def similarity_report(
          "pairwise": {"layers": [...], "languages": [...],
              "cka_mean": [per layer n_lang x n_lang], "cosine_mean": [same]}}
 
-    ``pca_pearson`` uses the mean-pooled states; retrieval uses raw cosine.
+    ``pca_pearson`` uses the mean-pooled states, fitted on ``pca_languages`` (default: all; the
+    others projected, see `pca_pearson`); retrieval uses raw cosine. `similarity_analysis` adds
+    the paper's setting, debiased CKA, outliers, a robust variant and bootstrap intervals.
     """
     mean = _validate("similarity_report(mean_states)", mean_states)
     last = _validate("similarity_report(last_states)", last_states)
@@ -259,7 +276,7 @@ def similarity_report(
             "cka_mean": cka_m[en_idx],
             "cka_last": _cka_matrix(l_)[en_idx],
         }
-        pear = pca_pearson(dict(zip(langs, m)), english)
+        pear = pca_pearson(dict(zip(langs, m)), english, pca_languages)
         for j, lang in enumerate(langs):
             r = res[lang]
             for k, v in cols.items():
@@ -282,3 +299,611 @@ def similarity_report(
             "cosine_mean": [_json(p["cosine"]) for p in pairs],
         },
     }
+
+
+# ---- the paper's setting, debiased CKA, outliers, a robust variant, bootstrap intervals --------
+
+#: The paper's PCA languages (`knowledge_finding.ipynb`: PC1 fitted jointly on these 7, Pearson r
+#: of English vs each) and the languages of its 2-D scatter plots (a 2-component PCA on these 4).
+PAPER_PCA_LANGUAGES = ("en", "de", "fr", "hi", "th", "sw", "ms")
+PAPER_SCATTER_LANGUAGES = ("en", "de", "fr", "hi")
+#: The robust variant computed beside the paper's measure (`robust_states`).
+ROBUST_METHODS = SIMILARITY_ROBUST
+#: Unbiased HSIC (debiased CKA) needs at least 4 distinct items.
+CKA_MIN_ITEMS = 4
+#: A residual dimension is an outlier at a layer when it holds at least OUTLIER_FACTOR / d_model of
+#: the pooled states' squared norm (summed over items and languages); at most MAX_OUTLIER_DIMS.
+OUTLIER_FACTOR = 20.0
+MAX_OUTLIER_DIMS = 8
+TOP_DIMS = 5
+#: Bootstrap replicates refit PC1 on the resampled items: Rayleigh-Ritz in the full sample's top
+#: PCA_BOOT_SUBSPACE axes, then Davidson steps (residual directions) until the relative residual
+#: ||C u - theta u|| / theta of every replicate is below PCA_BOOT_TOL (at most PCA_BOOT_ITERATIONS).
+PCA_BOOT_SUBSPACE = 32
+PCA_BOOT_TOL = 1e-6
+PCA_BOOT_ITERATIONS = 40
+#: Measures with bootstrap intervals and stored replicates (on the pooled states), in report order.
+INTERVAL_METRICS = ("pca_pearson", "cosine_mean", "cosine_mean_centered", "cka_mean_debiased", "retrieval_mean")
+#: How `bootstrap_counts` draws its resamples (recorded in similarity.json: runs pair up when equal).
+BOOTSTRAP_GENERATOR = "numpy.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))"
+REPLICATE_ENCODING = ("base64 of little-endian float16 [n_layers, n_resamples]: each replicate minus the "
+                      "point estimate (NaN where undefined)")
+
+
+def unbiased_hsic(k: ArrayLike, l: ArrayLike) -> float:
+    """Unbiased HSIC estimator (Song et al. 2012, eq. 5) of two Gram matrices [n, n], n >= 4:
+
+    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)), K~, L~ with zero diagonal.
+    NaN for n < 4."""
+    k, l = _f64(k).copy(), _f64(l).copy()
+    n = k.shape[0]
+    if n < CKA_MIN_ITEMS:
+        return float("nan")
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    one = np.ones(n)
+    return float((np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (one @ k @ (l @ one)))
+                 / (n * (n - 3)))
+
+
+def linear_cka_debiased(x: ArrayLike, y: ArrayLike) -> float:
+    """Debiased linear CKA of ``x`` [n, d1] and ``y`` [n, d2] (rows = the same items): unbiased HSIC
+    of the linear Grams, HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L)) (Song et al. 2012; Nguyen
+    et al. 2021, Kornblith's ``debiased=True``). Unlike `linear_cka`, it is not pushed towards 1 when
+    items are few compared with dimensions; it can be slightly negative or exceed 1 by noise.
+    NaN for n < 4 or when a self-HSIC is not positive."""
+    x, y = _f64(x), _f64(y)
+    if x.shape[0] != y.shape[0]:
+        raise AlignlensError(f"linear_cka_debiased: {x.shape[0]} vs {y.shape[0]} items")
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)  # HSIC_u is translation invariant; this only helps rounding
+    w = np.ones((1, x.shape[0]))
+    gx, gy = _WeightedGram(x @ x.T, w), _WeightedGram(y @ y.T, w)
+    return float(_cka_from(gx, gy)[0])
+
+
+class _WeightedGram:
+    """A Gram matrix (zero diagonal) with its products by each resample's multiplicities w [B, n]."""
+
+    def __init__(self, gram: np.ndarray, w: np.ndarray) -> None:
+        self.k = np.array(gram, dtype=np.float64)
+        np.fill_diagonal(self.k, 0.0)
+        self.w = w
+        self.w2 = w * w
+        self.kw = w @ self.k  # [B, n]: (K w)_i (K symmetric)
+        self.kw2 = self.w2 @ self.k
+        self.self_hsic = _weighted_hsic(self, self)
+
+
+def _weighted_hsic(a: _WeightedGram, b: _WeightedGram) -> np.ndarray:
+    """Unbiased HSIC of Grams a.k, b.k on each bootstrap resample -> [B].
+
+    A resample with multiplicities w (item i drawn w_i times) gives the U-statistic over the
+    4-tuples of resampled rows that come from 4 distinct items (a duplicated item's copies never
+    pair with each other: they would act as the diagonal the estimator leaves out):
+    HSIC = (A + B - 2C) / N with, over distinct items, N = sum w_i w_j w_q w_r,
+    A = sum w_i w_j w_q w_r K_ij L_ij, B = sum ... K_ij L_qr, C = sum ... K_ij L_iq, in closed form
+    (power sums of w). With w = 1 this is `unbiased_hsic`."""
+    w, w2 = a.w, a.w2
+    w3 = w2 * w
+    p1, p2, p3, p4 = w.sum(1), w2.sum(1), w3.sum(1), (w2 * w2).sum(1)
+    pm = a.k * b.k
+    pw, pw2 = w @ pm, w2 @ pm
+    wpw, w2pw, w3pw, w2pw2 = (w * pw).sum(1), (w2 * pw).sum(1), (w3 * pw).sum(1), (w2 * pw2).sum(1)
+    big_a = (p1**2 - p2) * wpw - 4 * p1 * w2pw + 4 * w3pw + 2 * w2pw2
+    big_b = (w * a.kw).sum(1) * (w * b.kw).sum(1) - 4 * (w2 * a.kw * b.kw).sum(1) + 2 * w2pw2
+    big_c = ((w * (p1[:, None] - w) * a.kw * b.kw).sum(1) - (w * a.kw2 * b.kw).sum(1) - (w * a.kw * b.kw2).sum(1)
+             - p1 * w2pw + w2pw2 + 2 * w3pw)
+    norm = p1**4 - 6 * p1**2 * p2 + 3 * p2**2 + 8 * p1 * p3 - 6 * p4  # sum over distinct 4-tuples
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, (big_a + big_b - 2 * big_c) / np.where(norm > 0, norm, 1.0), np.nan)
+
+
+def _cka_from(a: _WeightedGram, b: _WeightedGram) -> np.ndarray:
+    hab = _weighted_hsic(a, b)
+    den = a.self_hsic * b.self_hsic
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, hab / np.sqrt(np.where(den > 0, den, 1.0)), np.nan)
+
+
+def _top_components(xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top principal axes of centred ``xc`` [n, d]: (V [d, k'], eigenvalues of xc'xc [k'],
+    descending), k' <= k (components with a zero eigenvalue dropped)."""
+    n, d = xc.shape
+    k = max(1, min(k, n, d))
+    if min(n, d) > _EIGH_MAX:
+        v0 = np.ones(min(n, d)) / np.sqrt(min(n, d))
+        _, sv, vt = svds(xc, k=min(k, min(n, d) - 1), v0=v0, random_state=0)
+        order = np.argsort(sv)[::-1]
+        vals, vecs = sv[order] ** 2, vt[order].T
+    elif d <= n:
+        vals, vecs = scipy.linalg.eigh(xc.T @ xc, subset_by_index=[d - k, d - 1], driver="evr")
+        vals, vecs = vals[::-1], vecs[:, ::-1]
+    else:
+        vals, u = scipy.linalg.eigh(xc @ xc.T, subset_by_index=[n - k, n - 1], driver="evr")
+        vals, u = vals[::-1], u[:, ::-1]
+        keep = vals > 0
+        vecs = np.zeros((d, len(vals)))
+        vecs[:, keep] = xc.T @ u[:, keep] / np.sqrt(vals[keep])
+    keep = vals > max(float(vals[0]), 0.0) * 1e-12
+    if not keep.any():
+        return np.zeros((d, 1)), np.zeros(1)
+    return vecs[:, keep], vals[keep]
+
+
+def _pca_basis(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All principal axes of centred ``xc`` [m, d] with a non-negligible variance: (V [d, r]
+    orthonormal, eigenvalues of xc'xc [r], descending), from an SVD."""
+    _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+    keep = sv > max(float(sv[0]) if sv.size else 0.0, 1e-300) * 1e-10
+    if not keep.any():
+        return np.eye(xc.shape[1], 1), np.zeros(1)
+    return vt[keep].T, sv[keep] ** 2
+
+
+def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """PC1 of every bootstrap resample of the fit data (the exact top eigenvector, up to PCA_BOOT_TOL).
+
+    zf [P, n, r]: coordinates of the P fit languages' items on the full sample's principal axes;
+    w [B, n]: item multiplicities (each resampled item keeps its rows in every fit language). The
+    resample's covariance is C = sum_rows omega z z' - zbar zbar' (omega = w / (P n)). Rayleigh-Ritz
+    in the top PCA_BOOT_SUBSPACE axes, then Davidson steps (each adds the orthogonalised residual
+    C u - theta u to the replicate's subspace) for the replicates whose relative residual is above
+    PCA_BOOT_TOL. Returns (u [B, r] unit PC1 of each C, max relative residual ||C u - theta u|| / theta)."""
+    n_fit, n, r = zf.shape
+    b_count = w.shape[0]
+    m_tot = float(n_fit * n)
+    zflat = zf.reshape(n_fit * n, r)
+    zbar_all = (w @ zf.sum(axis=0)) / m_tot  # [B, r]
+
+    def cmul(u: np.ndarray, idx: np.ndarray) -> np.ndarray:  # C_b u_b for the replicates idx: [k, r] -> [k, r]
+        omega = np.tile(w[idx].T, (n_fit, 1)) / m_tot
+        zb = zbar_all[idx]
+        return (zflat.T @ (omega * (zflat @ u.T))).T - zb * np.sum(zb * u, axis=1, keepdims=True)
+
+    k = min(r, PCA_BOOT_SUBSPACE)
+    zk = zf[:, :, :k]
+    q = np.einsum("pik,pil->ikl", zk, zk).reshape(n, k * k)
+    h_top = (w @ q).reshape(b_count, k, k) / m_tot - zbar_all[:, :k, None] * zbar_all[:, None, :k]
+    vals, vecs = np.linalg.eigh(h_top)
+    u = np.zeros((b_count, r))
+    u[:, :k] = vecs[:, :, -1]
+    theta = vals[:, -1]
+    active = np.arange(b_count)
+    basis: list[np.ndarray] = []  # Davidson directions of the active replicates [len(active), r] ...
+    images: list[np.ndarray] = []  # ... and C times them
+    worst = 0.0
+    for it in range(PCA_BOOT_ITERATIONS + 1):
+        res = cmul(u[active], active) - theta[active, None] * u[active]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.where(np.abs(theta[active]) > 0, np.linalg.norm(res, axis=1) / np.abs(theta[active]), 0.0)
+        rel = np.nan_to_num(rel, nan=0.0)
+        done = rel < PCA_BOOT_TOL
+        if k == r or it == PCA_BOOT_ITERATIONS or done.all():
+            worst = max(worst, float(rel.max()) if rel.size else 0.0)
+            break
+        if done.any():
+            keep = ~done
+            worst = max(worst, float(rel[done].max()))
+            active, res = active[keep], res[keep]
+            basis = [e[keep] for e in basis]
+            images = [c[keep] for c in images]
+        qv = res
+        qv[:, :k] = 0.0
+        for _pass in range(2):  # Gram-Schmidt twice against the earlier directions
+            for e in basis:
+                qv -= np.sum(qv * e, axis=1, keepdims=True) * e
+        nq = np.linalg.norm(qv, axis=1, keepdims=True)
+        qv = np.where(nq > 1e-300, qv / np.where(nq > 1e-300, nq, 1.0), 0.0)
+        basis.append(qv)
+        images.append(cmul(qv, active))
+        t = len(basis)
+        h = np.zeros((len(active), k + t, k + t))
+        h[:, :k, :k] = h_top[active]
+        for j in range(t):
+            h[:, :k, k + j] = images[j][:, :k]
+            for i in range(j + 1):
+                h[:, k + i, k + j] = np.sum(basis[i] * images[j], axis=1)
+        h = np.triu(h) + np.triu(h, 1).transpose(0, 2, 1)
+        vals, vecs = np.linalg.eigh(h)
+        theta[active] = vals[:, -1]
+        coef = vecs[:, :, -1]
+        ua = np.zeros((len(active), r))
+        ua[:, :k] = coef[:, :k]
+        for j in range(t):
+            ua += coef[:, k + j, None] * basis[j]
+        u[active] = ua
+    return u, worst
+
+
+def bootstrap_counts(n_items: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Multiplicities [n_resamples, n_items] (float64) of `BOOTSTRAP_GENERATOR`'s resamples of item
+    indices. The same item indices are resampled in every language (paired), and two runs with the
+    same seed, n_items and n_resamples resample identically (so their replicates pair up)."""
+    idx = np.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))
+    counts = np.zeros((n_resamples, n_items))
+    np.add.at(counts, (np.repeat(np.arange(n_resamples), n_items), idx.reshape(-1)), 1.0)
+    return counts
+
+
+def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson r of a[r], b[r] [R, n] with multiplicities w [R, n] -> [R] (NaN when a variance is 0)."""
+    tot = w.sum(1, keepdims=True)
+    a = a - (w * a).sum(1, keepdims=True) / tot
+    b = b - (w * b).sum(1, keepdims=True) / tot
+    cov, va, vb = (w * a * b).sum(1), (w * a * a).sum(1), (w * b * b).sum(1)
+    scale = np.maximum((w * (a * a + b * b)).sum(1), 1e-300)
+    ok = (va > 1e-24 * scale) & (vb > 1e-24 * scale)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, np.clip(cov / np.sqrt(np.where(ok, va * vb, 1.0)), -1.0, 1.0), np.nan)
+
+
+def outlier_dimensions(mats: Sequence[ArrayLike], factor: float = OUTLIER_FACTOR, top: int = TOP_DIMS) -> dict:
+    """Residual dimensions holding most of the pooled states' squared norm at one layer.
+
+    ``mats``: each language's states [n_items, d] (uncentred). share_j = sum over items and
+    languages of x_ij^2 / sum of all x^2. Returns {"top_dims": [top] (largest shares first),
+    "top_shares": [top], "flagged": dims with share >= factor / d (at most MAX_OUTLIER_DIMS),
+    "threshold": factor / d}."""
+    sq = sum(np.square(_f64(m)).sum(axis=0) for m in mats)
+    total = float(sq.sum())
+    share = sq / total if total > 0 else np.zeros_like(sq)
+    order = np.argsort(-share, kind="stable")
+    thr = factor / share.shape[0]
+    flagged = [int(j) for j in order[:MAX_OUTLIER_DIMS] if share[j] >= thr]
+    return {"top_dims": [int(j) for j in order[:top]], "top_shares": [float(share[j]) for j in order[:top]],
+            "flagged": flagged, "threshold": float(thr)}
+
+
+def robust_states(mats: Mapping[str, np.ndarray], method: str, flagged: Sequence[int] = ()) -> dict[str, np.ndarray]:
+    """The robust variant's states at one layer (lang -> [n_items, d]; fitted on all items and
+    languages given, then fixed): "standardize" z-scores each dimension (mean and standard deviation
+    over items x languages; constant dimensions become 0; Timkey & van Schijndel 2021), "drop-outliers"
+    zeroes the ``flagged`` dimensions (`outlier_dimensions`), "none" returns the states."""
+    if method not in ROBUST_METHODS:
+        raise AlignlensError(f"unknown robust similarity variant {method!r} (use {', '.join(ROBUST_METHODS)})")
+    if method == "none":
+        return dict(mats)
+    if method == "drop-outliers":
+        out = {}
+        for lang, m in mats.items():
+            m = m.copy()
+            m[:, list(flagged)] = 0.0
+            out[lang] = m
+        return out
+    allm = np.concatenate(list(mats.values()), axis=0)
+    mu, sd = allm.mean(axis=0), allm.std(axis=0)
+    live = sd > 1e-12 * max(float(sd.max()), 1e-300)
+    inv = np.where(live, 1.0 / np.where(live, sd, 1.0), 0.0)
+    return {lang: (m - mu) * inv for lang, m in mats.items()}
+
+
+def resolve_pca_languages(langs: Sequence[str], requested: Sequence[str] | None, english: str = "en") -> list[str]:
+    """The PCA fit languages: ``requested`` (must include English and be among ``langs``), else the
+    paper's 7 (`PAPER_PCA_LANGUAGES`) when all of them are present, else all of ``langs``."""
+    if requested is None:
+        return list(PAPER_PCA_LANGUAGES) if set(PAPER_PCA_LANGUAGES) <= set(langs) else list(langs)
+    missing = [lang for lang in requested if lang not in langs]
+    if missing:
+        raise AlignlensError(f"PCA languages {', '.join(missing)} are not among the analysed languages "
+                             f"({', '.join(langs)})")
+    if english not in requested or len(requested) < 2:
+        raise AlignlensError(f"PCA languages must include English ({english}) and at least one other "
+                             f"(got {', '.join(requested)})")
+    return list(requested)
+
+
+def _scatter_languages(langs: Sequence[str], english: str) -> list[str]:
+    """The paper's en/de/fr/hi where present (at least English and one other), else English and the
+    first three others."""
+    paper = [lang for lang in PAPER_SCATTER_LANGUAGES if lang in langs]
+    if english in paper and len(paper) >= 2:
+        return paper
+    return [english] + [lang for lang in langs if lang != english][:3]
+
+
+def default_scatter_layers(n_rows: int) -> list[int]:
+    """Rows 0 (embedding output), 1/3, 2/3 and the last of ``n_rows`` hidden-state rows."""
+    last = n_rows - 1
+    return sorted({0, last // 3, (2 * last) // 3, last})
+
+
+def _layer_measures(
+    mats: Mapping[str, np.ndarray], english: str, fit: Sequence[str], w: np.ndarray | None,
+) -> tuple[dict, dict, dict]:
+    """One layer's interval measures of every language vs English on states ``mats`` (lang ->
+    [n, d] float64). Returns (points {metric: {lang: float}}, replicates {metric: {lang: [B]}} for
+    the non-English languages (empty without ``w``), PCA extras {"evr", "v1", "pairs"})."""
+    langs = list(mats)
+    n = mats[english].shape[0]
+    ones = np.ones((1, n))
+    ws = [ones] if w is None else [ones, w]
+    points: dict = {m: {} for m in INTERVAL_METRICS}
+    reps: dict = {m: {} for m in INTERVAL_METRICS} if w is not None else {}
+    units = {lang: _unit_rows(m) for lang, m in mats.items()}
+    centred = {lang: m - m.mean(axis=0) for lang, m in mats.items()}
+    gx = centred[english] @ centred[english].T
+    kg = [_WeightedGram(gx, ww) for ww in ws]
+    for lang in langs:
+        # raw cosine of each item's states
+        cos = np.sum(units[english] * units[lang], axis=1)
+        points["cosine_mean"][lang] = float(np.mean(cos))
+        # cosine after centring by the (resampled) mean: from the Grams of the centred states
+        gxy = centred[english] @ centred[lang].T
+        gy = centred[lang] @ centred[lang].T
+        vals = []
+        for ww in ws:
+            mx = (ww @ gx) / n
+            num = np.diag(gxy)[None] - (ww @ gxy.T) / n - (ww @ gxy) / n + ((ww * (ww @ gxy.T)).sum(1) / n**2)[:, None]
+            nx = np.diag(gx)[None] - 2 * mx + ((ww * mx).sum(1) / n)[:, None]
+            my = (ww @ gy) / n
+            ny = np.diag(gy)[None] - 2 * my + ((ww * my).sum(1) / n)[:, None]
+            den = nx * ny
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c = np.where(den > 0, num / np.sqrt(np.where(den > 0, den, 1.0)), np.nan)
+            vals.append(np.where(ww > 0, c, 0.0).sum(1) / n)
+        points["cosine_mean_centered"][lang] = float(vals[0][0])
+        # debiased CKA
+        lg = [_WeightedGram(gy, ww) for ww in ws]
+        cka = [_cka_from(a, b) for a, b in zip(kg, lg)]
+        points["cka_mean_debiased"][lang] = float(cka[0][0])
+        # retrieval: is item i's translation the nearest (cosine) among the (resampled) items?
+        sims = units[english] @ units[lang].T
+        diag = np.diag(sims)[:, None]
+        j_after = np.triu(np.ones((n, n), dtype=bool), 1)
+        beats = np.where(j_after, sims > diag, sims >= diag)
+        np.fill_diagonal(beats, False)
+        hits = ~beats.any(axis=1)
+        points["retrieval_mean"][lang] = float(np.mean(hits))
+        if w is not None and lang != english:
+            reps["cosine_mean"][lang] = w @ cos / n
+            reps["cosine_mean_centered"][lang] = vals[1]
+            reps["cka_mean_debiased"][lang] = cka[1]
+            present = (w > 0).astype(np.float64)
+            rep_hits = (present @ beats.T.astype(np.float64)) == 0
+            reps["retrieval_mean"][lang] = (w * rep_hits).sum(1) / n
+    # the paper's measure: PC1 fitted jointly on the fit languages, Pearson r of the items' scores
+    stacked = np.concatenate([mats[lang] for lang in fit], axis=0)
+    mu = stacked.mean(axis=0)
+    xc = stacked - mu
+    v, ev = _pca_basis(xc)
+    total = float(np.sum(xc * xc))
+    z = {lang: (mats[lang] - mu) @ v for lang in langs}  # [n, r] coordinates on all principal axes
+    for lang in langs:
+        points["pca_pearson"][lang] = _pearson(z[english][:, 0], z[lang][:, 0])
+    pairs = np.array([[_pearson(z[a][:, 0], z[b][:, 0]) for b in fit] for a in fit])
+    extras = {"evr": float(ev[0] / total) if total > 0 else float("nan"), "v1": v[:, 0], "pairs": pairs,
+              "residual": 0.0}
+    if w is not None:
+        u, extras["residual"] = _pc1_replicates(np.stack([z[lang] for lang in fit]), w)
+        sc_en = u @ z[english].T  # [B, n]
+        for lang in langs:
+            if lang != english:
+                reps["pca_pearson"][lang] = _weighted_pearson(sc_en, u @ z[lang].T, w)
+    return points, reps, extras
+
+
+def _encode(dev: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.ascontiguousarray(dev, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_replicates(text: str, n_layers: int, n_resamples: int) -> np.ndarray:
+    """Inverse of the replicate encoding (`REPLICATE_ENCODING`): deviations float64 [n_layers, n_resamples]."""
+    import base64
+
+    raw = base64.b64decode(text.encode("ascii"))
+    if len(raw) != 2 * n_layers * n_resamples:
+        raise AlignlensError(f"bootstrap replicates: {len(raw)} bytes, expected {2 * n_layers * n_resamples} "
+                             f"({n_layers} layers x {n_resamples} resamples, float16)")
+    return np.frombuffer(raw, dtype="<f2").astype(np.float64).reshape(n_layers, n_resamples)
+
+
+def _quantiles(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval per row of reps [L, B] ignoring NaN (NaN where a row has none)."""
+    q = [(1 - level) / 2, (1 + level) / 2]
+    out = np.full((2, reps.shape[0]), np.nan)
+    for i, row in enumerate(reps):
+        row = row[np.isfinite(row)]
+        if row.size:
+            out[:, i] = np.quantile(row, q)
+    return out[0], out[1]
+
+
+def similarity_analysis(
+    mean_states: Mapping[str, ArrayLike],
+    last_states: Mapping[str, ArrayLike],
+    layers_for_pairs: Sequence[int],
+    english: str = "en",
+    *,
+    pooling: str = "prompt",
+    embedding_row: bool = True,
+    pca_languages: Sequence[str] | None = None,
+    scatter_layers: Sequence[int] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    robust: str = "drop-outliers",
+    level: float = 0.95,
+) -> dict:
+    """`similarity_report` plus the paper's PCA setting, debiased CKA, outlier dimensions, a robust
+    variant and paired bootstrap intervals (JSON-able).
+
+    ``mean_states``: lang -> [n_items, n_rows, d_model], the states pooled as ``pooling`` (recorded);
+    with ``embedding_row`` row 0 is the embedding output and row r the output of block r - 1 (HF
+    ``hidden_states[r]``, before the final norm). ``last_states``: the same at the last token.
+    ``pca_languages``: PC1 fit set (`resolve_pca_languages`). ``scatter_layers``: rows of the 2-D
+    PCA scatter (default `default_scatter_layers`). ``n_resamples`` (0: none) bootstrap resamples of
+    the item indices, the same in every language (`bootstrap_counts` with ``seed``). ``robust``:
+    `ROBUST_METHODS`.
+
+    Added keys (per task): "format": 2, "pooling", "rows"; per_language.<lang>.cka_mean_debiased /
+    cka_last_debiased [n_rows]; "pca": {fit_languages, projected_languages, explained_variance_ratio,
+    top_dim_loading (|PC1 loading| on the top outlier dimension), pearson_pairs [row][fit x fit]};
+    "scatter": {languages, layers, explained_variance_ratio, points [layer] {lang: [[pc1, pc2]]}};
+    "outliers": per-row top dimensions and shares, flagged dimensions; "robust": {method,
+    per_language.<lang>.<metric> [n_rows]}; "cka": estimator notes and min_items; "intervals":
+    {level, n_resamples, per_language / robust: <lang>.<metric>.{lo, hi} [n_rows]} for the non-English
+    languages and `INTERVAL_METRICS`; "bootstrap": {plan, encoding, replicates.{raw, robust}.<metric>.<lang>}
+    (replicates minus the point estimate, for paired changes between runs: `similarity_change`).
+    """
+    mean = _validate("similarity_analysis(mean_states)", mean_states)
+    langs = list(mean)
+    if english not in langs:
+        raise AlignlensError(f"similarity_analysis: English ({english!r}) missing from {langs}")
+    fit = resolve_pca_languages(langs, pca_languages, english)
+    out = similarity_report(mean_states, last_states, layers_for_pairs, english, pca_languages=fit)
+    n, n_rows, d = mean[english].shape
+    last = _validate("similarity_analysis(last_states)", last_states)
+    if robust not in ROBUST_METHODS:
+        raise AlignlensError(f"unknown robust similarity variant {robust!r} (use {', '.join(ROBUST_METHODS)})")
+    scatter_langs = _scatter_languages(langs, english)
+    rows_scatter = [int(r) for r in (default_scatter_layers(n_rows) if scatter_layers is None else scatter_layers)]
+    for r in rows_scatter:
+        if not 0 <= r < n_rows:
+            raise AlignlensError(f"similarity_analysis: scatter layer {r} out of range 0..{n_rows - 1}")
+    w = bootstrap_counts(n, n_resamples, seed) if n_resamples else None
+    others = [lang for lang in langs if lang != english]
+    variants = ["raw"] + (["robust"] if robust != "none" else [])
+    pts = {v: {m: {lang: np.full(n_rows, np.nan) for lang in langs} for m in INTERVAL_METRICS} for v in variants}
+    reps = {v: {m: {lang: np.full((n_rows, n_resamples), np.nan) for lang in others} for m in INTERVAL_METRICS}
+            for v in variants}
+    cka_last = {lang: np.full(n_rows, np.nan) for lang in langs}
+    outl: dict[str, list] = {"top_dims": [], "top_shares": [], "flagged": []}
+    evr, loading, pairs = np.full(n_rows, np.nan), np.full(n_rows, np.nan), []
+    scatter = {"languages": scatter_langs, "layers": rows_scatter, "explained_variance_ratio": [], "points": []}
+    residual = {v: 0.0 for v in variants}
+    for row in range(n_rows):
+        mats = {lang: np.ascontiguousarray(_f64(mean[lang][:, row])) for lang in langs}
+        od = outlier_dimensions(list(mats.values()))
+        for k in outl:
+            outl[k].append(od[k])
+        for v in variants:
+            states = mats if v == "raw" else robust_states(mats, robust, od["flagged"])
+            p, r, ex = _layer_measures(states, english, fit, w)
+            residual[v] = max(residual[v], ex["residual"])
+            for m in INTERVAL_METRICS:
+                for lang in langs:
+                    pts[v][m][lang][row] = p[m][lang]
+                for lang in others if w is not None else ():
+                    reps[v][m][lang][row] = r[m][lang]
+            if v == "raw":
+                evr[row] = ex["evr"]
+                loading[row] = abs(float(ex["v1"][od["top_dims"][0]]))
+                pairs.append(_json(ex["pairs"]))
+        lm = {lang: _f64(last[lang][:, row]) for lang in langs}
+        for lang in langs:
+            cka_last[lang][row] = linear_cka_debiased(lm[english], lm[lang])
+        if row in rows_scatter:
+            xs = np.concatenate([mats[lang] for lang in scatter_langs], axis=0)
+            mu = xs.mean(axis=0)
+            v2, ev2 = _top_components(xs - mu, 2)
+            v2 = v2 * np.where(v2[np.argmax(np.abs(v2), axis=0), range(v2.shape[1])] < 0, -1.0, 1.0)
+            tot = float(np.sum((xs - mu) ** 2))
+            scatter["explained_variance_ratio"].append(_json(ev2 / tot if tot > 0 else np.full(len(ev2), np.nan)))
+            scatter["points"].append({lang: _json((mats[lang] - mu) @ v2) for lang in scatter_langs})
+    for lang in langs:
+        entry = out["per_language"][lang]
+        entry["cka_mean_debiased"] = _json(pts["raw"]["cka_mean_debiased"][lang])
+        entry["cka_last_debiased"] = _json(cka_last[lang])
+    rows_doc = ({"count": n_rows, "0": "embedding output (blocks.0.hook_resid_pre = HF hidden_states[0], with "
+                 "the model's embedding scaling and position embeddings)",
+                 "r": "output of block r - 1 (blocks.{r-1}.hook_resid_post = HF hidden_states[r], except that HF's "
+                      "last entry is after the final norm and this one before it)"}
+                if embedding_row else {"count": n_rows, "r": "output of block r (blocks.{r}.hook_resid_post)"})
+    out.update({
+        "format": 2,
+        "pooling": pooling,
+        "rows": rows_doc,
+        "pca": {"fit_languages": fit, "projected_languages": [lang for lang in langs if lang not in fit],
+                "n_components": 1, "explained_variance_ratio": _json(evr), "top_dim_loading": _json(loading),
+                "pearson_pairs": pairs},
+        "scatter": scatter,
+        "outliers": {"rule": f"share of the pooled states' squared norm (items x languages) >= {OUTLIER_FACTOR:g} / "
+                             f"d_model, at most {MAX_OUTLIER_DIMS}",
+                     "threshold": OUTLIER_FACTOR / d, "d_model": int(d), **outl},
+        "cka": {"cka_mean": "linear CKA, biased (HSIC_0 of centred Grams; pushed towards 1 when items << d_model)",
+                "cka_mean_debiased": "linear CKA from the unbiased HSIC (Song et al. 2012)",
+                "min_items": CKA_MIN_ITEMS, "n_items": int(n)},
+    })
+    if "robust" in variants:
+        out["robust"] = {"method": robust, "per_language": {
+            lang: {m: _json(pts["robust"][m][lang]) for m in INTERVAL_METRICS} for lang in langs}}
+    if w is not None:
+        iv: dict = {"level": level, "method": "percentile bootstrap over items, resampled jointly in every language",
+                    "n_resamples": n_resamples, "seed": seed, "per_language": {}}
+        enc: dict = {}
+        for v in variants:
+            target = iv.setdefault("per_language" if v == "raw" else "robust", {})
+            enc[v] = {m: {} for m in INTERVAL_METRICS}
+            for lang in others:
+                for m in INTERVAL_METRICS:
+                    rr = reps[v][m][lang]
+                    lo, hi = _quantiles(rr, level)
+                    target.setdefault(lang, {})[m] = {"lo": _json(lo), "hi": _json(hi)}
+                    enc[v][m][lang] = _encode(rr - pts[v][m][lang][:, None])
+        out["intervals"] = iv
+        out["bootstrap"] = {"plan": {"generator": BOOTSTRAP_GENERATOR, "seed": seed, "n_items": int(n),
+                                     "n_resamples": n_resamples},
+                            "pca_refit": {"method": "PC1 refitted on every resample (Rayleigh-Ritz in the top axes, then "
+                                                    "Davidson steps)", "tolerance": PCA_BOOT_TOL,
+                                          "max_relative_residual": residual},
+                            "encoding": REPLICATE_ENCODING, "replicates": enc}
+    return out
+
+
+def similarity_change(base: Mapping, aligned: Mapping, level: float = 0.95, english: str = "en") -> dict:
+    """Paired change aligned - base of every interval measure, from two runs' task entries of
+    similarity.json (`similarity_analysis` output on the same items).
+
+    Replicate b of the change is replicate b of ``aligned`` minus replicate b of ``base``: the same
+    resample of item indices in both (checked: equal bootstrap plans), so the interval is paired.
+    Returns {"level", "languages", "variants": {"raw"/"robust": {metric: {"per_language": {lang:
+    {"delta", "lo", "hi"} [n_rows]}, "mean": {"delta", "lo", "hi"}}}}}, where "mean" is the mean
+    over the languages (its replicates: the mean of theirs). AlignlensError when the runs cannot be
+    paired (no replicates, different plans, rows or robust methods)."""
+    for name, t in (("base", base), ("aligned", aligned)):
+        if "bootstrap" not in t:
+            raise AlignlensError(f"{name} run has no bootstrap replicates (similarity.json of an older alignlens "
+                                 "or --similarity-resamples 0)")
+    pa, pb = base["bootstrap"]["plan"], aligned["bootstrap"]["plan"]
+    if pa != pb:
+        diff = ", ".join(f"{k} {pa.get(k)} vs {pb.get(k)}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k))
+        raise AlignlensError(f"the runs' bootstrap plans differ ({diff}): their replicates do not pair up")
+    if base.get("n_layers") != aligned.get("n_layers") or base.get("pooling") != aligned.get("pooling"):
+        raise AlignlensError(f"the runs differ in layers ({base.get('n_layers')} vs {aligned.get('n_layers')}) or "
+                             f"pooling ({base.get('pooling')} vs {aligned.get('pooling')})")
+    n_rows, n_res = int(base["n_layers"]), int(pa["n_resamples"])
+    langs = [lang for lang in base["languages"] if lang in aligned["languages"] and lang != english]
+    out: dict = {"level": level, "languages": langs, "variants": {}}
+    variants = ["raw"]
+    if "robust" in base and "robust" in aligned and base["robust"]["method"] == aligned["robust"]["method"]:
+        variants.append("robust")
+    for v in variants:
+        res: dict = {}
+        for m in INTERVAL_METRICS:
+            deltas, dreps, per = [], [], {}
+            for lang in langs:
+                ests, rr = [], []
+                for t in (base, aligned):
+                    src = t["per_language"] if v == "raw" else t["robust"]["per_language"]
+                    est = np.array([np.nan if x is None else x for x in src[lang][m]], dtype=np.float64)
+                    text = t["bootstrap"]["replicates"].get(v, {}).get(m, {}).get(lang)
+                    if text is None:
+                        raise AlignlensError(f"no {v} bootstrap replicates of {m} for {lang}")
+                    ests.append(est)
+                    rr.append(est[:, None] + decode_replicates(text, n_rows, n_res))
+                delta, drep = ests[1] - ests[0], rr[1] - rr[0]
+                lo, hi = _quantiles(drep, level)
+                per[lang] = {"delta": _json(delta), "lo": _json(lo), "hi": _json(hi)}
+                deltas.append(delta)
+                dreps.append(drep)
+            entry: dict = {"per_language": per}
+            if langs:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
+                    mean_delta, mean_reps = np.nanmean(deltas, axis=0), np.nanmean(dreps, axis=0)
+                lo, hi = _quantiles(mean_reps, level)
+                entry["mean"] = {"delta": _json(mean_delta), "lo": _json(lo), "hi": _json(hi)}
+            res[m] = entry
+        out["variants"][v] = res
+    return out
