@@ -236,7 +236,12 @@ def analyze_cmd(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its finished shards (implies --save-activations); the model(s) and options must be the same (checked)."),
     save_activations: bool = typer.Option(False, "--save-activations", help="Keep the reduced per-item tensors as safetensors shards (re-analysable without the model; needed for --resume)."),
-    pair_layers: Optional[str] = typer.Option(None, "--pair-layers", help="Layers of the language x language similarity matrices, e.g. 3,7,11 (default: 1/4, 1/2, 3/4, last)."),
+    pair_layers: Optional[str] = typer.Option(None, "--pair-layers", help="Hidden-state layers of the language x language similarity matrices, e.g. 4,9,18 (0 = the embedding output, l = the output of block l, as HF hidden_states; default: after 1/4, 1/2, 3/4 and all of the blocks)."),
+    similarity_pooling: str = typer.Option(AnalyzeConfig.similarity_pooling, "--similarity-pooling", help="States compared across languages: prompt (mean over all prompt tokens, BOS and demonstrations included, as the paper), query (mean over the item's own tokens) or last (the last prompt token)."),
+    pca_languages: Optional[str] = typer.Option(None, "--pca-languages", help="Languages the PCA's first component is fitted on, jointly (must include en); the others are projected on it. Default: the paper's en,de,fr,hi,th,sw,ms when all are analysed, else all languages."),
+    scatter_layers: Optional[str] = typer.Option(None, "--scatter-layers", help="Hidden-state layers of the 2-D PCA scatter plots (en/de/fr/hi), e.g. 0,9,18 (default: 0, 1/3, 2/3, last)."),
+    similarity_resamples: int = typer.Option(AnalyzeConfig.similarity_resamples, "--similarity-resamples", min=0, help="Bootstrap resamples of the items for the similarity intervals and the paired base-vs-aligned changes (the same resamples in every language and run; 0: no intervals)."),
+    similarity_robust: str = typer.Option(AnalyzeConfig.similarity_robust, "--similarity-robust", help="Robust variant computed beside the paper's measures: drop-outliers (zero the residual dimensions holding >= 20/d_model of the pooled states' squared norm), standardize (z-score every dimension over items and languages) or none."),
     top_rate: float = typer.Option(_NEURON_DEFAULTS.top_rate, "--top-rate", help="Language-specific neurons: fraction of all neurons kept, lowest LAPE entropy first (Tang et al.'s code: 0.01)."),
     filter_rate: float = typer.Option(_NEURON_DEFAULTS.filter_rate, "--filter-rate", help="Candidate neurons: max activation probability above this quantile."),
     activation_bar: float = typer.Option(_NEURON_DEFAULTS.activation_bar_ratio, "--activation-bar", help="A selected neuron is specific to a language when its probability there exceeds this quantile."),
@@ -259,7 +264,8 @@ def analyze_cmd(
         pair_layers=pair_layers,
         neurons=NeuronOptions(filter_rate=filter_rate, top_rate=top_rate, activation_bar_ratio=activation_bar),
         save_activations=save_activations, lens_overlap=lens_overlap, items=items, balanced=balanced,
-        lens_prompts=lens_prompts,
+        lens_prompts=lens_prompts, similarity_pooling=similarity_pooling, pca_languages=_csv(pca_languages),
+        scatter_layers=scatter_layers, similarity_resamples=similarity_resamples, similarity_robust=similarity_robust,
     )
     _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype)
     t0 = time.time()

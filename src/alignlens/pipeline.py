@@ -31,7 +31,7 @@ from alignlens import AlignlensError, RunInterrupted, data
 from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_hooks
 from alignlens.capture.reducers import ActivationCounter
 from alignlens.capture.shards import load_shard, save_shard, shard_path
-from alignlens.config import AnalyzeConfig, check_layers
+from alignlens.config import AnalyzeConfig, check_rows
 from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
 from alignlens.results.manifest import make_manifest
 from alignlens.results.writer import write_analysis_files
@@ -40,7 +40,7 @@ from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import compare_neurons, neuron_report
 from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, read_jsonl, write_json
-from alignlens.similarity import similarity_report
+from alignlens.similarity import resolve_pca_languages, similarity_analysis
 
 
 def default_pair_layers(n_layers: int) -> list[int]:
@@ -141,10 +141,7 @@ def run_analyses(
         n = min(len(r.indices) for r, _ in per_lang.values())
         if any(r.indices[:n] != per_lang["en"][0].indices[:n] for r, _ in per_lang.values()):
             raise AlignlensError(f"{task}: items are not parallel across languages")
-        mean = {lang: cap.mean.to_tensor()[:n] for lang, (_, cap) in per_lang.items()}
-        last = {lang: cap.last.to_tensor()[:n] for lang, (_, cap) in per_lang.items()}
-        n_layers = next(iter(mean.values())).shape[1]
-        similarity["tasks"][task] = similarity_report(mean, last, config.pair_layers or default_pair_layers(n_layers))
+        similarity["tasks"][task] = task_similarity(task, per_lang, n, config)
     modes = {t["lens_prompts"] for t in lens["tasks"].values()}
     if len(modes) == 1:
         lens = {"lens_prompts": modes.pop(), **lens}
@@ -162,6 +159,39 @@ def run_analyses(
     return {"similarity": similarity, "logit_lens": lens, "neurons": neurons, "neuron_tensors": tensors}
 
 
+def task_similarity(task: str, per_lang: dict[str, tuple[LanguageResult, LanguageCapture]], n: int,
+                    config: AnalyzeConfig) -> dict:
+    """similarity.json's entry of one task: `similarity.similarity_analysis` of the first `n` items'
+    states (`LanguageCapture.pooled`: row 0 the embedding output, row l + 1 block l's output) pooled
+    as `config.similarity_pooling`, with the config's PCA languages, scatter layers, resamples (seed
+    `config.seed`, so two runs' replicates pair up) and robust variant."""
+    mean = {lang: cap.pooled(config.similarity_pooling)[:n] for lang, (_, cap) in per_lang.items()}
+    last = {lang: cap.pooled("last")[:n] for lang, (_, cap) in per_lang.items()}
+    n_rows = next(iter(mean.values())).shape[1]
+    rows = list(config.pair_layers) if config.pair_layers else [l + 1 for l in default_pair_layers(n_rows - 1)]
+    try:
+        out = similarity_analysis(mean, last, rows, pooling=config.similarity_pooling,
+                                  pca_languages=config.pca_languages, scatter_layers=config.scatter_layers,
+                                  n_resamples=config.similarity_resamples, seed=config.seed,
+                                  robust=config.similarity_robust)
+    except AlignlensError as e:
+        raise AlignlensError(f"similarity of task {task}: {e}") from None
+    out["capture_prompts"] = next(iter(per_lang.values()))[1].prompts
+    return out
+
+
+def check_similarity_options(config: AnalyzeConfig) -> None:
+    """The PCA languages of every task (no model): each must be among the task's analysed languages."""
+    for t in config.tasks:
+        spec = data.load_task(t)
+        langs = data.task_languages(spec, config.languages)
+        if "en" in langs:
+            try:
+                resolve_pca_languages(langs, config.pca_languages)
+            except AlignlensError as e:
+                raise AlignlensError(f"task {spec.name}: {e}") from None
+
+
 def analyze_model(
     model: LoadedModel, config: AnalyzeConfig, run_dir: Path, *, progress: Any = None, command: str = "",
     extra_manifest: dict | None = None,
@@ -172,7 +202,8 @@ def analyze_model(
     continues the same model and options; the final manifest replaces it."""
     started = now_iso()
     t0 = time.time()
-    check_layers(config.pair_layers, model.n_layers)
+    check_rows(config.pair_layers, model.n_layers)
+    check_rows(config.scatter_layers, model.n_layers, "--scatter-layers")
     torch.manual_seed(config.seed)
     manifest = make_manifest(model, config.eval_config(), command=command, started=started,
                              extra={"options": config.to_dict(), **(extra_manifest or {})})
@@ -231,10 +262,12 @@ def analyze(
         check_model_spec(spec)
         n_layers = _peek_n_layers(spec)
         if n_layers is not None:
-            check_layers(config.pair_layers, n_layers)
+            check_rows(config.pair_layers, n_layers)
+            check_rows(config.scatter_layers, n_layers, "--scatter-layers")
     check_dtype(dtype, device)
     check_training_overlap(config, [spec for _, spec in specs])
     check_lens_prompts(config)
+    check_similarity_options(config)
     folder = OutputFolder(out, ANALYZE_FILES, force)
     saved: dict[str, dict | None] = {}
     if resume:
