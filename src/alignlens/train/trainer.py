@@ -49,6 +49,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,31 @@ def load_model_to_train(config: TrainConfig, model_spec: str, device: torch.devi
     return model, {k: info[k] for k in BASE_MODEL_KEYS}
 
 
+def load_model_to_shard(config: TrainConfig, model_spec: str, tokenizer: Any) -> tuple[torch.nn.Module, dict]:
+    """FSDP under torchrun: rank 0 loads the model (`load_model_to_train`, float32, on the CPU);
+    the other ranks build the same modules from its config on the meta device (no memory). Their
+    weights and buffers arrive from rank 0 once sharded (`parallelize`), so no rank but 0 ever
+    holds the whole model. Returns (model, the manifest's `base_model`, rank 0's)."""
+    loaded = distributed.on_main(lambda: load_model_to_train(config, model_spec, torch.device("cpu"), tokenizer))
+    base_info = distributed.broadcast_object(loaded[1] if loaded else None)
+    if loaded is not None:
+        return loaded
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_config = AutoConfig.from_pretrained(base_info["path"] or base_info["spec"])
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    if not config.full:
+        model = wrap_lora(model, config)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    return model, base_info
+
+
 def seed_all(seed: int) -> None:
     """Seed the global RNGs a run uses (python, numpy, torch)."""
     random.seed(seed)
@@ -235,22 +261,31 @@ def parallelize(loss_model: TargetLossModel, config: TrainConfig, device: torch.
     if not world.distributed:
         return loss_model
     if config.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+        if not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+            raise AlignlensError(f"--fsdp needs a newer torch than {torch.__version__} "
+                                 f"(FSDPModule.set_force_sum_reduction_for_comms is missing)")
+        full = loss_model.state_dict() if world.is_main else {}  # rank 0's whole weights (see load_model_to_shard)
         mesh = init_device_mesh(device.type, (world.size,))
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if config.bf16
               else MixedPrecisionPolicy())
         for layer in decoder_layers(loss_model):
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(loss_model, mesh=mesh, mp_policy=mp)
-        if not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
-            raise AlignlensError(f"--fsdp needs a newer torch than {torch.__version__} "
-                                 f"(FSDPModule.set_force_sum_reduction_for_comms is missing)")
         for m in loss_model.modules():
             if isinstance(m, FSDPModule):  # plain sums (no averaging, no PREMUL_SUM: gloo has none)
                 m.set_gradient_divide_factor(1.0)
                 m.set_force_sum_reduction_for_comms(True)
+        if not world.is_main:  # meta modules: real (uninitialised) shards, filled from rank 0 below
+            loss_model.to_empty(device=device)
+        set_model_state_dict(loss_model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full
+        with torch.no_grad():  # buffers too (rotary tables, embedding scale: not in the state dict)
+            for buf in loss_model.buffers():
+                torch.distributed.broadcast(buf, src=0)
         return loss_model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -839,9 +874,10 @@ def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | No
     data = build_data(config, pairs, tokenizer, progress)
     if ckpt is not None and ckpt.data_digest != data.digest:
         raise AlignlensError("cannot resume: the training data differ from the checkpoint's")
-    # FSDP: load on the CPU, `fully_shard` moves each rank's shards to its device
-    model, base_info = load_model_to_train(config, model_spec, torch.device("cpu") if config.fsdp else device,
-                                           tokenizer)
+    if config.fsdp and distributed.world().distributed:  # rank 0 loads, `fully_shard` spreads the shards
+        model, base_info = load_model_to_shard(config, model_spec, tokenizer)
+    else:
+        model, base_info = load_model_to_train(config, model_spec, device, tokenizer)
     rank = distributed.world().rank
     if rank > 0:
         seed_all(rank_seed(config.seed, rank))
