@@ -208,3 +208,32 @@ def test_prompts_longer_than_gemma_sliding_window(gemma, tmp_path):
         ref = torch.stack([reference_probs(gemma, data.build_prompt(spec, "en", it), sets) for it in task_items])
         assert np.all(res.probs > 0)
         assert np.abs(res.probs - ref.numpy()).max() <= 1e-4, name
+
+
+def test_content_free_probabilities_and_calibrated_accuracy(tiny_gemma):
+    """Contextual calibration (Zhao et al. 2021): the content-free probabilities equal plain full
+    forwards of the content-free prompts, normalised and averaged; summary.json's calibrated accuracy
+    is the argmax of probs / p_cf."""
+    from alignlens import data
+    from alignlens.engine import reference_probs
+    from alignlens.evaluate import CONTENT_FREE, evaluate_language, summarize
+    from alignlens.labels import label_sets
+
+    spec = data.load_task("snli")
+    items = data.load_items(spec, "de", limit=6)
+    r = evaluate_language(tiny_gemma, spec, "de", items, batch_size=4)
+    sets = label_sets(tiny_gemma.tokenizer, spec.labels)
+    prompt = spec.prompts["de"]
+    refs = []
+    for text in CONTENT_FREE:
+        query = prompt.query_template.format(**{f: text for f in spec.fields})
+        p = reference_probs(tiny_gemma, data.prompt_prefix(spec, "de") + query, sets).numpy()
+        refs.append(p / p.sum())
+    expected = np.mean(refs, axis=0)
+    expected = expected / expected.sum()
+    assert np.allclose(r.p_content_free, expected, atol=1e-6)
+    calibrated = (r.probs / r.probs.sum(1, keepdims=True)) / expected
+    acc = float((calibrated.argmax(1) == np.asarray(r.gold)).mean())
+    entry = summarize([r], bootstrap_resamples=50)["tasks"]["snli"]["languages"]["de"]
+    assert entry["calibrated_accuracy"] == pytest.approx(acc)
+    assert list(entry["p_content_free"]) == list(spec.labels)

@@ -40,6 +40,9 @@ class LanguageResult:
     indices: list[int]
     gold: list[int]
     probs: np.ndarray  # float64 [n_items, n_labels]
+    #: float64 [n_labels]: the label probabilities for content-free queries (`CONTENT_FREE`), averaged
+    #: as Zhao et al. (2021) do; None when not measured (e.g. shards written before it existed).
+    p_content_free: np.ndarray | None = None
 
     @property
     def pred(self) -> np.ndarray:
@@ -48,6 +51,11 @@ class LanguageResult:
     @property
     def correct(self) -> np.ndarray:
         return (self.pred == np.asarray(self.gold)).astype(np.float64)
+
+
+#: Content-free inputs for contextual calibration (Zhao et al. 2021, "Calibrate before use"): every
+#: field of the query is filled with each of these, with the language's own demonstrations.
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 def evaluate_language(
@@ -66,14 +74,33 @@ def evaluate_language(
         on_batch_done=on_batch_done, item_ids=[it.index for it in items], where=where,
     )
     gold = [spec.labels.index(it.label) for it in items]
-    return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy())
+    return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy(),
+                          content_free_probs(model, spec, lang, batch_size, prefix_cache, fwd_hooks))
+
+
+def content_free_probs(model: LoadedModel, spec: data.TaskSpec, lang: str, batch_size: int = 8,
+                       prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = ()) -> np.ndarray:
+    """float64 [n_labels]: label probabilities for the content-free queries (`CONTENT_FREE` in every
+    field, the language's demonstrations), each normalised over the labels, averaged, renormalised
+    (`metrics.content_free_probs`). No probes: these queries never enter captures."""
+    from alignlens.metrics import content_free_probs as average
+
+    template = spec.prompts[lang].query_template
+    queries = [template.format(**{f: text for f in spec.fields}) for text in CONTENT_FREE]
+    where = f"task {spec.name}, language {lang}, content-free queries"
+    probs = score_prompts(model, data.prompt_prefix(spec, lang), queries,
+                          label_sets(model.tokenizer, spec.labels, where), batch_size=batch_size,
+                          prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, where=where)
+    return average(list(probs.numpy()))
 
 
 def summarize(results: list[LanguageResult], bootstrap_resamples: int = 2000, seed: int = 0) -> dict:
     """summary.json: per task and language accuracy, n, 95% bootstrap interval, confusion counts and
     the label-bias-robust metrics of `metrics.classification_metrics` (balanced accuracy, macro-F1,
-    two-label ROC-AUC, predicted and gold label counts); per task the means over languages."""
-    from alignlens.metrics import classification_metrics
+    two-label ROC-AUC, predicted and gold label counts), the accuracy after contextual calibration
+    (`calibrated_accuracy`, with the content-free probabilities it used); per task the means over
+    languages."""
+    from alignlens.metrics import calibrated_accuracy, classification_metrics
 
     tasks: dict[str, dict] = {}
     for r in results:
@@ -84,18 +111,23 @@ def summarize(results: list[LanguageResult], bootstrap_resamples: int = 2000, se
         for g, p in zip(r.gold, r.pred):
             confusion[r.labels[g]][r.labels[int(p)]] += 1
         m = classification_metrics(r.gold, r.probs, r.labels)
+        calibrated = (calibrated_accuracy(r.gold, r.probs, r.p_content_free)
+                      if r.p_content_free is not None and len(r.gold) else None)
         t["languages"][r.lang] = {
             "accuracy": float(correct.mean()) if len(correct) else float("nan"),
             "n": int(len(correct)), "ci95": [lo, hi], "confusion": confusion,
             **{k: m[k] for k in ("balanced_accuracy", "macro_f1", "roc_auc", "predicted_distribution",
                                  "gold_distribution")},
+            "calibrated_accuracy": calibrated,
+            "p_content_free": None if r.p_content_free is None else dict(zip(r.labels, map(float, r.p_content_free))),
         }
     for t in tasks.values():
         langs = t["languages"].values()
         accs = [v["accuracy"] for v in langs]
         t["mean_accuracy"] = float(np.mean(accs)) if accs else float("nan")
-        bal = [v["balanced_accuracy"] for v in langs if v["balanced_accuracy"] is not None]
-        t["mean_balanced_accuracy"] = float(np.mean(bal)) if bal else None
+        for key in ("balanced_accuracy", "calibrated_accuracy"):
+            vals = [v[key] for v in langs if v[key] is not None]
+            t[f"mean_{key}"] = float(np.mean(vals)) if vals else None
     return {"tasks": tasks}
 
 

@@ -44,6 +44,8 @@ def save_shard(folder: Path, result: LanguageResult, cap: LanguageCapture) -> Pa
         store = getattr(cap, name)
         if store is not None and len(store):
             tensors[name] = store.to_tensor(n)
+    if result.p_content_free is not None:  # contextual calibration (absent in older shards)
+        tensors["p_content_free"] = torch.as_tensor(result.p_content_free, dtype=torch.float64)
     for name in ("embed", "prompt"):  # similarity states (absent when loaded from an older shard)
         if len(getattr(cap, name)):
             tensors[name] = getattr(cap, name).to_tensor(n)
@@ -69,7 +71,8 @@ def load_shard(path: Path) -> tuple[LanguageResult, LanguageCapture]:
         meta = {**meta, "labels": json.loads(meta["labels"])}
     rows = list(range(len(t["indices"])))
     result = LanguageResult(meta["task"], meta["lang"], list(meta["labels"]), t["indices"].tolist(),
-                            t["gold"].tolist(), t["probs"].numpy())
+                            t["gold"].tolist(), t["probs"].numpy(),
+                            t["p_content_free"].numpy() if "p_content_free" in t else None)
     n_layers, d_mlp = t["neuron_counts"].shape
     cap = LanguageCapture.empty(meta["task"], meta["lang"], n_layers, d_mlp, t["overlap"].bool(),
                                 meta.get("lens_prompts", "english-labels"))
