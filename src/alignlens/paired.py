@@ -299,6 +299,32 @@ def _label_id(v, labels: list[str]) -> int:
     return labels.index(v) if isinstance(v, str) else int(v)
 
 
+def _compare_language(task: str, lang: str, cell: dict, ra: list[Mapping], rb: list[Mapping], labels: list[str],
+                      n_resamples: int, seed: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One language's entry of `compare_runs` from the two runs' rows of its shared items (same
+    order), and its (gold, pred_a, pred_b) label ids for the group bootstraps."""
+    g = np.array([_label_id(r["gold"], labels) for r in ra])
+    gb = np.array([_label_id(r["gold"], labels) for r in rb])
+    if np.any(g != gb):
+        i = cell["shared"][int(np.argmax(g != gb))]
+        raise AlignlensError(f"task {task} {lang} item {i}: gold label differs between the runs ({labels[g[g != gb][0]]} vs {labels[gb[g != gb][0]]})")  # fmt: skip
+    pa = np.array([_label_id(r["pred"], labels) for r in ra])
+    pb = np.array([_label_id(r["pred"], labels) for r in rb])
+    prob_a = np.array([[float(r["probs"][k]) for k in labels] for r in ra])
+    prob_b = np.array([[float(r["probs"][k]) for k in labels] for r in rb])
+    ca, cb = pa == g, pb == g
+    ma = M.classification_metrics(g, prob_a, labels, pred=pa)
+    mb = M.classification_metrics(g, prob_b, labels, pred=pb)
+    entry = {
+        "n": int(g.size), "only_a": cell["only_a"], "only_b": cell["only_b"],
+        "acc_a": ma["accuracy"], "acc_b": mb["accuracy"], "delta": mb["accuracy"] - ma["accuracy"],
+        "delta_ci95": list(paired_delta_ci(ca, cb, n_resamples=n_resamples, seed=seed)),
+        "balanced_acc_a": ma["balanced_accuracy"], "balanced_acc_b": mb["balanced_accuracy"],
+        "mcnemar": mcnemar_exact(ca, cb), "metrics_a": ma, "metrics_b": mb,
+    }  # fmt: skip
+    return entry, (g, pa, pb)
+
+
 def compare_runs(
     a_rows: Iterable[Mapping],
     b_rows: Iterable[Mapping],
@@ -354,27 +380,9 @@ def compare_runs(
             if not c["shared"]:
                 entry["omitted_languages"][lang] = {"only_a": c["only_a"], "only_b": c["only_b"]}
                 continue
-            ra = [ia[(task, lang, i)] for i in c["shared"]]
-            rb = [ib[(task, lang, i)] for i in c["shared"]]
-            g = np.array([_label_id(r["gold"], labels) for r in ra])
-            gb = np.array([_label_id(r["gold"], labels) for r in rb])
-            if np.any(g != gb):
-                i = c["shared"][int(np.argmax(g != gb))]
-                raise AlignlensError(f"task {task} {lang} item {i}: gold label differs between the runs ({labels[g[g != gb][0]]} vs {labels[gb[g != gb][0]]})")  # fmt: skip
-            pa = np.array([_label_id(r["pred"], labels) for r in ra])
-            pb = np.array([_label_id(r["pred"], labels) for r in rb])
-            prob_a = np.array([[float(r["probs"][k]) for k in labels] for r in ra])
-            prob_b = np.array([[float(r["probs"][k]) for k in labels] for r in rb])
-            ca, cb = pa == g, pb == g
-            ma = M.classification_metrics(g, prob_a, labels, pred=pa)
-            mb = M.classification_metrics(g, prob_b, labels, pred=pb)
-            entry["languages"][lang] = {
-                "n": int(g.size), "only_a": c["only_a"], "only_b": c["only_b"],
-                "acc_a": ma["accuracy"], "acc_b": mb["accuracy"], "delta": mb["accuracy"] - ma["accuracy"],
-                "delta_ci95": list(paired_delta_ci(ca, cb, n_resamples=n_resamples, seed=seed)),
-                "balanced_acc_a": ma["balanced_accuracy"], "balanced_acc_b": mb["balanced_accuracy"],
-                "mcnemar": mcnemar_exact(ca, cb), "metrics_a": ma, "metrics_b": mb,
-            }  # fmt: skip
+            entry["languages"][lang], (g, pa, pb) = _compare_language(
+                task, lang, c, [ia[(task, lang, i)] for i in c["shared"]], [ib[(task, lang, i)] for i in c["shared"]],
+                labels, n_resamples, seed)
             gold_l[lang], pa_l[lang], pb_l[lang], idx_l[lang] = g, pa, pb, c["shared"]
         present = list(entry["languages"])
         ps = [entry["languages"][l]["mcnemar"]["p_value"] for l in present]
