@@ -30,9 +30,11 @@ examples in the same order as one process with `grad_accum` x N, rank r the r-th
 the step's target-token count over all ranks). Logged losses and validation losses are collected
 exactly (one addend per entry) and summed in one process's order. Rank 0 alone prepares the
 output folder and writes the log, checkpoints (with every rank's RNG state), the merge and the
-manifest (with the world size); with `fsdp` every rank also writes its own shard files of a
-checkpoint (torch.distributed.checkpoint). A stop request (Ctrl-C/SIGTERM on any rank) is
-all-reduced after every step, so all ranks stop after the same step.
+manifest (with the world size); with `fsdp` rank 0 alone loads the model (the others build it
+on the meta device and receive their shards), every rank writes its own shard files of a
+checkpoint (torch.distributed.checkpoint) and `merged/` is streamed into sharded safetensors in
+the base model's dtype. A stop request (Ctrl-C/SIGTERM on any rank) is all-reduced after every
+step, so all ranks stop after the same step.
 """
 
 from __future__ import annotations
