@@ -344,3 +344,12 @@ def test_training_manifest_shares_the_provenance_keys_of_evaluation_manifests(tm
     assert manifest["command"] == "alignlens train --out run"
     assert manifest["model"]["spec"] == manifest["base_model"]["spec"] == tiny_base
     assert manifest["finished"] is not None and manifest["seed"] == manifest["options"]["seed"]
+
+
+def test_training_progress_lines_when_redirected(tmp_path, tiny_base, monkeypatch, capsys):
+    """With output redirected (not a terminal), training prints plain progress lines with steps and ETA."""
+    monkeypatch.setenv("ALIGNLENS_PROGRESS", "lines")
+    monkeypatch.setenv("ALIGNLENS_PROGRESS_SECONDS", "0")
+    result = train(_cfg(epochs=1), tiny_base, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert f"{result.total_steps}/{result.total_steps} (100%)" in err and "train steps (loss" in err

@@ -948,11 +948,25 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
 
 
 class _Progress:
-    """A rich progress bar (steps, loss, tokens/s, ETA), or nothing."""
+    """Training progress (steps, loss, tokens/s, ETA): a rich bar on a terminal, plain lines when
+    output is redirected (`alignlens.progress`: ALIGNLENS_PROGRESS=bar|lines|off), or nothing."""
 
     def __init__(self, enabled: bool, total: int, done: int):
         self.p = None
+        self.lines = None
         if not enabled:
+            return
+        import sys
+
+        from alignlens.progress import LineProgress, progress_mode
+
+        mode = progress_mode(sys.stderr.isatty())
+        if mode == "off":
+            return
+        if mode == "lines":
+            self.lines = LineProgress()
+            self.task = self.lines.add_task("train", total=total)
+            self.lines.tasks[self.task].completed = done
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
@@ -965,11 +979,15 @@ class _Progress:
         self.task = self.p.add_task("train", total=total, completed=done, loss="-", val="-", tps="-")
 
     def update(self, step: int, loss: float, tps: float, val: float | None) -> None:
+        val_text = "-" if val is None else f"{val:.3f}"
         if self.p is not None:
-            self.p.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:.0f}",
-                          val="-" if val is None else f"{val:.3f}")
+            self.p.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:.0f}", val=val_text)
+        elif self.lines is not None:
+            self.lines.update(self.task, completed=step,
+                              description=f"train steps (loss {loss:.3f}, val {val_text}, {tps:.0f} tok/s)")
 
     def close(self) -> None:
         if self.p is not None:
             self.p.stop()
             self.p = None
+        self.lines = None
