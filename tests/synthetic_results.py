@@ -5,10 +5,11 @@
 manifest.json through `evaluate.write_eval` / `evaluate.make_manifest`; logit_lens.json through
 `lens.lens_report`; similarity.json through `similarity.similarity_report`; neurons.json and
 neurons.safetensors through `neurons.neuron_report` (the last three can be left out with `analyses=`).
-Only the model is fake: per-item label probabilities, lens probabilities, hidden states and neuron
-activation counts are random but shaped like real results (label probabilities are a softmax of
-noisy logits with item easiness shared across languages and runs; gold label weights, a label bias
-and per-language accuracies can be set, e.g. to make a label-prior shift). `make_synthetic_pair` also writes the
+Only the model is fake: per-item label probabilities, content-free label probabilities (for the
+calibrated accuracy), lens probabilities, hidden states and neuron activation counts are random but
+shaped like real results (label probabilities are a softmax of noisy logits with item easiness
+shared across languages and runs; gold label weights, a label bias and per-language accuracies can
+be set, e.g. to make a label-prior shift). `make_synthetic_pair` also writes the
 pair's comparison.json with `pipeline.compare_models`, as `analyze --compare` does.
 """
 
@@ -102,6 +103,14 @@ def _language_result(task: str, labels: list[str], lang: str, indices: list[int]
     return LanguageResult(task, lang, list(labels), list(indices), gold, probs)
 
 
+def _content_free(labels: list[str], label_bias: Mapping[str, float] | None, rng) -> np.ndarray:
+    """float64 [n_labels]: synthetic content-free label probabilities, softmax(label bias + noise):
+    the model's preference among the labels without content, which contextual calibration divides out."""
+    bias = np.array([float((label_bias or {}).get(lab, 0.0)) for lab in labels]) + rng.normal(0.0, 0.3, len(labels))
+    e = np.exp(bias - bias.max())
+    return e / e.sum()
+
+
 def _lens(results_: list[LanguageResult], n_layers: int, boost: float, rng, no_items: tuple[str, ...]) -> dict:
     """lens_report of synthetic per-item lens probabilities ([n, L, labels]) for one task."""
     depth = np.linspace(0, 1, n_layers)
@@ -185,6 +194,7 @@ def make_synthetic_run(
     accuracy: Mapping[str, float] | None = None,
     gold_weights: Sequence[float] | None = None,
     label_bias: Mapping[str, float] | None = None,
+    content_free: bool = True,
 ) -> Path:
     """Write a synthetic run folder at `dir` (items 0..n_items-1 of each task and language, as
     `--limit n_items` would) and return it.
@@ -196,6 +206,8 @@ def make_synthetic_run(
     `accuracy`: expected accuracy per language (overrides the boost-based one for those languages);
     `gold_weights`: label weights of the gold answers (default: balanced, item i has label i % k),
     the same in every run; `label_bias`: logit offset per label name (see `_language_result`).
+    `content_free`: give each language content-free label probabilities (`_content_free`), so
+    summary.json has calibrated accuracies; False leaves them out (None, as unmeasured).
     """
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
@@ -208,13 +220,16 @@ def make_synthetic_run(
     started = results.now_iso()
 
     per_task: dict[str, list[LanguageResult]] = {}
+    rng_cf = np.random.default_rng([seed, 99])  # content-free probabilities: their own stream, so `rng` draws as before
     for t in tasks:
         labels = list(data.load_task(t).labels)
         for lang in languages:
             acc = _accuracy_target(lang, len(labels), boost, trained, rng)
             acc = (accuracy or {}).get(lang, acc)
-            per_task.setdefault(t, []).append(_language_result(t, labels, lang, list(range(n_items)), acc, rng,
-                                                               gold_weights=gold_weights, label_bias=label_bias))  # fmt: skip
+            r = _language_result(t, labels, lang, list(range(n_items)), acc, rng, gold_weights=gold_weights, label_bias=label_bias)
+            if content_free:
+                r.p_content_free = _content_free(labels, label_bias, rng_cf)
+            per_task.setdefault(t, []).append(r)
 
     if "lens" in analyses:
         lens = {"tasks": {t: {**_lens(rs, n_layers, boost, rng, lens_no_items), "overlap_rule": config.lens_overlap}

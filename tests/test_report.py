@@ -587,12 +587,13 @@ def test_csv_columns(full_report: Path):
     with open(tables / "accuracy.csv", encoding="utf-8") as f:
         header = next(csv.reader(f))
     for side in ("base", "aligned"):
-        for col in ("n", "acc", "ci95_lo", "ci95_hi", "balanced_acc", "macro_f1", "roc_auc", "pred_counts"):
+        for col in ("n", "acc", "ci95_lo", "ci95_hi", "balanced_acc", "macro_f1", "roc_auc", "pred_counts", "calibrated_acc",
+                    "p_content_free"):  # fmt: skip
             assert f"{col}_{side}" in header
     for col in ("gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh"):
         assert col in header
     rows = _csv(tables / "accuracy.csv")
-    assert all(r["p_holm"] and r["p_bh"] and r["roc_auc_base"] for r in rows)
+    assert all(r["p_holm"] and r["p_bh"] and r["roc_auc_base"] and r["calibrated_acc_aligned"] for r in rows)
     assert all(float(r["p_holm"]) >= float(r["mcnemar_p"]) for r in rows)
     with open(tables / "accuracy_groups.csv", encoding="utf-8") as f:
         groups = list(csv.DictReader(f))
@@ -682,3 +683,143 @@ def test_comparison_json_of_an_older_format_is_not_used(tmp_path: Path):
     assert "comparison.json is of an older format (no paired accuracy statistics) and was not used" in summary
     assert "computed by this report from the two runs' predictions.jsonl" in summary
     assert {r["language"] for r in _csv(out.with_name("report_tables") / "accuracy.csv") if r["p_holm"]} == {"en", "zh", "de"}
+
+
+# ---- calibrated accuracy (issue 12 §3) ---------------------------------------------------------
+
+
+def _calibrated_by_hand(run: Path, task: str) -> dict[str, float]:
+    """lang -> accuracy of argmax_label p(label) / p_content_free(label), from predictions.jsonl and
+    summary.json's content-free probabilities (written out independently of alignlens.metrics)."""
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    right: dict[str, list[bool]] = {}
+    for p in _predictions(run):
+        if p["task"] == task:
+            cf = summary["tasks"][task]["languages"][p["lang"]]["p_content_free"]
+            right.setdefault(p["lang"], []).append(max(p["probs"], key=lambda lab: p["probs"][lab] / cf[lab]) == p["gold"])
+    return {lang: sum(v) / len(v) for lang, v in right.items()}
+
+
+def _summary_json(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_calibrated_accuracy_in_csv_tables_and_summary(tmp_path: Path):
+    langs = ["en", "zh", "de", "hi"]
+    base, aligned = make_synthetic_pair(tmp_path, langs, 4, tasks=("emotion",), n_items=40, analyses=(),
+                                        label_bias={"positive": 1.5})  # fmt: skip
+    out = render_report(base, aligned)
+    tables = out.with_name("report_tables")
+    acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
+    for side, run in (("base", base), ("aligned", aligned)):
+        entries = _summary_json(run)["tasks"]["emotion"]["languages"]
+        by_hand = _calibrated_by_hand(run, "emotion")
+        for lang in langs:
+            assert float(acc[lang][f"calibrated_acc_{side}"]) == pytest.approx(entries[lang]["calibrated_accuracy"])
+            assert float(acc[lang][f"calibrated_acc_{side}"]) == pytest.approx(by_hand[lang])
+            assert json.loads(acc[lang][f"p_content_free_{side}"]) == pytest.approx(entries[lang]["p_content_free"])
+    # the label bias is divided out: calibrated and plain accuracy differ somewhere (the premise of the columns)
+    assert any(acc[l]["calibrated_acc_aligned"] != acc[l]["acc_aligned"] for l in langs)
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    ma, mb = (_summary_json(r)["tasks"]["emotion"]["mean_calibrated_accuracy"] for r in (base, aligned))
+    assert (f"Mean calibrated accuracy base → aligned over the 4 languages with the same items in both runs "
+            f"{ma * 100:.1f}% → {mb * 100:.1f}%") in summary  # fmt: skip
+    assert "removing a label-prior shift's effect on accuracy" in summary
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", str(out), "-"], capture_output=True, text=True).stdout
+        assert "cal. acc" in text and f"{entries['hi']['calibrated_accuracy'] * 100:.1f}" in text
+
+    run = make_synthetic_run(tmp_path / "single", 7, ["en", "de"], 3, trained=[], tasks=("emotion",), n_items=30, analyses=())
+    out = render_report(run)
+    rows = {r["language"]: r for r in _csv(out.with_name("report_tables") / "accuracy.csv")}
+    entries = _summary_json(run)["tasks"]["emotion"]
+    for lang in ("en", "de"):
+        assert float(rows[lang]["calibrated_acc_base"]) == pytest.approx(entries["languages"][lang]["calibrated_accuracy"])
+        assert rows[lang]["calibrated_acc_aligned"] == ""
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert f"Mean calibrated accuracy over 2 languages {entries['mean_calibrated_accuracy'] * 100:.1f}%" in summary
+    if shutil.which("pdftotext"):
+        assert "calibrated" in subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+
+
+def test_calibrated_accuracy_only_where_both_runs_have_the_same_items(tmp_path: Path):
+    """Different --limit: every shared language's items differ, so its calibrated accuracies (from
+    all of each run's items) are "—"; a language one run alone has keeps that run's value."""
+    base = make_synthetic_run(tmp_path / "base", 11, ["en", "zh", "de", "th"], 4, trained=[], tasks=("emotion",), n_items=10, analyses=())
+    aligned = make_synthetic_run(tmp_path / "aligned", 12, ["en", "zh", "de"], 4, tasks=("emotion",), n_items=6, boost=0.2, analyses=())
+    out = render_report(base, aligned)
+    tables = out.with_name("report_tables")
+    acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
+    for lang in ("en", "zh", "de"):
+        assert acc[lang]["calibrated_acc_base"] == acc[lang]["calibrated_acc_aligned"] == ""
+        assert acc[lang]["acc_base"] and acc[lang]["p_content_free_base"]  # the row itself is there
+    th = _summary_json(base)["tasks"]["emotion"]["languages"]["th"]["calibrated_accuracy"]
+    assert th is not None and float(acc["th"]["calibrated_acc_base"]) == pytest.approx(th)
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    assert "Calibrated accuracy base → aligned: not compared: the runs' items differ in every language both have (en zh de)" in summary
+    assert "Mean calibrated accuracy" not in summary
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+        assert "the runs' items differ (en zh de)" in text
+
+    # the same items in en and zh but (as far as the report knows) not in de: de alone is blanked,
+    # and the mean is over en and zh
+    from alignlens.report import accuracy
+    from alignlens.report.runs import load_runs
+
+    base, aligned = make_synthetic_pair(tmp_path / "pair", ["en", "zh", "de"], 4, tasks=("emotion",), n_items=12, analyses=())
+    runs = load_runs(base, aligned)
+    runs.overlap.same.discard(("emotion", "de"))
+    section = accuracy.build(runs)
+    table = next(t for t in section.tables if t.name == "accuracy.csv")
+    rows = {r[1]: dict(zip(table.header, r)) for r in table.rows}
+    sa, sb = (_summary_json(r)["tasks"]["emotion"]["languages"] for r in (base, aligned))
+    assert rows["de"]["calibrated_acc_base"] != rows["de"]["calibrated_acc_base"]  # NaN: an empty CSV cell
+    assert rows["en"]["calibrated_acc_aligned"] == pytest.approx(sb["en"]["calibrated_accuracy"])
+    ma = (sa["en"]["calibrated_accuracy"] + sa["zh"]["calibrated_accuracy"]) / 2
+    mb = (sb["en"]["calibrated_accuracy"] + sb["zh"]["calibrated_accuracy"]) / 2
+    line = next(l for l in section.summary_lines if "calibrated" in l)
+    assert f"over the 2 languages with the same items in both runs {ma * 100:.1f}% → {mb * 100:.1f}%" in line
+    assert "Not shown for 1 languages whose items differ between the runs (de)" in line
+
+
+def test_summary_without_calibration_still_renders(tmp_path: Path):
+    """summary.json written before contextual calibration (no calibrated_accuracy, p_content_free,
+    mean_calibrated_accuracy): "—" / empty cells, and the summary says which run lacks it."""
+
+    def strip(s: dict) -> None:
+        for t in s["tasks"].values():
+            t.pop("mean_calibrated_accuracy")
+            for e in t["languages"].values():
+                e.pop("calibrated_accuracy"), e.pop("p_content_free")
+
+    base, aligned = make_synthetic_pair(tmp_path, ["en", "zh"], 4, tasks=("emotion",), n_items=12, analyses=())
+    _edit(base / "summary.json", strip)
+    out = render_report(base, aligned)
+    tables = out.with_name("report_tables")
+    acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
+    entries = _summary_json(aligned)["tasks"]["emotion"]["languages"]
+    for lang in ("en", "zh"):
+        assert acc[lang]["calibrated_acc_base"] == acc[lang]["p_content_free_base"] == ""
+        assert float(acc[lang]["calibrated_acc_aligned"]) == pytest.approx(entries[lang]["calibrated_accuracy"])
+    summary = (tables / "summary.txt").read_text(encoding="utf-8")
+    assert "Calibrated accuracy base → aligned: not compared: the base run's summary.json has no calibrated accuracy" in summary
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
+        assert "not in summary.json (written before contextual calibration" in text
+
+    run = make_synthetic_run(tmp_path / "old", 8, ["en", "de"], 3, trained=[], tasks=("emotion",), n_items=10, analyses=())
+    _edit(run / "summary.json", strip)
+    out = render_report(run)
+    rows = _csv(out.with_name("report_tables") / "accuracy.csv")
+    assert [r["calibrated_acc_base"] for r in rows] == ["", ""]
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    assert "Calibrated accuracy: this run's summary.json has no calibrated accuracy" in summary
+
+    # measured nowhere (summary.json has the keys, with null: e.g. a run resumed from older shards)
+    run = make_synthetic_run(tmp_path / "unmeasured", 9, ["en"], 3, trained=[], tasks=("emotion",), n_items=10, analyses=(),
+                             content_free=False)  # fmt: skip
+    assert _summary_json(run)["tasks"]["emotion"]["languages"]["en"]["calibrated_accuracy"] is None
+    out = render_report(run)
+    assert _csv(out.with_name("report_tables") / "accuracy.csv")[0]["calibrated_acc_base"] == ""
+    assert "this run's summary.json has no calibrated accuracy" in out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")

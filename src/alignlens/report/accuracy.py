@@ -9,6 +9,12 @@ Benjamini-Hochberg) adjustment across the task's languages; per language group t
 accuracy and of balanced accuracy with an item-cluster bootstrap 95% interval over the items every
 language of the group shares. A language only one run has is listed with that run's own numbers
 and no Δ. "Significant" is written only for a Holm-adjusted p < 0.05.
+
+Calibrated accuracy (contextual calibration, Zhao et al. 2021: each item's label probabilities
+divided by those for content-free queries with the same demonstrations, then argmax) is read from
+summary.json, i.e. on all of a run's items; with two runs it is shown for a language only when both
+runs evaluated exactly the same items there (`ItemOverlap.same`), else "—". No test is made on it.
+Summaries written before calibration lack it ("—").
 """
 
 from __future__ import annotations
@@ -30,11 +36,18 @@ GROUP_ROWS_PER_PAGE = 26
 GREEN, RED, GREY, WHITE, HEAD = "#d8f0d8", "#f6d5d5", "#eeeeee", "#ffffff", "#dde4f0"
 
 
+#: summary.json keys of contextual calibration (absent in summaries written before it).
+CAL_KEYS = ("calibrated_accuracy", "p_content_free")
+
+
 @dataclass
 class AccRow:
-    """One language of one task. a / b: each run's {"accuracy", "n", "ci95", and METRIC_KEYS} on the
-    compared items (None where the run lacks the language); test: the paired statistics of
-    `paired.compare_runs` for the language (None when not compared)."""
+    """One language of one task. a / b: each run's {"accuracy", "n", "ci95", METRIC_KEYS and
+    CAL_KEYS} on the compared items (None where the run lacks the language; a CAL_KEYS value None
+    where summary.json lacks it or, for calibrated_accuracy, where it is withheld); test: the paired
+    statistics of `paired.compare_runs` for the language (None when not compared); cal_withheld:
+    both runs have the language but not exactly the same items, so their calibrated accuracies
+    (from all of each run's items) are not shown."""
 
     task: str
     lang: str
@@ -42,6 +55,7 @@ class AccRow:
     a: dict | None
     b: dict | None
     test: dict | None = None
+    cal_withheld: bool = False
 
     @property
     def paired(self) -> bool:
@@ -62,23 +76,40 @@ def task_labels(runs: Runs, task: str) -> list[str]:
     return []
 
 
+def _calibrated(entry: dict) -> dict:
+    """CAL_KEYS of one summary.json language entry (None where the summary predates calibration)."""
+    return {k: entry.get(k) for k in CAL_KEYS}
+
+
+def _withhold(a: dict, b: dict, same: bool) -> bool:
+    """Blank both runs' calibrated accuracies unless the runs have exactly the same items (`same`);
+    True when that hides a value."""
+    hide = not same and (a["calibrated_accuracy"] is not None or b["calibrated_accuracy"] is not None)
+    if not same:
+        a["calibrated_accuracy"] = b["calibrated_accuracy"] = None
+    return hide
+
+
 def accuracy_rows(runs: Runs, task: str) -> list[AccRow]:
     """One row per language of `task`, languages in report order (see the module docstring)."""
     per = [r.summary["tasks"].get(task, {}).get("languages", {}) for r in runs.runs]
     tests = (runs.paired or {}).get("tasks", {}).get(task, {}).get("languages", {})
     rows = []
     for l in order_languages([l for p in per for l in p]):
+        same = runs.overlap is not None and (task, l) in runs.overlap.same
         if l in tests and runs.overlap is not None and (task, l) in runs.overlap.acc:
             t = tests[l]
             oa, ob = runs.overlap.acc[task, l]
-            a = {**_clipped(oa), **{k: t["metrics_a"][k] for k in METRIC_KEYS}}
-            b = {**_clipped(ob), **{k: t["metrics_b"][k] for k in METRIC_KEYS}}
-            rows.append(AccRow(task, l, l in runs.trained, a, b, t))
+            a = {**_clipped(oa), **{k: t["metrics_a"][k] for k in METRIC_KEYS}, **_calibrated(per[0][l])}
+            b = {**_clipped(ob), **{k: t["metrics_b"][k] for k in METRIC_KEYS}, **_calibrated(per[1][l])}
+            rows.append(AccRow(task, l, l in runs.trained, a, b, t, _withhold(a, b, same)))
             continue
         side = []
         for i, p in enumerate(per):
-            side.append({**_clipped(p[l]), **runs.metrics(i, task, l)} if l in p else None)
-        rows.append(AccRow(task, l, l in runs.trained, side[0], side[1] if len(side) > 1 else None))
+            side.append({**_clipped(p[l]), **runs.metrics(i, task, l), **_calibrated(p[l])} if l in p else None)
+        a, b = side[0], side[1] if len(side) > 1 else None
+        hide = _withhold(a, b, same) if a and b else False
+        rows.append(AccRow(task, l, l in runs.trained, a, b, cal_withheld=hide))
     return rows
 
 
@@ -97,7 +128,7 @@ def single_group_means(runs: Runs, rows: list[AccRow]) -> list[dict]:
     out = []
     for g, langs in language_groups(list(by_lang), runs.trained).items():
         vals = {k: [by_lang[l][k] for l in langs if by_lang[l].get(k) is not None]
-                for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")}  # fmt: skip
+                for k in ("accuracy", "calibrated_accuracy", "balanced_accuracy", "macro_f1", "roc_auc")}  # fmt: skip
         out.append({"group": g, "languages": langs, **{k: float(np.mean(v)) if v else None for k, v in vals.items()}})
     return out
 
@@ -241,6 +272,48 @@ def claim_text(task: str, groups: dict[str, dict], shift: dict | None) -> tuple[
                   "and over the untrained languages both have intervals above 0.")  # fmt: skip
 
 
+CAL_WHAT = ("Contextual calibration (Zhao et al. 2021) divides each label's probability by its probability for content-free "
+            "queries with the same demonstrations, removing a label-prior shift's effect on accuracy")  # fmt: skip
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _no_calibration(runs: Runs, task: str, roles: list[int]) -> str:
+    """Which of `roles` (run indices) have no calibrated accuracy for `task`, in words ("" if all have some)."""
+    miss = [runs.roles[i] for i in roles
+            if not any(e.get("calibrated_accuracy") is not None for e in runs.runs[i].summary["tasks"].get(task, {}).get("languages", {}).values())]  # fmt: skip
+    if not miss:
+        return ""
+    who = " and ".join(f"the {m} run's" for m in miss) if runs.compare else "this run's"
+    return f"{who} summary.json has no calibrated accuracy (written before contextual calibration, or not measured)"
+
+
+def calibration_line(runs: Runs, task: str, rows: list[AccRow]) -> str:
+    """One summary sub-line on the calibrated accuracy of `task`: mean base → aligned over the
+    languages both runs evaluated on exactly the same items (one run: its mean). No test."""
+    if not runs.compare:
+        have = [r.a for r in rows if r.a and r.a.get("calibrated_accuracy") is not None]
+        if not have:
+            return f"   – Calibrated accuracy: {_no_calibration(runs, task, [0])}."
+        return (f"   – Mean calibrated accuracy over {len(have)} languages {fmt(_mean(e['calibrated_accuracy'] for e in have))}% "
+                f"(uncalibrated on them: {fmt(_mean(e['accuracy'] for e in have))}%). {CAL_WHAT}.")  # fmt: skip
+    both = [r for r in rows if r.a and r.b and r.a.get("calibrated_accuracy") is not None and r.b.get("calibrated_accuracy") is not None]
+    hidden = [r for r in rows if r.cal_withheld]
+    why = f" Not shown for {len(hidden)} languages whose items differ between the runs ({_langs(hidden)})." if hidden else ""
+    if not both:
+        reason = _no_calibration(runs, task, [0, 1]) or (
+            f"the runs' items differ in every language both have ({_langs(hidden)}), and summary.json's calibrated accuracy is "
+            "from all of a run's items" if hidden else "no language has it in both runs")  # fmt: skip
+        return f"   – Calibrated accuracy base → aligned: not compared: {reason}."
+    ca, cb = _mean(r.a["calibrated_accuracy"] for r in both), _mean(r.b["calibrated_accuracy"] for r in both)
+    a, b = _mean(r.a["accuracy"] for r in both), _mean(r.b["accuracy"] for r in both)
+    return (f"   – Mean calibrated accuracy base → aligned over the {len(both)} languages with the same items in both runs {fmt(ca)}% → {fmt(cb)}% "
+            f"(Δ {fmt(cb - ca, sign=True)} points, no test; uncalibrated on them: {fmt(a)}% → {fmt(b)}%). {CAL_WHAT}.{why}")  # fmt: skip
+
+
 def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str], bool | None]:
     """The summary lines of one compared task (and whether the paper's claim holds there)."""
     groups = task_groups(runs, task)
@@ -281,6 +354,7 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
         if shift["one_label_langs"]:
             text += f" It predicts one label for every item in {len(shift['one_label_langs'])} languages ({_langs(shift['one_label_langs'])})."
         lines.append(text)
+    lines.append(calibration_line(runs, task, rows))
     holds, claim = claim_text(task, groups, shift)
     lines.append("   – " + claim)
     return lines, holds
@@ -314,7 +388,7 @@ def single_lines(runs: Runs, task: str, rows: list[AccRow]) -> list[str]:
             text += f"; it predicts {over} for {fmt(_share(pred, over))}% of items vs {fmt(_share(gold, over))}% gold"
         parts.append(text)
     prefix = f"• {task} (not compared: no item in both runs): " if runs.compare else f"• {task}: "
-    return [prefix + "; ".join(parts) + "."]
+    return [prefix + "; ".join(parts) + "."] + ([] if runs.compare else [calibration_line(runs, task, rows)])
 
 
 def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
@@ -338,8 +412,9 @@ def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
 CSV_HEADER = [
     "task", "language", "native_name", "resource_group", "trained",
     "n_base", "acc_base", "ci95_lo_base", "ci95_hi_base", "balanced_acc_base", "macro_f1_base", "roc_auc_base", "pred_counts_base",
+    "calibrated_acc_base", "p_content_free_base",
     "n_aligned", "acc_aligned", "ci95_lo_aligned", "ci95_hi_aligned", "balanced_acc_aligned", "macro_f1_aligned",
-    "roc_auc_aligned", "pred_counts_aligned",
+    "roc_auc_aligned", "pred_counts_aligned", "calibrated_acc_aligned", "p_content_free_aligned",
     "gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh",
 ]  # fmt: skip
 GROUP_HEADER = [
@@ -358,9 +433,10 @@ def _csv_row(r: AccRow) -> list:
     for x in (r.a, r.b):
         if x:
             rec += [x["n"], x["accuracy"], x["ci95"][0], x["ci95"][1], _num(x["balanced_accuracy"]), _num(x["macro_f1"]),
-                    _num(x["roc_auc"]), json.dumps(x["predicted_distribution"], ensure_ascii=False) if x["predicted_distribution"] else ""]  # fmt: skip
+                    _num(x["roc_auc"]), json.dumps(x["predicted_distribution"], ensure_ascii=False) if x["predicted_distribution"] else "",
+                    _num(x["calibrated_accuracy"]), json.dumps(x["p_content_free"], ensure_ascii=False) if x["p_content_free"] else ""]  # fmt: skip
         else:
-            rec += ["", math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, ""]
+            rec += ["", math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, "", math.nan, ""]
     gold = next((x["gold_distribution"] for x in (r.a, r.b) if x and x.get("gold_distribution")), None)
     rec.append(json.dumps(gold, ensure_ascii=False) if gold else "")
     if r.paired:
@@ -429,11 +505,24 @@ def build(runs: Runs) -> Section:
 
 # ---- pages -------------------------------------------------------------------------------------
 
+CAL_TABLE = ("accuracy after contextual calibration (Zhao et al. 2021): each item's label probabilities divided by those for "
+             "content-free queries (\"N/A\", \"\", \"[MASK]\") with the same demonstrations, then argmax.")  # fmt: skip
+CAL_OLD = "not in summary.json (written before contextual calibration, or not measured)"
+
+
+SUBTITLE_LINE = 0.0268  # figure fraction per subtitle line (9 pt, line spacing 1.3, Noto Sans; measured)
+
+
+def _subtitle_bottom(fig) -> float:
+    """Figure y of the bottom of `new_fig`'s subtitle (wrapped lines from y = 0.93 down), 0.93 without one."""
+    n = fig.texts[1].get_text().count("\n") + 1 if len(fig.texts) > 1 else 0
+    return 0.93 - n * SUBTITLE_LINE
+
 
 def _table(fig, cells, colors, header, widths, bold_from: int | None = None, fontsize: float = 8) -> float:
     """A table below the page's subtitle: header row (two lines) bold on blue, first column
     left-aligned, rows at most 0.035 of the page high. Returns the figure y of the table's bottom."""
-    y_top = top(fig, 0.88) + 0.02
+    y_top = min(top(fig, 0.88) + 0.02, _subtitle_bottom(fig) - 0.008)
     avail = y_top - 0.04
     ax = fig.add_axes([0.02, 0.04, 0.96, avail])
     ax.axis("off")
@@ -461,21 +550,24 @@ def _draw_single_table(runs: Runs, task: str, rows: list[AccRow], part: str, mea
     labels = task_labels(runs, task)
     sub = (f"Few-shot accuracy (%) with 95% bootstrap intervals, balanced accuracy (mean recall over the gold labels), macro-F1 and, "
            f"for two-label tasks, ROC-AUC of p({labels[-1] if labels else '?'}) / (sum of both). pred % and gold %: share of each label "
-           f"({'/'.join(labels) or '—'}) among the predictions and the gold answers. * = trained language.")  # fmt: skip
+           f"({'/'.join(labels) or '—'}) among the predictions and the gold answers. Calibrated accuracy: {CAL_TABLE}"
+           + (f" —: {CAL_OLD}." if any((r.a or r.b).get("calibrated_accuracy") is None for r in rows) else "")
+           + " * = trained language.")  # fmt: skip
     fig = new_fig(f"Accuracy — {task}{part}", sub)
-    header = ["language", "group", "n", "accuracy", "95% CI", "balanced\naccuracy", "macro-F1", "ROC-AUC", "pred %", "gold %"]
+    header = ["language", "group", "n", "accuracy", "95% CI", "calibrated\naccuracy", "balanced\naccuracy", "macro-F1", "ROC-AUC",
+              "pred %", "gold %"]  # fmt: skip
     cells, colors = [], []
     for r in rows:
         x = r.a or r.b
         cells.append([lang_label(r.lang) + (" *" if r.trained else ""), resource_group(r.lang), str(x["n"]), fmt(x["accuracy"]),
-                      _ci(x["ci95"], sign=False), fmt(x["balanced_accuracy"]), fmt(x["macro_f1"]), _auc(x["roc_auc"]),
-                      _shares(x["predicted_distribution"], labels), _shares(x["gold_distribution"], labels)])  # fmt: skip
+                      _ci(x["ci95"], sign=False), fmt(x["calibrated_accuracy"]), fmt(x["balanced_accuracy"]), fmt(x["macro_f1"]),
+                      _auc(x["roc_auc"]), _shares(x["predicted_distribution"], labels), _shares(x["gold_distribution"], labels)])  # fmt: skip
         colors.append([WHITE] * len(header))
     for g in single_group_means(runs, means) if means else []:
-        cells.append([f"mean: {g['group']}", f"{len(g['languages'])} langs", "", fmt(g["accuracy"]), "",
+        cells.append([f"mean: {g['group']}", f"{len(g['languages'])} langs", "", fmt(g["accuracy"]), "", fmt(g["calibrated_accuracy"]),
                       fmt(g["balanced_accuracy"]), fmt(g["macro_f1"]), _auc(g["roc_auc"]), "", ""])  # fmt: skip
         colors.append([GREY] * len(header))
-    _table(fig, cells, colors, header, [0.19, 0.07, 0.05, 0.08, 0.13, 0.09, 0.08, 0.08, 0.11, 0.11], bold_from=len(rows), fontsize=8.5)
+    _table(fig, cells, colors, header, [0.17, 0.07, 0.05, 0.08, 0.12, 0.09, 0.09, 0.08, 0.08, 0.08, 0.08], bold_from=len(rows), fontsize=8.5)
     return fig
 
 
@@ -487,11 +579,13 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
            f"interval; McNemar: exact test on the discordant items (base wrong & aligned right / base right & aligned wrong); p Holm and "
            f"p BH: adjusted across the task's languages; green/red Δ: p Holm < {ALPHA}. Balanced accuracy, macro-F1, ROC-AUC "
            f"(two-label tasks) for both runs; red: balanced accuracy falls while accuracy rises. pred %: share of each label ({lab}) "
-           f"among the predictions; gold % likewise. * = trained language. Macro Δ by group: next page.")  # fmt: skip
+           f"among the predictions; gold % likewise. * = trained language. Macro Δ by group: next page. "
+           f"cal. acc: {CAL_TABLE} From summary.json, i.e. on all of a run's items: shown only where both runs have exactly "
+           f"the same items (no test)" + _cal_blanks(rows) + ".")  # fmt: skip
     fig = new_fig(f"Accuracy — {task}{part}: paired tests", sub)
     header = ["language", "n", "acc\nbase", "acc\naligned", "Δ [95% CI]", "McNemar\nb01 / b10", "McNemar\np", "p Holm", "p BH",
-              "bal. acc\nbase", "bal. acc\naligned", "F1\nbase", "F1\naligned", "AUC\nbase", "AUC\naligned",
-              "pred %\nbase", "pred %\naligned", "gold %"]  # fmt: skip
+              "cal. acc\nbase", "cal. acc\naligned", "bal. acc\nbase", "bal. acc\naligned", "F1\nbase", "F1\naligned",
+              "AUC\nbase", "AUC\naligned", "pred %\nbase", "pred %\naligned", "gold %"]  # fmt: skip
     cells, colors = [], []
     for r in rows:
         a, b, t = r.a, r.b, r.test
@@ -502,7 +596,7 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
                   _p(t["mcnemar"]["p_value"]), _p(t["p_holm"]), _p(t["p_bh"])]  # fmt: skip
         else:
             c += ["— (not paired)", "—", "—", "—", "—"]
-        for key, f in (("balanced_accuracy", fmt), ("macro_f1", fmt), ("roc_auc", _auc)):
+        for key, f in (("calibrated_accuracy", fmt), ("balanced_accuracy", fmt), ("macro_f1", fmt), ("roc_auc", _auc)):
             c += [f(a[key]) if a else "—", f(b[key]) if b else "—"]
         c += [_shares(a["predicted_distribution"], labels) if a else "—", _shares(b["predicted_distribution"], labels) if b else "—",
               _shares((a or b)["gold_distribution"], labels)]  # fmt: skip
@@ -511,12 +605,25 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
             col[4] = GREEN if t["delta"] > 0 else RED
         if t and t["delta"] > 0 and a["balanced_accuracy"] is not None and b["balanced_accuracy"] is not None \
                 and b["balanced_accuracy"] < a["balanced_accuracy"]:
-            col[10] = RED
+            col[header.index("bal. acc\naligned")] = RED
         cells.append(c)
         colors.append(col)
-    widths = [0.105, 0.03, 0.042, 0.048, 0.115, 0.06, 0.05, 0.045, 0.042, 0.045, 0.05, 0.037, 0.047, 0.042, 0.048, 0.05, 0.055, 0.044]
+    widths = [0.105, 0.03, 0.042, 0.048, 0.115, 0.06, 0.05, 0.045, 0.042, 0.045, 0.05, 0.045, 0.05, 0.037, 0.047, 0.042, 0.048,
+              0.05, 0.055, 0.044]  # fmt: skip
     _table(fig, cells, colors, header, [w / sum(widths) * 0.99 for w in widths], fontsize=7.3)
     return fig
+
+
+def _cal_blanks(rows: list[AccRow]) -> str:
+    """Why cal. acc cells of `rows` are "—", for the compare table's subtitle ("" when none is)."""
+    out = []
+    hidden = [r for r in rows if r.cal_withheld]
+    if hidden:
+        out.append(f"—: the runs' items differ ({_langs(hidden)})")
+    old = [r for r in rows if not r.cal_withheld and any(x and x.get("calibrated_accuracy") is None for x in (r.a, r.b))]
+    if old:
+        out.append(f"— for {_langs(old)}: {CAL_OLD}" if hidden else f"—: {CAL_OLD}")
+    return "; " + "; ".join(out) if out else ""
 
 
 def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
