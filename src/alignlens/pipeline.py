@@ -32,7 +32,9 @@ from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_h
 from alignlens.capture.reducers import ActivationCounter
 from alignlens.capture.shards import load_shard, save_shard, shard_path
 from alignlens.config import AnalyzeConfig, check_rows
+from alignlens.engine import score_prompts
 from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
+from alignlens.labels import label_sets
 from alignlens.results.manifest import make_manifest
 from alignlens.results.writer import write_analysis_files
 from alignlens.languages import paper_order
@@ -56,6 +58,18 @@ def capture_spec(spec: data.TaskSpec, lang: str, lens_prompts: str) -> data.Task
         return None
     target = data.target_label_spec(spec, lang)
     return None if target.prompts[lang].demonstrations == spec.prompts[lang].demonstrations else target
+
+
+def _capture_pass(model: LoadedModel, spec: data.TaskSpec, lang: str, items: list[data.Item], capturer: Capturer,
+                  batch_size: int, fwd_hooks: list, on_batch_done: Callable[[int], None] | None) -> None:
+    """The separate capture pass: the items' queries after `spec`'s demonstrations (`capture_spec`),
+    run through the engine for `capturer` only (its label probabilities are dropped: accuracy comes
+    from the evaluation pass; no content-free queries)."""
+    where = f"task {spec.name}, language {lang} (capture pass, target-label prompts)"
+    queries = [spec.prompts[lang].query_template.format(**it.fields) for it in items]
+    score_prompts(model, data.prompt_prefix(spec, lang), queries, label_sets(model.tokenizer, spec.labels, where),
+                  batch_size=batch_size, fwd_hooks=fwd_hooks, probes=[capturer], on_batch_done=on_batch_done,
+                  item_ids=[it.index for it in items], where=where)
 
 
 def check_lens_prompts(config: AnalyzeConfig) -> None:
@@ -108,8 +122,7 @@ def capture_run(
                 probes=[capturer] if cap_spec is None else [], on_batch_done=done,
             )
             if cap_spec is not None:  # the capture pass: same items, target-label demonstrations
-                evaluate_language(model, cap_spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
-                                  probes=[capturer], on_batch_done=done)
+                _capture_pass(model, cap_spec, lang, items, capturer, config.batch_size, fwd_hooks, done)
             cap = capturer.capture
             if path is not None:
                 save_shard(shard_dir, result, cap)
