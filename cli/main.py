@@ -45,6 +45,10 @@ out_console = Console()
 MODEL_HELP = "Model: 'gemma-3-270m' (embedded default), a local HF folder (e.g. an `alignlens train` output) or a hub name."
 DEVICE_HELP = "auto (GPU if present, else CPU), cpu, cuda, cuda:N."
 DTYPE_HELP = "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 (GPU only)."
+DEVICE_MAP_HELP = ("For models larger than one device: place the layers as the weights load (accelerate device_map): "
+                   "auto, balanced, balanced_low_0, sequential, or a JSON object {module: device} (or a .json file) "
+                   "with devices 0, 1, cuda:N, cpu, disk. Excludes --device and torchrun.")
+MAX_MEMORY_HELP = "With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB (the rest goes to disk)."
 TASKS_HELP = "Comma-separated task names (emotion, snli, paws) or task folders."
 ITEMS_HELP = ("Item indices to use, e.g. 0-249 or 1,5,10-19 (the same items in every language), applied before "
               "--limit. Runs refuse items an aligned model was trained on (`alignlens train --task` trains on "
@@ -98,11 +102,11 @@ def status(message: str):
     console.print(f"[dim]{message.rstrip('.')} ({time.time() - t0:.1f}s)[/dim]")
 
 
-def _load(spec: str, device: str, dtype: str):
+def _load(spec: str, device: str, dtype: str, device_map: Optional[str] = None, max_memory: Optional[str] = None):
     from alignlens.model import load_model
 
     with status(f"loading model {spec}..."):
-        return load_model(spec, device=device, dtype=dtype)
+        return load_model(spec, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory)
 
 
 def print_accuracy_table(summary: dict, title: str = "accuracy", trained: list[str] | None = None) -> None:
@@ -173,6 +177,8 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Re-encode the few-shot prefix for every item (slower; same result)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Few-shot multilingual evaluation with the paper's constrained decoding.
 
@@ -185,10 +191,10 @@ def eval_cmd(
     cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
                      batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache, items=items,
                      balanced=balanced)
-    _check_inputs(cfg, [model], device, dtype)
+    _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
     if out is not None:
         OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
-    m = _load(model, device, dtype)
+    m = _load(model, device, dtype, device_map, max_memory)
     with progress_bar() as progress:
         summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
     print_accuracy_table(summary, f"accuracy — {model}", m.info.get("trained_languages"))
@@ -196,15 +202,17 @@ def eval_cmd(
         console.print(f"wrote {out}/predictions.jsonl, summary.json, manifest.json")
 
 
-def _check_inputs(cfg, models: list[str], device: str, dtype: str) -> None:
+def _check_inputs(cfg, models: list[str], device: str, dtype: str, device_map: Optional[str] = None,
+                  max_memory: Optional[str] = None) -> None:
     """Everything checkable without a model: tasks and their data files, languages, the item
-    selection (--items, --balanced), models, device, dtype, and that no model was trained on the
-    items evaluated (`pipeline.check_training_overlap`)."""
+    selection (--items, --balanced), models, device, dtype, --device-map/--max-memory, and that no
+    model was trained on the items evaluated (`pipeline.check_training_overlap`)."""
     from alignlens import data
-    from alignlens.model import check_dtype, check_model_spec
+    from alignlens.model import check_dtype, check_model_spec, check_placement
     from alignlens.pipeline import check_training_overlap
 
     check_dtype(dtype, device)
+    check_placement(device_map, max_memory, device)
     selecting = cfg.items is not None or cfg.balanced
     data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None,
                         None if selecting else cfg.limit)
@@ -250,6 +258,8 @@ def analyze_cmd(
     report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """The main job: evaluation, one capture pass and all analyses (logit lens, representation
     similarity, language-specific neurons) for a model and optionally a second one, then a PDF report.
@@ -267,10 +277,11 @@ def analyze_cmd(
         lens_prompts=lens_prompts, similarity_pooling=similarity_pooling, pca_languages=_csv(pca_languages),
         scatter_layers=scatter_layers, similarity_resamples=similarity_resamples, similarity_robust=similarity_robust,
     )
-    _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype)
+    _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype, device_map, max_memory)
     t0 = time.time()
     with progress_bar() as progress:
         res = analyze(cfg, model, compare, out, force=force, resume=resume, device=device, dtype=dtype, report=report,
+                      device_map=device_map, max_memory=max_memory,
                       progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"),
                       report_progress=report_progress())
     if compare:
@@ -335,9 +346,12 @@ def train_cmd(
         result = train(None, None, out, resume=True, progress=True, command=_command_line())
     else:
         result = train(cfg, model, out, force=force, progress=True, command=_command_line())
-    console.print(f"trained {result.steps} steps in {result.wall_seconds / 60:.1f} min "
-                  f"({result.tokens_per_second:.0f} tok/s); val loss {result.initial_val_loss} -> best "
-                  f"{result.best_val_loss} (step {result.best_step}); model: {result.out_dir}")
+    from alignlens.distributed import is_main
+
+    if is_main():  # under torchrun, one closing line
+        console.print(f"trained {result.steps} steps in {result.wall_seconds / 60:.1f} min "
+                      f"({result.tokens_per_second:.0f} tok/s); val loss {result.initial_val_loss} -> best "
+                      f"{result.best_val_loss} (step {result.best_step}); model: {result.out_dir}")
 
 
 @app.command("report")
@@ -395,13 +409,16 @@ def models_cmd(
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Prepare (convert once, cached) and describe a model; shows the label token sets."""
     from alignlens import data
     from alignlens.labels import label_token_ids, vocab_kind
-    from alignlens.model import alignlens_home
+    from alignlens.model import alignlens_home, check_placement
 
-    m = _load(model, device, dtype)
+    check_placement(device_map, max_memory, device)
+    m = _load(model, device, dtype, device_map, max_memory)
     table = Table(title=f"model {model}", show_header=False)
     for k, v in m.describe().items():
         table.add_row(k, str(v))

@@ -220,14 +220,14 @@ def score_prompts(
     writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
     queries' ids; default their positions).
     """
-    tok, device = model.tokenizer, model.device
+    tok, device = model.tokenizer, model.device  # where inputs go (the input embedding's device)
     body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
     full = encode(tok, [prefix + q for q in queries])
     k = shared_prefix_len(encode(tok, [prefix])[0], full) if prefix_cache else 0
     ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
     if len(ids_of) != len(queries):
         raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
-    index_sets = [torch.tensor(list(s), dtype=torch.long, device=device) for s in label_sets]
+    index_sets = [torch.tensor(list(s), dtype=torch.long) for s in label_sets]  # moved to the head's device
     out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
     order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -245,10 +245,12 @@ def score_prompts(
                 hidden = _suffix_forward(body, ids, mask, k, cache)
             for p in probes:
                 p.after_batch(batch)
-            h_last = hidden[torch.arange(len(rows), device=device), batch.last]
+            # Each tensor's own device: with a device map the last block, the norm and the LM head
+            # may sit on different devices than the inputs (accelerate moves module inputs).
+            h_last = hidden[torch.arange(len(rows), device=hidden.device), batch.last.to(hidden.device)]
             probs = torch.softmax(unembed.head(h_last).float(), dim=-1)
             for j, idx in enumerate(index_sets):
-                out[rows, j] = probs[:, idx].sum(-1).double().cpu()
+                out[rows, j] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
             bad = ~torch.isfinite(out[rows]).all(dim=1)
             if bool(bad.any()):
                 raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],

@@ -278,15 +278,141 @@ def check_model_spec(spec: str) -> None:
     model_source(spec)
 
 
+# ---- device maps (models larger than one device) ---------------------------------------------
+
+#: `--device-map` names accelerate resolves itself (from the devices' free memory or `--max-memory`).
+DEVICE_MAP_PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _map_target(value: Any, where: str) -> str | int:
+    """One device of a device map: a GPU index, `cuda:N`, `cpu` or `disk`."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise AlignlensError(f"{where}: device {value!r} is not a GPU index, cuda:N, cpu or disk")
+    if isinstance(value, int):
+        if value < 0:
+            raise AlignlensError(f"{where}: GPU index {value} is negative")
+        return value
+    if value in ("cpu", "disk") or re.fullmatch(r"cuda:\d+", value) or value.isdigit():
+        return int(value) if value.isdigit() else value
+    raise AlignlensError(f"{where}: device {value!r} is not a GPU index, cuda:N, cpu or disk")
+
+
+def parse_device_map(text: str | dict | None) -> str | dict[str, str | int] | None:
+    """`--device-map`: None/"" (one device), a preset (`DEVICE_MAP_PRESETS`), a JSON object
+    {module name: device} or a path to a JSON file holding one (devices: GPU index, `cuda:N`, `cpu`,
+    `disk`; module names as in the HF model, e.g. `model.layers.3`). AlignlensError naming the problem."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if isinstance(text, dict):
+        raw: Any = text
+        where = "--device-map"
+    else:
+        text = text.strip()
+        if text in DEVICE_MAP_PRESETS:
+            return text
+        where = "--device-map"
+        if not text.startswith("{"):
+            path = Path(text).expanduser()
+            if not path.is_file():
+                raise AlignlensError(f"--device-map {text!r}: not one of {', '.join(DEVICE_MAP_PRESETS)}, "
+                                     "a JSON object or a JSON file")
+            where, text = f"--device-map file {path}", path.read_text()
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AlignlensError(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise AlignlensError(f"{where}: must be a non-empty JSON object {{module name: device}}")
+    return {str(k): _map_target(v, f"{where}, module {k!r}") for k, v in raw.items()}
+
+
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def parse_max_memory(text: str | None) -> dict[str | int, str] | None:
+    """`--max-memory`: comma-separated `device=size` (e.g. `0=20GiB,1=20GiB,cpu=60GiB`; devices: GPU
+    index, `cpu`, `disk`; sizes with a unit B/KB/MB/GB/KiB/MiB/GiB...) -> accelerate's max_memory."""
+    if text is None or not text.strip():
+        return None
+    out: dict[str | int, str] = {}
+    for part in text.split(","):
+        key, sep, size = (x.strip() for x in part.partition("="))
+        if not sep or not key or not size:
+            raise AlignlensError(f"--max-memory entry {part.strip()!r}: use device=size, e.g. 0=20GiB,cpu=60GiB")
+        dev = _map_target(key, f"--max-memory entry {part.strip()!r}")
+        dev = int(dev.split(":")[1]) if isinstance(dev, str) and dev.startswith("cuda:") else dev
+        if not _MEMORY.fullmatch(size):
+            raise AlignlensError(f"--max-memory entry {part.strip()!r}: size {size!r} needs a number and a unit "
+                                 "(e.g. 20GiB, 512MB)")
+        if dev in out:
+            raise AlignlensError(f"--max-memory: device {key!r} is given twice")
+        out[dev] = size.replace(" ", "")
+    return out
+
+
+def check_placement(device_map: str | None, max_memory: str | None, device: str = "auto") -> None:
+    """Cheap checks of `--device-map`/`--max-memory` before anything loads: both parse; --max-memory
+    needs --device-map; a device map excludes an explicit --device and torchrun data parallelism
+    (every process would spread its copy over all devices)."""
+    from alignlens.distributed import env_world
+
+    dm = parse_device_map(device_map)
+    parse_max_memory(max_memory)
+    if max_memory and dm is None:
+        raise AlignlensError("--max-memory needs --device-map (e.g. --device-map auto)")
+    if dm is not None and device != "auto":
+        raise AlignlensError(f"--device {device} and --device-map exclude each other: the map places the model")
+    if dm is not None and env_world().distributed:
+        raise AlignlensError("--device-map is for one process; under torchrun each process holds a whole "
+                             "model on its own device (drop --device-map or run without torchrun)")
+    if isinstance(dm, dict) and any(v == "disk" for v in dm.values()) and not any(
+            v == "cpu" or isinstance(v, int) or str(v).startswith("cuda") for v in dm.values()):
+        raise AlignlensError("--device-map puts every module on disk; at least one must run on cpu or a GPU")
+
+
+def offload_dir() -> Path:
+    """Where disk-offloaded weights go (`$ALIGNLENS_HOME/offload`; safetensors weights are usually
+    read from the model's own files and nothing is written)."""
+    return alignlens_home() / "offload"
+
+
+def placed_device(hf_model: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where a model's inputs go: the input embedding's device in a dispatched model's map (`disk`
+    and `cpu` -> cpu, a GPU index -> cuda:N), else `fallback`."""
+    dmap = getattr(hf_model, "hf_device_map", None)
+    if not dmap:
+        return fallback
+    emb = hf_model.get_input_embeddings()
+    name = next((n for n, m in hf_model.named_modules() if m is emb), None)
+    target = None
+    if name is not None:  # the longest map key that is the embedding or one of its parents
+        keys = [k for k in dmap if k == "" or name == k or name.startswith(k + ".")]
+        target = dmap[max(keys, key=len)] if keys else None
+    if target is None:
+        target = next(iter(dmap.values()))
+    if isinstance(target, int):
+        return torch.device("cuda", target)
+    return torch.device("cpu") if target in ("cpu", "disk") else torch.device(target)
+
+
 # ---- loading --------------------------------------------------------------------------------
 
 
+def is_dispatched(hf_model: torch.nn.Module) -> bool:
+    """The model was placed by a `device_map` (accelerate hooks move tensors between its devices;
+    a `.to()` would undo the placement, so nothing here calls it on such a model)."""
+    return bool(getattr(hf_model, "hf_device_map", None))
+
+
 def wrap_bridge(name: str, hf_model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """A TransformerLens TransformerBridge around `hf_model` (moved to `device`/`dtype`, eval mode).
+    """A TransformerLens TransformerBridge around `hf_model` (moved to `device`/`dtype`, eval mode;
+    a model dispatched by a `device_map` (`is_dispatched`) is handed over as placed, without `.to()`).
     The bridge puts its hooked components in place of the HF model's own modules."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    if not is_dispatched(hf_model):
+        hf_model = hf_model.to(device=device, dtype=dtype)
+    hf_model = hf_model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bridge = TransformerBridge.boot_transformers(
@@ -363,7 +489,8 @@ def load_tokenizer(spec: str) -> Any:
 
 
 def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-            tokenizer: Any = None) -> tuple[torch.nn.Module, Any, dict]:
+            tokenizer: Any = None, *, device_map: str | dict | None = None,
+            max_memory: str | dict | None = None) -> tuple[torch.nn.Module, Any, dict]:
     """The one model loader: (HF causal LM on `device` in `dtype`, eval mode; its tokenizer as
     saved; info). Used by `load_model` (evaluation) and by training.
 
@@ -371,6 +498,9 @@ def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtyp
     train` output loads its `merged/` model) or a hub name; checked by `model_source` before
     anything is loaded. `device`/`dtype`: names (`auto`, `cpu`, `float32`, ...) or torch objects.
     `tokenizer`: reuse one already loaded (e.g. by `load_tokenizer`).
+    `device_map`/`max_memory` (`parse_device_map`/`parse_max_memory` forms): place the model over
+    several devices (GPUs, cpu, disk) as it loads, straight from the weight files in `dtype` (no full
+    copy in CPU RAM first, no `.to()` afterwards); `device` then only picks the auto dtype.
 
     info (JSON-able): `spec`, `name`, `path` (local folder or None), `hash` (sha256 of config and
     weights, None for hub models), `architecture`, `n_params`, and `details` (dict: `source` for
@@ -384,33 +514,58 @@ def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtyp
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     if tokenizer is None:
         tokenizer = load_tokenizer(spec)
+    dmap = parse_device_map(device_map)
+    mem = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+    if mem and dmap is None:
+        raise AlignlensError("--max-memory needs --device-map (e.g. --device-map auto)")
+    kwargs: dict[str, Any] = {"dtype": dt}
+    if dmap is not None:
+        kwargs.update(device_map=dmap, offload_folder=str(offload_dir()))
+        if mem:
+            kwargs["max_memory"] = mem
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - turned into one clear line
         raise AlignlensError(f"cannot load model {spec!r} (tried {facts['tried']}): {_first_line(exc)}") from None
-    hf_model = hf_model.to(device=dev, dtype=dt).eval()
+    if is_dispatched(hf_model):
+        hf_model = hf_model.eval()  # placed by the map: a .to() would undo it
+    else:
+        hf_model = hf_model.to(device=dev, dtype=dt).eval()
     info = {"spec": spec, "name": facts["name"], "path": str(path) if path is not None else None,
             "hash": folder_hash(path) if path is not None else None,
             "architecture": type(hf_model).__name__,
             "n_params": int(sum(p.numel() for p in hf_model.parameters())), "details": facts["details"]}
+    if is_dispatched(hf_model):
+        info["device_map"] = {k: v for k, v in hf_model.hf_device_map.items()}
     return hf_model, tokenizer, info
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", *,
+               device_map: str | dict | None = None, max_memory: str | dict | None = None) -> LoadedModel:
     """Load `spec` through `load_hf` and wrap it in a TransformerBridge (see `load_hf` for specs).
 
+    `device`: `auto`/`cuda` under torchrun is this process's GPU (`distributed.rank_device`).
+    `device_map`/`max_memory`: a model larger than one device is placed by accelerate as it loads
+    and handed to the bridge as placed; `LoadedModel.device` is then where inputs go (the input
+    embedding's device) and `info["device_map"]` records the placement. The bridge refuses maps
+    that mix GPUs with cpu/disk offload (TransformerLens verified those only on CPU-only machines).
     The tokenizer gets left padding and a pad token (`prepare_tokenizer`). Raises AlignlensError
     with one line naming what was tried when the model cannot be loaded or wrapped.
     """
+    from alignlens.distributed import rank_device
+
     check_model_spec(spec)  # a bad spec is reported before a bad device or dtype
-    dev = resolve_device(device)
+    dev = rank_device(resolve_device(device))
     dt = resolve_dtype(dtype, dev)
-    hf_model, tokenizer, info = load_hf(spec, dev, dt)
+    hf_model, tokenizer, info = load_hf(spec, dev, dt, device_map=device_map, max_memory=max_memory)
     tokenizer = prepare_tokenizer(tokenizer)
     details = dict(info["details"])
     details["tokenizer_prepends_bos"] = check_bos(tokenizer)
+    if "device_map" in info:
+        details["device_map"] = info["device_map"]
+    dev = placed_device(hf_model, dev)
     source = info["path"] if info["path"] is not None else spec
     try:
         bridge = wrap_bridge(source, hf_model, tokenizer, dev, dt)

@@ -260,15 +260,18 @@ def analyze(
     *, force: bool = False, resume: bool = False, device: str = "auto", dtype: str = "auto", report: bool = True,
     progress: Any = None, command: str = "", log: Callable[[str], None] = lambda s: None,
     report_progress: Callable[[int, int, str], None] | None = None,
+    device_map: str | dict | None = None, max_memory: str | dict | None = None,
 ) -> dict[str, Any]:
     """The main job. Returns {"runs": {name: summary}, "report": path or None, "trained_languages": [...]}.
 
     Everything is checked before a model is loaded (options, models, output folder). A new folder
     is written directly; over earlier results (`force`), the new run is staged and swapped in at
     the end, so a failure leaves the earlier results as they were. `resume` continues the run in
-    `out` with the same model(s) and options (checked), keeping its finished shards."""
-    from alignlens.model import check_dtype, check_model_spec
+    `out` with the same model(s) and options (checked), keeping its finished shards.
+    `device_map`/`max_memory`: place each model over several devices as it loads (`model.load_model`)."""
+    from alignlens.model import check_dtype, check_model_spec, check_placement
 
+    check_placement(device_map, max_memory, device)
     out = Path(out).expanduser()
     specs = [("base", model)] + ([("aligned", compare)] if compare else [])
     for _, spec in specs:
@@ -295,7 +298,8 @@ def analyze(
         stage = folder.begin()
     state = {"role": None}
     try:
-        summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state)
+        summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state,
+                                            placement={"device_map": device_map, "max_memory": max_memory})
         if compare:
             write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
         state["role"] = "report"
@@ -319,7 +323,7 @@ def analyze(
 
 def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, device: str,
                    dtype: str, progress: Any, command: str, log: Callable[[str], None],
-                   state: dict) -> tuple[dict, list[str]]:
+                   state: dict, placement: dict | None = None) -> tuple[dict, list[str]]:
     """Load and analyse each (role, model) in turn; returns the summaries and the languages the
     compared (aligned) model was trained on, from its training manifest."""
     summaries, trained = {}, []
@@ -328,7 +332,7 @@ def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: P
         run_dir = stage / name
         run_dir.mkdir(exist_ok=True)
         log(f"loading {spec}")
-        m = load_model(spec, device=device, dtype=dtype)
+        m = load_model(spec, device=device, dtype=dtype, **(placement or {}))
         _check_resume_model(saved.get(name), m, run_dir)
         summaries[name] = analyze_model(m, config, run_dir, progress=progress, command=command,
                                         extra_manifest={"role": name})
