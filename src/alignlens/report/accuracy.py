@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignlens.report.languages import NATIVE_NAMES, lang_label, order_languages, resource_group
-from alignlens.report.layout import COLOR, Page, Section, Table, fmt, lang_ticks, new_fig, top
+from alignlens.report.layout import SUBTITLE_LINE, COLOR, Page, Section, Table, fmt, lang_ticks, new_fig, top
 from alignlens.report.runs import METRIC_KEYS, Runs
 from alignlens.stats import clip_interval
 
@@ -508,9 +508,6 @@ def build(runs: Runs) -> Section:
 CAL_TABLE = ("accuracy after contextual calibration (Zhao et al. 2021): each item's label probabilities divided by those for "
              "content-free queries (\"N/A\", \"\", \"[MASK]\") with the same demonstrations, then argmax.")  # fmt: skip
 CAL_OLD = "not in summary.json (written before contextual calibration, or not measured)"
-
-
-SUBTITLE_LINE = 0.0268  # figure fraction per subtitle line (9 pt, line spacing 1.3, Noto Sans; measured)
 
 
 def _subtitle_bottom(fig) -> float:
