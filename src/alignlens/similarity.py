@@ -640,7 +640,7 @@ def _layer_measures(
             den = nx * ny
             with np.errstate(invalid="ignore", divide="ignore"):
                 c = np.where(den > 0, num / np.sqrt(np.where(den > 0, den, 1.0)), np.nan)
-            vals.append(np.where(ww > 0, c, 0.0).sum(1) / n)
+            vals.append((ww * np.where(ww > 0, c, 0.0)).sum(1) / n)  # each resampled copy counts
         points["cosine_mean_centered"][lang] = float(vals[0][0])
         # debiased CKA
         lg = [_WeightedGram(gy, ww) for ww in ws]
@@ -699,14 +699,29 @@ def decode_replicates(text: str, n_layers: int, n_resamples: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f2").astype(np.float64).reshape(n_layers, n_resamples)
 
 
-def _quantiles(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval per row of reps [L, B] ignoring NaN (NaN where a row has none)."""
-    q = [(1 - level) / 2, (1 + level) / 2]
+def bc_interval(reps: np.ndarray, est: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Bias-corrected percentile bootstrap interval (Efron 1987, "BC") per row of ``reps`` [L, B]
+    around the estimates ``est`` [L], ignoring NaN replicates (NaN where a row has none or its
+    estimate is NaN).
+
+    z0 = Phi^-1(share of replicates below the estimate, ties counting half), and the interval is the
+    replicates' quantiles at Phi(2 z0 -+ z_(1+level)/2). With z0 = 0 (replicates centred on the
+    estimate) it is the plain percentile interval; it moves with the replicates' bias (duplicated
+    items shift a refitted PC1's correlations upward, so plain percentile intervals can lie wholly
+    above the estimate); it contains the estimate unless fewer than (1 - level) / 2 of the replicates
+    fall on one side of it."""
+    from scipy.stats import norm
+
+    reps, est = np.atleast_2d(reps), np.atleast_1d(np.asarray(est, dtype=np.float64))
+    z = norm.ppf((1 + level) / 2)
     out = np.full((2, reps.shape[0]), np.nan)
     for i, row in enumerate(reps):
         row = row[np.isfinite(row)]
-        if row.size:
-            out[:, i] = np.quantile(row, q)
+        if not row.size or not np.isfinite(est[i]):
+            continue
+        share = (np.sum(row < est[i]) + 0.5 * np.sum(row == est[i])) / row.size
+        z0 = norm.ppf(np.clip(share, 0.5 / row.size, 1 - 0.5 / row.size))
+        out[:, i] = np.quantile(row, norm.cdf([2 * z0 - z, 2 * z0 + z]))
     return out[0], out[1]
 
 
@@ -829,7 +844,8 @@ def similarity_analysis(
         out["robust"] = {"method": robust, "per_language": {
             lang: {m: _json(pts["robust"][m][lang]) for m in INTERVAL_METRICS} for lang in langs}}
     if w is not None:
-        iv: dict = {"level": level, "method": "percentile bootstrap over items, resampled jointly in every language",
+        iv: dict = {"level": level, "method": "bias-corrected percentile bootstrap (BC) over items, resampled "
+                                              "jointly in every language",
                     "n_resamples": n_resamples, "seed": seed, "per_language": {}}
         enc: dict = {}
         for v in variants:
@@ -838,7 +854,7 @@ def similarity_analysis(
             for lang in others:
                 for m in INTERVAL_METRICS:
                     rr = reps[v][m][lang]
-                    lo, hi = _quantiles(rr, level)
+                    lo, hi = bc_interval(rr, pts[v][m][lang], level)
                     target.setdefault(lang, {})[m] = {"lo": _json(lo), "hi": _json(hi)}
                     enc[v][m][lang] = _encode(rr - pts[v][m][lang][:, None])
         out["intervals"] = iv
@@ -893,7 +909,7 @@ def similarity_change(base: Mapping, aligned: Mapping, level: float = 0.95, engl
                     ests.append(est)
                     rr.append(est[:, None] + decode_replicates(text, n_rows, n_res))
                 delta, drep = ests[1] - ests[0], rr[1] - rr[0]
-                lo, hi = _quantiles(drep, level)
+                lo, hi = bc_interval(drep, delta, level)
                 per[lang] = {"delta": _json(delta), "lo": _json(lo), "hi": _json(hi)}
                 deltas.append(delta)
                 dreps.append(drep)
@@ -902,8 +918,48 @@ def similarity_change(base: Mapping, aligned: Mapping, level: float = 0.95, engl
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
                     mean_delta, mean_reps = np.nanmean(deltas, axis=0), np.nanmean(dreps, axis=0)
-                lo, hi = _quantiles(mean_reps, level)
+                lo, hi = bc_interval(mean_reps, mean_delta, level)
                 entry["mean"] = {"delta": _json(mean_delta), "lo": _json(lo), "hi": _json(hi)}
             res[m] = entry
         out["variants"][v] = res
     return out
+
+
+def replicates(task: Mapping, variant: str, metric: str, lang: str) -> np.ndarray:
+    """One language's bootstrap replicates of ``metric`` from a task entry of similarity.json:
+    float64 [n_layers, n_resamples] (point estimate + stored deviation). ``variant``: "raw" or "robust"."""
+    boot = task.get("bootstrap")
+    if not boot:
+        raise AlignlensError("no bootstrap replicates (similarity.json of an older alignlens or --similarity-resamples 0)")
+    text = boot["replicates"].get(variant, {}).get(metric, {}).get(lang)
+    if text is None:
+        raise AlignlensError(f"no {variant} bootstrap replicates of {metric} for {lang}")
+    src = task["per_language"] if variant == "raw" else task["robust"]["per_language"]
+    est = np.array([np.nan if x is None else x for x in src[lang][metric]], dtype=np.float64)
+    return est[:, None] + decode_replicates(text, len(est), int(boot["plan"]["n_resamples"]))
+
+
+def summary_interval(
+    task: Mapping, variant: str, metric: str, langs: Sequence[str], rows: Sequence[int] | None = None,
+    level: float = 0.95, base: Mapping | None = None,
+) -> tuple[float, float, float]:
+    """(estimate, lo, hi) of ``metric`` averaged over ``langs`` and ``rows`` (default all), with the
+    `bc_interval` of the same average of each bootstrap replicate. With ``base`` (another
+    run's task entry with the same bootstrap plan), of the paired change task - base instead."""
+    def avg(t: Mapping) -> tuple[float, np.ndarray]:
+        src = t["per_language"] if variant == "raw" else t["robust"]["per_language"]
+        est = np.array([[np.nan if x is None else x for x in src[lang][metric]] for lang in langs], dtype=np.float64)
+        rep = np.stack([replicates(t, variant, metric, lang) for lang in langs])  # [langs, L, B]
+        sel = slice(None) if rows is None else list(rows)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmean(est[:, sel])), np.nanmean(rep[:, sel], axis=(0, 1))
+
+    if base is not None and base["bootstrap"]["plan"] != task["bootstrap"]["plan"]:
+        raise AlignlensError("the runs' bootstrap plans differ: their replicates do not pair up")
+    est, rep = avg(task)
+    if base is not None:
+        est_b, rep_b = avg(base)
+        est, rep = est - est_b, rep - rep_b
+    lo, hi = bc_interval(rep[None], np.array([est]), level)
+    return est, float(lo[0]), float(hi[0])
