@@ -263,16 +263,24 @@ def check_results(run_dir: Path) -> None:
 
 
 
+def _training_manifest(model_folder: Path) -> tuple[Path, dict | None]:
+    """(path, the JSON object) of a model folder's manifest.json; None when there is none."""
+    path = Path(model_folder) / "manifest.json"
+    if not path.is_file():
+        return path, None
+    m = read_json(path)
+    if not isinstance(m, dict):
+        _fail(path, "should be a JSON object")
+    return path, m
+
+
 def read_training(model_folder: Path) -> dict[str, Any]:
     """What an `alignlens train` output folder's manifest.json says about its training:
     {"trained_languages", "base_model", "alignment" (which data: `read_training_split`)} ({} for a
     folder without one). Analysis manifests record it under `model`."""
-    path = Path(model_folder) / "manifest.json"
-    if not path.is_file():
+    path, m = _training_manifest(model_folder)
+    if m is None:
         return {}
-    m = read_json(path)
-    if not isinstance(m, dict):
-        _fail(path, "should be a JSON object")
     data = m.get("data") if isinstance(m.get("data"), dict) else {}
     base = m.get("base_model") or m.get("model")
     return {"trained_languages": list(data.get("languages", [])),
@@ -290,12 +298,9 @@ def read_training_split(model_folder: Path) -> dict[str, Any]:
     an unreadable item list is an AlignlensError naming the file and the key."""
     from alignlens.config import parse_items
 
-    path = Path(model_folder) / "manifest.json"
-    if not path.is_file():
+    path, m = _training_manifest(model_folder)
+    if m is None:
         return {}
-    m = read_json(path)
-    if not isinstance(m, dict):
-        _fail(path, "should be a JSON object")
     data = m.get("data") if isinstance(m.get("data"), dict) else {}
     options = m.get("options") if isinstance(m.get("options"), dict) else {}
     section, where = (data, "data") if "task" in data else (options, "options")

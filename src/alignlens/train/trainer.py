@@ -197,13 +197,18 @@ def load_model_to_train(config: TrainConfig, model_spec: str, device: torch.devi
     """(the model in train mode, float32 on `device`, LoRA-wrapped unless `config.full`; its
     `base_model` description for the manifest, see `BASE_MODEL_KEYS`)."""
     model, _, info = load_hf(model_spec, device, torch.float32, tokenizer=tokenizer)
+    return _trainable(model, config), {k: info[k] for k in BASE_MODEL_KEYS}
+
+
+def _trainable(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """`model` LoRA-wrapped (or, with `config.full`, every parameter trainable), in train mode."""
     if not config.full:
         model = wrap_lora(model, config)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     model.train()
-    return model, {k: info[k] for k in BASE_MODEL_KEYS}
+    return model
 
 
 def load_model_to_shard(config: TrainConfig, model_spec: str, tokenizer: Any) -> tuple[torch.nn.Module, dict]:
@@ -222,13 +227,7 @@ def load_model_to_shard(config: TrainConfig, model_spec: str, tokenizer: Any) ->
         hf_config = AutoConfig.from_pretrained(base_info["path"] or base_info["spec"])
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    if not config.full:
-        model = wrap_lora(model, config)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    model.train()
-    return model, base_info
+    return _trainable(model, config), base_info
 
 
 def seed_all(seed: int) -> None:
