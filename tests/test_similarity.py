@@ -177,3 +177,24 @@ def test_report_errors():
     bad = dict(mean, de=mean["de"][:5])
     with pytest.raises(AlignlensError):
         similarity_report(bad, mean, [0])
+
+
+def test_analysis_keeps_the_report_measures_and_adds_the_paper_setting():
+    """similarity_analysis = similarity_report (same numbers when every language is in the PCA fit
+    set) plus debiased CKA and the format-2 parts; a subset fit set changes only pca_pearson."""
+    mean = _states()
+    last = {k: v[:, :, ::-1].copy() for k, v in mean.items()}
+    rep = similarity_report(mean, last, [0, -1])
+    ana = similarity.similarity_analysis(mean, last, [0, -1], n_resamples=0, robust="none")
+    assert ana["pca"]["fit_languages"] == ["en", "xx", "de", "sw"] and "intervals" not in ana and "robust" not in ana
+    assert ana["format"] == 2 and ana["pairwise"] == rep["pairwise"]
+    for lang in rep["languages"]:
+        for key, values in rep["per_language"][lang].items():
+            np.testing.assert_allclose(ana["per_language"][lang][key], values, atol=1e-12, err_msg=key)
+        for layer in range(3):
+            assert ana["per_language"][lang]["cka_mean_debiased"][layer] == pytest.approx(
+                similarity.linear_cka_debiased(mean["en"][:, layer], mean[lang][:, layer]), abs=1e-12)
+    sub = similarity_report(mean, last, [0], pca_languages=["en", "de"])
+    assert sub["per_language"]["de"]["cka_mean"] == rep["per_language"]["de"]["cka_mean"]
+    assert sub["per_language"]["sw"]["pca_pearson"] != rep["per_language"]["sw"]["pca_pearson"]
+    json.dumps(ana, allow_nan=False)

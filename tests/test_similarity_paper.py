@@ -322,36 +322,53 @@ def test_replicates_equal_direct_recomputation_on_resampled_items():
     assert points["cka_mean_debiased"]["de"] == pytest.approx(S.linear_cka_debiased(st["en"], st["de"]), rel=1e-10)
 
 
-def test_stored_replicates_and_paired_change():
-    langs = ["en", "de", "fr"]
-    base = _lang_states(langs, n=30, d=30, seed=5, noise={"de": 1.5, "fr": 1.5})
-    better = dict(base, de=base["en"] + 0.3 * (base["de"] - base["en"]))  # de much closer to English
-    as3 = lambda st: {l: np.stack([x, x + 0.1], axis=1) for l, x in st.items()}  # noqa: E731
-    ra = S.similarity_analysis(as3(base), as3(base), [0], n_resamples=400, seed=1)
-    rb = S.similarity_analysis(as3(better), as3(better), [0], n_resamples=400, seed=1)
-    # stored replicates: the estimate plus a float16 deviation
-    direct = S._layer_measures({l: base[l] for l in langs}, "en", langs, S.bootstrap_counts(30, 400, 1))[1]
-    stored = S.replicates(ra, "raw", "cosine_mean_centered", "de")
-    assert stored.shape == (2, 400)
-    np.testing.assert_allclose(stored[0], direct["cosine_mean_centered"]["de"], atol=2e-4)
-    same = S.similarity_change(ra, ra)
-    for m in S.INTERVAL_METRICS:
-        e = same["variants"]["raw"][m]["per_language"]["de"]
-        assert e["delta"] == [0.0, 0.0] and e["lo"] == [0.0, 0.0] and e["hi"] == [0.0, 0.0]
-    ch = S.similarity_change(ra, rb)
-    e = ch["variants"]["raw"]["cosine_mean_centered"]["per_language"]["de"]
-    assert e["delta"][0] > 0 and e["lo"][0] > 0  # the interval excludes 0
-    diff = S.replicates(rb, "raw", "cosine_mean_centered", "de") - S.replicates(ra, "raw", "cosine_mean_centered", "de")
-    # bias-corrected percentile interval of the paired replicate differences, computed here by hand
+def _bc_by_hand(reps: np.ndarray, est: float) -> tuple[float, float]:
     from scipy.stats import norm
 
-    z0 = norm.ppf(np.mean(diff[0] < e["delta"][0]) + 0.5 * np.mean(diff[0] == e["delta"][0]))
+    z0 = norm.ppf(np.mean(reps < est) + 0.5 * np.mean(reps == est))
     q = norm.cdf([2 * z0 - norm.ppf(0.975), 2 * z0 + norm.ppf(0.975)])
-    assert e["lo"][0] == pytest.approx(np.quantile(diff[0], q[0])) and e["hi"][0] == pytest.approx(np.quantile(diff[0], q[1]))
-    assert ch["variants"]["raw"]["pca_pearson"]["per_language"]["fr"]["lo"][0] < 0.02  # fr did not change
-    d, lo, hi = S.summary_interval(rb, "raw", "cosine_mean_centered", ["de"], base=ra)
+    return float(np.quantile(reps, q[0])), float(np.quantile(reps, q[1]))
+
+
+def test_stored_replicates_and_paired_change():
+    langs = ["en", "de", "fr", "zz"]
+    base = _lang_states(langs, n=30, d=30, seed=5, noise={"de": 1.5, "fr": 1.5, "zz": 1.5})
+    better = dict(base, de=base["en"] + 0.3 * (base["de"] - base["en"]))  # de much closer to English
+    as3 = lambda st: {l: np.stack([x, x + 0.1], axis=1) for l, x in st.items()}  # noqa: E731
+    fit = ["en", "de", "fr"]  # zz is projected: no stored per-language replicates, not in the PCA mean
+    ra = S.similarity_analysis(as3(base), as3(base), [0], n_resamples=400, seed=1, pca_languages=fit)
+    rb = S.similarity_analysis(as3(better), as3(better), [0], n_resamples=400, seed=1, pca_languages=fit)
+    assert ra["bootstrap"]["mean_languages"]["pca_pearson"] == ["de", "fr"]
+    assert ra["bootstrap"]["mean_languages"]["cosine_mean_centered"] == ["de", "fr", "zz"]
+    # stored replicates: the estimate plus a float16 deviation, against the full-precision ones
+    direct = S._layer_measures({l: base[l] for l in langs}, "en", fit, S.bootstrap_counts(30, 400, 1))[1]
+    stored = S.replicates(ra, "raw", "pca_pearson", "de")
+    assert stored.shape == (2, 400)
+    np.testing.assert_allclose(stored[0], direct["pca_pearson"]["de"], atol=2e-4)
+    mean_direct = np.mean([direct["cosine_mean_centered"][l] for l in ("de", "fr", "zz")], axis=0)
+    np.testing.assert_allclose(S.mean_replicates(ra, "raw", "cosine_mean_centered")[0], mean_direct, atol=2e-4)
+    with pytest.raises(AlignlensError, match="no raw bootstrap replicates of pca_pearson for zz"):
+        S.replicates(ra, "raw", "pca_pearson", "zz")
+    same = S.similarity_change(ra, ra)
+    for m in S.INTERVAL_METRICS:
+        e = same["variants"]["raw"][m]["mean"]
+        assert e["delta"] == [0.0, 0.0] and e["lo"] == [0.0, 0.0] and e["hi"] == [0.0, 0.0]
+    ch = S.similarity_change(ra, rb)
+    assert set(ch["variants"]["raw"]["pca_pearson"]["per_language"]) == {"de", "fr"}
+    e = ch["variants"]["raw"]["pca_pearson"]["per_language"]["de"]
+    assert e["delta"][0] > 0 and e["lo"][0] > 0  # the interval excludes 0
+    diff = S.replicates(rb, "raw", "pca_pearson", "de") - S.replicates(ra, "raw", "pca_pearson", "de")
+    lo, hi = _bc_by_hand(diff[0], e["delta"][0])
+    assert e["lo"][0] == pytest.approx(lo) and e["hi"][0] == pytest.approx(hi)
+    m = ch["variants"]["raw"]["cosine_mean_centered"]["mean"]
+    assert m["delta"][0] > 0 and m["lo"][0] > 0 and m["languages"] == ["de", "fr", "zz"]
+    mdiff = S.mean_replicates(rb, "raw", "cosine_mean_centered") - S.mean_replicates(ra, "raw", "cosine_mean_centered")
+    assert (m["lo"][0], m["hi"][0]) == pytest.approx(_bc_by_hand(mdiff[0], m["delta"][0]))
+    fr = ch["variants"]["raw"]["pca_pearson"]["per_language"]["fr"]
+    assert abs(fr["delta"][0]) < abs(e["delta"][0]) / 3  # fr did not move much
+    d, lo, hi = S.summary_interval(rb, "raw", "pca_pearson", ["de"], base=ra)
     assert d == pytest.approx(np.mean(e["delta"])) and lo > 0
-    other = S.similarity_analysis(as3(better), as3(better), [0], n_resamples=400, seed=2)
+    other = S.similarity_analysis(as3(better), as3(better), [0], n_resamples=400, seed=2, pca_languages=fit)
     with pytest.raises(AlignlensError, match="bootstrap plans differ"):
         S.similarity_change(ra, other)
 

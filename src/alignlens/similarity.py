@@ -758,8 +758,12 @@ def similarity_analysis(
     "outliers": per-row top dimensions and shares, flagged dimensions; "robust": {method,
     per_language.<lang>.<metric> [n_rows]}; "cka": estimator notes and min_items; "intervals":
     {level, n_resamples, per_language / robust: <lang>.<metric>.{lo, hi} [n_rows]} for the non-English
-    languages and `INTERVAL_METRICS`; "bootstrap": {plan, encoding, replicates.{raw, robust}.<metric>.<lang>}
-    (replicates minus the point estimate, for paired changes between runs: `similarity_change`).
+    languages and `INTERVAL_METRICS`, and "mean".{raw, robust}.<metric>.{estimate, lo, hi} of the mean
+    over languages; "bootstrap": {plan, encoding, mean_languages, replicates.{raw, robust}.{per_language.
+    pca_pearson.<lang>, mean.<metric>}}
+    (replicates minus the point estimate, for paired changes between runs: `similarity_change`; per
+    language only pca_pearson of the PCA languages, and every measure's mean over languages, which
+    "intervals.mean" also holds).
     """
     mean = _validate("similarity_analysis(mean_states)", mean_states)
     langs = list(mean)
@@ -847,36 +851,55 @@ def similarity_analysis(
         iv: dict = {"level": level, "method": "bias-corrected percentile bootstrap (BC) over items, resampled "
                                               "jointly in every language",
                     "n_resamples": n_resamples, "seed": seed, "per_language": {}}
+        mean_langs = {m: [lang for lang in (fit if m == "pca_pearson" else langs) if lang != english]
+                      for m in INTERVAL_METRICS}
         enc: dict = {}
         for v in variants:
             target = iv.setdefault("per_language" if v == "raw" else "robust", {})
-            enc[v] = {m: {} for m in INTERVAL_METRICS}
+            enc[v] = {"per_language": {"pca_pearson": {}}, "mean": {}}
             for lang in others:
                 for m in INTERVAL_METRICS:
                     rr = reps[v][m][lang]
                     lo, hi = bc_interval(rr, pts[v][m][lang], level)
                     target.setdefault(lang, {})[m] = {"lo": _json(lo), "hi": _json(hi)}
-                    enc[v][m][lang] = _encode(rr - pts[v][m][lang][:, None])
+                    if m == "pca_pearson" and lang in fit:
+                        enc[v]["per_language"][m][lang] = _encode(rr - pts[v][m][lang][:, None])
+            for m in INTERVAL_METRICS:  # the mean over languages, and its replicates
+                if not mean_langs[m]:
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
+                    est = np.nanmean([pts[v][m][lang] for lang in mean_langs[m]], axis=0)
+                    rr = np.nanmean([reps[v][m][lang] for lang in mean_langs[m]], axis=0)
+                lo, hi = bc_interval(rr, est, level)
+                iv.setdefault("mean", {}).setdefault(v, {})[m] = {"estimate": _json(est), "lo": _json(lo),
+                                                                  "hi": _json(hi)}
+                enc[v]["mean"][m] = _encode(rr - est[:, None])
         out["intervals"] = iv
         out["bootstrap"] = {"plan": {"generator": BOOTSTRAP_GENERATOR, "seed": seed, "n_items": int(n),
                                      "n_resamples": n_resamples},
                             "pca_refit": {"method": "PC1 refitted on every resample (Rayleigh-Ritz in the top axes, then "
                                                     "Davidson steps)", "tolerance": PCA_BOOT_TOL,
                                           "max_relative_residual": residual},
-                            "encoding": REPLICATE_ENCODING, "replicates": enc}
+                            "encoding": REPLICATE_ENCODING, "replicates": enc,
+                            "mean_languages": mean_langs,
+                            "stored": "per language: the paper's measure (pca_pearson) of the PCA languages; "
+                                      "every measure: the mean over mean_languages (as intervals.mean)"}
     return out
 
 
 def similarity_change(base: Mapping, aligned: Mapping, level: float = 0.95, english: str = "en") -> dict:
-    """Paired change aligned - base of every interval measure, from two runs' task entries of
-    similarity.json (`similarity_analysis` output on the same items).
+    """Paired change aligned - base, from two runs' task entries of similarity.json
+    (`similarity_analysis` output on the same items), of every measure whose replicates both store:
+    per language the paper's measure (pca_pearson) of the PCA languages, and the mean over languages
+    of every interval measure (when both runs average the same languages).
 
     Replicate b of the change is replicate b of ``aligned`` minus replicate b of ``base``: the same
-    resample of item indices in both (checked: equal bootstrap plans), so the interval is paired.
-    Returns {"level", "languages", "variants": {"raw"/"robust": {metric: {"per_language": {lang:
-    {"delta", "lo", "hi"} [n_rows]}, "mean": {"delta", "lo", "hi"}}}}}, where "mean" is the mean
-    over the languages (its replicates: the mean of theirs). AlignlensError when the runs cannot be
-    paired (no replicates, different plans, rows or robust methods)."""
+    resample of item indices in both (checked: equal bootstrap plans), so the interval (`bc_interval`
+    around the change of the estimates) is paired. Returns {"level", "languages", "variants":
+    {"raw"/"robust": {metric: {"per_language": {lang: {"delta", "lo", "hi"} [n_layers]}, "mean":
+    {"delta", "lo", "hi"}}}}}. AlignlensError when the runs cannot be paired (no replicates,
+    different plans, layers or pooling)."""
     for name, t in (("base", base), ("aligned", aligned)):
         if "bootstrap" not in t:
             raise AlignlensError(f"{name} run has no bootstrap replicates (similarity.json of an older alignlens "
@@ -888,41 +911,43 @@ def similarity_change(base: Mapping, aligned: Mapping, level: float = 0.95, engl
     if base.get("n_layers") != aligned.get("n_layers") or base.get("pooling") != aligned.get("pooling"):
         raise AlignlensError(f"the runs differ in layers ({base.get('n_layers')} vs {aligned.get('n_layers')}) or "
                              f"pooling ({base.get('pooling')} vs {aligned.get('pooling')})")
-    n_rows, n_res = int(base["n_layers"]), int(pa["n_resamples"])
-    langs = [lang for lang in base["languages"] if lang in aligned["languages"] and lang != english]
-    out: dict = {"level": level, "languages": langs, "variants": {}}
+    out: dict = {"level": level, "languages": [], "variants": {}}
     variants = ["raw"]
     if "robust" in base and "robust" in aligned and base["robust"]["method"] == aligned["robust"]["method"]:
         variants.append("robust")
     for v in variants:
         res: dict = {}
         for m in INTERVAL_METRICS:
-            deltas, dreps, per = [], [], {}
-            for lang in langs:
-                ests, rr = [], []
-                for t in (base, aligned):
-                    src = t["per_language"] if v == "raw" else t["robust"]["per_language"]
-                    est = np.array([np.nan if x is None else x for x in src[lang][m]], dtype=np.float64)
-                    text = t["bootstrap"]["replicates"].get(v, {}).get(m, {}).get(lang)
-                    if text is None:
-                        raise AlignlensError(f"no {v} bootstrap replicates of {m} for {lang}")
-                    ests.append(est)
-                    rr.append(est[:, None] + decode_replicates(text, n_rows, n_res))
-                delta, drep = ests[1] - ests[0], rr[1] - rr[0]
-                lo, hi = bc_interval(drep, delta, level)
-                per[lang] = {"delta": _json(delta), "lo": _json(lo), "hi": _json(hi)}
-                deltas.append(delta)
-                dreps.append(drep)
-            entry: dict = {"per_language": per}
-            if langs:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
-                    mean_delta, mean_reps = np.nanmean(deltas, axis=0), np.nanmean(dreps, axis=0)
-                lo, hi = bc_interval(mean_reps, mean_delta, level)
-                entry["mean"] = {"delta": _json(mean_delta), "lo": _json(lo), "hi": _json(hi)}
-            res[m] = entry
+            entry: dict = {"per_language": {}}
+            stored = [set(t["bootstrap"]["replicates"].get(v, {}).get("per_language", {}).get(m, {})) for t in (base, aligned)]
+            for lang in [lang for lang in base["languages"] if lang in stored[0] & stored[1] and lang != english]:
+                est = [_estimate(t, v, m, lang) for t in (base, aligned)]
+                delta = est[1] - est[0]
+                lo, hi = bc_interval(replicates(aligned, v, m, lang) - replicates(base, v, m, lang), delta, level)
+                entry["per_language"][lang] = {"delta": _json(delta), "lo": _json(lo), "hi": _json(hi)}
+                out["languages"] += [lang] if lang not in out["languages"] else []
+            same_langs = (base["bootstrap"].get("mean_languages", {}).get(m)
+                          == aligned["bootstrap"].get("mean_languages", {}).get(m))
+            if same_langs and all(m in t["bootstrap"]["replicates"].get(v, {}).get("mean", {}) for t in (base, aligned)):
+                est = [arr_of(t["intervals"]["mean"][v][m]["estimate"]) for t in (base, aligned)]
+                delta = est[1] - est[0]
+                lo, hi = bc_interval(mean_replicates(aligned, v, m) - mean_replicates(base, v, m), delta, level)
+                entry["mean"] = {"delta": _json(delta), "lo": _json(lo), "hi": _json(hi),
+                                 "languages": list(base["bootstrap"]["mean_languages"][m])}
+            if entry["per_language"] or "mean" in entry:
+                res[m] = entry
         out["variants"][v] = res
     return out
+
+
+def arr_of(values: Sequence) -> np.ndarray:
+    """A JSON list of numbers / null as float64 (null -> NaN)."""
+    return np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+
+
+def _estimate(task: Mapping, variant: str, metric: str, lang: str) -> np.ndarray:
+    src = task["per_language"] if variant == "raw" else task["robust"]["per_language"]
+    return arr_of(src[lang][metric])
 
 
 def replicates(task: Mapping, variant: str, metric: str, lang: str) -> np.ndarray:
@@ -931,11 +956,21 @@ def replicates(task: Mapping, variant: str, metric: str, lang: str) -> np.ndarra
     boot = task.get("bootstrap")
     if not boot:
         raise AlignlensError("no bootstrap replicates (similarity.json of an older alignlens or --similarity-resamples 0)")
-    text = boot["replicates"].get(variant, {}).get(metric, {}).get(lang)
+    text = boot["replicates"].get(variant, {}).get("per_language", {}).get(metric, {}).get(lang)
     if text is None:
-        raise AlignlensError(f"no {variant} bootstrap replicates of {metric} for {lang}")
-    src = task["per_language"] if variant == "raw" else task["robust"]["per_language"]
-    est = np.array([np.nan if x is None else x for x in src[lang][metric]], dtype=np.float64)
+        raise AlignlensError(f"no {variant} bootstrap replicates of {metric} for {lang} (stored: {boot.get('stored')})")
+    est = _estimate(task, variant, metric, lang)
+    return est[:, None] + decode_replicates(text, len(est), int(boot["plan"]["n_resamples"]))
+
+
+def mean_replicates(task: Mapping, variant: str, metric: str) -> np.ndarray:
+    """Bootstrap replicates [n_layers, n_resamples] of ``metric``'s mean over the task's
+    ``bootstrap.mean_languages`` (as ``intervals.mean``)."""
+    boot = task.get("bootstrap")
+    text = (boot or {}).get("replicates", {}).get(variant, {}).get("mean", {}).get(metric)
+    if text is None:
+        raise AlignlensError(f"no {variant} bootstrap replicates of the mean {metric}")
+    est = arr_of(task["intervals"]["mean"][variant][metric]["estimate"])
     return est[:, None] + decode_replicates(text, len(est), int(boot["plan"]["n_resamples"]))
 
 
@@ -947,8 +982,7 @@ def summary_interval(
     `bc_interval` of the same average of each bootstrap replicate. With ``base`` (another
     run's task entry with the same bootstrap plan), of the paired change task - base instead."""
     def avg(t: Mapping) -> tuple[float, np.ndarray]:
-        src = t["per_language"] if variant == "raw" else t["robust"]["per_language"]
-        est = np.array([[np.nan if x is None else x for x in src[lang][metric]] for lang in langs], dtype=np.float64)
+        est = np.stack([_estimate(t, variant, metric, lang) for lang in langs])
         rep = np.stack([replicates(t, variant, metric, lang) for lang in langs])  # [langs, L, B]
         sel = slice(None) if rows is None else list(rows)
         with warnings.catch_warnings():

@@ -512,9 +512,6 @@ def _draw_outliers(runs: Runs, task: str, tdicts: list[dict]):
 
 
 def _draw_intervals(runs: Runs, task: str, tdicts: list[dict], change: dict | None, why: str):
-    from alignlens import AlignlensError
-    from alignlens.similarity import bc_interval, replicates
-
     idx = [i for i, t in enumerate(tdicts) if _v2(t) and t.get("intervals")]
     ref = tdicts[idx[0]]
     cols = ["runs"] + (["diff"] if change else [])
@@ -532,16 +529,10 @@ def _draw_intervals(runs: Runs, task: str, tdicts: list[dict], change: dict | No
             ax = fig.add_subplot(gs[mi, ci])
             if col == "runs":
                 for i in idx:
-                    t = tdicts[i]
-                    langs = _fit_others(t) if m == "pca_pearson" else [l for l in t["per_language"] if l != "en"]
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", RuntimeWarning)  # a layer where every value is NaN
-                            est = np.nanmean([_series(t, "raw", l, m)[0] for l in langs], axis=0)
-                            rep = np.nanmean([replicates(t, "raw", m, l) for l in langs], axis=0)
-                    except (AlignlensError, ValueError, KeyError):
+                    e = tdicts[i]["intervals"].get("mean", {}).get("raw", {}).get(m)
+                    if not e:
                         continue
-                    lo, hi = bc_interval(rep, est)
+                    est, lo, hi = (arr(e[k]) for k in ("estimate", "lo", "hi"))
                     xs = runs.layer_x(len(est))
                     role = runs.roles[i]
                     ax.fill_between(xs, lo, hi, color=COLOR[role], alpha=0.18, lw=0)
@@ -549,7 +540,7 @@ def _draw_intervals(runs: Runs, task: str, tdicts: list[dict], change: dict | No
                 if mi == 0:
                     ax.legend(fontsize=7, frameon=False)
             else:
-                e = change["variants"]["raw"][m].get("mean")
+                e = change["variants"]["raw"].get(m, {}).get("mean")
                 if e:
                     mu, lo, hi = (arr(e[k]) for k in ("delta", "lo", "hi"))
                     xs = runs.layer_x(len(mu))
