@@ -103,10 +103,31 @@ def status(message: str):
 
 
 def _load(spec: str, device: str, dtype: str, device_map: Optional[str] = None, max_memory: Optional[str] = None):
+    from alignlens.distributed import is_main
     from alignlens.model import load_model
 
+    if not is_main():  # under torchrun only rank 0 talks
+        return load_model(spec, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory)
     with status(f"loading model {spec}..."):
         return load_model(spec, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory)
+
+
+@contextmanager
+def _process_group(device: str):
+    """Under torchrun (WORLD_SIZE > 1): join the group (gloo on CPU, nccl on this rank's GPU) for
+    the block and yield this process's `World`; alone: rank 0 of 1, nothing started."""
+    from alignlens.distributed import process_group, rank_device
+    from alignlens.model import resolve_device
+
+    with process_group(rank_device(resolve_device(device))) as world:
+        yield world
+
+
+def _progress_for(world):
+    """The progress bar on rank 0; nothing on the other ranks."""
+    from contextlib import nullcontext
+
+    return progress_bar() if world.is_main else nullcontext(None)
 
 
 def print_accuracy_table(summary: dict, title: str = "accuracy", trained: list[str] | None = None) -> None:
@@ -194,9 +215,12 @@ def eval_cmd(
     _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
     if out is not None:
         OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
-    m = _load(model, device, dtype, device_map, max_memory)
-    with progress_bar() as progress:
-        summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
+    with _process_group(device) as world:
+        m = _load(model, device, dtype, device_map, max_memory)
+        with _progress_for(world) as progress:
+            summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
+    if not world.is_main:
+        return
     print_accuracy_table(summary, f"accuracy — {model}", m.info.get("trained_languages"))
     if out is not None:
         console.print(f"wrote {out}/predictions.jsonl, summary.json, manifest.json")
@@ -279,11 +303,13 @@ def analyze_cmd(
     )
     _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype, device_map, max_memory)
     t0 = time.time()
-    with progress_bar() as progress:
+    with _process_group(device) as world, _progress_for(world) as progress:
         res = analyze(cfg, model, compare, out, force=force, resume=resume, device=device, dtype=dtype, report=report,
-                      device_map=device_map, max_memory=max_memory,
-                      progress=progress, command=_command_line(), log=lambda s: console.print(f"[dim]{s}[/dim]"),
-                      report_progress=report_progress())
+                      device_map=device_map, max_memory=max_memory, progress=progress, command=_command_line(),
+                      log=(lambda s: console.print(f"[dim]{s}[/dim]")) if world.is_main else (lambda s: None),
+                      report_progress=report_progress() if world.is_main else None)
+    if not world.is_main:
+        return
     if compare:
         print_comparison_table(res["runs"]["base"], res["runs"]["aligned"], res["trained_languages"],
                                f"accuracy — base: {model}, aligned: {compare}")

@@ -14,6 +14,9 @@ no-op for one process: rank 0 of 1, `is_main()` is True, reductions return their
   backend chooses the order of the additions, so with more than two ranks the last bits may
   depend on it), `exact_float_sums` (each value comes from exactly one rank: exact), `max_int`,
   `any_flag`, `gather_objects`, `broadcast_object`.
+- Data parallelism: `assign_batches(costs, size)` (whole batches of one global plan, balanced by
+  padded tokens, deterministic) and `my_batches(costs)` (this rank's; `engine.score_prompts`'s
+  `select_batches`).
 - Failure handling: `agree(fn)` runs `fn` on every rank and makes a failure on one rank a
   failure on all (no rank waits forever in a later collective); `on_main(fn)` runs `fn` on rank 0
   only while the others wait, and raises on every rank when it failed.
@@ -288,3 +291,28 @@ def on_main(fn: Callable[[], T]) -> T | None:
         raise err
     _raise_for([failure])
     return result
+
+
+# ---- data parallelism: whole batches of one global plan ---------------------------------------
+
+
+def assign_batches(costs: Sequence[int], size: int) -> list[int]:
+    """The rank of each batch, balanced by cost (padded tokens): the largest batch first (ties: plan
+    order) goes to the least-loaded rank (ties: the lower rank). Deterministic, so every rank
+    computes the same assignment; with fewer batches than ranks some ranks get none."""
+    load = [0] * size
+    owner = [0] * len(costs)
+    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        r = min(range(size), key=lambda r: (load[r], r))
+        owner[j] = r
+        load[r] += costs[j]
+    return owner
+
+
+def my_batches(costs: Sequence[int]) -> list[int]:
+    """The batches this rank runs (`assign_batches` over the running group; all of them alone).
+    Pass as `engine.score_prompts(select_batches=...)`."""
+    w = world()
+    if not w.distributed:
+        return list(range(len(costs)))
+    return [j for j, r in enumerate(assign_batches(costs, w.size)) if r == w.rank]

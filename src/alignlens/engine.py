@@ -207,6 +207,7 @@ def score_prompts(
     on_batch_done: Callable[[int], None] | None = None,
     item_ids: Sequence[int] | None = None,
     where: str = "",
+    select_batches: Callable[[list[int]], Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Next-token probability mass of each label set after each prompt `prefix + query`.
 
@@ -215,6 +216,11 @@ def score_prompts(
     steer. `probes` hook each query batch (and, with `prefix_hooks`, the prefix pass; see `Probe`),
     after the `fwd_hooks`.
     `on_batch_done(n)` is told the number of queries each finished batch scored.
+
+    `select_batches(costs)`: data parallelism. The plan (shared-prefix length over all queries,
+    length-sorted order, batches) is always the whole call's; given each planned batch's cost
+    (padded query tokens) it returns the indices of the batches this call runs. The rows of the
+    other batches stay 0 and probes never see them; the prefix pass always runs.
 
     A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
     writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
@@ -231,14 +237,19 @@ def score_prompts(
     out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
     order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    planned = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    run = range(len(planned))
+    if select_batches is not None:
+        costs = [len(b) * max(len(full[i]) - k for i in b) for b in planned]
+        run = sorted(set(int(j) for j in select_batches(costs)))
     with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
         cache = None
         if k > 0:
             prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
             with model.bridge.hooks(fwd_hooks=prefix_hooks):
                 cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for j in run:
+            rows = planned[j]
             ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)
             batch = SuffixBatch(list(rows), mask.bool(), mask.sum(1) - 1, [ids_of[i] for i in rows], where)
             with model.bridge.hooks(fwd_hooks=[h for p in probes for h in p.hooks(batch)]):

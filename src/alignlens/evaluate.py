@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignlens import data
+from alignlens import data, distributed
 from alignlens.config import EvalConfig  # noqa: F401  (re-exported)
 from alignlens.engine import Hook, Probe, score_prompts
 from alignlens.labels import label_sets
@@ -65,14 +65,33 @@ def evaluate_language(
 ) -> LanguageResult:
     """Score `items` of one task and language (NumericalError naming them if a probability is NaN/inf).
 
-    `fwd_hooks` apply to every forward pass, `probes` to each batch of queries (`engine.score_prompts`)."""
+    `fwd_hooks` apply to every forward pass, `probes` to each batch of queries (`engine.score_prompts`).
+    Under torchrun (a running process group) every rank plans the same batches and runs its own
+    whole batches (`distributed.my_batches`); the probabilities are then summed over ranks, each
+    row from the one rank that computed it (exact), so every rank returns the full result. Probes
+    see only this rank's batches (merge them afterwards, e.g. `pipeline.gather_capture`). Every rank
+    must call it (collective); a failure on one rank stops all."""
     queries = [spec.prompts[lang].query_template.format(**it.fields) for it in items]
     where = f"task {spec.name}, language {lang}"
-    probs = score_prompts(
+    parallel = distributed.world().distributed
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if on_batch_done is not None:
+            on_batch_done(n)
+
+    probs = distributed.agree(lambda: score_prompts(
         model, data.prompt_prefix(spec, lang), queries, label_sets(model.tokenizer, spec.labels, where),
         batch_size=batch_size, prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, probes=probes,
-        on_batch_done=on_batch_done, item_ids=[it.index for it in items], where=where,
-    )
+        on_batch_done=advance, item_ids=[it.index for it in items], where=where,
+        select_batches=distributed.my_batches if parallel else None,
+    ))
+    if parallel:
+        probs = torch.tensor(distributed.exact_float_sums(probs.flatten().tolist()),
+                             dtype=torch.float64).reshape(probs.shape)
+        if on_batch_done is not None and len(items) > done[0]:
+            on_batch_done(len(items) - done[0])  # the other ranks' rows
     gold = [spec.labels.index(it.label) for it in items]
     return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy(),
                           content_free_probs(model, spec, lang, batch_size, prefix_cache, fwd_hooks))
@@ -179,23 +198,30 @@ def evaluate(model: LoadedModel, config: EvalConfig, out_dir: str | Path | None 
     """Run an evaluation; write its files to `out_dir` when given. Returns the summary dict.
 
     The output folder is checked before any work; with `force`, only alignlens's own files there
-    are replaced, and only once the new ones are complete."""
+    are replaced, and only once the new ones are complete. Under torchrun every rank evaluates its
+    share (`evaluate_language`) and rank 0 alone writes (the manifest records `world_size`); every
+    rank returns the summary."""
     folder = OutputFolder(out_dir, EVAL_FILES, force) if out_dir is not None else None
     if folder is not None:
-        folder.check()
+        distributed.agree(folder.check)
     torch.manual_seed(config.seed)
     started = now_iso()
     results = run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks)
     if folder is None:
         return summarize(results, config.bootstrap_resamples, config.seed)
-    stage = folder.begin()
-    try:
-        summary = write_eval(stage, results, make_manifest(model, config, command=command, started=started), config)
-        folder.commit()
-    except BaseException:
-        folder.abort()
-        raise
-    return summary
+
+    def write() -> dict:
+        stage = folder.begin()
+        try:
+            manifest = make_manifest(model, config, command=command, started=started,
+                                     extra={"world_size": distributed.world().size})
+            summary = write_eval(stage, results, manifest, config)
+            folder.commit()
+        except BaseException:
+            folder.abort()
+            raise
+        return summary
+    return distributed.broadcast_object(distributed.on_main(write))
 
 
 def accuracy_table(summary: dict) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from alignlens import AlignlensError, RunInterrupted, data
+from alignlens import AlignlensError, RunInterrupted, data, distributed
 from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_hooks
-from alignlens.capture.reducers import ActivationCounter
+from alignlens.capture.reducers import ActivationCounter, RowStore
 from alignlens.capture.shards import load_shard, save_shard, shard_path
 from alignlens.config import AnalyzeConfig, check_rows
 from alignlens.engine import score_prompts
@@ -67,9 +67,33 @@ def _capture_pass(model: LoadedModel, spec: data.TaskSpec, lang: str, items: lis
     from the evaluation pass; no content-free queries)."""
     where = f"task {spec.name}, language {lang} (capture pass, target-label prompts)"
     queries = [spec.prompts[lang].query_template.format(**it.fields) for it in items]
-    score_prompts(model, data.prompt_prefix(spec, lang), queries, label_sets(model.tokenizer, spec.labels, where),
-                  batch_size=batch_size, fwd_hooks=fwd_hooks, probes=[capturer], on_batch_done=on_batch_done,
-                  item_ids=[it.index for it in items], where=where)
+    parallel = distributed.world().distributed  # this rank's whole batches of the one plan (see evaluate_language)
+    distributed.agree(lambda: score_prompts(
+        model, data.prompt_prefix(spec, lang), queries, label_sets(model.tokenizer, spec.labels, where),
+        batch_size=batch_size, fwd_hooks=fwd_hooks, probes=[capturer], on_batch_done=on_batch_done,
+        item_ids=[it.index for it in items], where=where, select_batches=distributed.my_batches if parallel else None))
+
+
+def gather_capture(cap: LanguageCapture) -> LanguageCapture:
+    """Under torchrun: every rank's part of one (task, language) capture, merged on every rank
+    (collective). Per-item rows (`RowStore`s, keyed by the item's position) are gathered and
+    united: each row was computed by exactly one rank, so the merged store equals one process's.
+    The neuron counts (int64) are summed over ranks: exact in any order. Alone: `cap` as is."""
+    if not distributed.world().distributed:
+        return cap
+    stores = {f.name: getattr(cap, f.name) for f in dataclasses.fields(cap) if isinstance(getattr(cap, f.name), RowStore)}
+    parts = distributed.gather_objects({name: st.state_dict() for name, st in stores.items()})
+    for name, st in stores.items():
+        merged = RowStore(st.dtype)
+        for part in parts:
+            merged.merge(RowStore.from_state_dict(part[name], st.dtype))
+        setattr(cap, name, merged)
+    counter = cap.neurons
+    counts = distributed.sum_ints(counter.counts.flatten().tolist())
+    n_tokens = distributed.sum_ints(counter.n_tokens_per_layer.tolist())
+    counter.counts = torch.tensor(counts, dtype=torch.int64).reshape(counter.counts.shape)
+    counter.n_tokens_per_layer = torch.tensor(n_tokens, dtype=torch.int64)
+    return cap
 
 
 def check_lens_prompts(config: AnalyzeConfig) -> None:
@@ -104,7 +128,8 @@ def capture_run(
     results, captures = [], {}
     for spec, lang, items, cap_spec in plan:
         path = shard_path(shard_dir, spec.name, lang) if shard_dir is not None else None
-        if path is not None and path.is_file():
+        # rank 0's view of the saved shards decides for every rank (it alone writes them)
+        if path is not None and distributed.broadcast_object(path.is_file()):
             result, cap = load_shard(path)
             if result.indices != [it.index for it in items]:
                 raise AlignlensError(f"{path}: saved items differ from this run's (other --limit?); use --force")
@@ -123,9 +148,9 @@ def capture_run(
             )
             if cap_spec is not None:  # the capture pass: same items, target-label demonstrations
                 _capture_pass(model, cap_spec, lang, items, capturer, config.batch_size, fwd_hooks, done)
-            cap = capturer.capture
+            cap = gather_capture(capturer.capture)
             if path is not None:
-                save_shard(shard_dir, result, cap)
+                distributed.on_main(lambda: save_shard(shard_dir, result, cap))
         results.append(result)
         captures[(spec.name, lang)] = cap
     return results, captures
@@ -212,23 +237,29 @@ def analyze_model(
     """Evaluate, capture and analyse one model into `run_dir` (which must exist). Returns the summary.
 
     A manifest marked `"status": "running"` is written first, so `--resume` can check that it
-    continues the same model and options; the final manifest replaces it."""
+    continues the same model and options; the final manifest replaces it. Under torchrun every rank
+    captures its whole batches (`capture_run`), rank 0 alone analyses and writes (the manifest
+    records `world_size`); every rank returns the summary (collective)."""
     started = now_iso()
     t0 = time.time()
     check_rows(config.pair_layers, model.n_layers)
     check_rows(config.scatter_layers, model.n_layers, "--scatter-layers")
     torch.manual_seed(config.seed)
     manifest = make_manifest(model, config.eval_config(), command=command, started=started,
-                             extra={"options": config.to_dict(), **(extra_manifest or {})})
-    write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None})
+                             extra={"options": config.to_dict(), **(extra_manifest or {}),
+                                    "world_size": distributed.world().size})
+    distributed.on_main(lambda: write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None}))
     shard_dir = run_dir / "activations" if config.save_activations else None
     results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
     t_capture = time.time() - t0
-    out = run_analyses(results, captures, config)
-    write_analysis_files(run_dir, out["similarity"], out["logit_lens"], out["neurons"], out["neuron_tensors"])
-    manifest = {**manifest, "status": "finished", "finished": now_iso(),
-                "timing_s": {"capture": round(t_capture, 1), "total": round(time.time() - t0, 1)}}
-    return write_eval(run_dir, results, manifest, config.eval_config())
+
+    def finish() -> dict:
+        out = run_analyses(results, captures, config)
+        write_analysis_files(run_dir, out["similarity"], out["logit_lens"], out["neurons"], out["neuron_tensors"])
+        final = {**manifest, "status": "finished", "finished": now_iso(),
+                 "timing_s": {"capture": round(t_capture, 1), "total": round(time.time() - t0, 1)}}
+        return write_eval(run_dir, results, final, config.eval_config())
+    return distributed.broadcast_object(distributed.on_main(finish))
 
 
 def check_resume(run_dir: Path, spec: str, config: AnalyzeConfig) -> dict | None:
@@ -294,28 +325,32 @@ def analyze(
         config = dataclasses.replace(config, save_activations=True)
         saved = {name: check_resume(out / name, spec, config) for name, spec in specs}
         stage = out
-    else:
-        stage = folder.begin()
+    else:  # under torchrun rank 0 alone prepares the folder; the others learn where it is
+        stage = distributed.broadcast_object(distributed.on_main(folder.begin))
     state = {"role": None}
     try:
         summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state,
                                             placement={"device_map": device_map, "max_memory": max_memory})
-        if compare:
-            write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
-        state["role"] = "report"
-        report_path = None
-        if report:
-            from alignlens.report import render_report
 
-            log("rendering report")
-            render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
-                          **({"progress": report_progress} if report_progress else {}))
-            report_path = out / "report.pdf"
-        folder.commit()
+        def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
+            if compare:
+                write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
+            state["role"] = "report"
+            report_path = None
+            if report:
+                from alignlens.report import render_report
+
+                log("rendering report")
+                render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
+                              **({"progress": report_progress} if report_progress else {}))
+                report_path = out / "report.pdf"
+            folder.commit()
+            return report_path
+        report_path = distributed.broadcast_object(distributed.on_main(finish))
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
     except BaseException:
-        if stage != out:
+        if stage != out and distributed.is_main():
             folder.abort()
         raise
     return {"runs": summaries, "report": report_path, "trained_languages": trained}
@@ -330,7 +365,7 @@ def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: P
     for name, spec in specs:
         state["role"] = name
         run_dir = stage / name
-        run_dir.mkdir(exist_ok=True)
+        distributed.on_main(lambda: run_dir.mkdir(exist_ok=True))
         log(f"loading {spec}")
         m = load_model(spec, device=device, dtype=dtype, **(placement or {}))
         _check_resume_model(saved.get(name), m, run_dir)
