@@ -491,3 +491,32 @@ def test_report_pages_tables_and_summary(tmp_path):
     summary = (tables / "summary.txt").read_text(encoding="utf-8")
     assert "The paper's PCA similarity, emotion" in summary and "paired bootstrap over items" in summary
     assert "debiased" in summary and "Outlier dimensions" in summary
+
+
+@pytest.mark.integration
+def test_gemma_pooling_and_outlier_dimension(gemma):
+    """On the real Gemma: the prompt-pooled states (KV-cache path) equal a plain forward pass, the
+    embedding row carries Gemma's sqrt(d_model) scaling, and one residual dimension holds most of the
+    pooled states' squared norm (the issue's 78-96%), which the outlier report flags."""
+    from alignlens.capture.capturer import Capturer
+    from alignlens.evaluate import evaluate_language
+
+    spec = data.load_task("emotion")
+    caps = {}
+    for lang in ("en", "de"):
+        items = data.load_items(spec, lang, 3)
+        cap = Capturer(gemma, spec, lang)
+        evaluate_language(gemma, spec, lang, items, batch_size=3, probes=[cap])
+        caps[lang] = cap.capture
+        if lang == "de":
+            for i, it in enumerate(items):
+                rows, _, ids = _reference_rows(gemma, data.build_prompt(spec, lang, it))
+                assert _close(cap.capture.pooled("prompt")[i], rows.mean(1)) <= 1e-5
+                assert _close(cap.capture.pooled("last")[i], rows[:, -1]) <= 1e-5
+                emb = gemma.hf_model.model.embed_tokens.weight[ids].double() * math.sqrt(gemma.d_model)
+                assert _close(cap.capture.pooled("prompt")[i, 0], emb.mean(0)) <= 1e-5
+    states = {l: c.pooled("prompt").numpy() for l, c in caps.items()}
+    shares = [S.outlier_dimensions([s[:, row] for s in states.values()]) for row in range(gemma.n_layers + 1)]
+    big = [o for o in shares[1:] if o["top_shares"][0] > 0.75]
+    assert len(big) >= gemma.n_layers // 2  # most layers: one dimension holds > 75% of the squared norm
+    assert all(o["top_dims"][0] in o["flagged"] for o in big)
