@@ -285,7 +285,7 @@ def analyze_cmd(
     device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
-    """The main job: evaluation, one capture pass and all analyses (logit lens, representation
+    """The main job: an evaluation pass, a capture pass and all analyses (logit lens, representation
     similarity, language-specific neurons) for a model and optionally a second one, then a PDF report.
 
     Writes OUT/base (and OUT/aligned): predictions.jsonl, summary.json, similarity.json,

@@ -167,7 +167,7 @@ def test_resume_refuses_other_model_or_options(tiny_folder, tmp_path):
 def test_interrupted_analyze_says_what_was_kept_and_resumes(tiny_folder, tmp_path, sig, code):
     out = tmp_path / "a"
     args = ["analyze", "--model", str(tiny_folder), "--tasks", "snli,emotion,paws", "--limit", "30", "--no-report",
-            "--save-activations", "--out", str(out)]
+            "--save-activations", "--lens-prompts", "english-labels", "--out", str(out)]  # one pass: this tests resuming
     proc = subprocess.Popen([sys.executable, "-m", "alignlens.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -25,7 +25,7 @@ def _brute_force_sentencepiece(tokenizer, word):
         if body and word.startswith(body) and not body.startswith("▁"):
             out.add(i)
     first = f"<0x{word.encode()[0]:02X}>"
-    if first in tokenizer.get_vocab():
+    if ord(word[0]) >= 128 and first in tokenizer.get_vocab():  # the paper adds it for a non-ASCII first character only
         out.add(tokenizer.get_vocab()[first])
     return sorted(out)
 
