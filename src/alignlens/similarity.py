@@ -6,12 +6,22 @@ English with every language by:
 
 * mean per-item cosine similarity (raw, and after centring each language by its own
   mean over items at that layer);
-* the paper's measure (Zhang et al. 2024): PCA with one component fitted jointly on all
-  languages' states at that layer, then the Pearson r between English items' scores and
-  the language's items' scores (depends on the set of languages passed in);
-* linear CKA (Kornblith et al. 2019), on the centred ``n_items x d_model`` matrices;
+* the paper's measure (Zhang et al. 2024): PCA with one component fitted jointly on a set
+  of languages' states at that layer (all, or the paper's en de fr hi th sw ms; the others
+  projected), then the Pearson r between English items' scores and the language's items' scores;
+* linear CKA (Kornblith et al. 2019), on the centred ``n_items x d_model`` matrices, biased
+  (HSIC_0, pushed towards 1 when items are few compared with dimensions) and debiased
+  (unbiased HSIC, Song et al. 2012);
 * parallel-item retrieval accuracy: fraction of English items whose translation is the
   nearest neighbour by (raw) cosine among that language's items.
+
+`similarity_analysis` (what `alignlens analyze` writes) adds the paper's setting (fit languages,
+2-D scatter), the residual dimensions that hold most of the states' squared norm and a robust
+variant without them (or standardised), and paired bootstrap intervals over items: one resample
+plan of item indices for every language and run (`bootstrap_counts`), every measure recomputed on
+each resample (PC1 refitted exactly; unbiased HSIC over the resample's distinct items), bias-
+corrected percentile intervals (`bc_interval`), and stored replicates so two runs' changes get
+paired intervals (`similarity_change`).
 
 NaN (e.g. a zero-variance input) is reported as ``None`` in the JSON report.
 """
