@@ -158,8 +158,10 @@ def test_gemma_label_sets_and_bos(gemma):
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert gemma.info["tokenizer_prepends_bos"] is True
     names = set(tok.convert_ids_to_tokens(label_token_ids(tok, "neutral")))
-    assert {"neutral", "▁neutral", "n", "▁n", "<0x6E>"} <= names
-    assert all(n.lstrip("▁") and "neutral".startswith(n.lstrip("▁")) or n == "<0x6E>" for n in names)
+    # the paper's rule: the byte-fallback token only for a non-ASCII first character (issue 12)
+    assert {"neutral", "▁neutral", "n", "▁n"} <= names and "<0x6E>" not in names
+    assert all(n.lstrip("▁") and "neutral".startswith(n.lstrip("▁")) for n in names)
+    assert "<0xE7>" in set(tok.convert_ids_to_tokens(label_token_ids(tok, "积极")))  # 积 = E7 A7 AF
 
 
 @pytest.mark.integration
