@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from alignlens import data
@@ -116,3 +117,22 @@ def save_tiny_base(folder: str | Path, arch: str = "gemma3", seed: int = 0, voca
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# ---- pytest fixtures shared by the training tests (import them into a test module to use them) ----
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread (and the machine is shared); autouse in
+    the modules that import it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A tiny random gemma3 base model folder (`save_tiny_base`), one per test module."""
+    return str(save_tiny_base(tmp_path_factory.mktemp("tiny") / "gemma3", "gemma3", seed=0))

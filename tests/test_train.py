@@ -12,7 +12,7 @@ from alignlens import AlignlensError
 from alignlens.train import PRESETS, TrainConfig, TrainInterrupted, train
 from alignlens.train.examples import collate, encode, load_pairs
 from alignlens.train.loss import TargetLossModel, target_loss
-from fixtures import save_tiny_base
+from fixtures import one_thread, save_tiny_base, tiny_base  # noqa: F401  (module fixtures)
 
 
 def _load(folder):
@@ -21,20 +21,6 @@ def _load(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread (and the machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return str(save_tiny_base(tmp_path_factory.mktemp("tiny") / "gemma3", "gemma3", seed=0))
 
 
 def _cfg(**kw):

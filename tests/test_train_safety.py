@@ -16,21 +16,7 @@ import torch
 from alignlens import AlignlensError, RunInterrupted
 from alignlens.results import TEMP_PREFIX
 from alignlens.train import TrainConfig, TrainInterrupted, train
-from fixtures import save_tiny_base
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread (and the machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return str(save_tiny_base(tmp_path_factory.mktemp("tiny") / "gemma3", "gemma3", seed=0))
+from fixtures import one_thread, tiny_base  # noqa: F401  (module fixtures)
 
 
 def _cfg(**kw):
