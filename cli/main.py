@@ -468,7 +468,25 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
 
 def main() -> None:
     """Console entry point: one clear `error:` line for every failure, no traceback (set
-    ALIGNLENS_DEBUG=1 to see one). Exit codes: see `alignlens --help`."""
+    ALIGNLENS_DEBUG=1 to see one). Exit codes: see `alignlens --help`.
+
+    Under torchrun (WORLD_SIZE > 1) the process ends with `os._exit` once its output is flushed:
+    every file is written and closed and the process group destroyed by then, and skipping the
+    interpreter's teardown avoids gloo's intermittent abort there ("terminate called without an
+    active exception", SIGABRT), which torchrun would report as a failed run."""
+    code: int | str | None = 0
+    try:
+        _run()
+    except SystemExit as exc:
+        code = exc.code
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    sys.exit(code)
+
+
+def _run() -> None:
     from alignlens import RunInterrupted
 
     signal.signal(signal.SIGTERM, _on_sigterm)  # eval/analyze stop as on Ctrl-C; train installs its own

@@ -92,7 +92,7 @@ def test_analyze_two_ranks_byte_identical_with_an_empty_rank(tiny, tmp_path):
 
 
 SPLIT_SCRIPT = r'''
-import json, sys, torch
+import json, os, sys, torch
 sys.path.insert(0, sys.argv[2])
 torch.set_num_threads(1)
 from alignlens import data, distributed
@@ -116,7 +116,10 @@ with distributed.process_group("cpu") as w:
     merged = gather_capture(cap.capture)
     out = {"rank": w.rank, "rows": sorted(seen.rows), "own": own, "merged": merged.last.indices().tolist(),
            "tokens": int(merged.neurons.n_tokens_per_layer[0]), "probs": r.probs.tolist()}
-    print("RESULT " + json.dumps(out))
+    with open(f"{sys.argv[3]}/rank{w.rank}.json", "w") as f:  # one file per rank: their stdout lines interleave
+        json.dump(out, f)
+# skip the interpreter's teardown, as `alignlens` does under torchrun (gloo can abort there)
+sys.stdout.flush(); os._exit(0)
 '''
 
 
@@ -127,10 +130,9 @@ def test_ranks_split_whole_batches_and_gather(tiny, tmp_path):
     script.write_text(SPLIT_SCRIPT)
     tests_dir = str(Path(__file__).parent)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tiny), tests_dir], capture_output=True, text=True, timeout=600, env=_env())
+                           str(script), str(tiny), tests_dir, str(tmp_path)], capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = sorted((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")),
-                 key=lambda r: r["rank"])
+    res = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["rank"] for r in res] == [0, 1]
     a, b = res[0]["rows"], res[1]["rows"]
     assert a and b and not set(a) & set(b) and sorted(a + b) == list(range(7))  # 4 batches: 7 items
