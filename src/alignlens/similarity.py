@@ -222,6 +222,67 @@ def _validate(name: str, states: Mapping[str, ArrayLike]) -> dict[str, ArrayLike
     return dict(states)
 
 
+#: Per-language keys of `similarity_report`, in output order.
+REPORT_KEYS = ("cosine_mean", "cosine_last", "cosine_mean_centered", "cosine_last_centered",
+               "pca_pearson", "cka_mean", "cka_last", "retrieval_mean", "retrieval_last")
+
+
+def _report_inputs(
+    mean_states: Mapping[str, ArrayLike], last_states: Mapping[str, ArrayLike], english: str,
+) -> tuple[dict[str, ArrayLike], dict[str, ArrayLike], int, int]:
+    """Validated (mean, last, n_items, n_layers) of `similarity_report`: the same languages, English
+    among them, and equal [n_items, n_layers] in mean and last states."""
+    mean = _validate("similarity_report(mean_states)", mean_states)
+    last = _validate("similarity_report(last_states)", last_states)
+    langs = list(mean)
+    if english not in mean:
+        raise AlignlensError(f"similarity_report: English ({english!r}) missing from {langs}")
+    if set(last) != set(langs):
+        raise AlignlensError(f"similarity_report: languages differ: {langs} vs {list(last)}")
+    n_items, n_layers, _ = mean[english].shape
+    if last[english].shape[:2] != (n_items, n_layers):
+        raise AlignlensError("similarity_report: mean and last states disagree on n_items / n_layers")
+    return mean, last, n_items, n_layers
+
+
+def _pair_layers(layers_for_pairs: Sequence[int], n_layers: int) -> list[int]:
+    """``layers_for_pairs`` as indices in 0..n_layers - 1 (negative ones counted from the end)."""
+    pair_layers = []
+    for layer in layers_for_pairs:
+        if not -n_layers <= int(layer) < n_layers:
+            raise AlignlensError(f"similarity_report: layer {layer} out of range for {n_layers} layers")
+        pair_layers.append(int(layer) % n_layers)
+    return pair_layers
+
+
+def _report_layer(
+    m: Sequence[np.ndarray], l_: Sequence[np.ndarray], langs: Sequence[str], english: str,
+    pca_languages: Sequence[str] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One layer of `similarity_report`: ``m`` / ``l_`` the languages' mean-pooled / last-token
+    states [n_items, d] (float64, ``langs`` order). Returns ({key: [n_lang] vs English} for
+    `REPORT_KEYS`, {"cka", "cosine": [n_lang, n_lang]} of the mean-pooled states)."""
+    en_idx = langs.index(english)
+    um, ul = np.stack([_unit_rows(x) for x in m]), np.stack([_unit_rows(x) for x in l_])
+    cos_m = _cosine_matrix(um)
+    umc = np.stack([_unit_rows(x - x.mean(axis=0, keepdims=True)) for x in m])
+    ulc = np.stack([_unit_rows(x - x.mean(axis=0, keepdims=True)) for x in l_])
+    cka_m = _cka_matrix(m)  # all pairs: each Gram computed once
+    pear = pca_pearson(dict(zip(langs, m)), english, pca_languages)
+    cols = {
+        "cosine_mean": cos_m[en_idx],
+        "cosine_last": _cosine_matrix(ul)[en_idx],
+        "cosine_mean_centered": _cosine_matrix(umc)[en_idx],
+        "cosine_last_centered": _cosine_matrix(ulc)[en_idx],
+        "pca_pearson": np.array([pear[lang] for lang in langs], dtype=np.float64),
+        "cka_mean": cka_m[en_idx],
+        "cka_last": _cka_matrix(l_)[en_idx],
+        "retrieval_mean": np.array([_retrieval_units(um[en_idx], um[j]) for j in range(len(langs))]),
+        "retrieval_last": np.array([_retrieval_units(ul[en_idx], ul[j]) for j in range(len(langs))]),
+    }
+    return cols, {"cka": cka_m, "cosine": cos_m}
+
+
 def similarity_report(
     mean_states: Mapping[str, ArrayLike],
     last_states: Mapping[str, ArrayLike],
@@ -248,55 +309,21 @@ def similarity_report(
     others projected, see `pca_pearson`); retrieval uses raw cosine. `similarity_analysis` adds
     the paper's setting, debiased CKA, outliers, a robust variant and bootstrap intervals.
     """
-    mean = _validate("similarity_report(mean_states)", mean_states)
-    last = _validate("similarity_report(last_states)", last_states)
+    mean, last, n_items, n_layers = _report_inputs(mean_states, last_states, english)
     langs = list(mean)
-    if english not in mean:
-        raise AlignlensError(f"similarity_report: English ({english!r}) missing from {langs}")
-    if set(last) != set(langs):
-        raise AlignlensError(f"similarity_report: languages differ: {langs} vs {list(last)}")
-    n_items, n_layers, _ = mean[english].shape
-    if last[english].shape[:2] != (n_items, n_layers):
-        raise AlignlensError("similarity_report: mean and last states disagree on n_items / n_layers")
-    pair_layers = []
-    for layer in layers_for_pairs:
-        if not -n_layers <= int(layer) < n_layers:
-            raise AlignlensError(f"similarity_report: layer {layer} out of range for {n_layers} layers")
-        pair_layers.append(int(layer) % n_layers)
-
-    keys = ["cosine_mean", "cosine_last", "cosine_mean_centered", "cosine_last_centered",
-            "pca_pearson", "cka_mean", "cka_last", "retrieval_mean", "retrieval_last"]
-    res = {lang: {k: np.full(n_layers, np.nan) for k in keys} for lang in langs}
-    en_idx = langs.index(english)
-    pairs = []
+    pair_layers = _pair_layers(layers_for_pairs, n_layers)
+    res = {lang: {k: np.full(n_layers, np.nan) for k in REPORT_KEYS} for lang in langs}
+    pairs = {}
     for layer in range(n_layers):
         # float64 one layer at a time (whole [n, L, d] inputs in float64 would not fit for big models)
         m = [np.ascontiguousarray(_f64(mean[lang][:, layer])) for lang in langs]
         l_ = [np.ascontiguousarray(_f64(last[lang][:, layer])) for lang in langs]
-        um, ul = np.stack([_unit_rows(x) for x in m]), np.stack([_unit_rows(x) for x in l_])
-        cos_m = _cosine_matrix(um)
-        umc = np.stack([_unit_rows(x - x.mean(axis=0, keepdims=True)) for x in m])
-        ulc = np.stack([_unit_rows(x - x.mean(axis=0, keepdims=True)) for x in l_])
-        cka_m = _cka_matrix(m)  # all pairs: each Gram computed once
-        cols = {
-            "cosine_mean": cos_m[en_idx],
-            "cosine_last": _cosine_matrix(ul)[en_idx],
-            "cosine_mean_centered": _cosine_matrix(umc)[en_idx],
-            "cosine_last_centered": _cosine_matrix(ulc)[en_idx],
-            "cka_mean": cka_m[en_idx],
-            "cka_last": _cka_matrix(l_)[en_idx],
-        }
-        pear = pca_pearson(dict(zip(langs, m)), english, pca_languages)
+        cols, pair = _report_layer(m, l_, langs, english, pca_languages)
         for j, lang in enumerate(langs):
-            r = res[lang]
             for k, v in cols.items():
-                r[k][layer] = v[j]
-            r["pca_pearson"][layer] = pear[lang]
-            r["retrieval_mean"][layer] = _retrieval_units(um[en_idx], um[j])
-            r["retrieval_last"][layer] = _retrieval_units(ul[en_idx], ul[j])
+                res[lang][k][layer] = v[j]
         if layer in pair_layers:
-            pairs.append((layer, {"cka": cka_m, "cosine": cos_m}))
-    pairs = [dict(pairs)[layer] for layer in pair_layers]
+            pairs[layer] = pair
     return {
         "n_items": int(n_items),
         "n_layers": int(n_layers),
@@ -305,8 +332,8 @@ def similarity_report(
         "pairwise": {
             "layers": pair_layers,
             "languages": langs,
-            "cka_mean": [_json(p["cka"]) for p in pairs],
-            "cosine_mean": [_json(p["cosine"]) for p in pairs],
+            "cka_mean": [_json(pairs[layer]["cka"]) for layer in pair_layers],
+            "cosine_mean": [_json(pairs[layer]["cosine"]) for layer in pair_layers],
         },
     }
 
@@ -735,6 +762,159 @@ def bc_interval(reps: np.ndarray, est: np.ndarray, level: float = 0.95) -> tuple
     return out[0], out[1]
 
 
+def _scatter_projection(mats: Mapping[str, np.ndarray], langs: Sequence[str]) -> tuple[list, dict]:
+    """The 2-D PCA scatter at one row: a 2-component PCA fitted on ``langs``' states ``mats``
+    (lang -> [n, d] float64), each axis signed so its largest loading is positive. Returns (explained
+    variance ratios [2] as JSON, {lang: [[pc1, pc2]] per item} as JSON)."""
+    xs = np.concatenate([mats[lang] for lang in langs], axis=0)
+    mu = xs.mean(axis=0)
+    v2, ev2 = _top_components(xs - mu, 2)
+    v2 = v2 * np.where(v2[np.argmax(np.abs(v2), axis=0), range(v2.shape[1])] < 0, -1.0, 1.0)
+    tot = float(np.sum((xs - mu) ** 2))
+    evr = _json(ev2 / tot if tot > 0 else np.full(len(ev2), np.nan))
+    return evr, {lang: _json((mats[lang] - mu) @ v2) for lang in langs}
+
+
+class _AnalysisRows:
+    """`similarity_analysis`'s per-row results, filled one hidden-state row at a time (`add`).
+
+    pts {variant: {metric: {lang: [n_rows]}}}; reps {variant: {metric: {lang: [n_rows, B]}}} for the
+    non-English languages; cka_last {lang: [n_rows]} (debiased, last token); outl {top_dims,
+    top_shares, flagged: per row}; evr, loading [n_rows] (PC1's explained variance ratio and |loading|
+    on the top outlier dimension); pairs (per row, fit x fit Pearson r as JSON); scatter (the JSON
+    "scatter" entry); residual {variant: max relative residual of the PC1 refits}."""
+
+    def __init__(self, langs: Sequence[str], english: str, variants: Sequence[str], n_rows: int, n_resamples: int,
+                 scatter_langs: list[str], rows_scatter: list[int]) -> None:
+        self.langs, self.english, self.variants = list(langs), english, list(variants)
+        self.others = [lang for lang in langs if lang != english]
+        self.rows_scatter = rows_scatter
+        self.pts = {v: {m: {lang: np.full(n_rows, np.nan) for lang in langs} for m in INTERVAL_METRICS}
+                    for v in variants}
+        self.reps = {v: {m: {lang: np.full((n_rows, n_resamples), np.nan) for lang in self.others}
+                         for m in INTERVAL_METRICS} for v in variants}
+        self.cka_last = {lang: np.full(n_rows, np.nan) for lang in langs}
+        self.outl: dict[str, list] = {"top_dims": [], "top_shares": [], "flagged": []}
+        self.evr, self.loading, self.pairs = np.full(n_rows, np.nan), np.full(n_rows, np.nan), []
+        self.scatter = {"languages": scatter_langs, "layers": rows_scatter, "explained_variance_ratio": [],
+                        "points": []}
+        self.residual = {v: 0.0 for v in variants}
+
+    def add(self, row: int, mats: Mapping[str, np.ndarray], last: Mapping[str, np.ndarray], fit: Sequence[str],
+            robust: str, w: np.ndarray | None) -> None:
+        """Row ``row``'s measures from the pooled states ``mats`` and last-token states ``last``
+        (lang -> [n, d] float64), PC1 fitted on ``fit``, bootstrap multiplicities ``w`` [B, n] or None."""
+        od = outlier_dimensions(list(mats.values()))
+        for k in self.outl:
+            self.outl[k].append(od[k])
+        for v in self.variants:
+            states = mats if v == "raw" else robust_states(mats, robust, od["flagged"])
+            p, r, ex = _layer_measures(states, self.english, fit, w)
+            self.residual[v] = max(self.residual[v], ex["residual"])
+            for m in INTERVAL_METRICS:
+                for lang in self.langs:
+                    self.pts[v][m][lang][row] = p[m][lang]
+                for lang in self.others if w is not None else ():
+                    self.reps[v][m][lang][row] = r[m][lang]
+            if v == "raw":
+                self.evr[row] = ex["evr"]
+                self.loading[row] = abs(float(ex["v1"][od["top_dims"][0]]))
+                self.pairs.append(_json(ex["pairs"]))
+        for lang in self.langs:
+            self.cka_last[lang][row] = linear_cka_debiased(last[self.english], last[lang])
+        if row in self.rows_scatter:
+            evr, points = _scatter_projection(mats, self.scatter["languages"])
+            self.scatter["explained_variance_ratio"].append(evr)
+            self.scatter["points"].append(points)
+
+
+def _rows_doc(n_rows: int, embedding_row: bool) -> dict:
+    """similarity.json's "rows": what each hidden-state row is."""
+    if not embedding_row:
+        return {"count": n_rows, "r": "output of block r (blocks.{r}.hook_resid_post)"}
+    return {"count": n_rows, "0": "embedding output (blocks.0.hook_resid_pre = HF hidden_states[0], with "
+            "the model's embedding scaling and position embeddings)",
+            "r": "output of block r - 1 (blocks.{r-1}.hook_resid_post = HF hidden_states[r], except that HF's "
+                 "last entry is after the final norm and this one before it)"}
+
+
+def _analysis_fields(acc: _AnalysisRows, fit: Sequence[str], pooling: str, embedding_row: bool, n: int, n_rows: int,
+                     d: int) -> dict:
+    """The format-2 keys "format", "pooling", "rows", "pca", "scatter", "outliers" and "cka"."""
+    return {
+        "format": 2,
+        "pooling": pooling,
+        "rows": _rows_doc(n_rows, embedding_row),
+        "pca": {"fit_languages": fit, "projected_languages": [lang for lang in acc.langs if lang not in fit],
+                "n_components": 1, "explained_variance_ratio": _json(acc.evr), "top_dim_loading": _json(acc.loading),
+                "pearson_pairs": acc.pairs},
+        "scatter": acc.scatter,
+        "outliers": {"rule": f"share of the pooled states' squared norm (items x languages) >= {OUTLIER_FACTOR:g} / "
+                             f"d_model, at most {MAX_OUTLIER_DIMS}",
+                     "threshold": OUTLIER_FACTOR / d, "d_model": int(d), **acc.outl},
+        "cka": {"cka_mean": "linear CKA, biased (HSIC_0 of centred Grams; pushed towards 1 when items << d_model)",
+                "cka_mean_debiased": "linear CKA from the unbiased HSIC (Song et al. 2012)",
+                "min_items": CKA_MIN_ITEMS, "n_items": int(n)},
+    }
+
+
+def _variant_intervals(acc: _AnalysisRows, v: str, fit: Sequence[str], mean_langs: Mapping[str, list[str]],
+                       level: float, iv: dict) -> dict:
+    """Variant ``v``'s BC intervals into ``iv`` (per language under "per_language" for "raw", else
+    "robust"; the mean over ``mean_langs`` under "mean".<v>). Returns the variant's stored replicates
+    {"per_language": {"pca_pearson": {lang: text}}, "mean": {metric: text}} (`REPLICATE_ENCODING`)."""
+    pts, reps = acc.pts[v], acc.reps[v]
+    target = iv.setdefault("per_language" if v == "raw" else "robust", {})
+    enc: dict = {"per_language": {"pca_pearson": {}}, "mean": {}}
+    for lang in acc.others:
+        for m in INTERVAL_METRICS:
+            rr = reps[m][lang]
+            lo, hi = bc_interval(rr, pts[m][lang], level)
+            target.setdefault(lang, {})[m] = {"lo": _json(lo), "hi": _json(hi)}
+            if m == "pca_pearson" and lang in fit:
+                enc["per_language"][m][lang] = _encode(rr - pts[m][lang][:, None])
+    for m in INTERVAL_METRICS:  # the mean over languages, and its replicates
+        if not mean_langs[m]:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
+            est = np.nanmean([pts[m][lang] for lang in mean_langs[m]], axis=0)
+            rr = np.nanmean([reps[m][lang] for lang in mean_langs[m]], axis=0)
+        lo, hi = bc_interval(rr, est, level)
+        iv.setdefault("mean", {}).setdefault(v, {})[m] = {"estimate": _json(est), "lo": _json(lo), "hi": _json(hi)}
+        enc["mean"][m] = _encode(rr - est[:, None])
+    return enc
+
+
+def _bootstrap_fields(acc: _AnalysisRows, fit: Sequence[str], level: float, n_resamples: int, seed: int,
+                      n: int) -> tuple[dict, dict]:
+    """similarity.json's "intervals" and "bootstrap" entries (plan, PC1 refit, stored replicates)."""
+    iv: dict = {"level": level, "method": "bias-corrected percentile bootstrap (BC) over items, resampled "
+                                          "jointly in every language",
+                "n_resamples": n_resamples, "seed": seed, "per_language": {}}
+    mean_langs = {m: [lang for lang in (fit if m == "pca_pearson" else acc.langs) if lang != acc.english]
+                  for m in INTERVAL_METRICS}
+    enc = {v: _variant_intervals(acc, v, fit, mean_langs, level, iv) for v in acc.variants}
+    boot = {"plan": {"generator": BOOTSTRAP_GENERATOR, "seed": seed, "n_items": int(n), "n_resamples": n_resamples},
+            "pca_refit": {"method": "PC1 refitted on every resample (Rayleigh-Ritz in the top axes, then "
+                                    "Davidson steps)", "tolerance": PCA_BOOT_TOL,
+                          "max_relative_residual": acc.residual},
+            "encoding": REPLICATE_ENCODING, "replicates": enc,
+            "mean_languages": mean_langs,
+            "stored": "per language: the paper's measure (pca_pearson) of the PCA languages; "
+                      "every measure: the mean over mean_languages (as intervals.mean)"}
+    return iv, boot
+
+
+def _scatter_rows(scatter_layers: Sequence[int] | None, n_rows: int) -> list[int]:
+    """The rows of the 2-D scatter: ``scatter_layers`` (checked) or `default_scatter_layers`."""
+    rows = [int(r) for r in (default_scatter_layers(n_rows) if scatter_layers is None else scatter_layers)]
+    for r in rows:
+        if not 0 <= r < n_rows:
+            raise AlignlensError(f"similarity_analysis: scatter layer {r} out of range 0..{n_rows - 1}")
+    return rows
+
+
 def similarity_analysis(
     mean_states: Mapping[str, ArrayLike],
     last_states: Mapping[str, ArrayLike],
@@ -786,115 +966,23 @@ def similarity_analysis(
     if robust not in ROBUST_METHODS:
         raise AlignlensError(f"unknown robust similarity variant {robust!r} (use {', '.join(ROBUST_METHODS)})")
     scatter_langs = _scatter_languages(langs, english)
-    rows_scatter = [int(r) for r in (default_scatter_layers(n_rows) if scatter_layers is None else scatter_layers)]
-    for r in rows_scatter:
-        if not 0 <= r < n_rows:
-            raise AlignlensError(f"similarity_analysis: scatter layer {r} out of range 0..{n_rows - 1}")
+    rows_scatter = _scatter_rows(scatter_layers, n_rows)
     w = bootstrap_counts(n, n_resamples, seed) if n_resamples else None
-    others = [lang for lang in langs if lang != english]
     variants = ["raw"] + (["robust"] if robust != "none" else [])
-    pts = {v: {m: {lang: np.full(n_rows, np.nan) for lang in langs} for m in INTERVAL_METRICS} for v in variants}
-    reps = {v: {m: {lang: np.full((n_rows, n_resamples), np.nan) for lang in others} for m in INTERVAL_METRICS}
-            for v in variants}
-    cka_last = {lang: np.full(n_rows, np.nan) for lang in langs}
-    outl: dict[str, list] = {"top_dims": [], "top_shares": [], "flagged": []}
-    evr, loading, pairs = np.full(n_rows, np.nan), np.full(n_rows, np.nan), []
-    scatter = {"languages": scatter_langs, "layers": rows_scatter, "explained_variance_ratio": [], "points": []}
-    residual = {v: 0.0 for v in variants}
+    acc = _AnalysisRows(langs, english, variants, n_rows, n_resamples, scatter_langs, rows_scatter)
     for row in range(n_rows):
         mats = {lang: np.ascontiguousarray(_f64(mean[lang][:, row])) for lang in langs}
-        od = outlier_dimensions(list(mats.values()))
-        for k in outl:
-            outl[k].append(od[k])
-        for v in variants:
-            states = mats if v == "raw" else robust_states(mats, robust, od["flagged"])
-            p, r, ex = _layer_measures(states, english, fit, w)
-            residual[v] = max(residual[v], ex["residual"])
-            for m in INTERVAL_METRICS:
-                for lang in langs:
-                    pts[v][m][lang][row] = p[m][lang]
-                for lang in others if w is not None else ():
-                    reps[v][m][lang][row] = r[m][lang]
-            if v == "raw":
-                evr[row] = ex["evr"]
-                loading[row] = abs(float(ex["v1"][od["top_dims"][0]]))
-                pairs.append(_json(ex["pairs"]))
-        lm = {lang: _f64(last[lang][:, row]) for lang in langs}
-        for lang in langs:
-            cka_last[lang][row] = linear_cka_debiased(lm[english], lm[lang])
-        if row in rows_scatter:
-            xs = np.concatenate([mats[lang] for lang in scatter_langs], axis=0)
-            mu = xs.mean(axis=0)
-            v2, ev2 = _top_components(xs - mu, 2)
-            v2 = v2 * np.where(v2[np.argmax(np.abs(v2), axis=0), range(v2.shape[1])] < 0, -1.0, 1.0)
-            tot = float(np.sum((xs - mu) ** 2))
-            scatter["explained_variance_ratio"].append(_json(ev2 / tot if tot > 0 else np.full(len(ev2), np.nan)))
-            scatter["points"].append({lang: _json((mats[lang] - mu) @ v2) for lang in scatter_langs})
+        acc.add(row, mats, {lang: _f64(last[lang][:, row]) for lang in langs}, fit, robust, w)
     for lang in langs:
         entry = out["per_language"][lang]
-        entry["cka_mean_debiased"] = _json(pts["raw"]["cka_mean_debiased"][lang])
-        entry["cka_last_debiased"] = _json(cka_last[lang])
-    rows_doc = ({"count": n_rows, "0": "embedding output (blocks.0.hook_resid_pre = HF hidden_states[0], with "
-                 "the model's embedding scaling and position embeddings)",
-                 "r": "output of block r - 1 (blocks.{r-1}.hook_resid_post = HF hidden_states[r], except that HF's "
-                      "last entry is after the final norm and this one before it)"}
-                if embedding_row else {"count": n_rows, "r": "output of block r (blocks.{r}.hook_resid_post)"})
-    out.update({
-        "format": 2,
-        "pooling": pooling,
-        "rows": rows_doc,
-        "pca": {"fit_languages": fit, "projected_languages": [lang for lang in langs if lang not in fit],
-                "n_components": 1, "explained_variance_ratio": _json(evr), "top_dim_loading": _json(loading),
-                "pearson_pairs": pairs},
-        "scatter": scatter,
-        "outliers": {"rule": f"share of the pooled states' squared norm (items x languages) >= {OUTLIER_FACTOR:g} / "
-                             f"d_model, at most {MAX_OUTLIER_DIMS}",
-                     "threshold": OUTLIER_FACTOR / d, "d_model": int(d), **outl},
-        "cka": {"cka_mean": "linear CKA, biased (HSIC_0 of centred Grams; pushed towards 1 when items << d_model)",
-                "cka_mean_debiased": "linear CKA from the unbiased HSIC (Song et al. 2012)",
-                "min_items": CKA_MIN_ITEMS, "n_items": int(n)},
-    })
+        entry["cka_mean_debiased"] = _json(acc.pts["raw"]["cka_mean_debiased"][lang])
+        entry["cka_last_debiased"] = _json(acc.cka_last[lang])
+    out.update(_analysis_fields(acc, fit, pooling, embedding_row, n, n_rows, d))
     if "robust" in variants:
         out["robust"] = {"method": robust, "per_language": {
-            lang: {m: _json(pts["robust"][m][lang]) for m in INTERVAL_METRICS} for lang in langs}}
+            lang: {m: _json(acc.pts["robust"][m][lang]) for m in INTERVAL_METRICS} for lang in langs}}
     if w is not None:
-        iv: dict = {"level": level, "method": "bias-corrected percentile bootstrap (BC) over items, resampled "
-                                              "jointly in every language",
-                    "n_resamples": n_resamples, "seed": seed, "per_language": {}}
-        mean_langs = {m: [lang for lang in (fit if m == "pca_pearson" else langs) if lang != english]
-                      for m in INTERVAL_METRICS}
-        enc: dict = {}
-        for v in variants:
-            target = iv.setdefault("per_language" if v == "raw" else "robust", {})
-            enc[v] = {"per_language": {"pca_pearson": {}}, "mean": {}}
-            for lang in others:
-                for m in INTERVAL_METRICS:
-                    rr = reps[v][m][lang]
-                    lo, hi = bc_interval(rr, pts[v][m][lang], level)
-                    target.setdefault(lang, {})[m] = {"lo": _json(lo), "hi": _json(hi)}
-                    if m == "pca_pearson" and lang in fit:
-                        enc[v]["per_language"][m][lang] = _encode(rr - pts[v][m][lang][:, None])
-            for m in INTERVAL_METRICS:  # the mean over languages, and its replicates
-                if not mean_langs[m]:
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers stay NaN
-                    est = np.nanmean([pts[v][m][lang] for lang in mean_langs[m]], axis=0)
-                    rr = np.nanmean([reps[v][m][lang] for lang in mean_langs[m]], axis=0)
-                lo, hi = bc_interval(rr, est, level)
-                iv.setdefault("mean", {}).setdefault(v, {})[m] = {"estimate": _json(est), "lo": _json(lo),
-                                                                  "hi": _json(hi)}
-                enc[v]["mean"][m] = _encode(rr - est[:, None])
-        out["intervals"] = iv
-        out["bootstrap"] = {"plan": {"generator": BOOTSTRAP_GENERATOR, "seed": seed, "n_items": int(n),
-                                     "n_resamples": n_resamples},
-                            "pca_refit": {"method": "PC1 refitted on every resample (Rayleigh-Ritz in the top axes, then "
-                                                    "Davidson steps)", "tolerance": PCA_BOOT_TOL,
-                                          "max_relative_residual": residual},
-                            "encoding": REPLICATE_ENCODING, "replicates": enc,
-                            "mean_languages": mean_langs,
-                            "stored": "per language: the paper's measure (pca_pearson) of the PCA languages; "
-                                      "every measure: the mean over mean_languages (as intervals.mean)"}
+        out["intervals"], out["bootstrap"] = _bootstrap_fields(acc, fit, level, n_resamples, seed, n)
     return out
 
 
