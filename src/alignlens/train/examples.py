@@ -14,7 +14,10 @@ refused (before the model loads).
 
 Batches are right-padded: with causal attention no real token can attend to a later pad, so no
 attention mask is needed (positions are 0..n-1 for every row) and pad positions never enter the
-loss.
+loss. To keep padding small, `epoch_order` buckets the examples by length (each window of
+`BUCKET_WINDOW` optimizer steps sorted, the steps shuffled): ~1% of the token slots are padding on
+the default data instead of ~23% for random batches, without any packing of several examples into
+one row (so no attention mask and no position resets are needed).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import random
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -257,8 +260,53 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, target
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of `n` training examples in `epoch`: depends only on (seed, epoch), never on the
-    global RNG, so a resumed run sees the same batches."""
+#: How `epoch_order` forms the optimizer steps: "bucketed" (examples of similar length together,
+#: little padding) or "random" (a plain shuffle, the order before bucketing).
+BATCHINGS = ("bucketed", "random")
+#: Optimizer steps per bucketing window (as the megabatches of HF Trainer's `group_by_length`).
+BUCKET_WINDOW = 50
+
+
+def epoch_order(n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, per_step: int = 1,
+                window: int = BUCKET_WINDOW) -> list[int]:
+    """The order of `n` training examples in `epoch`; step k takes `order[k * per_step: (k + 1) *
+    per_step]`. Depends only on (seed, epoch, lengths, per_step), never on the global RNG, so a
+    resumed run and every torchrun rank see the same batches.
+
+    Without `lengths` ("random" batching): a seeded permutation. With `lengths` (tokens per
+    example, "bucketed"): the same permutation cut into windows of `window` x `per_step`
+    examples, each window sorted by length (stable) and cut into steps of `per_step`, then the
+    steps shuffled (same generator); a partial step (only the epoch's last window can end in one)
+    stays last. Every step therefore holds examples of similar length, so the micro-batches that
+    `collate` pads to their longest example carry little padding; each example is still seen
+    exactly once per epoch and every full step has `per_step` examples."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is None or n == 0:
+        return order
+    span = max(1, window) * per_step
+    steps: list[list[int]] = []
+    for w in range(0, n, span):
+        ranked = sorted(order[w: w + span], key=lambda i: lengths[i])
+        steps += [ranked[s: s + per_step] for s in range(0, len(ranked), per_step)]
+    tail = [steps.pop()] if len(steps[-1]) < per_step else []
+    shuffled = [steps[j] for j in torch.randperm(len(steps), generator=g).tolist()] + tail
+    return [i for step in shuffled for i in step]
+
+
+def micro_batches(order: Sequence[int], per_step: int, batch_size: int) -> list[list[int]]:
+    """The micro-batches (lists of example indices, `batch_size` at most) the trainer pads one by
+    one, in step order: step k's `per_step` examples cut into `batch_size` slices (torchrun rank
+    r takes a contiguous share of whole slices, so the slices are the same)."""
+    out = []
+    for k in range(0, len(order), per_step):
+        step = list(order[k: k + per_step])
+        out += [step[j: j + batch_size] for j in range(0, len(step), batch_size)]
+    return out
+
+
+def padding_share(lengths: Sequence[int], batches: list[list[int]]) -> tuple[int, int]:
+    """(real tokens, token slots) of `batches` right-padded to their longest example each."""
+    real = sum(lengths[i] for b in batches for i in b)
+    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    return real, slots

@@ -49,12 +49,14 @@ class TargetLossModel(torch.nn.Module):
         return decoder_body(hf_causal_lm(self.model))
 
     def forward(self, input_ids: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
-        hidden = self.body()(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, D], normed
+        # the last position predicts nothing: it is left out (causal: no other position depends on it)
+        hidden = self.body()(input_ids=input_ids[:, :-1], use_cache=False).last_hidden_state  # [B, T-1, D], normed
         predicts_target = target_mask[:, 1:]  # position t predicts token t+1
-        rows = hidden[:, :-1][predicts_target]  # [N, D]
+        rows = hidden[predicts_target]  # [N, D]
         labels = input_ids[:, 1:][predicts_target]  # [N]
         logits = self.unembed.head(rows)  # [N, vocab]
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), int(labels.numel())
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32; float64 kept
+        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
 
 
 def target_loss(model: torch.nn.Module, input_ids: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -68,7 +70,9 @@ def validation_loss(loss_model: TargetLossModel | Any, examples: list[Example], 
     """Mean target-token loss over `examples` in eval mode (deterministic; no RNG used); None
     without examples. `loss_model`: a `TargetLossModel` (or a wrapper with the same forward).
 
-    Under torchrun, batch i (of `batch_size` examples, in order) is computed by rank i % world
+    Batches: the examples sorted by length (stable), `batch_size` at a time, so little padding
+    (the loss is a sum over examples: the order changes only float rounding).
+    Under torchrun, batch i (of `batch_size` examples, in that order) is computed by rank i % world
     size. The batches' loss sums are collected with `distributed.exact_float_sums` (each entry
     has one non-zero addend, so it arrives bit for bit) and their token counts as int64, then
     summed in batch order exactly as one process sums them: the result equals one process's, bit
@@ -78,6 +82,7 @@ def validation_loss(loss_model: TargetLossModel | Any, examples: list[Example], 
     if not examples:
         return None
     world = distributed.world()
+    examples = sorted(examples, key=lambda e: len(e.ids))
     starts = list(range(0, len(examples), batch_size))
     sums: list[float | None] = [None] * len(starts)
     counts = [0] * len(starts)

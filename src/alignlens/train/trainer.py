@@ -14,7 +14,15 @@ checkpoint / finish).
 4. `Trainer.run`: `step()` until done; validation every `eval_every` steps (the best, lowest
    validation loss, trainable weights are kept), `checkpoint()` every `save_every` steps and on
    Ctrl-C/SIGTERM (then `TrainInterrupted`, exit 130/143, naming the checkpoint and the resume
-   command); gradient clipping, optional bf16 autocast;
+   command); gradient clipping, optional bf16 autocast. Batches ("bucketed", `batching`): each
+   epoch's seeded shuffle is cut into windows of `examples.BUCKET_WINDOW` (50) optimizer steps,
+   each window sorted by length and cut into steps of `batch_size` x `grad_accum` (x processes)
+   examples, and the steps shuffled (`examples.epoch_order`), so a micro-batch right-padded to its
+   longest example holds ~1% padding (random batches: ~23% on the default data). Every example is
+   still seen once per epoch and the loss of a step is still the mean over its target tokens, but
+   which examples share a step (hence the optimizer's trajectory) differs from a plain shuffle
+   ("random", the order before bucketing). The manifest records it (`training.batching`, with the
+   planned padding share);
 5. `Trainer.finish`: `merged/` (full HF model + tokenizer, the BEST-validation weights,
    float32), `adapter/` (peft adapter of the same weights, LoRA only), `manifest.json`
    (`training_manifest`), `train_log.jsonl`; `checkpoints/` is deleted unless `keep_checkpoints`.
@@ -68,7 +76,8 @@ from alignlens.train.checkpoint import (FORMAT, Checkpoint, NoLog, TrainLog, Tra
                                         check_out_dir, load_trainable, load_weights, rng_state, save_folder,
                                         set_rng_state, start_writing, trainable_state, write_safetensors_shards)
 from alignlens.train.config import TrainConfig
-from alignlens.train.examples import COUNT_KEYS, TrainData, build_data, collate, data_source, epoch_order, load_pairs
+from alignlens.train.examples import (BUCKET_WINDOW, COUNT_KEYS, TrainData, build_data, collate, data_source,
+                                      epoch_order, load_pairs, micro_batches, padding_share)
 from alignlens.train.loss import TargetLossModel, hf_causal_lm, validation_loss
 
 
@@ -330,6 +339,8 @@ class Trainer:
         self.per_step = self.per_rank * self.world.size  # examples per optimizer step (global batch)
         self.steps_per_epoch = math.ceil(len(data.train) / self.per_step)
         self.total_steps = self.steps_per_epoch * config.epochs
+        self.batching = batching(config)
+        self._orders: dict[int, list[int]] = {}  # epoch -> `epoch_order` (the last one computed)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, round(config.warmup * self.total_steps),
                                                          self.total_steps)
         self.state = TrainState(started=now_iso())
@@ -398,7 +409,7 @@ class Trainer:
         was requested (under torchrun the ranks agree on stopping after the step, see `run`)."""
         cfg, st = self.config, self.state
         epoch, k = divmod(st.step, self.steps_per_epoch)
-        order = epoch_order(len(self.data.train), cfg.seed, epoch)
+        order = self.epoch_order(epoch)
         chunk = [self.data.train[i] for i in order[k * self.per_step: (k + 1) * self.per_step]]
         n_target = sum(len(e.ids) - e.n_prompt for e in chunk)  # target tokens of this step (all ranks)
         n_tok = sum(len(e.ids) for e in chunk)
@@ -434,6 +445,13 @@ class Trainer:
                   "target_tokens": n_target, "tok_per_s": n_tok / dt, "seconds": dt}
         self.log.write(record)
         return record
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The order of the training examples in `epoch` (`examples.epoch_order`: bucketed by
+        length unless `batching` is "random"); the same on every rank and after a resume."""
+        if epoch not in self._orders:
+            self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step)}
+        return self._orders[epoch]
 
     def _passes_distributed(self, chunk: list, n_target: int) -> float:
         """This rank's forward/backward passes of one step; returns the step's summed loss over all
@@ -546,7 +564,8 @@ class Trainer:
                                      steps_per_epoch=self.steps_per_epoch, n_trainable=self.n_trainable,
                                      device=self.device, elapsed=elapsed, best_weights=best,
                                      command=self.command, world_size=self.world.size,
-                                     parallel="fsdp" if self.fsdp else ("ddp" if self.world.distributed else None))
+                                     parallel="fsdp" if self.fsdp else ("ddp" if self.world.distributed else None),
+                                     per_step=self.per_step)
 
         def write() -> None:
             if not self.fsdp:
@@ -790,6 +809,36 @@ def merged_tensors(hf: torch.nn.Module, dtype: torch.dtype, keep: bool) -> Itera
                 yield f"{mod_name}.{buf_name}".lstrip("."), (value if keep else None)
 
 
+def batching(config: TrainConfig) -> str:
+    """How optimizer steps are formed: `config.batching` when the config has that option, else
+    "bucketed" (`examples.BATCHINGS`)."""
+    return getattr(config, "batching", None) or "bucketed"
+
+
+def plan_order(data: TrainData, config: TrainConfig, epoch: int, per_step: int) -> list[int]:
+    """`examples.epoch_order` of `data.train` in `epoch` for `config`'s seed and batching."""
+    lengths = [len(e.ids) for e in data.train] if batching(config) == "bucketed" else None
+    return epoch_order(len(data.train), config.seed, epoch, lengths, per_step)
+
+
+def batching_record(data: TrainData, config: TrainConfig, per_step: int) -> dict:
+    """The manifest's `training.batching`: scheme, window (steps sorted together), and the padding
+    of the planned micro-batches over all epochs (token slots, real tokens, padded share)."""
+    lengths = [len(e.ids) for e in data.train]
+    real = slots = 0
+    for epoch in range(config.epochs):
+        r, s = padding_share(lengths, micro_batches(plan_order(data, config, epoch, per_step), per_step,
+                                                    config.batch_size))
+        real, slots = real + r, slots + s
+    scheme = batching(config)
+    return {"scheme": scheme, "window_steps": BUCKET_WINDOW if scheme == "bucketed" else None,
+            "description": (f"each window of {BUCKET_WINDOW} optimizer steps' examples (in the seeded epoch order) sorted by "
+                            "length and cut into steps, the steps shuffled; micro-batches right-padded to "
+                            "their longest example" if scheme == "bucketed" else
+                            "seeded shuffle; micro-batches right-padded to their longest example"),
+            "token_slots": slots, "real_tokens": real, "padding_share": round(1 - real / slots, 4) if slots else 0.0}
+
+
 def resume_command(out: Path, world_size: int) -> str:
     """The command that resumes a run in `out` launched with `world_size` processes."""
     args = f"train --out {shlex.quote(str(out))} --resume"
@@ -802,12 +851,14 @@ def resume_command(out: Path, world_size: int) -> str:
 
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
-                      best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None) -> dict:
+                      best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None,
+                      per_step: int | None = None) -> dict:
     """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
     (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
     times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
     the outputs hold the best-validation weights (else the final ones); `world_size`: processes
-    (torchrun), `parallel`: "ddp", "fsdp" or None (one process)."""
+    (torchrun), `parallel`: "ddp", "fsdp" or None (one process); `per_step`: examples per optimizer
+    step (default `batch_size` x `grad_accum` x `world_size`), for `training.batching`."""
     counts = data.counts
     data_section = {
         "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
@@ -831,6 +882,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
                      "trainable_params": n_trainable, "method": "full" if config.full else "lora",
                      "device": str(device), "world_size": world_size, "parallel": parallel,
                      "global_batch": config.batch_size * config.grad_accum * world_size,
+                     "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size),
                      "tokens_seen": state.tokens, "sessions": state.sessions,
                      "wall_seconds": round(elapsed, 1),
                      "tokens_per_second": round(state.tokens / elapsed, 1) if elapsed > 0 else None},
