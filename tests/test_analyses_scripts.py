@@ -38,9 +38,27 @@ def test_ablation_hooks_zero_exactly_the_chosen_neurons(tiny_gemma):
 
 def test_ablation_experiment_runs_and_changes_the_ablated_language(tiny_gemma):
     mod = _load("ablate_language_neurons")
-    result = mod.run(tiny_gemma, "de", ["en", "de", "hi"], limit=4, top=8, batch_size=4, top_rate=0.2)
+    result = mod.run(tiny_gemma, "de", ["en", "de", "hi"], task="snli", limit=4, top=8, batch_size=4, top_rate=0.2)
     assert result["n_neurons"] == 8 and len(result["neurons"]) == 8
     assert set(result["per_language"]) == {"en", "de", "hi"}
     de = result["per_language"]["de"]
     assert de["p_gold_ablated"] != pytest.approx(de["p_gold_base"], rel=1e-6)
     assert result["neuron_options"]["top_rate"] == 0.2
+    # the control zeroes other neurons with the same layer profile, so its P(gold) differs from both
+    ctrl = sorted(result["control_neurons"])
+    assert len(ctrl) == 8 and not set(ctrl) & set(map(tuple, result["neurons"]))
+    assert de["p_gold_control"] != pytest.approx(de["p_gold_ablated"], rel=1e-6)
+    for row in result["per_language"].values():
+        assert 0.0 <= row["mcnemar_p_base_vs_ablated"] <= row["mcnemar_p_base_vs_ablated_holm"] <= 1.0
+
+
+def test_matched_random_neurons_keep_the_layer_profile_and_avoid_the_chosen_ones():
+    mod = _load("ablate_language_neurons")
+    chosen = [(0, 1), (0, 2), (3, 5)]
+    ctrl = mod.matched_random_neurons(chosen, d_mlp=4, seed=1)
+    assert sorted(l for l, _ in ctrl) == [0, 0, 3]
+    assert sorted(i for l, i in ctrl if l == 0) == [0, 3]  # the only two neurons of layer 0 left
+    assert not set(ctrl) & set(chosen)
+    assert ctrl == mod.matched_random_neurons(chosen, d_mlp=4, seed=1)  # deterministic for a seed
+    assert any(mod.matched_random_neurons([(0, 0)], d_mlp=50, seed=s) != mod.matched_random_neurons([(0, 0)], d_mlp=50, seed=0)
+               for s in range(1, 5))
