@@ -439,6 +439,41 @@ def test_outputs_atomic_umask_and_force_scope(tmp_path: Path):
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "report.pdf", "report_figures", "report_old.pdf", "report_tables"]
 
 
+def test_failed_swap_puts_the_previous_report_back(tmp_path: Path, monkeypatch):
+    """The report uses the results writer's swap (`staged_swap`, as `OutputFolder.commit`): when
+    renaming the new tables into place fails after the new PDF and figures were moved in, the swap
+    is undone and the previous report stays, byte for byte, with no temporaries left."""
+    import os
+
+    from alignlens.results import writer
+
+    run = make_synthetic_run(tmp_path / "run", 24, ["en", "de"], 4, tasks=("emotion",), n_items=6, analyses=())
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    render_report(run, out=folder / "report.pdf")
+    (folder / "report_tables" / "old_only.csv").write_text("previous", encoding="utf-8")  # marks the old tables
+    before = _snapshot(folder)
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def replace(src, dst):
+        if Path(dst) == folder / "report_tables" and "failed" not in moved:
+            moved.append("failed")  # the first rename onto report_tables: the new tables moving in
+            raise OSError(28, "No space left on device")
+        moved.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        render_report(run, out=folder / "report.pdf", force=True)
+    monkeypatch.undo()
+    fail_at = moved.index("failed")  # old report moved aside, new PDF and figures moved in, then the failure
+    assert moved[:fail_at] == ["report.pdf", "report_figures", "report_tables", "report.pdf", "report_figures"]
+    assert _snapshot(folder) == before
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "report.pdf", "report_figures", "report_tables"]
+
+
 # ---- provenance -------------------------------------------------------------------------------
 
 

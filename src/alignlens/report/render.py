@@ -1,15 +1,11 @@
 """The renderer: orders the sections, draws every page into the PDF (and PNG/SVG), writes the
-tables, and swaps the outputs into place only when everything succeeded."""
+tables, and swaps the outputs into place only when everything succeeded (`results.writer.staged_swap`)."""
 
 from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +13,7 @@ from alignlens import AlignlensError, __version__, results
 from alignlens.report import accuracy, fonts, lens, neurons, similarity, summary, title
 from alignlens.report.layout import Page, Section, Table, footer
 from alignlens.report.runs import Runs
+from alignlens.results.writer import staged_swap
 
 #: The analysis sections, in report order; each is a pure `build(runs) -> Section`.
 SECTIONS: tuple[Callable[[Runs], Section], ...] = (accuracy.build, lens.build, similarity.build, neurons.build)
@@ -95,39 +92,22 @@ def write_report(runs: Runs, out: Path, *, force: bool = False, progress: Progre
     """Render `runs` to `out` (a .pdf) with `<stem>_figures/` and `<stem>_tables/` beside it.
 
     Refuses existing outputs without `force`; `force` replaces only these three. Removes
-    temporaries a killed run left beside `out`; everything is rendered to temporary names
-    (`results.atomic_path`) and swapped in at the end, so a failure leaves a previous report as it was.
+    temporaries a killed run left beside `out`; everything is rendered into a hidden staging folder
+    beside `out` and swapped in at the end (`results.writer.staged_swap`, the mechanism of
+    `OutputFolder`), so a failure leaves a previous report as it was.
     """
     if out.suffix.lower() != ".pdf":
         raise AlignlensError(f"{out}: report output must end in .pdf")
-    finals = [out.with_name(name) for name in results.report_files(out.name)]  # pdf, figures, tables
+    names = results.report_files(out.name)  # pdf, figures, tables
     if not force:
-        for p in finals:
+        for p in (out.with_name(name) for name in names):
             if p.exists():
                 raise AlignlensError(f"{p}: already exists (use --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temps(out.parent, max_depth=0)
-    trash: list[Path] = []
-
-    def drop_or_restore_old(exc_type, exc, tb) -> bool:
-        """Runs last: drop the old outputs moved aside, or put them back if the swap failed."""
-        for folder in trash:
-            for old in folder.iterdir() if exc_type is not None else ():
-                if not (out.parent / old.name).exists():
-                    os.replace(old, out.parent / old.name)
-            shutil.rmtree(folder, ignore_errors=True)
-        return False
-
-    with ExitStack() as stack:
-        stack.push(drop_or_restore_old)
-        tmp_pdf = stack.enter_context(results.atomic_path(finals[0]))
-        tmp_fig = stack.enter_context(results.atomic_path(finals[1], folder=True))
-        tmp_tab = stack.enter_context(results.atomic_path(finals[2], folder=True))
-        _render_into(runs, tmp_pdf, tmp_fig, tmp_tab, progress)
-        # Everything rendered. atomic_path cannot rename a folder onto an existing one: move the old
-        # figures and tables aside now; the temporaries are renamed into place as the stack unwinds.
-        trash.append(Path(tempfile.mkdtemp(prefix=f"{results.TEMP_PREFIX}{out.stem}-old.", dir=out.parent)))
-        for p in finals[1:]:
-            if p.exists() or p.is_symlink():
-                os.replace(p, trash[0] / p.name)
+    with staged_swap(out.parent, names) as stage:
+        pdf, fig_dir, tab_dir = (stage / name for name in names)
+        fig_dir.mkdir()
+        tab_dir.mkdir()
+        _render_into(runs, pdf, fig_dir, tab_dir, progress)
     return out

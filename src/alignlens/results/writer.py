@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alignlens import AlignlensError
-from typing import Any
 
 from alignlens.results.io import (TEMP_PREFIX, _honour_umask, _remove, atomic_path, clean_stale_temps,
                                   write_json, write_jsonl)
@@ -93,30 +95,85 @@ class OutputFolder:
             self._stage = None
 
     def commit(self) -> None:
-        """Swap the staged results in: old owned files out, new ones in, then drop the old ones."""
+        """Swap the staged results in (`swap_in`: old owned files out, new ones in, then drop the old ones)."""
         stage, self._stage = self._stage, None
         if stage is None:
             return
-        trash = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old.", dir=self.path))
-        for rel in self.owned:
-            old = self.path / rel
-            if old.exists() or old.is_symlink():
-                (trash / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(old, trash / rel)
-        for rel in self.owned:
-            new = stage / rel
-            if new.exists():
-                (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(new, self.path / rel)
+        swap_in(self.path, stage, self.owned)
         left = [str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file()]
         if left:  # a writer wrote a file outside `owned`: a bug, never silently lost
             raise AlignlensError(f"internal error: unlisted output files {left} kept in {stage}")
         _remove(stage)
-        _remove(trash)
         for role in {rel.split("/")[0] for rel in self.owned if "/" in rel}:
             folder = self.path / role
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def swap_in(dest: Path, stage: Path, owned: Sequence[str]) -> None:
+    """Replace alignlens's files in `dest` by the new ones in `stage` (same relative paths `owned`,
+    files or whole folders; `stage` is on the same filesystem, e.g. a staging folder inside `dest`).
+
+    Every existing `dest/rel` is moved aside into a hidden folder in `dest`, every existing
+    `stage/rel` renamed into place, then the old ones are dropped. Nothing outside `owned` is
+    touched. If a rename fails (or the swap is interrupted), the new files already moved are put back
+    into `stage` and the old ones restored, then the error is raised: `dest` is as it was."""
+    trash = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old.", dir=dest))
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    drop_old = False
+    try:
+        for rel in owned:
+            old = dest / rel
+            if old.exists() or old.is_symlink():
+                _move(old, trash / rel)
+                moved_out.append(rel)
+        for rel in owned:
+            new = stage / rel
+            if new.exists() or new.is_symlink():
+                _move(new, dest / rel)
+                moved_in.append(rel)
+        drop_old = True
+    except BaseException:
+        drop_old = _undo_swap(dest, stage, trash, moved_in, moved_out)
+        raise
+    finally:
+        if drop_old:  # else some old file could not be put back: it stays in `trash`
+            _remove(trash)
+
+
+def _undo_swap(dest: Path, stage: Path, trash: Path, moved_in: list[str], moved_out: list[str]) -> bool:
+    """Put a failed `swap_in` back (new files to `stage`, old ones to `dest`); True if all went back."""
+    ok = True
+    for src, dst, rels in ((dest, stage, moved_in), (trash, dest, moved_out)):
+        for rel in reversed(rels):
+            try:
+                _move(src / rel, dst / rel)
+            except OSError:
+                ok = False
+    return ok
+
+
+@contextmanager
+def staged_swap(dest: Path, owned: Sequence[str]) -> Iterator[Path]:
+    """Yield a hidden staging folder inside `dest` to write the new `owned` files into; when the
+    block succeeds they get the umask's modes and replace the old ones in `dest` (`swap_in`). The
+    staging folder is always removed: on a failure `dest` keeps its previous files, untouched."""
+    stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}new.", dir=dest))
+    try:
+        yield stage
+        for rel in owned:
+            p = stage / rel
+            if p.exists() and not p.is_symlink():
+                _honour_umask(p, folder=p.is_dir())
+        swap_in(dest, stage, owned)
+    finally:
+        _remove(stage)
 
 
 def write_eval_files(run_dir: Path, predictions: list[dict], summary: dict, manifest: dict) -> None:
