@@ -1,35 +1,58 @@
-"""Training throughput: the alignlens step (LM head at target positions only) vs a reference step
-(HF forward with labels, i.e. full-sequence logits), same model, batch and LoRA config.
+"""Training throughput: the alignlens step vs the HF-style step LLaMA-Factory runs, on the same
+training examples, same model and LoRA config.
 
-    .venv/bin/python bench/train_throughput.py [--model gemma-3-270m] [--batch 8] [--seq 128] [--steps 3]
+    .venv/bin/python bench/train_throughput.py [--model gemma-3-270m] [--batch 8] [--steps 4] [--rounds 3]
 
-The batch is real zh+de question-translation examples, cut/right-padded to exactly `--seq` tokens;
-tokens/s counts all batch x seq positions (the same for both steps). Each timed step is forward,
-backward, AdamW step and zero_grad; steps alternate between the two methods (after one warm-up
-step each) so that load from other processes affects both alike; the median is reported.
+Examples: the default preset's zh+de question translation (max_len 128). alignlens: the first
+`--steps` optimizer steps of the trainer's epoch-0 plan (`examples.epoch_order`, bucketed by
+length unless `--batching random`), each step one micro-batch of `--batch` examples right-padded
+to its longest (`collate`), LM head at target positions only (`TargetLossModel`). Reference: the
+SAME examples in a seeded random order (HF Trainer's random sampler), batches of `--batch` padded
+to the longest rounded up to a multiple of 8 (LLaMA-Factory's collator), `model(input_ids,
+attention_mask, labels=...)` on the peft model: logits and cross-entropy at every position.
+
+A round runs all steps of one method (forward, backward, AdamW step, zero_grad per step); rounds
+alternate between the methods (after one warm-up step each), so load from other processes
+affects both alike. Reported: per-round times, the median of the per-pair ratios reference /
+alignlens, the padding share of both (the benchmark's steps and the whole epoch plan), and FLOPs
+per example as `bench/flops.py` counts them (token slots through the body, positions through the
+LM head, training = 3x forward) with the achieved GFLOP/s against a GEMM peak measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-from alignlens.model import load_hf, resolve_device
-from alignlens.train import TargetLossModel, TrainConfig
-from alignlens.train.examples import encode, load_pairs
-from alignlens.train.trainer import wrap_lora
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
+
+from alignlens.model import load_hf, resolve_device  # noqa: E402
+from alignlens.train import TargetLossModel, TrainConfig  # noqa: E402
+from alignlens.train.examples import collate, encode, epoch_order, load_pairs, micro_batches, padding_share  # noqa: E402
+from alignlens.train.trainer import wrap_lora  # noqa: E402
+
+
+def _pad8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    ap.add_argument("--batch", type=int, default=8, help="examples per step (the default preset's batch_size)")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per round and method")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per method (alternating)")
+    ap.add_argument("--batching", default="bucketed", choices=["bucketed", "random"],
+                    help="the alignlens plan (random: the order before bucketing)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -37,72 +60,121 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
 
-    cfg = TrainConfig.from_preset("default", per_language=args.batch)  # LoRA r=8, alpha=16, q_proj,v_proj
+    cfg = TrainConfig.from_preset("default")  # zh+de, 600 per language, max_len 128; LoRA r=8, alpha=16, q_proj,v_proj
     device = resolve_device(args.device)
     model, tok, info = load_hf(args.model, device, torch.float32)
+    hf = model
     model = wrap_lora(model, cfg)
     model.train()
-    target_loss = TargetLossModel(model)  # (loss_sum, n) = target_loss(ids, target_mask)
+    target_loss = TargetLossModel(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-
-    examples, _ = encode(tok, load_pairs(cfg), max_len=args.seq)
-    examples = sorted(examples, key=lambda e: -len(e.ids))[: args.batch]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((args.batch, args.seq), pad, dtype=torch.long)
-    tgt = torch.zeros_like(ids, dtype=torch.bool)
-    real = torch.zeros_like(ids, dtype=torch.bool)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        tgt[i, e.n_prompt: len(e.ids)] = True
-        real[i, : len(e.ids)] = True
-    ids, tgt, real = ids.to(device), tgt.to(device), real.to(device)
-    labels = ids.masked_fill(~tgt, -100)
 
-    def alignlens_step() -> float:
-        loss, n = target_loss(ids, tgt)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach()) / n
+    examples, _ = encode(tok, load_pairs(cfg), max_len=cfg.max_len)
+    lengths = [len(e.ids) for e in examples]
+    bucketed = args.batching == "bucketed"
+    order = epoch_order(len(examples), args.seed, 0, lengths if bucketed else None, args.batch)
+    plan = micro_batches(order, args.batch, args.batch)
+    mine = plan[: args.steps]  # alignlens: the trainer's first steps
+    chosen = [i for b in mine for i in b]
+    shuffled = chosen[:]
+    random.Random(args.seed).shuffle(shuffled)
+    ref_batches = [shuffled[j: j + args.batch] for j in range(0, len(shuffled), args.batch)]
 
-    def reference_step() -> float:
-        loss = model(input_ids=ids, attention_mask=real.long(), labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+    ali_inputs = []
+    for b in mine:
+        ids, tgt = collate([examples[i] for i in b], pad)
+        ali_inputs.append((ids.to(device), tgt.to(device), int(tgt[:, 1:].sum())))
+    ref_inputs = []
+    for b in ref_batches:
+        width = _pad8(max(lengths[i] for i in b))
+        ids = torch.full((len(b), width), pad, dtype=torch.long)
+        tgt = torch.zeros_like(ids, dtype=torch.bool)
+        real = torch.zeros_like(ids, dtype=torch.bool)
+        for r, i in enumerate(b):
+            e = examples[i]
+            ids[r, : len(e.ids)] = torch.tensor(e.ids)
+            tgt[r, e.n_prompt: len(e.ids)] = True
+            real[r, : len(e.ids)] = True
+        ref_inputs.append((ids.to(device), real.long().to(device), ids.masked_fill(~tgt, -100).to(device),
+                           int(tgt[:, 1:].sum())))
 
-    def timed(fn) -> tuple[float, float]:
+    def alignlens_round() -> None:
+        for ids, tgt, n in ali_inputs:
+            loss, _ = target_loss(ids, tgt)
+            (loss / n).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def reference_round() -> None:
+        for ids, mask, labels, _ in ref_inputs:
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        value = fn()
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0, value
+        return time.perf_counter() - t0
 
-    n_tok = args.batch * args.seq
-    print(f"model {args.model} ({info['architecture']}, vocab {model.get_output_embeddings().weight.shape[0]}), "
-          f"batch {args.batch}x{args.seq}, {int(real.sum())} real tokens, {int(tgt[:, 1:].sum())} target tokens, "
-          f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} {','.join(cfg.lora_targets)}, "
-          f"{torch.get_num_threads()} threads, {device}")
-    # warm-up, and a check that both compute the same loss (the optimizer steps in between differ
-    # only by one identical update, so compare on a fresh pass without stepping)
+    n_ex = len(chosen)
+    real_tok = sum(lengths[i] for i in chosen)
+    ali_slots = sum(int(ids.numel()) for ids, _, _ in ali_inputs)
+    ref_slots = sum(int(ids.numel()) for ids, _, _, _ in ref_inputs)
+    n_target = sum(n for _, _, n in ali_inputs)
+    print(f"model {args.model} ({info['architecture']}, vocab {hf.get_output_embeddings().weight.shape[0]}), "
+          f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} {','.join(cfg.lora_targets)}, {torch.get_num_threads()} threads, "
+          f"{device}; {args.steps} steps x {args.batch} examples = {n_ex} examples, {real_tok} real tokens, "
+          f"{n_target} target tokens")
+    for name, batches, mult8 in (("alignlens " + args.batching, plan, False), ("reference random", None, True)):
+        if batches is None:
+            perm = epoch_order(len(examples), args.seed, 0)
+            batches = micro_batches(perm, args.batch, args.batch)
+        real, slots = padding_share(lengths, batches)
+        if mult8:
+            slots = sum(_pad8(max(lengths[i] for i in b)) * len(b) for b in batches)
+        print(f"padding over the whole epoch plan ({len(batches)} steps), {name:>20}: {100 * (1 - real / slots):5.1f}% "
+              f"of {slots} token slots")
+    print(f"padding in the benchmark's steps: alignlens {100 * (1 - real_tok / ali_slots):.1f}% of {ali_slots} slots, "
+          f"reference {100 * (1 - real_tok / ref_slots):.1f}% of {ref_slots} slots")
+
+    # the same loss on the same examples (no optimizer step in between): mean over all target tokens
     with torch.no_grad():
-        a = float(target_loss(ids, tgt)[0]) / int(tgt[:, 1:].sum())
-        b = float(model(input_ids=ids, attention_mask=real.long(), labels=labels).loss)
-    print(f"loss check: alignlens {a:.6f}  reference {b:.6f}  |diff| {abs(a - b):.2e}")
-    timed(alignlens_step), timed(reference_step)
-    times: dict[str, list[float]] = {"alignlens": [], "reference": []}
-    for _ in range(args.steps):
-        times["reference"].append(timed(reference_step)[0])
-        times["alignlens"].append(timed(alignlens_step)[0])
+        a = sum(float(target_loss(ids, tgt)[0]) for ids, tgt, _ in ali_inputs) / n_target
+        b = sum(float(model(input_ids=ids, attention_mask=m, labels=lab).loss) * n
+                for ids, m, lab, n in ref_inputs) / n_target
+    print(f"loss check (mean over the {n_target} target tokens): alignlens {a:.6f}  reference {b:.6f}  "
+          f"|diff| {abs(a - b):.2e}")
+
+    # warm-up: one step each
+    saved_a, saved_r = ali_inputs[:], ref_inputs[:]
+    ali_inputs[:], ref_inputs[:] = saved_a[:1], saved_r[:1]
+    timed(alignlens_round), timed(reference_round)
+    ali_inputs[:], ref_inputs[:] = saved_a, saved_r
+    times: dict[str, list[float]] = {"reference": [], "alignlens": []}
+    for _ in range(args.rounds):
+        times["reference"].append(timed(reference_round))
+        times["alignlens"].append(timed(alignlens_round))
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("reference", "alignlens"):
-        print(f"{k:>10}: {n_tok / med[k]:8.1f} tok/s  (median step {med[k]:.2f} s over {args.steps}: "
-              + ", ".join(f"{t:.2f}" for t in times[k]) + ")")
-    ratio = med["reference"] / med["alignlens"]
-    print(f"ratio alignlens/reference: {ratio:.2f}x (target >= 2.5)")
+        print(f"{k:>10}: {real_tok / med[k]:7.1f} real tok/s, {n_ex / med[k]:5.2f} examples/s  (median round "
+              f"{med[k]:.2f} s over {args.rounds}: " + ", ".join(f"{t:.2f}" for t in times[k]) + ")")
+    ratios = [r / a for r, a in zip(times["reference"], times["alignlens"])]
+    ratio = statistics.median(ratios)
+    print(f"ratio reference/alignlens: {ratio:.2f}x median of the {args.rounds} round pairs "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}); target >= 2.1, moonshot 2.5")
+
+    body, head = body_flops_per_token(hf), head_flops_per_position(hf)
+    # alignlens: body over each row but its last position, head at the target-predicting positions
+    ali_flops = 3 * (body * sum(ids.shape[0] * (ids.shape[1] - 1) for ids, _, _ in ali_inputs) + head * n_target)
+    ref_flops = 3 * (body + head) * ref_slots
+    peak = gemm_peak_gflops()
+    print(describe("alignlens", ali_flops, med["alignlens"], peak, n_ex))
+    print(describe("reference", ref_flops, med["reference"], peak, n_ex))
 
 
 if __name__ == "__main__":
