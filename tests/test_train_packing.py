@@ -173,3 +173,42 @@ def test_trainer_runs_the_bucketed_plan_and_the_manifest_records_it(tiny_base, t
         r, s = padding_share(lengths, micro_batches(epoch_order(len(lengths), 4, epoch, lengths, per_step), per_step, 3))
         real, slots = real + r, slots + s
     assert b["token_slots"] == slots and b["padding_share"] == pytest.approx(1 - real / slots, abs=1e-4)
+
+
+def test_a_checkpoint_from_before_bucketing_resumes_its_random_order(tiny_base, tmp_path):
+    import dataclasses
+
+    from alignlens.train import Checkpoint, TrainInterrupted
+
+    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
+               lr=1e-2, eval_every=0, save_every=0, seed=1)
+
+    def stop(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(TrainInterrupted):
+        train(TrainConfig.from_preset("default", **cfg), tiny_base, out, progress=False, callback=stop)
+    path = out / "checkpoints" / "last.pt"
+    ckpt = Checkpoint.load(path)
+    assert ckpt.config["batching"] == "bucketed"
+    legacy = {k: v for k, v in ckpt.config.items() if k != "batching"}  # as saved before bucketing
+    dataclasses.replace(ckpt, config=legacy).save(path)
+    res = train(None, None, out, resume=True, progress=False)
+    assert res.manifest["training"]["batching"]["scheme"] == "random"
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    tokens = [r["tokens"] for r in rows if r["event"] == "step"]
+    from transformers import AutoTokenizer
+
+    from alignlens.train.examples import build_data
+
+    c = TrainConfig.from_preset("default", **cfg)
+    data = build_data(c, load_pairs(c), AutoTokenizer.from_pretrained(tiny_base), progress=False)
+    lengths = [len(e.ids) for e in data.train]
+
+    def planned(order):
+        return [sum(lengths[i] for i in order[k: k + 4]) for k in range(0, len(order), 4)]
+
+    bucketed, random_ = planned(epoch_order(len(lengths), 1, 0, lengths, 4)), planned(epoch_order(len(lengths), 1, 0))
+    assert tokens[:2] == bucketed[:2] and tokens[2:] == random_[2:] != bucketed[2:]

@@ -450,7 +450,7 @@ class Trainer:
         """The order of the training examples in `epoch` (`examples.epoch_order`: bucketed by
         length unless `batching` is "random"); the same on every rank and after a resume."""
         if epoch not in self._orders:
-            self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step)}
+            self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step, self.batching)}
         return self._orders[epoch]
 
     def _passes_distributed(self, chunk: list, n_target: int) -> float:
@@ -535,7 +535,7 @@ class Trainer:
                 atomic_save(self.best_weights, self.ckpt_dir / "best.pt")
                 self._best_saved = True
             trainable, optimizer = ({}, {}) if self.fsdp else (trainable_state(self.model), self.optimizer.state_dict())
-            Checkpoint(self.config.to_dict(), self.model_spec, self.data.digest, trainable, optimizer,
+            Checkpoint({**self.config.to_dict(), "batching": self.batching}, self.model_spec, self.data.digest, trainable, optimizer,
                        self.scheduler.state_dict(), self.log.offset(), state, self.world.size, rngs,
                        sharded).save(self.ckpt_dir / "last.pt")
             if sharded is not None:  # shard folders no checkpoint names any more
@@ -565,7 +565,7 @@ class Trainer:
                                      device=self.device, elapsed=elapsed, best_weights=best,
                                      command=self.command, world_size=self.world.size,
                                      parallel="fsdp" if self.fsdp else ("ddp" if self.world.distributed else None),
-                                     per_step=self.per_step)
+                                     per_step=self.per_step, batching_scheme=self.batching)
 
         def write() -> None:
             if not self.fsdp:
@@ -809,28 +809,33 @@ def merged_tensors(hf: torch.nn.Module, dtype: torch.dtype, keep: bool) -> Itera
                 yield f"{mod_name}.{buf_name}".lstrip("."), (value if keep else None)
 
 
-def batching(config: TrainConfig) -> str:
-    """How optimizer steps are formed: `config.batching` when the config has that option, else
-    "bucketed" (`examples.BATCHINGS`)."""
+def batching(config: TrainConfig, saved: dict | None = None) -> str:
+    """How optimizer steps are formed (`examples.BATCHINGS`): `config.batching` when the config has
+    that option, else "bucketed". Resuming, the checkpoint's saved options (`saved`, where
+    `Trainer.checkpoint` always records "batching") decide; a checkpoint saved before bucketing
+    existed has no "batching" and resumes "random", the order it was started with."""
+    if saved is not None:
+        return saved.get("batching") or "random"
     return getattr(config, "batching", None) or "bucketed"
 
 
-def plan_order(data: TrainData, config: TrainConfig, epoch: int, per_step: int) -> list[int]:
-    """`examples.epoch_order` of `data.train` in `epoch` for `config`'s seed and batching."""
-    lengths = [len(e.ids) for e in data.train] if batching(config) == "bucketed" else None
+def plan_order(data: TrainData, config: TrainConfig, epoch: int, per_step: int, scheme: str | None = None) -> list[int]:
+    """`examples.epoch_order` of `data.train` in `epoch` for `config`'s seed and `scheme` (default
+    `batching(config)`)."""
+    lengths = [len(e.ids) for e in data.train] if (scheme or batching(config)) == "bucketed" else None
     return epoch_order(len(data.train), config.seed, epoch, lengths, per_step)
 
 
-def batching_record(data: TrainData, config: TrainConfig, per_step: int) -> dict:
+def batching_record(data: TrainData, config: TrainConfig, per_step: int, scheme: str | None = None) -> dict:
     """The manifest's `training.batching`: scheme, window (steps sorted together), and the padding
     of the planned micro-batches over all epochs (token slots, real tokens, padded share)."""
     lengths = [len(e.ids) for e in data.train]
     real = slots = 0
     for epoch in range(config.epochs):
-        r, s = padding_share(lengths, micro_batches(plan_order(data, config, epoch, per_step), per_step,
+        r, s = padding_share(lengths, micro_batches(plan_order(data, config, epoch, per_step, scheme), per_step,
                                                     config.batch_size))
         real, slots = real + r, slots + s
-    scheme = batching(config)
+    scheme = scheme or batching(config)
     return {"scheme": scheme, "window_steps": BUCKET_WINDOW if scheme == "bucketed" else None,
             "description": (f"each window of {BUCKET_WINDOW} optimizer steps' examples (in the seeded epoch order) sorted by "
                             "length and cut into steps, the steps shuffled; micro-batches right-padded to "
@@ -852,13 +857,14 @@ def resume_command(out: Path, world_size: int) -> str:
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
                       best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None,
-                      per_step: int | None = None) -> dict:
+                      per_step: int | None = None, batching_scheme: str | None = None) -> dict:
     """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
     (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
     times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
     the outputs hold the best-validation weights (else the final ones); `world_size`: processes
     (torchrun), `parallel`: "ddp", "fsdp" or None (one process); `per_step`: examples per optimizer
-    step (default `batch_size` x `grad_accum` x `world_size`), for `training.batching`."""
+    step (default `batch_size` x `grad_accum` x `world_size`) and `batching_scheme` (default
+    `batching(config)`), for `training.batching`."""
     counts = data.counts
     data_section = {
         "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
@@ -882,7 +888,8 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
                      "trainable_params": n_trainable, "method": "full" if config.full else "lora",
                      "device": str(device), "world_size": world_size, "parallel": parallel,
                      "global_batch": config.batch_size * config.grad_accum * world_size,
-                     "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size),
+                     "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size,
+                                                 batching_scheme),
                      "tokens_seen": state.tokens, "sessions": state.sessions,
                      "wall_seconds": round(elapsed, 1),
                      "tokens_per_second": round(state.tokens / elapsed, 1) if elapsed > 0 else None},
@@ -934,7 +941,10 @@ def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | No
     rank = distributed.world().rank
     if rank > 0:
         seed_all(rank_seed(config.seed, rank))
-    return Trainer(config, model_spec, out, data, model, tokenizer, base_info, device, session_start)
+    trainer = Trainer(config, model_spec, out, data, model, tokenizer, base_info, device, session_start)
+    if ckpt is not None:
+        trainer.batching = batching(config, ckpt.config)  # a checkpoint from before bucketing resumes its order
+    return trainer
 
 
 def check_world(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World, out: Path) -> None:
