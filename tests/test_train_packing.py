@@ -212,3 +212,47 @@ def test_a_checkpoint_from_before_bucketing_resumes_its_random_order(tiny_base, 
 
     bucketed, random_ = planned(epoch_order(len(lengths), 1, 0, lengths, 4)), planned(epoch_order(len(lengths), 1, 0))
     assert tokens[:2] == bucketed[:2] and tokens[2:] == random_[2:] != bucketed[2:]
+
+
+# ---- the fused frozen LM head -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_fused_frozen_head_equals_logits_and_cross_entropy(monkeypatch, softcap):
+    from alignlens.train import loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "FUSED_LOGITS", 3 * 50)  # chunks of 3 rows (vocab 50): 7 rows -> 3 chunks
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 8, generator=gen, dtype=torch.float64)
+    rows = torch.randn(7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 50, (7,), generator=gen)
+    fused = loss_mod._FrozenHeadCrossEntropy.apply(rows, weight, labels, softcap)
+    (2.5 * fused).backward()
+    g_fused = rows.grad.clone()
+    rows.grad = None
+    logits = rows @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    plain = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    (2.5 * plain).backward()
+    assert abs(float(fused.detach()) - float(plain.detach())) < 1e-10
+    assert float((g_fused - rows.grad).abs().max()) < 1e-10
+
+
+def test_target_loss_uses_the_fused_head_only_for_a_frozen_head(tiny_base, monkeypatch):
+    from alignlens.train import loss as loss_mod
+    from alignlens.train.trainer import wrap_lora
+
+    calls = []
+    real = loss_mod._FrozenHeadCrossEntropy.apply
+    monkeypatch.setattr(loss_mod._FrozenHeadCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
+    model, tok = _load(tiny_base)
+    ids, tgt = collate(_examples(tok, per_language=2), tok.pad_token_id)
+    lora = TargetLossModel(wrap_lora(model, TrainConfig.from_preset("default")))
+    lora(ids, tgt)
+    assert calls == [1]
+    with torch.no_grad():  # validation: the plain path
+        lora(ids, tgt)
+    full, _ = _load(tiny_base)
+    TargetLossModel(full)(ids, tgt)  # full fine-tuning trains the head: the plain path
+    assert calls == [1]
