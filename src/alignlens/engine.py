@@ -6,10 +6,15 @@ training loss all use it.
 
 `score_prompts` scores many prompts that share a few-shot prefix, with probabilities identical
 to one plain forward pass per prompt (tested):
-- the prefix is encoded once; its key/value cache is copied for every batch of queries
-  (`prefix_cache=True`);
+- the prefix is encoded once (`prefix_cache=True`); every batch of queries attends to its
+  key/value cache through broadcast views (no per-batch copy of the cache). Without probes, the
+  cached part is every token all prompts share (the few-shot prefix plus the query template's
+  common start, e.g. "Premise:"); with probes it is the few-shot prefix's tokens only, so a
+  probe's query tokens stay the item's own;
 - queries run in right-padded batches; only the last real position of each row goes through
-  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass).
+  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass), and the head
+  runs on the last positions of several batches at once (`HEAD_ROWS`; it reads its whole weight
+  per call, so one call for many rows costs little more than one for a few).
 
 Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
 pass, and optionally `prefix_hooks(n_tokens)` for the shared prefix's one pass) read activations
@@ -167,6 +172,11 @@ def shared_prefix_len(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]
     return min([common_prefix_len(prefix_ids, p) for p in prompts] + [min(len(p) for p in prompts) - 1])
 
 
+def common_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens all prompts share from the start, leaving at least one token of each prompt."""
+    return min([common_prefix_len(prompts[0], p) for p in prompts] + [min(len(p) for p in prompts) - 1])
+
+
 def _right_padded(suffixes: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), long [batch, width]. Right padding: real tokens keep contiguous positions, and
     causal attention keeps the padding (after them) invisible to them."""
@@ -179,18 +189,43 @@ def _right_padded(suffixes: Sequence[Sequence[int]], pad: int, device: torch.dev
     return ids.to(device), mask.to(device)
 
 
+def _batch_view(cache: Any, n: int) -> Any:
+    """The prefix's key/value `cache` (batch 1) for a batch of `n` queries, without copying it:
+    each layer's keys/values are broadcast views (`expand`). The layers' `update` concatenates the
+    new keys to them into new tensors, so the prefix's own cache is never written. A cache without
+    per-layer `keys`/`values` (another Cache type) is deep-copied and repeated instead."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        batch_cache = copy.deepcopy(cache)
+        batch_cache.batch_repeat_interleave(n)
+        return batch_cache
+    view = copy.copy(cache)
+    view.layers = []
+    for layer in layers:
+        mine = copy.copy(layer)
+        if isinstance(layer.keys, torch.Tensor) and layer.keys.dim() == 4 and layer.keys.shape[0] == 1:
+            mine.keys = layer.keys.expand(n, -1, -1, -1)
+            mine.values = layer.values.expand(n, -1, -1, -1)
+        view.layers.append(mine)
+    return view
+
+
 def _suffix_forward(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, k: int, cache: Any) -> torch.Tensor:
     """Final hidden states [batch, width, d_model] of query tokens `ids` at positions k, k+1, ...
-    after a copy of the prefix's key/value `cache` (None: no prefix, k = 0)."""
+    after the prefix's key/value `cache` (batch 1; None: no prefix, k = 0)."""
     n, width = ids.shape
     kwargs: dict[str, Any] = {"use_cache": False}
     if cache is not None:
-        batch_cache = copy.deepcopy(cache)
-        batch_cache.batch_repeat_interleave(n)
-        kwargs = {"past_key_values": batch_cache, "use_cache": True}
+        kwargs = {"past_key_values": _batch_view(cache, n), "use_cache": True}
     attn = torch.cat([torch.ones((n, k), dtype=torch.long, device=ids.device), mask], dim=1)
     positions = (k + torch.arange(width, device=ids.device)).unsqueeze(0).expand(n, -1)
     return body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
+
+
+#: The LM head runs once the pending last positions of finished batches reach this many rows
+#: (and at the end): its 262k x d_model weight is read once per call, so on CPU one call for
+#: 64 rows costs about what three calls for 8 rows do.
+HEAD_ROWS = 64
 
 
 @torch.no_grad()
@@ -219,17 +254,20 @@ def score_prompts(
 
     `select_batches(costs)`: data parallelism. The plan (shared-prefix length over all queries,
     length-sorted order, batches) is always the whole call's; given each planned batch's cost
-    (padded query tokens) it returns the indices of the batches this call runs. The rows of the
+    (padded query tokens) it returns the indices of the batches this call runs. The shared-prefix
+    length is the tokens all queries share (the few-shot prefix's only, when there are probes). The rows of the
     other batches stay 0 and probes never see them; the prefix pass always runs.
 
-    A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
-    writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
-    queries' ids; default their positions).
+    Label probabilities that are not finite (NaN/inf logits: float16 overflow, a hook writing NaN)
+    raise NumericalError when their rows go through the head (within `HEAD_ROWS` rows of the batch),
+    naming `where` and the items (`item_ids`, the queries' ids; default their positions).
     """
     tok, device = model.tokenizer, model.device  # where inputs go (the input embedding's device)
     body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
     full = encode(tok, [prefix + q for q in queries])
-    k = shared_prefix_len(encode(tok, [prefix])[0], full) if prefix_cache else 0
+    k = 0
+    if prefix_cache:  # with probes, a query's tokens are the item's own (see the module docstring)
+        k = shared_prefix_len(encode(tok, [prefix])[0], full) if probes else common_len(full)
     ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
     if len(ids_of) != len(queries):
         raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
@@ -248,6 +286,20 @@ def score_prompts(
             prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
             with model.bridge.hooks(fwd_hooks=prefix_hooks):
                 cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
+        pending: list[tuple[list[int], torch.Tensor]] = []  # (rows, last hidden states) awaiting the head
+
+        def head() -> None:
+            """Label probabilities of the pending rows (one LM-head call)."""
+            rows = [i for r, _ in pending for i in r]
+            probs = torch.softmax(unembed.head(torch.cat([h for _, h in pending])).float(), dim=-1)
+            pending.clear()
+            for c, idx in enumerate(index_sets):
+                out[rows, c] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
+            bad = ~torch.isfinite(out[rows]).all(dim=1)
+            if bool(bad.any()):
+                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
+                                      model.dtype)
+
         for j in run:
             rows = planned[j]
             ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)
@@ -258,16 +310,15 @@ def score_prompts(
                 p.after_batch(batch)
             # Each tensor's own device: with a device map the last block, the norm and the LM head
             # may sit on different devices than the inputs (accelerate moves module inputs).
-            h_last = hidden[torch.arange(len(rows), device=hidden.device), batch.last.to(hidden.device)]
-            probs = torch.softmax(unembed.head(h_last).float(), dim=-1)
-            for j, idx in enumerate(index_sets):
-                out[rows, j] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
-            bad = ~torch.isfinite(out[rows]).all(dim=1)
-            if bool(bad.any()):
-                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
-                                      model.dtype)
+            pending.append((list(rows), hidden[torch.arange(len(rows), device=hidden.device),
+                                               batch.last.to(hidden.device)]))
+            del hidden
+            if sum(len(r) for r, _ in pending) >= HEAD_ROWS:
+                head()
             if on_batch_done is not None:
                 on_batch_done(len(rows))
+        if pending:
+            head()
     return out
 
 
