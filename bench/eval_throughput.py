@@ -1,14 +1,20 @@
 """Evaluation throughput: alignlens's fast path vs the paper's method, on the same items.
 
-The paper's method: one item at a time, full-sequence logits, no cache. alignlens: the few-shot
-prefix's KV cache reused, padded batches, LM head on the last position only. Checks that the
+The paper's method: one item at a time, full-sequence logits, no cache. alignlens: the shared
+prefix's KV cache reused (broadcast, not copied), padded batches, LM head on the last positions
+only (several batches per call). Checks that the
 predictions are identical and the probabilities agree (1e-4), then times the two methods
 alternately for `--rounds` rounds (load from other processes affects both alike) and prints the
 median items/s of each and the median ratio (target: >= 14; the FLOP ratio is the moonshot), with
 each method's counted FLOPs per item and achieved GFLOP/s against the machine's measured GEMM peak
 (bench/flops.py).
 
-    python bench/eval_throughput.py [--items 34] [--languages en,zh,de] [--batch-size 8] [--rounds 3]
+    python bench/eval_throughput.py [--items 34] [--languages en,zh,de] [--batch-size 8] [--rounds 3] [--threads N]
+
+`--threads` sets torch's thread count for both methods (default: torch's, one per core). On a
+machine whose cores other processes also use, 1 thread is much faster for both (and more so for
+the fast path, whose operations are smaller): an OpenMP parallel region waits for its slowest
+thread, and a thread that loses its core stalls every small operation by a scheduler time slice.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_p
 
 from alignlens import data  # noqa: E402
 from alignlens import evaluate as ev  # noqa: E402
-from alignlens.engine import encode, reference_probs, shared_prefix_len  # noqa: E402
+from alignlens.engine import common_len, encode, reference_probs  # noqa: E402
 from alignlens.labels import label_sets  # noqa: E402
 from alignlens.model import load_model  # noqa: E402
 
@@ -35,13 +41,14 @@ from alignlens.model import load_model  # noqa: E402
 def counted_flops(model, spec, langs: list[str], items: dict) -> tuple[float, float]:
     """(paper's method, alignlens) useful FLOPs over all items: the paper runs every prompt token
     through the body and the head; alignlens runs each language's shared prefix once through the
-    body, each item's suffix through the body and its last position through the head."""
+    body (the tokens all its prompts share, `engine.common_len`), each item's suffix through the
+    body and its last position through the head. Not counted: the evaluation's content-free
+    queries (contextual calibration, 3 per language), which alignlens's timed run also scores."""
     fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
     paper = fast = 0.0
     for lang in langs:
         prompts = encode(model.tokenizer, [data.build_prompt(spec, lang, it) for it in items[lang]])
-        prefix = encode(model.tokenizer, [data.prompt_prefix(spec, lang)])[0]
-        k = shared_prefix_len(prefix, prompts)
+        k = common_len(prompts)
         paper += sum(len(p) for p in prompts) * (fb + fh)
         fast += k * fb + sum((len(p) - k) * fb + fh for p in prompts)
     return paper, fast
@@ -55,7 +62,10 @@ def main() -> None:
     ap.add_argument("--languages", default="en,zh,de")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model)
     spec = data.load_task(args.task)
     sets = label_sets(model.tokenizer, spec.labels)
@@ -87,7 +97,7 @@ def main() -> None:
     print(f"model {args.model}, task {args.task}, {n} items ({args.items} x {len(langs)} languages), "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds (medians)")
     print(f"paper's method (one item, full logits, no cache): {n / tr:7.2f} items/s ({tr:.1f}s)")
-    print(f"alignlens (prefix KV cache, batched, last position): {n / tf:7.2f} items/s ({tf:.1f}s)")
+    print(f"alignlens (prefix KV cache, batched, last positions): {n / tf:7.2f} items/s ({tf:.1f}s)")
     print(describe("  paper's method", f_paper, tr, peak, n))
     print(describe("  alignlens     ", f_fast, tf, peak, n))
     print(f"predictions identical: {same}; max |prob difference|: {max_diff:.2e}")

@@ -239,3 +239,106 @@ def test_content_free_probabilities_and_calibrated_accuracy(tiny_gemma):
     entry = summarize([r], bootstrap_resamples=50)["tasks"]["snli"]["languages"]["de"]
     assert entry["calibrated_accuracy"] == pytest.approx(acc)
     assert list(entry["p_content_free"]) == list(spec.labels)
+
+
+def _prefix_cache(model, spec, lang, items):
+    """(body, prompt token ids, shared-prefix length, the prefix's KV cache) of snli-like items."""
+    from alignlens.engine import decoder_body, shared_prefix_len
+
+    body = decoder_body(model.hf_model)
+    full = encode(model.tokenizer, [data.build_prompt(spec, lang, it) for it in items])
+    k = shared_prefix_len(encode(model.tokenizer, [data.prompt_prefix(spec, lang)])[0], full)
+    with torch.no_grad():
+        cache = body(input_ids=torch.tensor([full[0][:k]]), use_cache=True).past_key_values
+    return body, full, k, cache
+
+
+def test_batch_view_of_prefix_cache_equals_copies_and_leaves_it_untouched(tiny_gemma):
+    """Each batch attends to the prefix's cache through broadcast views: the hidden states equal
+    those after a deep copy repeated per row (the former way), and the prefix cache is unchanged
+    after several batches (tiny Gemma: sliding-window and full layers)."""
+    import copy
+
+    from alignlens.engine import _batch_view, _right_padded, _suffix_forward
+
+    spec = data.load_task("paws")
+    items = data.load_items(spec, "de", limit=3)
+    body, full, k, cache = _prefix_cache(tiny_gemma, spec, "de", items)
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    ids, mask = _right_padded([p[k:] for p in full], 0, torch.device("cpu"))
+    assert len(set(mask.sum(1).tolist())) > 1  # padded rows
+    with torch.no_grad():
+        fast = _suffix_forward(body, ids, mask, k, cache)
+        again = _suffix_forward(body, ids[:2], mask[:2], k, cache)
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(len(full))
+        attn = torch.cat([torch.ones(len(full), k, dtype=torch.long), mask], dim=1)
+        pos = (k + torch.arange(ids.shape[1])).unsqueeze(0).expand(len(full), -1)
+        slow = body(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=copied,
+                    use_cache=True).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(fast[real], slow[real], atol=1e-6)
+    assert torch.allclose(again[real[:2]], fast[:2][real[:2]], atol=1e-6)
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert layer.keys.shape[0] == 1 and torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    view = _batch_view(cache, 4)
+    assert view.layers[0].keys.shape[0] == 4 and view.layers[0].keys.data_ptr() == cache.layers[0].keys.data_ptr()
+
+
+class _Recorder:
+    """A probe that changes nothing and records the prefix length and each batch's query lengths."""
+
+    def __init__(self):
+        self.prefix, self.lengths = None, {}
+
+    def prefix_hooks(self, n_tokens):
+        self.prefix = n_tokens
+        return []
+
+    def hooks(self, batch):
+        self.lengths.update(zip(batch.rows, batch.mask.sum(1).tolist()))
+        return []
+
+    def after_batch(self, batch):
+        pass
+
+
+def test_without_probes_the_cache_holds_every_shared_token(tiny_gemma):
+    """Without probes the cached part is all tokens the prompts share (the few-shot prefix plus
+    the template's start, 'Premise:'); a probe still sees the few-shot prefix split (its queries
+    are the items' own tokens). Both give the same probabilities."""
+    from alignlens.engine import common_len, score_prompts
+
+    spec = data.load_task("snli")
+    items = data.load_items(spec, "en", limit=5)
+    _, full, k, _ = _prefix_cache(tiny_gemma, spec, "en", items)
+    assert common_len(full) > k  # the template's start is shared too
+    queries = [spec.prompts["en"].query_template.format(**it.fields) for it in items]
+    sets = label_sets(tiny_gemma.tokenizer, spec.labels)
+    prefix = data.prompt_prefix(spec, "en")
+    plain = score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2)
+    rec = _Recorder()
+    probed = score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, probes=[rec])
+    assert rec.prefix == k and rec.lengths == {i: len(p) - k for i, p in enumerate(full)}
+    assert torch.allclose(plain, probed, atol=1e-6, rtol=0)
+    costs = []
+    score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, select_batches=lambda c: costs.extend(c) or [])
+    order = sorted(range(5), key=lambda i: len(full[i]))
+    assert costs == [len(b) * max(len(full[i]) - common_len(full) for i in b) for b in (order[:2], order[2:4], order[4:])]
+
+
+def test_head_on_pooled_batches_equals_head_per_batch(tiny_gemma, monkeypatch):
+    """The LM head runs on the last positions of several batches at once (`HEAD_ROWS`): the same
+    probabilities as one head call per batch, and progress is still told batch by batch."""
+    from alignlens import engine
+
+    spec = data.load_task("emotion")
+    items = data.load_items(spec, "ru", limit=7)
+    results = {}
+    for rows in (1, 3, 64):
+        monkeypatch.setattr(engine, "HEAD_ROWS", rows)
+        told = []
+        results[rows] = ev.evaluate_language(tiny_gemma, spec, "ru", items, batch_size=2, on_batch_done=told.append).probs
+        assert told == [2, 2, 2, 1]
+    assert np.abs(results[1] - results[64]).max() <= 1e-6 and np.abs(results[3] - results[64]).max() <= 1e-6
+    assert np.all(results[64] > 0)
