@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from alignlens import AlignlensError
 from alignlens.capture.reducers import ActivationCounter, RowStore, SumCount
@@ -160,3 +164,66 @@ def test_rowstore_dtype_and_empty_state():
     assert s.to_tensor().dtype == torch.float32
     empty = RowStore.from_state_dict(RowStore().state_dict())
     assert len(empty) == 0
+
+
+# ---- the capture hooks' pooling under a device map --------------------------------------------
+
+
+class _MixedDevices(TorchFunctionMode):
+    """Records every torch call whose tensor arguments (0-dim ones aside) are on more than one device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixed: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        devices = {t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(devices) > 1:
+            self.mixed.append(f"{getattr(func, '__name__', func)} on {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
+def test_capture_hooks_pool_on_each_activations_device(tiny_gemma):
+    """With --device-map the blocks run on different devices: the capture hooks must pool each
+    activation with a mask, indices and prefix sums on that activation's device. Here the batch's
+    mask is on the CPU (the model input), the embedding and block 0 run on the CPU and block 1 on
+    the meta device (torch refuses to combine meta and CPU tensors): the prefix pass and the batch's
+    hooks run, no torch call gets tensors of two devices, each row's pooled states stay on its
+    device, and the CPU rows equal a direct computation."""
+    from alignlens import data
+    from alignlens.capture.capturer import EMBED_HOOK, Capturer, resid_hook_name
+    from alignlens.engine import SuffixBatch
+
+    cap = Capturer(tiny_gemma, data.load_task("snli"), "de")
+    names = [EMBED_HOOK] + [resid_hook_name(i) for i in range(cap.n_layers)]  # hidden-state rows 0..n_layers
+    device = ["cpu"] * cap.n_layers + ["meta"]  # the last block on another device
+    g = torch.Generator().manual_seed(0)
+    k, n, pos, d = 4, 3, 5, cap.d_model
+    prefix = [torch.randn(1, k, d, generator=g) for _ in names]
+    xs = [torch.randn(n, pos, d, generator=g) for _ in names]
+    mask = torch.arange(pos)[None] < torch.tensor([5, 2, 3])[:, None]
+    batch = SuffixBatch([0, 1, 2], mask, mask.sum(1) - 1)
+    mode = _MixedDevices()
+    with mode:
+        for name, fn in cap.prefix_hooks(k):
+            r = names.index(name)
+            fn(prefix[r].to(device[r]), SimpleNamespace(name=name))
+        ran = []
+        for name, fn in cap.hooks(batch):
+            if name in names:
+                r = names.index(name)
+                fn(xs[r].to(device[r]), SimpleNamespace(name=name))
+                ran.append(r)
+    assert sorted(ran) == list(range(len(names))) and mode.mixed == []
+    for r, dev in enumerate(device):
+        pooled = cap._pooled[r]  # (last, query mean, prompt mean) of hidden-state row r
+        assert [(t.device.type, tuple(t.shape), t.dtype) for t in pooled] == [(dev, (n, d), torch.float32)] * 3
+        if dev == "cpu":
+            x = xs[r].double()
+            last = x[torch.arange(n), mask.sum(1) - 1]
+            query = torch.stack([x[i][mask[i]].mean(0) for i in range(n)])
+            prompt = torch.stack([(prefix[r][0].double().sum(0) + x[i][mask[i]].sum(0)) / (k + mask[i].sum())
+                                  for i in range(n)])
+            for got, want in zip(pooled, (last, query, prompt)):
+                torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=1e-6)

@@ -21,7 +21,9 @@ at every layer), reduced to label-word probabilities (each label's English and t
 token sets, and the union of all labels' sets of each) and entropy. Which prompts the pass runs
 on (target-language or English label words in the demonstrations) is the caller's choice
 (`pipeline.capture_run`); the capture records it (`LanguageCapture.prompts`). Padding never enters a
-statistic. Everything kept is a reducer (`alignlens.capture.reducers`), so shards from several
+statistic. Every activation is pooled on its own device (`pool_states`: the mask, indices and prefix
+sums are brought to it), so a model split over devices (`--device-map`) is captured as a whole one;
+the pooled rows are gathered on the batch's device after the pass. Everything kept is a reducer (`alignlens.capture.reducers`), so shards from several
 processes can be combined (`alignlens.capture.shards` writes and reads them).
 """
 
@@ -169,6 +171,53 @@ class LanguageCapture:
         return torch.cat([emb.unsqueeze(1), blocks.to_tensor()], dim=1)
 
 
+class _BatchOnDevice(NamedTuple):
+    """A batch's index tensors on one device: mask [batch, pos] bool, rows [batch] (0..batch-1),
+    last [batch] (last real token), counts and prompt_counts [batch, 1] float64 (query tokens, and
+    prefix + query tokens)."""
+
+    mask: torch.Tensor
+    rows: torch.Tensor
+    last: torch.Tensor
+    counts: torch.Tensor
+    prompt_counts: torch.Tensor
+
+
+class PoolIndex:
+    """A batch's mask, last-token index and token counts, built once per device (`on`): with
+    `--device-map` the blocks, and so their hooked activations, live on different devices, and
+    each activation is pooled with index tensors on its own device."""
+
+    def __init__(self, mask: torch.Tensor, last: torch.Tensor, prefix_len: int = 0) -> None:
+        self.mask, self.last, self.prefix_len = mask, last, prefix_len
+        self._by_device: dict[torch.device, _BatchOnDevice] = {}
+
+    def on(self, device: torch.device) -> _BatchOnDevice:
+        """The index tensors on `device` (copied there once, then reused)."""
+        if device not in self._by_device:
+            mask, last = self.mask.to(device), self.last.to(device)
+            counts = mask.sum(1, keepdim=True).double()
+            self._by_device[device] = _BatchOnDevice(mask, torch.arange(mask.shape[0], device=device), last, counts,
+                                                     counts + self.prefix_len)
+        return self._by_device[device]
+
+
+def pool_states(x: torch.Tensor, index: PoolIndex, prefix_sum: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(last, query mean, prompt mean), float32 [batch, d_model], of one hidden-state row's
+    activations ``x`` [batch, pos, d_model] (the query tokens after the shared prefix), computed on
+    ``x.device`` (every other tensor is brought there): the last real token, the mean over the
+    query's real tokens, and (prefix_sum + query sum) / (prefix_len + query tokens) with
+    ``prefix_sum`` [d_model] the float64 sum of the prefix's tokens (None: no shared prefix).
+    Float64 sums; padding never enters a statistic."""
+    idx = index.on(x.device)
+    # where, not a product: a NaN at a padding position must not reach a real row's mean
+    query_sum = torch.where(idx.mask.unsqueeze(-1), x.double(), 0.0).sum(1)
+    prefix = prefix_sum.to(x.device) if prefix_sum is not None else 0.0
+    return (x[idx.rows, idx.last].float(), (query_sum / idx.counts).float(),
+            ((prefix + query_sum) / idx.prompt_counts).float())
+
+
 class Capturer:
     """The capture of one task and language, as an `engine.Probe`: `hooks(batch)` read the
     residual stream and MLP pre-activations, `after_batch(batch)` reduces them and runs the
@@ -188,96 +237,88 @@ class Capturer:
         overlap = torch.tensor(label_overlap(tok, spec.labels, [words.get(w, w) for w in spec.labels],
                                              self.sets_en, self.sets_target, lens_overlap))
         self.capture = LanguageCapture.empty(spec.name, lang, self.n_layers, self.d_mlp, overlap, prompts)
-        self._last: torch.Tensor | None = None
-        self._mean: torch.Tensor | None = None
-        self._prompt: torch.Tensor | None = None  # [batch, n_layers, d_model] prompt means of the batch
-        self._embed: torch.Tensor | None = None  # [batch, 3, d_model] embedding output (EMBED_ROWS)
-        # The shared prefix (`prefix_hooks`): float64 sums over its tokens [n_layers + 1, d_model]
-        # (row 0 the embedding output) and its token count; none when the prompts share no prefix.
-        self._prefix_sum: torch.Tensor | None = None
+        # The batch's pooled states (`hooks`): hidden-state row (0 = embedding output, l + 1 = block l)
+        # -> (last, query mean, prompt mean) float32 [batch, d_model], each on its activation's device.
+        self._pooled: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # The shared prefix (`prefix_hooks`): per hidden-state row, the float64 sum over its tokens
+        # [d_model] (on that row's device), and its token count; none when the prompts share no prefix.
+        self._prefix_sums: dict[int, torch.Tensor] = {}
         self._prefix_len = 0
 
     def prefix_hooks(self, n_tokens: int) -> list[Hook]:
         """Hooks for the shared prefix's one forward pass ([1, n_tokens, d_model]): the float64 sum
-        over its tokens of the embedding output and of every block's output, kept for the prompt
-        mean of every item (`engine.Probe.prefix_hooks`)."""
+        over its tokens of the embedding output and of every block's output, kept (on the
+        activation's device) for the prompt mean of every item (`engine.Probe.prefix_hooks`)."""
         self._prefix_len = n_tokens
-        self._prefix_sum = None
-
-        def add(row: int, x: torch.Tensor) -> None:
-            if self._prefix_sum is None:
-                self._prefix_sum = torch.zeros(self.n_layers + 1, self.d_model, dtype=torch.float64, device=x.device)
-            self._prefix_sum[row] = x[0].double().sum(0)
+        self._prefix_sums = {}
 
         def embed(x: torch.Tensor, hook) -> torch.Tensor:
-            add(0, x)
+            self._prefix_sums[0] = x[0].double().sum(0)
             return x
 
         def resid(x: torch.Tensor, hook) -> torch.Tensor:
-            add(int(hook.name.split(".")[1]) + 1, x)
+            self._prefix_sums[int(hook.name.split(".")[1]) + 1] = x[0].double().sum(0)
             return x
 
         return [(EMBED_HOOK, embed)] + [(resid_hook_name(i), resid) for i in range(self.n_layers)]
 
     def hooks(self, batch: SuffixBatch) -> list[Hook]:
         """Hooks for one batch: the embedding output and every block's resid_post (last position,
-        mean over the query's tokens, mean over all prompt tokens with the prefix's sums) and MLP
-        pre-activation (counted where > 0)."""
-        n = len(batch.rows)
-        dev = batch.mask.device
-        self._last = torch.zeros(n, self.n_layers, self.d_model, dtype=torch.float32, device=dev)
-        self._mean = torch.zeros_like(self._last)
-        self._prompt = torch.zeros_like(self._last)
-        self._embed = torch.zeros(n, len(EMBED_ROWS), self.d_model, dtype=torch.float32, device=dev)
-        mask = batch.mask
-        rows = torch.arange(n, device=dev)
-        counts = mask.sum(1, keepdim=True).float()
-        prompt_counts = counts.double() + self._prefix_len
+        mean over the query's tokens, mean over all prompt tokens with the prefix's sums: `pool_states`,
+        computed on the activation's own device) and MLP pre-activation (counted where > 0)."""
+        index = PoolIndex(batch.mask, batch.last, self._prefix_len)
+        self._pooled = {}
 
-        def pools(x: torch.Tensor, row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """(last, query mean, prompt mean) [n, d_model] of hidden-state row `row` (0 = embedding)."""
-            # where, not a product: a NaN at a padding position must not reach a real row's mean
-            query_sum = torch.where(mask.unsqueeze(-1), x.double(), 0.0).sum(1)
-            prefix = self._prefix_sum[row] if self._prefix_sum is not None else 0.0
-            return (x[rows, batch.last].float(), (query_sum / counts.double()).float(),
-                    ((prefix + query_sum) / prompt_counts).float())
+        def pool(row: int, x: torch.Tensor) -> None:
+            self._pooled[row] = pool_states(x, index, self._prefix_sums.get(row))
 
         def embed(x: torch.Tensor, hook) -> torch.Tensor:
-            self._embed[:] = torch.stack(pools(x, 0), dim=1)
+            pool(0, x)
             return x
 
         def resid(x: torch.Tensor, hook) -> torch.Tensor:
-            layer = int(hook.name.split(".")[1])
-            self._last[:, layer], self._mean[:, layer], self._prompt[:, layer] = pools(x, layer + 1)
+            pool(int(hook.name.split(".")[1]) + 1, x)
             return x
 
         def mlp(x: torch.Tensor, hook) -> torch.Tensor:
             if x.shape[-1] != self.d_mlp:
                 raise AlignlensError(f"{hook.name}: last dim {x.shape[-1]} is not d_mlp={self.d_mlp}")
-            self.capture.neurons.update(int(hook.name.split(".")[1]), x, mask)  # counts x > 0 where mask
+            self.capture.neurons.update(int(hook.name.split(".")[1]), x, batch.mask)  # counts x > 0 where mask
             return x
 
         hooks = [(EMBED_HOOK, embed)] + [(resid_hook_name(i), resid) for i in range(self.n_layers)]
         hooks += [(mlp_hook_name(i), mlp) for i in range(self.n_layers)]
         return hooks
 
+    def _gathered(self, batch: SuffixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's pooled states on the batch's device (that of its mask, the model's input):
+        last, query mean, prompt mean [batch, n_layers, d_model] and embedding output [batch, 3, d_model]."""
+        missing = [r for r in range(self.n_layers + 1) if r not in self._pooled]
+        if missing:
+            raise AlignlensError(f"{self.where}: the capture hooks did not run for hidden-state row(s) {missing}")
+        dev = batch.mask.device
+        rows = [[t.to(dev) for t in self._pooled[r]] for r in range(self.n_layers + 1)]
+        blocks = [torch.stack([row[k] for row in rows[1:]], dim=1) for k in range(3)]
+        return blocks[0], blocks[1], blocks[2], torch.stack(rows[0], dim=1)
+
     def after_batch(self, batch: SuffixBatch) -> None:
         """Store the batch's states and lens values; NumericalError (naming task, language and
         items) if any of them is NaN/inf."""
         c = self.capture
-        self._check(batch, "residual-stream activations", self._last, self._mean, self._prompt, self._embed)
-        lens = lens_label_probs(self.model, self._last.to(self.model.dtype), self.sets_en, self.sets_target)
+        last, mean, prompt, embed = self._gathered(batch)
+        self._pooled = {}
+        self._check(batch, "residual-stream activations", last, mean, prompt, embed)
+        lens = lens_label_probs(self.model, last.to(self.model.dtype), self.sets_en, self.sets_target)
         self._check(batch, "logit-lens values", *lens)
-        c.last.update(batch.rows, self._last.cpu())
-        c.mean.update(batch.rows, self._mean.cpu())
-        c.prompt.update(batch.rows, self._prompt.cpu())
-        c.embed.update(batch.rows, self._embed.cpu())
+        c.last.update(batch.rows, last.cpu())
+        c.mean.update(batch.rows, mean.cpu())
+        c.prompt.update(batch.rows, prompt.cpu())
+        c.embed.update(batch.rows, embed.cpu())
         c.p_en.update(batch.rows, lens.p_en)
         c.p_target.update(batch.rows, lens.p_target)
         c.p_en_all.update(batch.rows, lens.p_en_all)
         c.p_target_all.update(batch.rows, lens.p_target_all)
         c.entropy.update(batch.rows, lens.entropy_bits)
-        self._last = self._mean = self._prompt = self._embed = None
 
     def _check(self, batch: SuffixBatch, what: str, *tensors: torch.Tensor) -> None:
         """Raise NumericalError naming the rows (item ids) where any tensor [batch, ...] is not finite."""
