@@ -23,8 +23,9 @@ on (target-language or English label words in the demonstrations) is the caller'
 (`pipeline.capture_run`); the capture records it (`LanguageCapture.prompts`). Padding never enters a
 statistic. Every activation is pooled on its own device (`pool_states`: the mask, indices and prefix
 sums are brought to it), so a model split over devices (`--device-map`) is captured as a whole one;
-the pooled rows are gathered on the batch's device after the pass. Everything kept is a reducer (`alignlens.capture.reducers`), so shards from several
-processes can be combined (`alignlens.capture.shards` writes and reads them).
+the pooled rows are gathered on the batch's device after the pass. Everything kept is a reducer
+(`alignlens.capture.reducers`), so shards from several processes can be combined
+(`alignlens.capture.shards` writes and reads them).
 """
 
 from __future__ import annotations
