@@ -326,19 +326,3 @@ def test_without_probes_the_cache_holds_every_shared_token(tiny_gemma):
     order = sorted(range(5), key=lambda i: len(full[i]))
     assert costs == [len(b) * max(len(full[i]) - common_len(full) for i in b) for b in (order[:2], order[2:4], order[4:])]
 
-
-def test_head_on_pooled_batches_equals_head_per_batch(tiny_gemma, monkeypatch):
-    """The LM head runs on the last positions of several batches at once (`HEAD_ROWS`): the same
-    probabilities as one head call per batch, and progress is still told batch by batch."""
-    from alignlens import engine
-
-    spec = data.load_task("emotion")
-    items = data.load_items(spec, "ru", limit=7)
-    results = {}
-    for rows in (1, 3, 64):
-        monkeypatch.setattr(engine, "HEAD_ROWS", rows)
-        told = []
-        results[rows] = ev.evaluate_language(tiny_gemma, spec, "ru", items, batch_size=2, on_batch_done=told.append).probs
-        assert told == [2, 2, 2, 1]
-    assert np.abs(results[1] - results[64]).max() <= 1e-6 and np.abs(results[3] - results[64]).max() <= 1e-6
-    assert np.all(results[64] > 0)

@@ -12,9 +12,9 @@ to one plain forward pass per prompt (tested):
   common start, e.g. "Premise:"); with probes it is the few-shot prefix's tokens only, so a
   probe's query tokens stay the item's own;
 - queries run in right-padded batches; only the last real position of each row goes through
-  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass), and the head
-  runs on the last positions of several batches at once (`HEAD_ROWS`; it reads its whole weight
-  per call, so one call for many rows costs little more than one for a few).
+  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass). The head runs
+  once per batch, not on several batches' rows at once: a matmul's rounding depends on its row
+  count, and one batch's rows must come out bit-identical whichever ranks run the other batches.
 
 Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
 pass, and optionally `prefix_hooks(n_tokens)` for the shared prefix's one pass) read activations
@@ -222,12 +222,6 @@ def _suffix_forward(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
     return body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
 
 
-#: The LM head runs once the pending last positions of finished batches reach this many rows
-#: (and at the end): its 262k x d_model weight is read once per call, so on CPU one call for
-#: 64 rows costs about what three calls for 8 rows do.
-HEAD_ROWS = 64
-
-
 @torch.no_grad()
 def score_prompts(
     model: LoadedModel,
@@ -258,9 +252,9 @@ def score_prompts(
     length is the tokens all queries share (the few-shot prefix's only, when there are probes). The rows of the
     other batches stay 0 and probes never see them; the prefix pass always runs.
 
-    Label probabilities that are not finite (NaN/inf logits: float16 overflow, a hook writing NaN)
-    raise NumericalError when their rows go through the head (within `HEAD_ROWS` rows of the batch),
-    naming `where` and the items (`item_ids`, the queries' ids; default their positions).
+    A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
+    writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
+    queries' ids; default their positions).
     """
     tok, device = model.tokenizer, model.device  # where inputs go (the input embedding's device)
     body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
@@ -286,20 +280,6 @@ def score_prompts(
             prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
             with model.bridge.hooks(fwd_hooks=prefix_hooks):
                 cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
-        pending: list[tuple[list[int], torch.Tensor]] = []  # (rows, last hidden states) awaiting the head
-
-        def head() -> None:
-            """Label probabilities of the pending rows (one LM-head call)."""
-            rows = [i for r, _ in pending for i in r]
-            probs = torch.softmax(unembed.head(torch.cat([h for _, h in pending])).float(), dim=-1)
-            pending.clear()
-            for c, idx in enumerate(index_sets):
-                out[rows, c] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
-            bad = ~torch.isfinite(out[rows]).all(dim=1)
-            if bool(bad.any()):
-                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
-                                      model.dtype)
-
         for j in run:
             rows = planned[j]
             ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)
@@ -310,15 +290,16 @@ def score_prompts(
                 p.after_batch(batch)
             # Each tensor's own device: with a device map the last block, the norm and the LM head
             # may sit on different devices than the inputs (accelerate moves module inputs).
-            pending.append((list(rows), hidden[torch.arange(len(rows), device=hidden.device),
-                                               batch.last.to(hidden.device)]))
-            del hidden
-            if sum(len(r) for r, _ in pending) >= HEAD_ROWS:
-                head()
+            h_last = hidden[torch.arange(len(rows), device=hidden.device), batch.last.to(hidden.device)]
+            probs = torch.softmax(unembed.head(h_last).float(), dim=-1)
+            for c, idx in enumerate(index_sets):
+                out[rows, c] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
+            bad = ~torch.isfinite(out[rows]).all(dim=1)
+            if bool(bad.any()):
+                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
+                                      model.dtype)
             if on_batch_done is not None:
                 on_batch_done(len(rows))
-        if pending:
-            head()
     return out
 
 
