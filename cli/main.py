@@ -386,11 +386,21 @@ def report_cmd(
     compare: Optional[Path] = typer.Option(None, "--compare", "-c", help="A second results folder, e.g. OUT/aligned."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PDF path (default: next to the results)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing PDF."),
+    names: Optional[str] = typer.Option(
+        None, "--names", "-n", metavar="A,B",
+        help="What the report calls RUN_DIR and the --compare run, e.g. aligned,control (default: base,aligned; one "
+             "name without --compare). Two distinct names of at most 20 letters, digits or _ . + -. Results are "
+             "phrased as a test of the paper's claim only for base,aligned; other names get the same numbers as "
+             "B − A, with no verdict."),
 ) -> None:
-    """Render the PDF report (with PNG/SVG figures and CSV tables) from saved results; no model needed."""
-    from alignlens.report import render_report
+    """Render the PDF report (with PNG/SVG figures and CSV tables) from saved results; no model needed.
 
-    path = render_report(run_dir, compare, out, force=force, progress=report_progress())
+    Every Δ is the --compare run minus RUN_DIR; texts, tables, figures and CSV columns name the runs by --names."""
+    from alignlens.report import render_report
+    from alignlens.report.runs import check_names
+
+    run_names = check_names(names.split(","), 1 + (compare is not None)) if names is not None else None
+    path = render_report(run_dir, compare, out, force=force, progress=report_progress(), names=run_names)
     console.print(f"wrote {path}")
 
 

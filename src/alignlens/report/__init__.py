@@ -1,7 +1,7 @@
 """PDF report rendered from saved results folders only (no model needed).
 
-``render_report(run_dir, compare_dir, out)`` reads one run folder (the *base* model) and optionally a
-second one (the *aligned* model) and writes:
+``render_report(run_dir, compare_dir, out, names=...)`` reads one run folder (run a, by default called
+*base*) and optionally a second one (run b, by default *aligned*) and writes:
 
 - ``out`` (default ``report.pdf``): A4-landscape pages -- title + run manifest, contents, summary of
   what changed, accuracy table per task, accuracy bar charts, logit-lens curves, similarity curves
@@ -14,7 +14,11 @@ Two runs are compared like with like: only on the (task, language, item) triples
 (from their predictions.jsonl), with both accuracies recomputed on those items; two runs with no
 item in common are refused. Models of different depth are drawn against relative depth.
 
-Every Δ has a paired interval: the paired statistics of :func:`alignlens.paired.compare_runs`
+Every text, table header, figure label and CSV column calls the runs by `names` (default base,
+aligned); results are phrased as a test of the paper's claim only for that default pair, otherwise
+the same numbers are stated as run b − run a with no verdict.
+
+Every Δ (run b − run a) has a paired interval: the paired statistics of :func:`alignlens.paired.compare_runs`
 (per-language paired bootstrap, exact McNemar with Holm/Benjamini-Hochberg, item-cluster bootstrap
 of the macro Δ per language group) are read from the runs' comparison.json when it belongs to them,
 else computed once from their predictions.jsonl. The summary text is generated from these tests.
@@ -27,6 +31,7 @@ and writes the outputs atomically). Statistics live in :mod:`alignlens.paired` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from alignlens.report.render import ProgressFn, default_out, write_report
@@ -37,9 +42,10 @@ __all__ = ["render_report", "check_results"]
 
 
 def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | None = None, *, force: bool = False,
-                  progress: ProgressFn | None = None) -> Path:
-    """Render the PDF report for `run_dir` (the base model) optionally compared with `compare_dir`
-    (the aligned model). Returns the PDF path.
+                  progress: ProgressFn | None = None, names: Sequence[str] | None = None) -> Path:
+    """Render the PDF report for `run_dir` (run a) optionally compared with `compare_dir` (run b).
+    Returns the PDF path. `names`: what the report calls the runs, one per run (default "base",
+    "aligned"; checked by `runs.check_names`: distinct, short, letters/digits/_ . + -).
 
     `out` defaults to ``<common parent>/report.pdf`` when both run folders share a parent, else
     ``run_dir/report.pdf``. Figures go to ``<out_stem>_figures/`` (PNG + SVG per page), tables to
@@ -49,6 +55,6 @@ def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | No
     so a failure leaves a previous report as it was. `progress(done, total, what)` is called once
     before the pages, after each page and after the tables.
     """
-    runs = load_runs(Path(run_dir), Path(compare_dir) if compare_dir is not None else None)
+    runs = load_runs(Path(run_dir), Path(compare_dir) if compare_dir is not None else None, names=names)
     out = Path(out) if out is not None else default_out(Path(run_dir), compare_dir)
     return write_report(runs, out, force=force, progress=progress)

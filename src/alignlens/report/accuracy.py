@@ -194,7 +194,7 @@ def method_line(runs: Runs) -> list[str]:
     if not runs.compare or not runs.paired:
         return []
     p = runs.paired
-    return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ (aligned − base) on the shared items "
+    return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ ({runs.diff_label}) on the shared items "
             f"with a paired bootstrap 95% interval and an exact McNemar test, Holm-adjusted across a task's languages "
             f"(Benjamini–Hochberg as an extra column); per language group the macro Δ over its languages with an item-cluster "
             f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']})."]  # fmt: skip
@@ -248,9 +248,10 @@ def _delta_text(g: dict, what: str) -> str:
             f"the interval {verdict})")
 
 
-def claim_text(task: str, groups: dict[str, dict], shift: dict | None) -> tuple[bool, str]:
+def claim_text(task: str, groups: dict[str, dict], shift: dict | None, b_name: str = "aligned") -> tuple[bool, str]:
     """(holds, sentence) on the paper's claim -- alignment improves accuracy across languages,
-    including untrained ones -- for one task, from the macro Δ intervals."""
+    including untrained ones -- for one task, from the macro Δ intervals (for base vs aligned
+    only: `Runs.paper_pair`; `b_name`: run b's name, whose manifest gives the trained languages)."""
     claim = "alignment improves accuracy across languages, including untrained ones"
     acc = groups["all"]["accuracy"]
     untr = groups.get("untrained", {}).get("accuracy")
@@ -267,9 +268,25 @@ def claim_text(task: str, groups: dict[str, dict], shift: dict | None) -> tuple[
         return False, f"The paper's claim ({claim}) does not hold on these runs for {task}: " + "; ".join(fails) + "."
     if untr is None:
         return True, (f"Consistent with the first half of the paper's claim ({claim}) for {task}: the macro accuracy gain's "
-                      "interval lies above 0; the untrained half cannot be checked (the aligned run's manifest names no trained languages).")  # fmt: skip
+                      f"interval lies above 0; the untrained half cannot be checked (the {b_name} run's manifest names no trained languages).")  # fmt: skip
     return True, (f"Consistent with the paper's claim ({claim}) for {task}: the macro accuracy gains over all languages "
                   "and over the untrained languages both have intervals above 0.")  # fmt: skip
+
+
+def neutral_text(diff_label: str, groups: dict[str, dict], shift: dict | None) -> str:
+    """The numbers `claim_text` judges, stated with no verdict (runs other than base vs aligned):
+    'control − aligned: macro accuracy Δ over all 20 languages -2.1 points, 95% CI [..], the interval
+    includes 0; ...'."""
+    acc = groups["all"]["accuracy"]
+    untr = groups.get("untrained", {}).get("accuracy")
+    bits = [f"macro accuracy Δ over all {len(acc['languages'])} languages {fmt(acc['delta'], sign=True)} points, "
+            f"95% CI {_ci(acc['ci95'])}, the interval {_verdict(acc['ci95'])}"]  # fmt: skip
+    if untr is not None:
+        bits.append(f"over the {len(untr['languages'])} untrained languages {fmt(untr['delta'], sign=True)} points, "
+                    f"95% CI {_ci(untr['ci95'])}, the interval {_verdict(untr['ci95'])}")  # fmt: skip
+    if shift is not None:
+        bits.append("the accuracy change comes with a fall in balanced accuracy or ROC-AUC (see above)")
+    return f"{diff_label}: " + "; ".join(bits) + "."
 
 
 CAL_WHAT = ("Contextual calibration (Zhao et al. 2021) divides each label's probability by its probability for content-free "
@@ -292,7 +309,7 @@ def _no_calibration(runs: Runs, task: str, roles: list[int]) -> str:
 
 
 def calibration_line(runs: Runs, task: str, rows: list[AccRow]) -> str:
-    """One summary sub-line on the calibrated accuracy of `task`: mean base → aligned over the
+    """One summary sub-line on the calibrated accuracy of `task`: mean run a → run b over the
     languages both runs evaluated on exactly the same items (one run: its mean). No test."""
     if not runs.compare:
         have = [r.a for r in rows if r.a and r.a.get("calibrated_accuracy") is not None]
@@ -307,15 +324,16 @@ def calibration_line(runs: Runs, task: str, rows: list[AccRow]) -> str:
         reason = _no_calibration(runs, task, [0, 1]) or (
             f"the runs' items differ in every language both have ({_langs(hidden)}), and summary.json's calibrated accuracy is "
             "from all of a run's items" if hidden else "no language has it in both runs")  # fmt: skip
-        return f"   – Calibrated accuracy base → aligned: not compared: {reason}."
+        return f"   – Calibrated accuracy {runs.roles[0]} → {runs.roles[1]}: not compared: {reason}."
     ca, cb = _mean(r.a["calibrated_accuracy"] for r in both), _mean(r.b["calibrated_accuracy"] for r in both)
     a, b = _mean(r.a["accuracy"] for r in both), _mean(r.b["accuracy"] for r in both)
-    return (f"   – Mean calibrated accuracy base → aligned over the {len(both)} languages with the same items in both runs {fmt(ca)}% → {fmt(cb)}% "
+    return (f"   – Mean calibrated accuracy {runs.roles[0]} → {runs.roles[1]} over the {len(both)} languages with the same items in both runs {fmt(ca)}% → {fmt(cb)}% "
             f"(Δ {fmt(cb - ca, sign=True)} points, no test; uncalibrated on them: {fmt(a)}% → {fmt(b)}%). {CAL_WHAT}.{why}")  # fmt: skip
 
 
 def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str], bool | None]:
-    """The summary lines of one compared task (and whether the paper's claim holds there)."""
+    """The summary lines of one compared task (and whether the paper's claim holds there; None when
+    the runs are not base vs aligned, `Runs.paper_pair`: then the same numbers with no verdict)."""
     groups = task_groups(runs, task)
     pairs = [r for r in rows if r.paired]
     labels = task_labels(runs, task)
@@ -337,7 +355,7 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
             f"{fmt(v['accuracy']['delta'], sign=True)} {_ci(v['accuracy']['ci95'])}" for g, v in others) + ".")  # fmt: skip
     if labels:
         dists = [(who, _pooled(pairs, side, key)) for who, side, key in
-                 (("base", "a", "predicted_distribution"), ("aligned", "b", "predicted_distribution"), ("gold", "a", "gold_distribution"))]  # fmt: skip
+                 ((runs.roles[0], "a", "predicted_distribution"), (runs.roles[1], "b", "predicted_distribution"), ("gold", "a", "gold_distribution"))]  # fmt: skip
         lines.append(f"   – Labels used ({'/'.join(labels)}, % of the compared items, pooled over languages): "
                      + ", ".join(f"{who} {_shares(d, labels)}" for who, d in dists) + ".")  # fmt: skip
     shift = prior_shift(rows, labels, groups)
@@ -348,14 +366,16 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
         if shift["auc"] is not None:
             ma, mb, k, n = shift["auc"]
             falls.append(f"ROC-AUC (mean {ma:.3f} → {mb:.3f}; lower in {k} of {n} languages)")
-        text = (f"   – The accuracy gain comes with a fall in {' and in '.join(falls)}: likely a label-prior shift: the aligned "
+        text = (f"   – The accuracy gain comes with a fall in {' and in '.join(falls)}: likely a label-prior shift: the {runs.roles[1]} "
                 f"model predicts {shift['label']} for {fmt(shift['share_b'])}% of items vs {fmt(shift['gold'])}% gold "
-                f"(base: {fmt(shift['share_a'])}%).")  # fmt: skip
+                f"({runs.roles[0]}: {fmt(shift['share_a'])}%).")  # fmt: skip
         if shift["one_label_langs"]:
             text += f" It predicts one label for every item in {len(shift['one_label_langs'])} languages ({_langs(shift['one_label_langs'])})."
         lines.append(text)
     lines.append(calibration_line(runs, task, rows))
-    holds, claim = claim_text(task, groups, shift)
+    if not runs.paper_pair:
+        return lines + ["   – " + neutral_text(runs.diff_label, groups, shift)], None
+    holds, claim = claim_text(task, groups, shift, runs.roles[1])
     lines.append("   – " + claim)
     return lines, holds
 
@@ -400,7 +420,7 @@ def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
             lines += more
         else:
             lines += single_lines(runs, task, rows)
-    if verdicts:
+    if verdicts and runs.paper_pair:
         held = [t for t, v in verdicts.items() if v]
         lines.append(f"• Paper's claim (alignment improves accuracy across languages, including untrained ones): holds on these runs "
                      f"for {len(held)} of {len(verdicts)} compared tasks ({', '.join(held) or 'none'}).")  # fmt: skip
@@ -409,19 +429,28 @@ def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
 
 # ---- tables (CSV) ------------------------------------------------------------------------------
 
-CSV_HEADER = [
-    "task", "language", "native_name", "resource_group", "trained",
-    "n_base", "acc_base", "ci95_lo_base", "ci95_hi_base", "balanced_acc_base", "macro_f1_base", "roc_auc_base", "pred_counts_base",
-    "calibrated_acc_base", "p_content_free_base",
-    "n_aligned", "acc_aligned", "ci95_lo_aligned", "ci95_hi_aligned", "balanced_acc_aligned", "macro_f1_aligned",
-    "roc_auc_aligned", "pred_counts_aligned", "calibrated_acc_aligned", "p_content_free_aligned",
-    "gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh",
-]  # fmt: skip
-GROUP_HEADER = [
-    "task", "group", "n_languages", "languages", "missing_languages", "n_items",
-    "mean_acc_base", "mean_acc_aligned", "mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi",
-    "mean_bal_acc_base", "mean_bal_acc_aligned", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi",
-]  # fmt: skip
+#: Per-run columns of accuracy.csv, each suffixed with the run's name (`Runs.column_names`).
+RUN_COLUMNS = ("n", "acc", "ci95_lo", "ci95_hi", "balanced_acc", "macro_f1", "roc_auc", "pred_counts", "calibrated_acc",
+               "p_content_free")  # fmt: skip
+
+
+def csv_header(names: list[str]) -> list[str]:
+    """accuracy.csv's header for runs named `names` (run a, run b); diff = run b − run a."""
+    return (["task", "language", "native_name", "resource_group", "trained"]
+            + [f"{c}_{n}" for n in names for c in RUN_COLUMNS]
+            + ["gold_counts", "diff", "diff_ci95_lo", "diff_ci95_hi", "mcnemar_b01", "mcnemar_b10", "mcnemar_p", "p_holm", "p_bh"])  # fmt: skip
+
+
+def group_header(names: list[str]) -> list[str]:
+    """accuracy_groups.csv's header for runs named `names` (run a, run b)."""
+    a, b = names
+    return ["task", "group", "n_languages", "languages", "missing_languages", "n_items",
+            f"mean_acc_{a}", f"mean_acc_{b}", "mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi",
+            f"mean_bal_acc_{a}", f"mean_bal_acc_{b}", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi"]  # fmt: skip
+
+
+CSV_HEADER = csv_header(["base", "aligned"])  # the default names' headers
+GROUP_HEADER = group_header(["base", "aligned"])
 
 
 def _num(x) -> float:
@@ -499,7 +528,8 @@ def build(runs: Runs) -> Section:
         section.pages.append(Page("Accuracy charts", f"Accuracy by language — {', '.join(chunk)}", f"accuracy_bars_{'_'.join(chunk)}",
                                   lambda chunk=chunk: _draw_bars(runs, chunk)))  # fmt: skip
     section.summary_lines = summary_lines(runs, per_task)
-    section.tables = [Table("accuracy.csv", CSV_HEADER, csv_rows), Table("accuracy_groups.csv", GROUP_HEADER, group_rows)]
+    section.tables = [Table("accuracy.csv", csv_header(runs.column_names), csv_rows),
+                      Table("accuracy_groups.csv", group_header(runs.column_names), group_rows)]
     return section
 
 
@@ -572,17 +602,18 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
     """Two runs' table of `rows` with the paired tests (the group Δs are on their own page)."""
     labels = task_labels(runs, task)
     lab = "/".join(labels) or "—"
-    sub = (f"Accuracy (%) of base and aligned on the items both runs have (n). Δ = aligned − base with a paired bootstrap 95% "
-           f"interval; McNemar: exact test on the discordant items (base wrong & aligned right / base right & aligned wrong); p Holm and "
+    a_, b_ = runs.roles
+    sub = (f"Accuracy (%) of {a_} and {b_} on the items both runs have (n). Δ = {b_} − {a_} with a paired bootstrap 95% "
+           f"interval; McNemar: exact test on the discordant items ({a_} wrong & {b_} right / {a_} right & {b_} wrong); p Holm and "
            f"p BH: adjusted across the task's languages; green/red Δ: p Holm < {ALPHA}. Balanced accuracy, macro-F1, ROC-AUC "
            f"(two-label tasks) for both runs; red: balanced accuracy falls while accuracy rises. pred %: share of each label ({lab}) "
            f"among the predictions; gold % likewise. * = trained language. Macro Δ by group: next page. "
            f"cal. acc: {CAL_TABLE} From summary.json, i.e. on all of a run's items: shown only where both runs have exactly "
            f"the same items (no test)" + _cal_blanks(rows) + ".")  # fmt: skip
     fig = new_fig(f"Accuracy — {task}{part}: paired tests", sub)
-    header = ["language", "n", "acc\nbase", "acc\naligned", "Δ [95% CI]", "McNemar\nb01 / b10", "McNemar\np", "p Holm", "p BH",
-              "cal. acc\nbase", "cal. acc\naligned", "bal. acc\nbase", "bal. acc\naligned", "F1\nbase", "F1\naligned",
-              "AUC\nbase", "AUC\naligned", "pred %\nbase", "pred %\naligned", "gold %"]  # fmt: skip
+    header = ["language", "n", f"acc\n{a_}", f"acc\n{b_}", "Δ [95% CI]", "McNemar\nb01 / b10", "McNemar\np", "p Holm", "p BH",
+              f"cal. acc\n{a_}", f"cal. acc\n{b_}", f"bal. acc\n{a_}", f"bal. acc\n{b_}", f"F1\n{a_}", f"F1\n{b_}",
+              f"AUC\n{a_}", f"AUC\n{b_}", f"pred %\n{a_}", f"pred %\n{b_}", "gold %"]  # fmt: skip
     cells, colors = [], []
     for r in rows:
         a, b, t = r.a, r.b, r.test
@@ -602,7 +633,7 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
             col[4] = GREEN if t["delta"] > 0 else RED
         if t and t["delta"] > 0 and a["balanced_accuracy"] is not None and b["balanced_accuracy"] is not None \
                 and b["balanced_accuracy"] < a["balanced_accuracy"]:
-            col[header.index("bal. acc\naligned")] = RED
+            col[header.index(f"bal. acc\n{b_}")] = RED
         cells.append(c)
         colors.append(col)
     widths = [0.105, 0.03, 0.042, 0.048, 0.115, 0.06, 0.05, 0.045, 0.042, 0.045, 0.05, 0.045, 0.05, 0.037, 0.047, 0.042, 0.048,
@@ -624,13 +655,14 @@ def _cal_blanks(rows: list[AccRow]) -> str:
 
 
 def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
-    sub = ("Macro Δ = mean over a group's languages of (aligned − base), for accuracy and for balanced accuracy, on the items every "
+    a_, b_ = runs.roles
+    sub = (f"Macro Δ = mean over a group's languages of ({runs.diff_label}), for accuracy and for balanced accuracy, on the items every "
            "language of the group has in both runs (items). 95% CI: item-cluster bootstrap (an item is drawn once and used in every "
-           "language, since the languages share their items). green/red: the interval excludes 0. trained / untrained: the aligned "
+           f"language, since the languages share their items). green/red: the interval excludes 0. trained / untrained: the {b_} "
            "model's training languages (its manifest). Chart: the same Δs with their intervals.")  # fmt: skip
     fig = new_fig(f"Macro Δ by language group{part}", sub)
-    header = ["task", "group", "languages", "items", "acc base", "acc aligned", "Δ acc [95% CI]", "bal. acc\nbase",
-              "bal. acc\naligned", "Δ bal. acc [95% CI]"]  # fmt: skip
+    header = ["task", "group", "languages", "items", f"acc {a_}", f"acc {b_}", "Δ acc [95% CI]", f"bal. acc\n{a_}",
+              f"bal. acc\n{b_}", "Δ bal. acc [95% CI]"]  # fmt: skip
     cells, colors = [], []
     for task, g, v in chunk:
         a, b = v["accuracy"], v["balanced_accuracy"]
@@ -646,11 +678,11 @@ def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
         colors.append(col)
     bottom = _table(fig, cells, colors, header, [0.1, 0.1, 0.12, 0.06, 0.07, 0.08, 0.16, 0.07, 0.08, 0.16], fontsize=8.5)
     if bottom - 0.1 >= 0.25:  # room for the intervals as a chart
-        _forest(fig.add_axes([0.2, 0.12, 0.75, bottom - 0.2]), chunk)
+        _forest(fig.add_axes([0.2, 0.12, 0.75, bottom - 0.2]), chunk, runs.diff_label)
     return fig
 
 
-def _forest(ax, chunk: list[tuple[str, str, dict]]) -> None:
+def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned − base") -> None:
     """Macro Δ (points) with 95% item-cluster intervals, accuracy and balanced accuracy, one row per task × group."""
     y = np.arange(len(chunk))[::-1]
     for off, key, color, name in ((0.15, "accuracy", COLOR["base"], "accuracy"), (-0.15, "balanced_accuracy", COLOR["aligned"], "balanced accuracy")):
@@ -661,7 +693,7 @@ def _forest(ax, chunk: list[tuple[str, str, dict]]) -> None:
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{t}: {g}" for t, g, _ in chunk], fontsize=8)
-    ax.set_xlabel("macro Δ, aligned − base (points), with 95% item-cluster bootstrap interval", fontsize=8.5)
+    ax.set_xlabel(f"macro Δ, {diff_label} (points), with 95% item-cluster bootstrap interval", fontsize=8.5)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(-0.7, len(chunk) - 0.3)
@@ -683,7 +715,7 @@ def _draw_bars(runs: Runs, tasks: list[str]):
             lo = np.array([v["ci95"][0] if v else np.nan for v in vals])
             hi = np.array([v["ci95"][1] if v else np.nan for v in vals])
             err = np.vstack([np.clip(acc - lo, 0, None), np.clip(hi - acc, 0, None)])
-            ax.bar(x + (i - (len(runs.runs) - 1) / 2) * w, acc, w, yerr=err, color=COLOR[runs.roles[i]],
+            ax.bar(x + (i - (len(runs.runs) - 1) / 2) * w, acc, w, yerr=err, color=COLOR[runs.style(i)],
                    label=runs.role_label(i), error_kw={"elinewidth": 0.7, "capsize": 1.5})  # fmt: skip
         n_high = sum(resource_group(r.lang) == "high" for r in rows)
         if 0 < n_high < len(rows):

@@ -4,7 +4,7 @@ Pages per task:
 - the paper's figure: P(English gold label set) ("latent") and P(target-language gold label set)
   ("out"), and the all-label sums of each, against relative depth layer / (layers - 1), averaged over
   the non-English languages (`language_average`: the mean of the per-language means, each language
-  weighted equally; band: 95% Student-t interval across languages), base vs aligned, with the mean
+  weighted equally; band: 95% Student-t interval across languages), run a vs run b, with the mean
   entropy strip below;
 - per language: the same curves by layer with 95% intervals over items, entropy strip below.
 Plus logit_lens.csv and a summary line. The prompts the lens ran on (`lens_prompts` in
@@ -102,7 +102,7 @@ def _plan(runs: Runs, task: str, per: list[dict], modes: list[str]) -> tuple[lis
     if not shared:
         return [([i], order_languages(per[i])) for i in (0, 1)], notes
     if modes[0] != modes[1]:
-        notes.append(f"The two runs ran the lens on different prompts (base: {modes[0]}, aligned: {modes[1]}), so "
+        notes.append(f"The two runs ran the lens on different prompts ({runs.roles[0]}: {modes[0]}, {runs.roles[1]}: {modes[1]}), so "
                      "each is shown on its own page, not overlaid.")  # fmt: skip
         return [([0], shared), ([1], shared)], notes
     if runs.overlap.same_items(task, shared):
@@ -171,7 +171,7 @@ def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: 
             xs = runs.layer_x(len(m))
             x_max = max(x_max, float(xs[-1]) if len(xs) else 0.0)
             gold = q in ("p_en", "p_target")
-            ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.roles[i]], lw=1.2 if gold else 0.9)
+            ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.style(i)], lw=1.2 if gold else 0.9)
             if gold and len(lo) == len(m) and len(hi) == len(m):
                 ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLORS[q], alpha=0.12, lw=0)
         ent_rows.append(arr(e["entropy_bits"]["mean"]))
@@ -191,7 +191,7 @@ def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[st
                   "(purple, the paper's latent) and of its target-language token set (green, out) after final norm + "
                   "unembedding at each layer (mean over items with 95% interval); light thin lines: the same summed over "
                   "every label's set. Strip below each panel: mean next-token entropy (bits) per layer"
-                  + (", rows = base / aligned." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
+                  + (f", rows = {' / '.join(runs.roles)}." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
     n = len(langs)
     ncols = 5 if n > 8 else min(max(n, 1), 4)
     nrows = math.ceil(n / ncols)
@@ -222,7 +222,7 @@ def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[st
                Line2D([], [], color=COLORS["p_en_all"], lw=1.0, label="any English label"),
                Line2D([], [], color=COLORS["p_target_all"], lw=1.0, label="any target label"),
                Patch(color="#cccccc", alpha=0.6, label="95% interval")]  # fmt: skip
-    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.roles[i]], label=runs.role_label(i)) for i, _ in series]
+    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.style(i)], label=runs.role_label(i)) for i, _ in series]
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.02))
     if im is not None:
         cax = fig.add_axes([0.945, 0.1, 0.01, 0.3])
@@ -233,7 +233,7 @@ def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[st
 
 def averaged_languages(series: list[tuple[int, dict]], langs: list[str], english: str = "en") -> tuple[list[str], list[str]]:
     """(languages averaged, languages left out): the non-English `langs` with kept items (n > 0) in
-    every run of `series`, so that base and aligned average the same languages."""
+    every run of `series`, so that both runs average the same languages."""
     non_en = [l for l in langs if l != english]
     use = [l for l in non_en if all((p.get(l) or {}).get("n") for _, p in series)]
     return use, [l for l in non_en if l not in use]
@@ -252,7 +252,7 @@ def language_average(entries: list[dict], q: str, confidence: float = 0.95) -> t
 
 def _draw_average(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[str], mode: str, note: str = ""):
     """The paper's figure: latent vs out (left) and the all-label sums (right) over relative depth,
-    language means over the non-English languages, base vs aligned, entropy strips below."""
+    language means over the non-English languages, run a vs run b, entropy strips below."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -262,7 +262,7 @@ def _draw_average(runs: Runs, title: str, series: list[tuple[int, dict]], langs:
             f"kept items{' in both runs' if len(series) > 1 else ''} ({' '.join(use) or 'none'}), each language weighted "
             "equally (the mean of its per-item means); band: 95% Student-t interval across languages (how much languages "
             "differ, not item noise). x: relative depth, layer / (layers − 1). Strip below: mean next-token entropy (bits)"
-            + (", rows = base / aligned." if len(series) > 1 else ".")
+            + (f", rows = {' / '.join(runs.roles)}." if len(series) > 1 else ".")
             + (f" Left out (no kept item): {' '.join(left_out)}." if left_out else "")
             + ("" if sums else " All-label sums: not in this logit_lens.json (written before they existed).")
             + (f" {note}" if note else ""))  # fmt: skip
@@ -285,7 +285,7 @@ def _draw_average(runs: Runs, title: str, series: list[tuple[int, dict]], langs:
                     continue
                 m, lo, hi = language_average([p[l] for l in use], q)
                 xs = np.arange(len(m)) / max(len(m) - 1, 1)
-                ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.roles[i]], lw=1.6)
+                ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.style(i)], lw=1.6)
                 ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLORS[q], alpha=0.15, lw=0)
         if not use:
             ax.text(0.5, 0.5, "no non-English language with kept items", transform=ax.transAxes, ha="center",
@@ -312,7 +312,7 @@ def _draw_average(runs: Runs, title: str, series: list[tuple[int, dict]], langs:
         ax.grid(alpha=0.25)
     handles = [Line2D([], [], color=COLORS[q], lw=1.6, label=NAMES[q]) for q in PROBABILITIES]
     handles += [Patch(color="#cccccc", alpha=0.6, label="95% interval across languages")]
-    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.roles[i]], label=runs.role_label(i)) for i, _ in series]
+    handles += [Line2D([], [], color="#333333", ls=LINESTYLE[runs.style(i)], label=runs.role_label(i)) for i, _ in series]
     fig.legend(handles=handles, loc="lower center", ncols=4, fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.035))
     if im is not None:
         cax = fig.add_axes([0.92, 0.2, 0.01, 0.12])

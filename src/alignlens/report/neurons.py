@@ -46,13 +46,13 @@ def build(runs: Runs) -> Section:
         section.summary_lines.append(f"• Neuron change between the models not shown: {why_not}.")
         return section
     per = change["per_language"]
-    section.tables.append(Table("neurons_change.csv", ["language", "count_base", "count_aligned", "jaccard_specific"],
+    section.tables.append(Table("neurons_change.csv", ["language", *(f"count_{n}" for n in runs.roles), "jaccard_specific"],
                                 [[l, v["count_a"], v["count_b"], v["jaccard_specific"]] for l, v in per.items()]))  # fmt: skip
     section.pages.append(Page("Neurons", "Neuron change between models", "neurons_change", lambda: _draw_change(runs, change)))
     ja = [v["jaccard_specific"] for v in per.values() if not math.isnan(v["jaccard_specific"])]
     section.summary_lines.append(
-        f"• Language-specific neurons: {sum(v['count_a'] for v in per.values())} (base) → {sum(v['count_b'] for v in per.values())} "
-        f"(aligned) in total over {len(per)} languages; mean Jaccard overlap of each language's specific-neuron set between "
+        f"• Language-specific neurons: {sum(v['count_a'] for v in per.values())} ({runs.roles[0]}) → {sum(v['count_b'] for v in per.values())} "
+        f"({runs.roles[1]}) in total over {len(per)} languages; mean Jaccard overlap of each language's specific-neuron set between "
         f"the models {np.mean(ja) if ja else math.nan:.2f}." + (f" {change['note']}" if change["note"] else ""))  # fmt: skip
     return section
 
@@ -160,7 +160,7 @@ def _draw_counts(runs: Runs):
     w = min(0.8 / len(nds), 0.3 if len(nds) == 1 else 0.4)
     for k, (i, nd) in enumerate(nds):
         vals = [nd["specific"][l]["count"] if l in nd["specific"] else np.nan for l in langs]
-        ax.bar(x + (k - (len(nds) - 1) / 2) * w, vals, w, color=COLOR[runs.roles[i]], label=runs.role_label(i))
+        ax.bar(x + (k - (len(nds) - 1) / 2) * w, vals, w, color=COLOR[runs.style(i)], label=runs.role_label(i))
     lang_ticks(ax, langs, runs.trained)
     ax.set_ylabel("specific neurons (total)", fontsize=8)
     ax.set_xlim(-0.6, len(langs) - 0.4)

@@ -195,9 +195,38 @@ def compute_paired(a: Run, b: Run, overlap: ItemOverlap, trained: list[str]) -> 
 # ---- the runs of one report -----------------------------------------------------------------
 
 
+#: Run names when none are given (run a, run b): the paper's comparison.
+DEFAULT_NAMES = ("base", "aligned")
+NAME_MAX = 20  # characters
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
+
+
+def check_names(names, n_runs: int) -> list[str]:
+    """The names of a report's `n_runs` runs (run a first), checked: DEFAULT_NAMES when `names` is
+    None; else exactly `n_runs` distinct (case-insensitively), non-empty names of at most NAME_MAX
+    letters, digits or _ . + - (they go into CSV column names and figure file names). AlignlensError
+    (one line) otherwise."""
+    if names is None:
+        return list(DEFAULT_NAMES[:n_runs])
+    names = [str(x).strip() for x in names]
+    given = ",".join(names)
+    want = "two names A,B (run, --compare run)" if n_runs == 2 else "one name (no --compare run)"
+    if len(names) != n_runs:
+        raise AlignlensError(f"--names {given!r}: {len(names)} name(s) given, needs {want}")
+    for x in names:
+        if not x:
+            raise AlignlensError(f"--names {given!r}: empty name; needs {want}")
+        if len(x) > NAME_MAX or not set(x) <= _NAME_CHARS:
+            raise AlignlensError(f"--names {given!r}: {x!r} should be at most {NAME_MAX} letters, digits or _ . + -")
+    if len({x.casefold() for x in names}) != len(names):
+        raise AlignlensError(f"--names {given!r}: the two names must differ")
+    return names
+
+
 @dataclass
 class Runs:
-    """The run folders of one report -- one, or base and aligned -- and, for two, what they share."""
+    """The run folders of one report -- one, or two compared (run a, run b) -- and, for two, what they
+    share. `names`: what the report calls the runs (DEFAULT_NAMES, base and aligned, when None)."""
 
     runs: list[Run]
     overlap: ItemOverlap | None = None
@@ -205,6 +234,7 @@ class Runs:
     paired: dict | None = None  # paired.compare_runs of the two runs (comparison.json["accuracy"] or computed)
     paired_source: str = ""  # where `paired` comes from, in words
     notes: list[str] = field(default_factory=list)  # what the summary should say about the inputs
+    names: list[str] | None = None  # see `roles`
     _metrics: dict = field(default_factory=dict, repr=False)  # run index -> computed metrics per cell
 
     @property
@@ -213,7 +243,31 @@ class Runs:
 
     @property
     def roles(self) -> list[str]:
-        return ["base", "aligned"][: len(self.runs)]
+        """The runs' names as the report writes them (run a first): `names`, else DEFAULT_NAMES."""
+        return list(self.names or DEFAULT_NAMES)[: len(self.runs)]
+
+    @property
+    def paper_pair(self) -> bool:
+        """True when the runs carry the default names (base vs aligned): only then are the results
+        phrased as a test of the paper's claim."""
+        return self.roles == list(DEFAULT_NAMES[: len(self.runs)])
+
+    @property
+    def diff_label(self) -> str:
+        """'aligned − base': the direction of every Δ (run b − run a)."""
+        return f"{self.roles[1]} − {self.roles[0]}" if self.compare else ""
+
+    def style(self, i: int) -> str:
+        """Run i's key in layout.COLOR / LINESTYLE (by position, whatever its name)."""
+        return DEFAULT_NAMES[i]
+
+    @property
+    def column_names(self) -> list[str]:
+        """Suffixes of the per-run CSV columns (two, also for a single run, whose second set stays empty)."""
+        if self.compare:
+            return self.roles
+        own = self.roles[0]
+        return [own, next(x for x in (DEFAULT_NAMES[1], "other") if x != own)]
 
     @property
     def trained(self) -> list[str]:
@@ -287,29 +341,47 @@ def metrics_from_predictions(run: Run) -> dict[Cell, dict]:
     return out
 
 
-def load_runs(run_dir: Path, compare_dir: Path | None = None) -> Runs:
-    """Load one run, or two to compare (AlignlensError when two runs share no item).
+def written_for(a: Run, b: Run) -> str:
+    """"" when the runs are the folders `alignlens analyze --compare` writes comparison.json for
+    (<parent>/base and <parent>/aligned, in this order), else how they differ from them, in words."""
+    pa, pb = a.path.resolve(), b.path.resolve()
+    if (pa.name, pb.name) == ("base", "aligned"):
+        return ""
+    if (pa.name, pb.name) == ("aligned", "base"):
+        return "these two folders in the other order"
+    return "another pair of run folders"
+
+
+def load_runs(run_dir: Path, compare_dir: Path | None = None, names=None) -> Runs:
+    """Load one run, or two to compare (AlignlensError when two runs share no item); `names`: what the
+    report calls them (`check_names`; default base, aligned).
 
     For two runs the paired statistics are read from comparison.json when it belongs to them
-    (`paired_mismatch`), else computed once here from their predictions.jsonl (`compute_paired`)."""
+    (`paired_mismatch`), else computed once here from their predictions.jsonl (`compute_paired`). A
+    comparison.json written for another pair of folders (`written_for`) is only named in one clause."""
+    names = check_names(names, 1 + (compare_dir is not None))
     runs = [load_run(Path(run_dir))] + ([load_run(Path(compare_dir))] if compare_dir is not None else [])
     if len(runs) == 1:
-        return Runs(runs)
+        return Runs(runs, names=names)
     a, b = runs
     overlap = item_overlap(a, b)
     trained = list(b.manifest.get("trained_languages") or [])
     comp, why = find_comparison(a, b)
     notes = [why] if why else []
-    paired, source = None, ""
+    paired, source, other = None, "", ""
     if comp is not None:
         why = paired_mismatch(comp["accuracy"], overlap, trained)
-        if why:
+        other = written_for(a, b) if why else ""
+        if other:  # the file is another pair's: not theirs to use, nothing wrong with it
+            comp = None
+        elif why:
             notes.append(f"{a.path.resolve().parent / 'comparison.json'} does not belong to these runs ({why}); its paired statistics were not used")
         else:
             paired, source = comp["accuracy"], "read from comparison.json (written by alignlens analyze --compare)"
     if paired is None:
         paired, source = compute_paired(a, b, overlap, trained), "computed by this report from the two runs' predictions.jsonl"
-    return Runs(runs, overlap, neurons_match(comp, a, b), paired, source, notes)
+        source += f" (the comparison.json beside them is for {other})" if other else ""
+    return Runs(runs, overlap, neurons_match(comp, a, b), paired, source, notes, names=names)
 
 
 def arr(values) -> np.ndarray:

@@ -1,12 +1,12 @@
 """Similarity section: each language's representation similarity to English by layer (per run,
-and aligned − base), language × language heatmaps at chosen layers, similarity*.csv.
+and run b − run a), language × language heatmaps at chosen layers, similarity*.csv.
 
 With two runs only the languages both have are drawn; the difference only where both evaluated
 the same items (similarities are saved per run and cannot be restricted to shared items) and the
 models have the same number of layers (else side by side against relative depth).
 
 similarity.json of format 2 (`similarity.similarity_analysis`) adds pages for the paper's PCA
-similarity (PC1 Pearson r with 95% bootstrap bands, raw and robust, and the paired aligned − base
+similarity (PC1 Pearson r with 95% bootstrap bands, raw and robust, and the paired run b − run a
 change), the 2-D PCA scatter, the outlier dimensions and their effect, and every interval measure
 (mean over languages, per run and paired change); tables similarity_intervals.csv,
 similarity_outliers.csv and similarity_change.csv; summary lines with intervals.
@@ -130,7 +130,7 @@ def _draw_curves(runs: Runs, task: str, per: list[dict], langs: list[str], metri
     cols = [i for i, p in enumerate(per) if p] + (["diff"] if diff else [])
     fig = new_fig(f"Similarity to English by layer — {task}",
                   "Each line: one language's representation similarity to the parallel English inputs. Solid: high-resource, "
-                  "dashed: low-resource." + (" Right column: aligned − base." if diff else "") + (f" {note}" if note else ""))  # fmt: skip
+                  "dashed: low-resource." + (f" Right column: {runs.diff_label}." if diff else "") + (f" {note}" if note else ""))  # fmt: skip
     gs = fig.add_gridspec(len(metrics), len(cols), left=0.06, right=0.83, top=top(fig, 0.86), bottom=0.09, hspace=0.38, wspace=0.22)
     colors = lang_colors(langs)
     for mi, m in enumerate(metrics):
@@ -146,7 +146,7 @@ def _draw_curves(runs: Runs, task: str, per: list[dict], langs: list[str], metri
             ax.grid(alpha=0.25)
             ax.tick_params(labelsize=7)
             if mi == 0:
-                ax.set_title("aligned − base" if col == "diff" else runs.role_label(col), fontsize=9)
+                ax.set_title(runs.diff_label if col == "diff" else runs.role_label(col), fontsize=9)
             if ci == 0:
                 ax.set_ylabel(LABELS.get(m, m.replace("_", " ")) if m in V2_CURVES else m.replace("_", " "), fontsize=8)
             if not runs.depth_axis:
@@ -208,7 +208,7 @@ def _draw_heatmaps(runs: Runs, task: str, tdicts: list[dict], langs: list[str], 
     rows, cells, (vmin, vmax) = _heatmap_cells(pws, key, diff, langs)
     fig = new_fig(f"Language × language similarity — {task}",
                   f"{key.replace('_', ' ')} between languages' representations at chosen layers (diagonal omitted)."
-                  + (" Bottom row: aligned − base." if "diff" in rows else "") + (f" {note}" if note else ""))  # fmt: skip
+                  + (f" Bottom row: {runs.diff_label}." if "diff" in rows else "") + (f" {note}" if note else ""))  # fmt: skip
     n_cols = max([li + 1 for (_, li) in cells] or [1])
     gs = fig.add_gridspec(len(rows), n_cols, left=0.06, right=0.92, top=top(fig, 0.86), bottom=0.05, hspace=0.3, wspace=0.15)
     diffs = [np.abs(m) for (ri, _), (m, _, _) in cells.items() if rows[ri] == "diff" and np.isfinite(m).any()]
@@ -231,7 +231,7 @@ def _draw_heatmaps(runs: Runs, task: str, tdicts: list[dict], langs: list[str], 
             ax.set_yticklabels(names, fontsize=fs)
         else:
             ax.tick_params(labelleft=False)
-        ax.set_title(f"{'aligned − base' if rows[ri] == 'diff' else runs.roles[rows[ri]]}, layer {layer}", fontsize=8, pad=3)
+        ax.set_title(f"{runs.diff_label if rows[ri] == 'diff' else runs.roles[rows[ri]]}, layer {layer}", fontsize=8, pad=3)
     for im, box in ((im_main, [0.935, 0.5, 0.01, 0.33]), (im_diff, [0.935, 0.07, 0.01, 0.22])):
         if im is not None:
             fig.colorbar(im, cax=fig.add_axes(box)).ax.tick_params(labelsize=7)
@@ -372,7 +372,7 @@ def _draw_pca(runs: Runs, task: str, tdicts: list[dict], change: dict | None, wh
     fig = new_fig(f"The paper's PCA similarity — {task}", _subtitle(
         ref, f"Pearson r of English vs each language's scores on the first principal component, fitted jointly on "
              f"{', '.join(fit)} (as the paper's knowledge_finding.ipynb); PC1 explains {evr_text} of the variance. "
-             + (f"{why} " if why else "") + ("Right: aligned − base, thin lines per language, black the mean over "
+             + (f"{why} " if why else "") + (f"Right: {runs.diff_label}, thin lines per language, black the mean over "
                                              "languages with its paired interval." if change else "")))
     gs = fig.add_gridspec(len(variants), len(cols), left=0.06, right=0.86, top=top(fig, 0.84), bottom=0.08,
                           hspace=0.35, wspace=0.22)
@@ -407,7 +407,7 @@ def _draw_pca(runs: Runs, task: str, tdicts: list[dict], change: dict | None, wh
             ax.grid(alpha=0.25)
             ax.tick_params(labelsize=7)
             if vi == 0:
-                ax.set_title("aligned − base" if col == "diff" else runs.role_label(col), fontsize=9)
+                ax.set_title(runs.diff_label if col == "diff" else runs.role_label(col), fontsize=9)
             if ci == 0:
                 ax.set_ylabel(f"PC1 Pearson r\n{_variant_label(ref, v)}", fontsize=8)
             if not runs.depth_axis:
@@ -482,11 +482,11 @@ def _draw_outliers(runs: Runs, task: str, tdicts: list[dict]):
         t = tdicts[i]
         o = t["outliers"]
         xs = runs.layer_x(len(o["top_shares"]))
-        role = runs.roles[i]
-        ax1.plot(xs, [s[0] for s in o["top_shares"]], color=COLOR[role], ls=LINESTYLE[role], label=f"{role}: largest")
-        ax1.plot(xs, [s[1] if len(s) > 1 else np.nan for s in o["top_shares"]], color=COLOR[role], ls=LINESTYLE[role],
+        role, key = runs.roles[i], runs.style(i)
+        ax1.plot(xs, [s[0] for s in o["top_shares"]], color=COLOR[key], ls=LINESTYLE[key], label=f"{role}: largest")
+        ax1.plot(xs, [s[1] if len(s) > 1 else np.nan for s in o["top_shares"]], color=COLOR[key], ls=LINESTYLE[key],
                  alpha=0.45, label=f"{role}: second")
-        ax2.plot(xs, arr(t["pca"]["top_dim_loading"]), color=COLOR[role], ls=LINESTYLE[role], label=role)
+        ax2.plot(xs, arr(t["pca"]["top_dim_loading"]), color=COLOR[key], ls=LINESTYLE[key], label=role)
         langs = [l for l in t["per_language"] if l != "en"]
         for m, shade in (("pca_pearson", 1.0), ("cosine_mean", 0.5)):
             for v in _variants(t):
@@ -494,7 +494,7 @@ def _draw_outliers(runs: Runs, task: str, tdicts: list[dict]):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     y = np.nanmean([arr(src[l][m]) for l in langs], axis=0) if langs else np.full(len(xs), np.nan)
-                ax3.plot(xs, y, color=COLOR[role], alpha=shade, ls="-" if v == "raw" else ":",
+                ax3.plot(xs, y, color=COLOR[key], alpha=shade, ls="-" if v == "raw" else ":",
                          label=f"{role}: {LABELS[m]}, {'raw' if v == 'raw' else robust}")
     ax1.set_title("share of the squared norm (largest, second)", fontsize=9)
     ax2.set_title("|PC1 loading| on the largest dimension", fontsize=9)
@@ -534,9 +534,9 @@ def _draw_intervals(runs: Runs, task: str, tdicts: list[dict], change: dict | No
                         continue
                     est, lo, hi = (arr(e[k]) for k in ("estimate", "lo", "hi"))
                     xs = runs.layer_x(len(est))
-                    role = runs.roles[i]
-                    ax.fill_between(xs, lo, hi, color=COLOR[role], alpha=0.18, lw=0)
-                    ax.plot(xs, est, color=COLOR[role], ls=LINESTYLE[role], lw=1.4, label=runs.role_label(i))
+                    key = runs.style(i)
+                    ax.fill_between(xs, lo, hi, color=COLOR[key], alpha=0.18, lw=0)
+                    ax.plot(xs, est, color=COLOR[key], ls=LINESTYLE[key], lw=1.4, label=runs.role_label(i))
                 if mi == 0:
                     ax.legend(fontsize=7, frameon=False)
             else:
@@ -550,7 +550,7 @@ def _draw_intervals(runs: Runs, task: str, tdicts: list[dict], change: dict | No
             ax.grid(alpha=0.25)
             ax.tick_params(labelsize=7)
             if mi == 0:
-                ax.set_title("per run" if col == "runs" else "aligned − base (paired)", fontsize=9)
+                ax.set_title("per run" if col == "runs" else f"{runs.diff_label} (paired)", fontsize=9)
             if ci == 0:
                 ax.set_ylabel(LABELS[m], fontsize=8)
             if not runs.depth_axis:
@@ -588,7 +588,7 @@ def _v2_tables(runs: Runs, task: str, tdicts: list[dict], change: dict | None) -
                                                 "flagged"], out_rows)]
     if ch_rows:
         tables.append(Table("similarity_change.csv", ["task", "variant", "language", "layer", "metric",
-                                                      "aligned_minus_base", "lo95", "hi95"], ch_rows))
+                                                      "_minus_".join(runs.roles[::-1]), "lo95", "hi95"], ch_rows))
     return tables
 
 
