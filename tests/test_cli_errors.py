@@ -168,8 +168,11 @@ def test_interrupted_analyze_says_what_was_kept_and_resumes(tiny_folder, tmp_pat
     out = tmp_path / "a"
     args = ["analyze", "--model", str(tiny_folder), "--tasks", "snli,emotion,paws", "--limit", "30", "--no-report",
             "--save-activations", "--lens-prompts", "english-labels", "--out", str(out)]  # one pass: this tests resuming
+    # SIG_DFL in the child: a test run started in the background (`make test &`) ignores SIGINT, and
+    # Python keeps an inherited SIG_IGN, so the run would finish instead of being interrupted
     proc = subprocess.Popen([sys.executable, "-m", "alignlens.cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not list((out / "base" / "activations").glob("*.safetensors")):
         time.sleep(0.2)
