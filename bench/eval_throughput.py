@@ -32,7 +32,7 @@ from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_p
 
 from alignlens import data  # noqa: E402
 from alignlens import evaluate as ev  # noqa: E402
-from alignlens.engine import common_len, encode, reference_probs  # noqa: E402
+from alignlens.engine import encode, reference_probs, shared_prefix_len  # noqa: E402
 from alignlens.labels import label_sets  # noqa: E402
 from alignlens.model import load_model  # noqa: E402
 
@@ -40,14 +40,14 @@ from alignlens.model import load_model  # noqa: E402
 def counted_flops(model, spec, langs: list[str], items: dict) -> tuple[float, float]:
     """(paper's method, alignlens) useful FLOPs over all items: the paper runs every prompt token
     through the body and the head; alignlens runs each language's shared prefix once through the
-    body (the tokens all its prompts share, `engine.common_len`), each item's suffix through the
+    body (the tokens all its prompts share, `engine.shared_prefix_len` of the first prompt), each item's suffix through the
     body and its last position through the head. Not counted: the evaluation's content-free
     queries (contextual calibration, 3 per language), which alignlens's timed run also scores."""
     fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
     paper = fast = 0.0
     for lang in langs:
         prompts = encode(model.tokenizer, [data.build_prompt(spec, lang, it) for it in items[lang]])
-        k = common_len(prompts)
+        k = shared_prefix_len(prompts[0], prompts)
         paper += sum(len(p) for p in prompts) * (fb + fh)
         fast += k * fb + sum((len(p) - k) * fb + fh for p in prompts)
     return paper, fast

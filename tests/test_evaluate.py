@@ -307,12 +307,12 @@ def test_without_probes_the_cache_holds_every_shared_token(tiny_gemma):
     """Without probes the cached part is all tokens the prompts share (the few-shot prefix plus
     the template's start, 'Premise:'); a probe still sees the few-shot prefix split (its queries
     are the items' own tokens). Both give the same probabilities."""
-    from alignlens.engine import common_len, score_prompts
+    from alignlens.engine import score_prompts, shared_prefix_len
 
     spec = data.load_task("snli")
     items = data.load_items(spec, "en", limit=5)
     _, full, k, _ = _prefix_cache(tiny_gemma, spec, "en", items)
-    assert common_len(full) > k  # the template's start is shared too
+    assert shared_prefix_len(full[0], full) > k  # the template's start is shared too
     queries = [spec.prompts["en"].query_template.format(**it.fields) for it in items]
     sets = label_sets(tiny_gemma.tokenizer, spec.labels)
     prefix = data.prompt_prefix(spec, "en")
@@ -324,5 +324,5 @@ def test_without_probes_the_cache_holds_every_shared_token(tiny_gemma):
     costs = []
     score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, select_batches=lambda c: costs.extend(c) or [])
     order = sorted(range(5), key=lambda i: len(full[i]))
-    assert costs == [len(b) * max(len(full[i]) - common_len(full) for i in b) for b in (order[:2], order[2:4], order[4:])]
+    assert costs == [len(b) * max(len(full[i]) - shared_prefix_len(full[0], full) for i in b) for b in (order[:2], order[2:4], order[4:])]
 

@@ -151,9 +151,6 @@ def process_group(device: torch.device | str = "cpu", timeout: timedelta | None 
                              f"{backend_for(dev)}): {_first_line(exc)}") from None
     try:
         yield world()
-        # every rank is done with every collective before any rank tears its transport down
-        # (without it gloo sometimes aborts a rank at exit: "terminate called without an active exception")
-        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

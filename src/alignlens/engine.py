@@ -172,11 +172,6 @@ def shared_prefix_len(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]
     return min([common_prefix_len(prefix_ids, p) for p in prompts] + [min(len(p) for p in prompts) - 1])
 
 
-def common_len(prompts: Sequence[Sequence[int]]) -> int:
-    """Tokens all prompts share from the start, leaving at least one token of each prompt."""
-    return min([common_prefix_len(prompts[0], p) for p in prompts] + [min(len(p) for p in prompts) - 1])
-
-
 def _right_padded(suffixes: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), long [batch, width]. Right padding: real tokens keep contiguous positions, and
     causal attention keeps the padding (after them) invisible to them."""
@@ -261,7 +256,7 @@ def score_prompts(
     full = encode(tok, [prefix + q for q in queries])
     k = 0
     if prefix_cache:  # with probes, a query's tokens are the item's own (see the module docstring)
-        k = shared_prefix_len(encode(tok, [prefix])[0], full) if probes else common_len(full)
+        k = shared_prefix_len(encode(tok, [prefix])[0] if probes else full[0], full)
     ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
     if len(ids_of) != len(queries):
         raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
