@@ -326,3 +326,60 @@ def test_without_probes_the_cache_holds_every_shared_token(tiny_gemma):
     order = sorted(range(5), key=lambda i: len(full[i]))
     assert costs == [len(b) * max(len(full[i]) - shared_prefix_len(full[0], full) for i in b) for b in (order[:2], order[2:4], order[4:])]
 
+def test_plan_batches_sorted_and_never_mixed():
+    """The queries' rows and the unprobed rows, each sorted by length and cut by batch_size."""
+    from alignlens.engine import plan_batches
+
+    lengths = [5, 3, 9, 1, 7, 2, 8]  # rows 0-4 queries, 5-6 unprobed
+    assert plan_batches(lengths, 5, 2) == [[3, 1], [0, 4], [2], [5, 6]]
+    assert plan_batches(lengths, 5, 8) == [[3, 1, 0, 4, 2], [5, 6]]
+    assert plan_batches(lengths, 7, 3) == [[3, 5, 1], [0, 4, 6], [2]]
+    assert plan_batches([], 0, 2) == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("d_model, vocab", [(64, 1000), (640, 262144)])  # tiny models', Gemma-3-270m's head
+def test_head_rows_do_not_depend_on_the_other_rows(d_model, vocab, threads):
+    """What pooling the LM head over batches relies on (`engine.HEAD_MIN_ROWS`): from that many
+    rows on, the BLAS matmul gives each row bit-identical logits whatever the other rows and
+    their number (fewer rows take other kernels, and they round differently)."""
+    from alignlens.engine import HEAD_MIN_ROWS, Unembed, head_probs
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        head = torch.nn.Linear(d_model, vocab, bias=False)
+        torch.nn.init.normal_(head.weight, generator=gen)
+        unembed = Unembed(torch.nn.Identity(), head, None)
+        x = torch.randn(80, d_model, generator=gen)
+        sets = [torch.tensor([1, 5]), torch.tensor([7])]
+        with torch.no_grad():
+            whole = head(x)
+            for lo, hi in [(0, 1), (3, 6), (10, 10 + HEAD_MIN_ROWS), (20, 53), (0, 64)]:
+                assert torch.equal(head_probs(unembed, x[lo:hi], sets), head_probs(unembed, x, sets)[lo:hi])
+                if hi - lo >= HEAD_MIN_ROWS:
+                    assert torch.equal(head(x[lo:hi]), whole[lo:hi])
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_unprobed_queries_share_the_call_but_not_the_probes(tiny_gemma):
+    """Unprobed rows follow the queries' rows, probes see only the queries, and every row equals
+    its own plain forward; grouping batches for the head (head_rows) does not change the values."""
+    spec = data.load_task("snli")
+    items = data.load_items(spec, "de", limit=5)
+    queries = [spec.prompts["de"].query_template.format(**it.fields) for it in items]
+    extra = ev.content_free_queries(spec, "de")
+    sets = label_sets(tiny_gemma.tokenizer, spec.labels)
+    prefix = data.prompt_prefix(spec, "de")
+    from alignlens.engine import score_prompts
+
+    rec = _Recorder()
+    pooled = score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, probes=[rec], unprobed=extra)
+    assert pooled.shape == (8, len(sets)) and sorted(rec.lengths) == [0, 1, 2, 3, 4]
+    single = score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, head_rows=1, probes=[_Recorder()],
+                           unprobed=extra)  # a probe: the same cached length as `pooled`
+    assert torch.equal(pooled, single)  # pooling the head changes no bit
+    ref = torch.stack([reference_probs(tiny_gemma, prefix + q, sets) for q in queries + extra])
+    assert torch.allclose(pooled, ref, atol=1e-5, rtol=0)

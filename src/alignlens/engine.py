@@ -11,10 +11,16 @@ to one plain forward pass per prompt (tested):
   cached part is every token all prompts share (the few-shot prefix plus the query template's
   common start, e.g. "Premise:"); with probes it is the few-shot prefix's tokens only, so a
   probe's query tokens stay the item's own;
-- queries run in right-padded batches; only the last real position of each row goes through
-  the LM head (Gemma's 262k-word head is most of the cost of a full-logits pass). The head runs
-  once per batch, not on several batches' rows at once: a matmul's rounding depends on its row
-  count, and one batch's rows must come out bit-identical whichever ranks run the other batches.
+- queries run in right-padded batches of similar lengths; only the last real position of each
+  row goes through the LM head (Gemma's 262k-word head is most of the cost of a full-logits
+  pass). The head runs on the last states of several consecutive batches at once (up to
+  `head_rows` rows): each call reads the whole [vocab, d_model] weight (671 MB for
+  Gemma-3-270m), so a call on one small batch's rows is memory-bound. A call has at least
+  `HEAD_MIN_ROWS` rows (zero rows pad it): from there on, a row's logits do not depend on the
+  call's other rows or their number (CPU BLAS checked by a test: fewer rows take other kernels
+  whose rounding differs), so the results are the same whichever batches a rank pools;
+- `unprobed` queries (evaluation's content-free calibration queries) ride in the same call: they
+  reuse the prefix pass and share head calls, in their own batches that probes never see.
 
 Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
 pass, and optionally `prefix_hooks(n_tokens)` for the shared prefix's one pass) read activations
@@ -217,6 +223,33 @@ def _suffix_forward(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
     return body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
 
 
+#: Default rows per LM-head call (`score_prompts(head_rows=...)`) and the fewest rows a call has.
+HEAD_ROWS = 64
+HEAD_MIN_ROWS = 16
+
+
+def plan_batches(lengths: Sequence[int], n_probed: int, batch_size: int) -> list[list[int]]:
+    """The batches (row indices) of one `score_prompts` call: rows `0..n_probed-1` (the queries)
+    and the rest (unprobed queries) are each sorted by `lengths` (similar lengths together) and
+    cut into batches of `batch_size`; a batch never mixes the two. Independent of the ranks."""
+    batches = []
+    for part in (range(n_probed), range(n_probed, len(lengths))):
+        order = sorted(part, key=lambda i: lengths[i])
+        batches += [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return batches
+
+
+def head_probs(unembed: Unembed, states: torch.Tensor, index_sets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Label-set probabilities float64 [rows, n_labels] (CPU) from final-normed last states
+    [rows, d_model]: LM head (on at least `HEAD_MIN_ROWS` rows: zero rows pad it), softmax over
+    the vocabulary, mass of each set."""
+    n = states.shape[0]
+    if n < HEAD_MIN_ROWS:
+        states = torch.cat([states, states.new_zeros(HEAD_MIN_ROWS - n, states.shape[1])])
+    probs = torch.softmax(unembed.head(states).float(), dim=-1)[:n]
+    return torch.stack([probs[:, idx.to(probs.device)].sum(-1) for idx in index_sets], dim=1).double().cpu()
+
+
 @torch.no_grad()
 def score_prompts(
     model: LoadedModel,
@@ -232,42 +265,49 @@ def score_prompts(
     item_ids: Sequence[int] | None = None,
     where: str = "",
     select_batches: Callable[[list[int]], Sequence[int]] | None = None,
+    unprobed: Sequence[str] = (),
+    unprobed_where: str = "queries without probes",
+    head_rows: int = HEAD_ROWS,
 ) -> torch.Tensor:
     """Next-token probability mass of each label set after each prompt `prefix + query`.
 
-    Returns float64 [n_queries, n_labels]. `fwd_hooks` (TransformerLens hook name or filter,
-    hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch or
-    steer. `probes` hook each query batch (and, with `prefix_hooks`, the prefix pass; see `Probe`),
-    after the `fwd_hooks`.
-    `on_batch_done(n)` is told the number of queries each finished batch scored.
+    Returns float64 [n_queries + n_unprobed, n_labels]: the `queries`' rows, then the `unprobed`
+    queries' (scored like the others, in their own batches, which probes never see; messages name
+    them as `where`, `unprobed_where`, by position). `fwd_hooks` (TransformerLens hook name or
+    filter, hook fn) apply to every forward pass (prefix and queries): use them to ablate, patch
+    or steer. `probes` hook each batch of `queries` (and, with `prefix_hooks`, the prefix pass;
+    see `Probe`), after the `fwd_hooks`. `batch_size`: rows per body forward pass (and per probe
+    batch); `head_rows`: the LM head runs once every this many rows (the last states of whole
+    consecutive batches; the values do not depend on it, see the module docstring).
+    `on_batch_done(n)` is told the number of `queries` scored by each head call.
 
-    `select_batches(costs)`: data parallelism. The plan (shared-prefix length over all queries,
-    length-sorted order, batches) is always the whole call's; given each planned batch's cost
-    (padded query tokens) it returns the indices of the batches this call runs. The shared-prefix
-    length is the tokens all queries share (the few-shot prefix's only, when there are probes). The rows of the
+    `select_batches(costs)`: data parallelism. The plan (shared-prefix length over all prompts,
+    `plan_batches`) is always the whole call's; given each planned batch's cost (padded query
+    tokens) it returns the indices of the batches this call runs. The shared-prefix length is the
+    tokens all prompts share (the few-shot prefix's only, when there are probes). The rows of the
     other batches stay 0 and probes never see them; the prefix pass always runs.
 
-    A batch whose label probabilities are not finite (NaN/inf logits: float16 overflow, a hook
-    writing NaN) raises NumericalError at once, naming `where` and the items (`item_ids`, the
-    queries' ids; default their positions).
+    When label probabilities are not finite (NaN/inf logits: float16 overflow, a hook writing
+    NaN), NumericalError is raised after the head call that computed them, naming `where` and the
+    items (`item_ids`, the queries' ids; default their positions).
     """
     tok, device = model.tokenizer, model.device  # where inputs go (the input embedding's device)
     body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
-    full = encode(tok, [prefix + q for q in queries])
+    n_q = len(queries)
+    full = encode(tok, [prefix + q for q in list(queries) + list(unprobed)])
     k = 0
     if prefix_cache:  # with probes, a query's tokens are the item's own (see the module docstring)
         k = shared_prefix_len(encode(tok, [prefix])[0] if probes else full[0], full)
-    ids_of = list(item_ids) if item_ids is not None else list(range(len(queries)))
-    if len(ids_of) != len(queries):
-        raise ValueError(f"item_ids has {len(ids_of)} ids for {len(queries)} queries")
+    ids_of = list(item_ids) if item_ids is not None else list(range(n_q))
+    if len(ids_of) != n_q:
+        raise ValueError(f"item_ids has {len(ids_of)} ids for {n_q} queries")
     index_sets = [torch.tensor(list(s), dtype=torch.long) for s in label_sets]  # moved to the head's device
-    out = torch.zeros(len(queries), len(label_sets), dtype=torch.float64)
-    order = sorted(range(len(queries)), key=lambda i: len(full[i]))  # similar lengths together
+    out = torch.zeros(len(full), len(label_sets), dtype=torch.float64)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    planned = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    run = range(len(planned))
+    batches = plan_batches([len(f) for f in full], n_q, batch_size)
+    run = range(len(batches))
     if select_batches is not None:
-        costs = [len(b) * max(len(full[i]) - k for i in b) for b in planned]
+        costs = [len(b) * max(len(full[i]) - k for i in b) for b in batches]
         run = sorted(set(int(j) for j in select_batches(costs)))
     with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
         cache = None
@@ -275,27 +315,43 @@ def score_prompts(
             prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
             with model.bridge.hooks(fwd_hooks=prefix_hooks):
                 cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
-        for j in run:
-            rows = planned[j]
-            ids, mask = _right_padded([full[i][k:] for i in rows], pad, device)
-            batch = SuffixBatch(list(rows), mask.bool(), mask.sum(1) - 1, [ids_of[i] for i in rows], where)
-            with model.bridge.hooks(fwd_hooks=[h for p in probes for h in p.hooks(batch)]):
-                hidden = _suffix_forward(body, ids, mask, k, cache)
-            for p in probes:
-                p.after_batch(batch)
-            # Each tensor's own device: with a device map the last block, the norm and the LM head
-            # may sit on different devices than the inputs (accelerate moves module inputs).
-            h_last = hidden[torch.arange(len(rows), device=hidden.device), batch.last.to(hidden.device)]
-            probs = torch.softmax(unembed.head(h_last).float(), dim=-1)
-            for c, idx in enumerate(index_sets):
-                out[rows, c] = probs[:, idx.to(probs.device)].sum(-1).double().cpu()
-            bad = ~torch.isfinite(out[rows]).all(dim=1)
-            if bool(bad.any()):
-                raise nonfinite_error("label probabilities", where, [ids_of[i] for i, b in zip(rows, bad.tolist()) if b],
-                                      model.dtype)
-            if on_batch_done is not None:
-                on_batch_done(len(rows))
+        rows: list[int] = []
+        states: list[torch.Tensor] = []
+        for n_run, j in enumerate(run, 1):
+            b = batches[j]
+            ids, mask = _right_padded([full[i][k:] for i in b], pad, device)
+            probed = b[0] < n_q  # a batch holds queries or unprobed queries, never both
+            batch = SuffixBatch(list(b), mask.bool(), mask.sum(1) - 1,
+                                [ids_of[i] for i in b] if probed else [i - n_q for i in b], where)
+            states.append(_batch_last_states(model, body, cache, k, batch, ids, mask, probes if probed else ()))
+            rows += b
+            if len(rows) < head_rows and n_run < len(run):
+                continue
+            out[rows] = head_probs(unembed, torch.cat(states), index_sets)
+            bad = [i for i, b in zip(rows, (~torch.isfinite(out[rows]).all(dim=1)).tolist()) if b]
+            if bad:
+                mine = [ids_of[i] for i in bad if i < n_q]
+                raise (nonfinite_error("label probabilities", where, mine, model.dtype) if mine else
+                       nonfinite_error("label probabilities", f"{where}, {unprobed_where}", [i - n_q for i in bad],
+                                       model.dtype))
+            if on_batch_done is not None and any(i < n_q for i in rows):
+                on_batch_done(sum(i < n_q for i in rows))
+            rows, states = [], []
     return out
+
+
+def _batch_last_states(model: LoadedModel, body: torch.nn.Module, cache: Any, k: int,
+                       batch: SuffixBatch, ids: torch.Tensor, mask: torch.Tensor, probes: Sequence[Probe]) -> torch.Tensor:
+    """One body forward of a query batch (`ids`, `mask` [batch, width]: its tokens after the first
+    k, after the prefix's `cache`) with the probes' hooks, then their `after_batch`. Returns the
+    final-normed states [batch, d_model] at each row's last real position."""
+    with model.bridge.hooks(fwd_hooks=[h for p in probes for h in p.hooks(batch)]):
+        hidden = _suffix_forward(body, ids, mask, k, cache)
+    for p in probes:
+        p.after_batch(batch)
+    # The tensor's own device: with a device map the last block, the norm and the LM head may sit
+    # on other devices than the inputs (accelerate moves module inputs).
+    return hidden[torch.arange(len(batch.rows), device=hidden.device), batch.last.to(hidden.device)]
 
 
 @torch.no_grad()

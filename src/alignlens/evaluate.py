@@ -81,11 +81,14 @@ def evaluate_language(
         if on_batch_done is not None:
             on_batch_done(n)
 
+    from alignlens.metrics import content_free_probs
+
     probs = distributed.agree(lambda: score_prompts(
         model, data.prompt_prefix(spec, lang), queries, label_sets(model.tokenizer, spec.labels, where),
         batch_size=batch_size, prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, probes=probes,
         on_batch_done=advance, item_ids=[it.index for it in items], where=where,
         select_batches=distributed.my_batches if parallel else None,
+        unprobed=content_free_queries(spec, lang), unprobed_where="content-free queries",
     ))
     if parallel:
         probs = torch.tensor(distributed.exact_float_sums(probs.flatten().tolist()),
@@ -93,24 +96,19 @@ def evaluate_language(
         if on_batch_done is not None and len(items) > done[0]:
             on_batch_done(len(items) - done[0])  # the other ranks' rows
     gold = [spec.labels.index(it.label) for it in items]
-    return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs.numpy(),
-                          content_free_probs(model, spec, lang, batch_size, prefix_cache, fwd_hooks))
+    n = len(items)
+    return LanguageResult(spec.name, lang, list(spec.labels), [it.index for it in items], gold, probs[:n].numpy(),
+                          content_free_probs(list(probs[n:].numpy())))
 
 
-def content_free_probs(model: LoadedModel, spec: data.TaskSpec, lang: str, batch_size: int = 8,
-                       prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = ()) -> np.ndarray:
-    """float64 [n_labels]: label probabilities for the content-free queries (`CONTENT_FREE` in every
-    field, the language's demonstrations), each normalised over the labels, averaged, renormalised
-    (`metrics.content_free_probs`). No probes: these queries never enter captures."""
-    from alignlens.metrics import content_free_probs as average
-
+def content_free_queries(spec: data.TaskSpec, lang: str) -> list[str]:
+    """The content-free queries of contextual calibration: `CONTENT_FREE` texts in every field of
+    the language's query template. `evaluate_language` scores them after the language's
+    demonstrations, in the items' call (`score_prompts(unprobed=...)`: same prefix pass, no
+    probes), and keeps each normalised over the labels, averaged, renormalised
+    (`metrics.content_free_probs`) as `LanguageResult.p_content_free`."""
     template = spec.prompts[lang].query_template
-    queries = [template.format(**{f: text for f in spec.fields}) for text in CONTENT_FREE]
-    where = f"task {spec.name}, language {lang}, content-free queries"
-    probs = score_prompts(model, data.prompt_prefix(spec, lang), queries,
-                          label_sets(model.tokenizer, spec.labels, where), batch_size=batch_size,
-                          prefix_cache=prefix_cache, fwd_hooks=fwd_hooks, where=where)
-    return average(list(probs.numpy()))
+    return [template.format(**{f: text for f in spec.fields}) for text in CONTENT_FREE]
 
 
 def summarize(results: list[LanguageResult], bootstrap_resamples: int = 2000, seed: int = 0) -> dict:
