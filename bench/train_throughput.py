@@ -1,28 +1,29 @@
 """Training throughput: the alignlens step vs the HF-style step LLaMA-Factory runs, on the same
 training examples, same model and LoRA config.
 
-    .venv/bin/python bench/train_throughput.py [--model gemma-3-270m] [--batch 8] [--steps 4] [--rounds 3]
+    .venv/bin/python bench/train_throughput.py [--model gemma-3-270m] [--batch 8] [--steps 8] [--rounds 3]
 
-Examples: the default preset's zh+de question translation (max_len 128). alignlens: the first
-`--steps` optimizer steps of the trainer's epoch-0 plan (`examples.epoch_order`, bucketed by
-length unless `--batching random`), each step one micro-batch of `--batch` examples right-padded
-to its longest (`collate`), LM head at target positions only (`TargetLossModel`). Reference: the
-SAME examples in a seeded random order (HF Trainer's random sampler), batches of `--batch` padded
-to the longest rounded up to a multiple of 8 (LLaMA-Factory's collator), `model(input_ids,
-attention_mask, labels=...)` on the peft model: logits and cross-entropy at every position.
+Examples: the default preset's zh+de question translation (max_len 128). Reference: the first
+`--steps` steps of HF Trainer's seeded random plan over the whole epoch (so their padding is a
+sample of the epoch's), batches of `--batch` padded to the longest rounded up to a multiple of 8
+(LLaMA-Factory's collator), `model(input_ids, attention_mask, labels=...)` on the peft model:
+logits and cross-entropy at every position. alignlens: the SAME examples as its trainer plans
+them (`examples.epoch_order` on them, bucketed by length unless `--batching random`), each step
+one micro-batch of `--batch` examples right-padded to its longest (`collate`), LM head at target
+positions only (`TargetLossModel`).
 
 A round runs all steps of one method (forward, backward, AdamW step, zero_grad per step); rounds
 alternate between the methods (after one warm-up step each), so load from other processes
 affects both alike. Reported: per-round times, the median of the per-pair ratios reference /
 alignlens, the padding share of both (the benchmark's steps and the whole epoch plan), and FLOPs
 per example as `bench/flops.py` counts them (token slots through the body, positions through the
-LM head, training = 3x forward) with the achieved GFLOP/s against a GEMM peak measured in this run.
+LM head, training = 3x forward) with the achieved GFLOP/s against a GEMM peak measured in this run,
+and the FLOP ratio of the steps and of the whole epoch's plans (with the measured ratio scaled to it).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -48,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--batch", type=int, default=8, help="examples per step (the default preset's batch_size)")
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per round and method")
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per round and method")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per method (alternating)")
     ap.add_argument("--batching", default="bucketed", choices=["bucketed", "random"],
                     help="the alignlens plan (random: the order before bucketing)")
@@ -73,13 +74,14 @@ def main() -> None:
     examples, _ = encode(tok, load_pairs(cfg), max_len=cfg.max_len)
     lengths = [len(e.ids) for e in examples]
     bucketed = args.batching == "bucketed"
-    order = epoch_order(len(examples), args.seed, 0, lengths if bucketed else None, args.batch)
-    plan = micro_batches(order, args.batch, args.batch)
-    mine = plan[: args.steps]  # alignlens: the trainer's first steps
-    chosen = [i for b in mine for i in b]
-    shuffled = chosen[:]
-    random.Random(args.seed).shuffle(shuffled)
-    ref_batches = [shuffled[j: j + args.batch] for j in range(0, len(shuffled), args.batch)]
+    # The reference's first steps are what HF Trainer runs first: its seeded random plan, so their
+    # padding is a sample of the whole epoch's. alignlens runs the same examples as its trainer
+    # would plan them (bucketed by length: `epoch_order` on these examples, one window).
+    ref_plan = micro_batches(epoch_order(len(examples), args.seed, 0), args.batch, args.batch)
+    ref_batches = ref_plan[: args.steps]
+    chosen = [i for b in ref_batches for i in b]
+    sub = epoch_order(len(chosen), args.seed, 0, [lengths[i] for i in chosen] if bucketed else None, args.batch)
+    mine = [[chosen[j] for j in b] for b in micro_batches(sub, args.batch, args.batch)]
 
     ali_inputs = []
     for b in mine:
@@ -130,13 +132,20 @@ def main() -> None:
           f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} {','.join(cfg.lora_targets)}, {torch.get_num_threads()} threads, "
           f"{device}; {args.steps} steps x {args.batch} examples = {n_ex} examples, {real_tok} real tokens, "
           f"{n_target} target tokens")
-    for name, batches, mult8 in (("alignlens " + args.batching, plan, False), ("reference random", None, True)):
+    epoch = {}  # whole-epoch plans: padding and counted FLOPs
+    body, head = body_flops_per_token(hf), head_flops_per_position(hf)
+    n_target_epoch = sum(len(e.ids) - max(e.n_prompt, 1) for e in examples)  # target tokens predicted
+    for name, batches, mult8 in (("alignlens " + args.batching, None, False), ("reference random", ref_plan, True)):
         if batches is None:
-            perm = epoch_order(len(examples), args.seed, 0)
-            batches = micro_batches(perm, args.batch, args.batch)
+            batches = micro_batches(epoch_order(len(examples), args.seed, 0, lengths if bucketed else None,
+                                                args.batch), args.batch, args.batch)
         real, slots = padding_share(lengths, batches)
         if mult8:
             slots = sum(_pad8(max(lengths[i] for i in b)) * len(b) for b in batches)
+            epoch["reference"] = 3 * (body + head) * slots
+        else:
+            epoch["alignlens"] = 3 * (body * sum(len(b) * (max(lengths[i] for i in b) - 1) for b in batches)
+                                      + head * n_target_epoch)
         print(f"padding over the whole epoch plan ({len(batches)} steps), {name:>20}: {100 * (1 - real / slots):5.1f}% "
               f"of {slots} token slots")
     print(f"padding in the benchmark's steps: alignlens {100 * (1 - real_tok / ali_slots):.1f}% of {ali_slots} slots, "
@@ -168,13 +177,16 @@ def main() -> None:
     print(f"ratio reference/alignlens: {ratio:.2f}x median of the {args.rounds} round pairs "
           f"({', '.join(f'{r:.2f}' for r in ratios)}); target >= 2.1, moonshot 2.5")
 
-    body, head = body_flops_per_token(hf), head_flops_per_position(hf)
     # alignlens: body over each row but its last position, head at the target-predicting positions
     ali_flops = 3 * (body * sum(ids.shape[0] * (ids.shape[1] - 1) for ids, _, _ in ali_inputs) + head * n_target)
     ref_flops = 3 * (body + head) * ref_slots
     peak = gemm_peak_gflops()
     print(describe("alignlens", ali_flops, med["alignlens"], peak, n_ex))
     print(describe("reference", ref_flops, med["reference"], peak, n_ex))
+    sample, whole = ref_flops / ali_flops, epoch["reference"] / epoch["alignlens"]
+    print(f"FLOP ratio reference/alignlens: {sample:.2f}x on the benchmark's steps, {whole:.2f}x over the whole "
+          f"epoch; the measured ratio scaled to the epoch's FLOPs (a projection: time ~ FLOPs at a fixed "
+          f"efficiency): {ratio * whole / sample:.2f}x")
 
 
 if __name__ == "__main__":
