@@ -37,8 +37,12 @@ float32 sums over the whole vocabulary, computed as H = logsumexp - E[z] by alig
 -sum p log2 p here), pooled states (||diff|| / ||paper|| per item and row <= 1e-4).
 
 Timing: the two methods alternately for `--rounds` rounds (load from other processes affects both
-alike) after a short warm-up; printed: items/s of each (medians), the median ratio over rounds (the
-primary output; target >= 5), and the CPU-time ratio.
+alike) after a short warm-up, each round's times on stderr; printed: items/s of each (medians), the
+median ratio over rounds (the primary output; target >= 5), the same without alignlens's analyses
+(which the paper side does not compute), and the CPU-time ratio. `--threads` sets torch's thread
+count for both (default: torch's, one per core); on a machine whose cores other processes also use,
+1 thread is much faster for both and far less noisy (see bench/eval_throughput.py). The GEMM peak is
+measured before and after the rounds; the larger is the machine's limit the efficiencies refer to.
 
 FLOP counting (bench/flops.py: a token through the body = 2 x non-embedding parameters, a position
 through the LM head = 2 x d_model x vocabulary; attention scores, norms, softmax, pooling, neuron
@@ -271,6 +275,7 @@ def main() -> None:
     capture_run(model, AnalyzeConfig(tasks=[spec.name], languages=[langs[-1]], limit=2, batch_size=2))
     paper_pipeline(model, spec, langs[-1], items[langs[-1]][:1])
 
+    peak_before = gemm_peak_gflops()
     t_fast, t_ref, c_fast, c_ref, t_analyses = [], [], [], [], []
     for _ in range(args.rounds):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -282,8 +287,10 @@ def main() -> None:
         paper = {lang: paper_pipeline(model, spec, lang, items[lang]) for lang in langs}
         t_ref.append(time.perf_counter() - t0)
         c_ref.append(time.process_time() - c0)
+        print(f"round {len(t_ref)}: alignlens {t_fast[-1]:.1f}s, paper's pipeline {t_ref[-1]:.1f}s", file=sys.stderr)
     diff = compare(results, caps, paper)
-    peak = gemm_peak_gflops()
+    peak_after = gemm_peak_gflops()
+    peak = max(peak_before, peak_after)
     f_paper, f_fast = counted_flops(model, spec, items)
     tf, tr = statistics.median(t_fast), statistics.median(t_ref)
     print(f"model {args.model}, task {spec.name}, {n} items ({args.items} x {len(langs)} languages), "
@@ -302,9 +309,13 @@ def main() -> None:
     ratios = [r / f for r, f in zip(t_ref, t_fast)]
     print(f"ratio: {statistics.median(ratios):.2f}x median of rounds {', '.join(f'{r:.2f}' for r in ratios)} "
           f"(target >= 5; FLOP ratio {f_paper / f_fast:.1f}x)")
+    bare = [r / (f - a) for r, f, a in zip(t_ref, t_fast, t_analyses)]
+    print(f"ratio without alignlens's analyses (capture_run alone): {statistics.median(bare):.2f}x median of rounds "
+          f"{', '.join(f'{r:.2f}' for r in bare)}")
     cpu = [r / f for r, f in zip(c_ref, c_fast)]
     print(f"CPU-time ratio: {statistics.median(cpu):.2f}x median of rounds {', '.join(f'{r:.2f}' for r in cpu)} "
           "(process CPU seconds: less affected by other processes' load)")
+    print(f"GEMM peak measured before / after the rounds: {peak_before:.1f} / {peak_after:.1f} GFLOP/s")
     bad = failures(diff)
     if bad:
         raise SystemExit("alignlens and the paper's pipeline disagree: " + "; ".join(bad))
