@@ -102,6 +102,18 @@ def status(message: str):
     console.print(f"[dim]{message.rstrip('.')} ({time.time() - t0:.1f}s)[/dim]")
 
 
+THREADS_HELP = ("torch CPU threads (default: torch's, one per core). 1 is much faster when other jobs share the "
+                "cores; float results differ in the last bits between thread counts (the manifest records it).")
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    """torch's CPU thread count for this process (None: torch's default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _load(spec: str, device: str, dtype: str, device_map: Optional[str] = None, max_memory: Optional[str] = None):
     from alignlens.distributed import is_main
     from alignlens.model import load_model
@@ -200,6 +212,7 @@ def eval_cmd(
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Re-encode the few-shot prefix for every item (slower; same result)."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """Few-shot multilingual evaluation with the paper's constrained decoding.
 
@@ -215,6 +228,7 @@ def eval_cmd(
     _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
     if out is not None:
         OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
+    _set_threads(threads)
     with _process_group(device) as world:
         m = _load(model, device, dtype, device_map, max_memory)
         with _progress_for(world) as progress:
@@ -284,6 +298,7 @@ def analyze_cmd(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     device_map: Optional[str] = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: an evaluation pass, a capture pass and all analyses (logit lens, representation
     similarity, language-specific neurons) for a model and optionally a second one, then a PDF report.
@@ -302,6 +317,7 @@ def analyze_cmd(
         scatter_layers=scatter_layers, similarity_resamples=similarity_resamples, similarity_robust=similarity_robust,
     )
     _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype, device_map, max_memory)
+    _set_threads(threads)
     t0 = time.time()
     with _process_group(device) as world, _progress_for(world) as progress:
         res = analyze(cfg, model, compare, out, force=force, resume=resume, device=device, dtype=dtype, report=report,

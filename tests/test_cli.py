@@ -49,11 +49,12 @@ def test_train_then_analyze_compare_with_report(tiny_folder, tmp_path):
 
 def test_eval_prints_table_and_writes_files(tiny_folder, tmp_path):
     proc = run_cli("eval", "--model", str(tiny_folder), "--tasks", "paws", "--languages", "en,th", "--limit", "2",
-                   "--out", str(tmp_path / "e"))
+                   "--threads", "1", "--out", str(tmp_path / "e"))
     assert proc.returncode == 0, proc.stderr
     assert "paws" in proc.stdout and "th" in proc.stdout
     rows = (tmp_path / "e" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 4
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["torch_threads"] == 1  # --threads, recorded
 
 
 def test_help_explains_every_command():

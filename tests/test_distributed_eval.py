@@ -21,7 +21,7 @@ from fixtures import save_tiny_base
 
 ANALYZED = ("predictions.jsonl", "summary.json", "logit_lens.json", "similarity.json", "neurons.json",
             "neurons.safetensors", "activations/emotion__en.safetensors", "activations/emotion__hi.safetensors")
-VOLATILE = {"started", "finished", "timing_s", "command", "world_size"}
+VOLATILE = {"started", "finished", "timing_s", "command", "world_size", "torch_threads"}
 
 
 def _env() -> dict:

@@ -1,5 +1,5 @@
 """Provenance shared by every manifest alignlens writes (evaluation, analysis, training):
-versions, the code's commit, UTC times."""
+versions, the code's commit, torch's CPU thread count (float results depend on it), UTC times."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 from typing import Any
+
+import torch
 
 from alignlens import __version__
 
@@ -47,6 +49,7 @@ def provenance(*, command: str, model: dict, data: dict, options: dict, seed: in
     """The keys every alignlens manifest (evaluation, analysis, training) starts with, in this order."""
     return {"alignlens_version": __version__, "command": command, "model": model, "data": data,
             "options": options, "seed": seed, "versions": versions(), "git_commit": git_commit(),
+            "torch_threads": torch.get_num_threads(),
             "started": started, "finished": finished}
 
 
