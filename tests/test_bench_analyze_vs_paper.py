@@ -75,9 +75,13 @@ def test_counted_flops_paper_runs_more(tiny_gemma):
     from flops import body_flops_per_token, head_flops_per_position
 
     fb, fh, L = body_flops_per_token(tiny_gemma.hf_model), head_flops_per_position(tiny_gemma.hf_model), tiny_gemma.n_layers
+    from alignlens.evaluate import content_free_queries
+
+    prefix = data.prompt_prefix(spec, "en")
     full = encode(tiny_gemma.tokenizer, [data.build_prompt(spec, "en", it) for it in items["en"]])
-    k = shared_prefix_len(encode(tiny_gemma.tokenizer, [data.prompt_prefix(spec, "en")])[0], full)
-    assert 0 < k < min(map(len, full))
+    extra = encode(tiny_gemma.tokenizer, [prefix + q for q in content_free_queries(spec, "en")])
+    k = shared_prefix_len(encode(tiny_gemma.tokenizer, [prefix])[0], full + extra)
+    assert 0 < k < min(map(len, full)) and len(extra) == 3
     p_en, f_en = avp.counted_flops(tiny_gemma, spec, {"en": items["en"]})
     assert p_en == pytest.approx(2 * sum(map(len, full)) * (fb + fh) + 3 * L * fh)
-    assert f_en == pytest.approx(k * fb + sum((len(t) - k) * fb for t in full) + 3 * (1 + L) * fh)
+    assert f_en == pytest.approx(k * fb + sum((len(t) - k) * fb for t in full + extra) + 3 * (1 + L) * fh + 3 * fh)
