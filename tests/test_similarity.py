@@ -198,3 +198,99 @@ def test_analysis_keeps_the_report_measures_and_adds_the_paper_setting():
     assert sub["per_language"]["de"]["cka_mean"] == rep["per_language"]["de"]["cka_mean"]
     assert sub["per_language"]["sw"]["pca_pearson"] != rep["per_language"]["sw"]["pca_pearson"]
     json.dumps(ana, allow_nan=False)
+
+
+def _fit_coordinates(n_fit: int, n: int, d: int, seed: int) -> np.ndarray:
+    """zf [P, n, r] as `_layer_measures` builds it: P languages' states of n items (a shared item part
+    with a decaying spectrum, one dominant direction, language noise) on the joint fit's axes."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / (1.0 + np.arange(d)) ** 0.5
+    item = rng.normal(size=(n, d)) * scale + np.outer(3.0 * rng.normal(size=n), rng.normal(size=d) / np.sqrt(d))
+    mats = [item + 0.4 * rng.normal(size=(n, d)) * scale + rng.normal(size=d) for _ in range(n_fit)]
+    xs = np.concatenate(mats)
+    mu = xs.mean(axis=0)
+    v, _ = similarity._pca_basis(xs - mu)
+    return np.stack([(m - mu) @ v for m in mats])
+
+
+def _pc1_by_eigh(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: each resample's covariance of its rows (every copy of a resampled item,
+    in every language) and numpy.linalg.eigh. Returns (top eigenvectors [B, r], eigenvalues [B, r])."""
+    n_fit, n, r = zf.shape
+    vecs, vals = [], []
+    for wb in w:
+        rows = np.concatenate([np.repeat(zf[p], wb.astype(int), axis=0) for p in range(n_fit)])  # [P n, r]
+        c = np.cov(rows.T, bias=True).reshape(r, r)
+        ev, evec = np.linalg.eigh(c)
+        vecs.append(evec[:, -1])
+        vals.append(ev[::-1])
+    return np.array(vecs), np.array(vals)
+
+
+def _true_residual(zf: np.ndarray, w: np.ndarray, u: np.ndarray) -> float:
+    """max over replicates of ||C u - theta u|| / theta with theta = u'Cu (C as in `_pc1_by_eigh`)."""
+    n_fit, n, r = zf.shape
+    worst = 0.0
+    for wb, ub in zip(w, u):
+        rows = np.concatenate([np.repeat(zf[p], wb.astype(int), axis=0) for p in range(n_fit)])
+        c = np.cov(rows.T, bias=True).reshape(r, r)
+        theta = ub @ c @ ub
+        worst = max(worst, np.linalg.norm(c @ ub - theta * ub) / theta)
+    return worst
+
+
+@pytest.mark.parametrize("n_fit,n,d", [(3, 8, 30), (3, 25, 100), (4, 20, 64)])
+def test_pc1_replicates_direct_and_davidson_match_eigh(monkeypatch, n_fit, n, d):
+    """Both refit paths (every C formed + LAPACK top pair, used up to PCA_BOOT_DIRECT_RANK axes;
+    Rayleigh-Ritz + Davidson above) give each resample's top eigenvector of a plain per-replicate
+    covariance + numpy eigh, up to sign, and a true max relative residual. Cases: r = 23 (below the
+    threshold), r = 74 = P n - 1 and r = 64 = d < P n (above)."""
+    zf = _fit_coordinates(n_fit, n, d, seed=n)
+    r = zf.shape[2]
+    assert r == min(n_fit * n - 1, d)
+    assert (r <= similarity.PCA_BOOT_DIRECT_RANK) == (d == 30)
+    w = similarity.bootstrap_counts(n, 40, seed=3)
+    ref, vals = _pc1_by_eigh(zf, w)
+    gap = (vals[:, 0] - vals[:, 1]) / vals[:, 0]
+    assert gap.min() > 0.02  # well-separated PC1s: eigenvectors determined to ~1e-14 / gap
+
+    def run(direct: bool, tol: float) -> tuple[np.ndarray, float]:
+        monkeypatch.setattr(similarity, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
+        monkeypatch.setattr(similarity, "PCA_BOOT_TOL", tol)
+        return similarity._pc1_replicates(zf, w)
+
+    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # up to sign, per replicate
+        return np.minimum(np.abs(a - b).max(axis=1), np.abs(a + b).max(axis=1))
+
+    u_dir, res_dir = run(True, 1e-6)
+    u_dav, res_dav = run(False, 1e-11)
+    u_def, res_def = run(False, 1e-6)
+    for u in (u_dir, u_dav, u_def):
+        np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-12)
+    assert dist(u_dir, ref).max() < 1e-10 and res_dir < 1e-12
+    assert dist(u_dav, ref).max() < 1e-8 and res_dav < 1e-11
+    assert dist(u_dav, u_dir).max() < 1e-8
+    # the default tolerance: residual below it, eigenvector within the Davis-Kahan bound residual / gap
+    assert res_def < 1e-6
+    assert np.all(dist(u_def, ref) <= np.sqrt(2) * res_def / gap + 1e-12)
+    # the residuals returned are the true ones (theta = u'Cu recomputed from the resampled rows)
+    for u, res in ((u_dir, res_dir), (u_dav, res_dav), (u_def, res_def)):
+        assert _true_residual(zf, w, u) == pytest.approx(res, rel=1e-3, abs=1e-13)
+    # callers use u only through Pearson r of scores on it: a sign flip per replicate changes nothing
+    flip = np.where(np.arange(len(w)) % 2 == 0, 1.0, -1.0)[:, None]
+    sc = [u_dir @ zf[p].T for p in range(2)]
+    np.testing.assert_array_equal(similarity._weighted_pearson(sc[0], sc[1], w),
+                                  similarity._weighted_pearson(flip * sc[0], flip * sc[1], w))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_pc1_replicates_no_resamples_and_rank_one(monkeypatch, direct):
+    """Zero resamples give an empty result; a rank-1 fit (r = 1) gives u = +-1 on both paths."""
+    monkeypatch.setattr(similarity, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
+    zf = _fit_coordinates(2, 6, 12, seed=1)
+    u, res = similarity._pc1_replicates(zf, np.zeros((0, 6)))
+    assert u.shape == (0, zf.shape[2]) and res == 0.0
+    line = np.linspace(-1.0, 1.0, 6)[None, :, None] * np.array([1.0, 2.0])[:, None, None]  # [2, 6, 1]
+    u, res = similarity._pc1_replicates(line, similarity.bootstrap_counts(6, 20, seed=0))
+    np.testing.assert_allclose(np.abs(u), 1.0)
+    assert res < 1e-12
