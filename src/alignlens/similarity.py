@@ -925,8 +925,10 @@ def _bootstrap_fields(acc: _AnalysisRows, fit: Sequence[str], level: float, n_re
                   for m in INTERVAL_METRICS}
     enc = {v: _variant_intervals(acc, v, fit, mean_langs, level, iv) for v in acc.variants}
     boot = {"plan": {"generator": BOOTSTRAP_GENERATOR, "seed": seed, "n_items": int(n), "n_resamples": n_resamples},
-            "pca_refit": {"method": "PC1 refitted on every resample (Rayleigh-Ritz in the top axes, then "
-                                    "Davidson steps)", "tolerance": PCA_BOOT_TOL,
+            "pca_refit": {"method": "PC1 refitted on every resample (up to direct_rank principal axes: each "
+                                    "resample's covariance and LAPACK dsyevr's top eigenpair; above: "
+                                    "Rayleigh-Ritz in the top axes, then Davidson steps)",
+                          "direct_rank": PCA_BOOT_DIRECT_RANK, "tolerance": PCA_BOOT_TOL,
                           "max_relative_residual": acc.residual},
             "encoding": REPLICATE_ENCODING, "replicates": enc,
             "mean_languages": mean_langs,
