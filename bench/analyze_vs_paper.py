@@ -65,7 +65,6 @@ too: its long 6-shot prefix makes the prefix cache worth far more there).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -77,6 +76,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import comparison_parser, parse_and_set_threads  # noqa: E402
 from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
 
 from alignlens import data  # noqa: E402
@@ -256,17 +256,8 @@ def counted_flops(model: LoadedModel, spec: data.TaskSpec, items: dict[str, list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--task", default="sentiment", help="sentiment (= emotion), snli or paws")
-    ap.add_argument("--items", type=int, default=12, help="items per language")
-    ap.add_argument("--languages", default="en,zh,de")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_and_set_threads(comparison_parser(__doc__.splitlines()[0], task="sentiment", items=12,
+                                                   task_help="sentiment (= emotion), snli or paws"))
     model = load_model(args.model)
     spec = resolve_task(args.task)
     langs = data.task_languages(spec, args.languages.split(","))

@@ -20,7 +20,6 @@ thread, and a thread that loses its core stalls every small operation by a sched
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import comparison_parser, parse_and_set_threads  # noqa: E402
 from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
 
 from alignlens import data  # noqa: E402
@@ -58,17 +58,7 @@ def counted_flops(model, spec, langs: list[str], items: dict) -> tuple[float, fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--task", default="snli")
-    ap.add_argument("--items", type=int, default=34, help="items per language")
-    ap.add_argument("--languages", default="en,zh,de")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_and_set_threads(comparison_parser(__doc__.splitlines()[0], task="snli", items=34))
     model = load_model(args.model)
     spec = data.load_task(args.task)
     sets = label_sets(model.tokenizer, spec.labels)

@@ -328,7 +328,7 @@ def score_prompts(
             if len(rows) < head_rows and n_run < len(run):
                 continue
             out[rows] = head_probs(unembed, torch.cat(states), index_sets)
-            bad = [i for i, b in zip(rows, (~torch.isfinite(out[rows]).all(dim=1)).tolist()) if b]
+            bad = [i for i, ok in zip(rows, torch.isfinite(out[rows]).all(dim=1).tolist()) if not ok]
             if bad:
                 mine = [ids_of[i] for i in bad if i < n_q]
                 raise (nonfinite_error("label probabilities", where, mine, model.dtype) if mine else
