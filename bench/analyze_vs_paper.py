@@ -77,12 +77,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import comparison_parser, parse_and_set_threads  # noqa: E402
-from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
+from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position, scoring_flops  # noqa: E402
 
 from alignlens import data  # noqa: E402
 from alignlens.config import AnalyzeConfig  # noqa: E402
-from alignlens.engine import Unembed, decoder_body, encode, reference_probs, shared_prefix_len  # noqa: E402
-from alignlens.evaluate import content_free_queries  # noqa: E402
+from alignlens.engine import Unembed, decoder_body, encode, reference_probs  # noqa: E402
 from alignlens.labels import label_sets, label_token_ids  # noqa: E402
 from alignlens.model import LoadedModel, load_model  # noqa: E402
 from alignlens.pipeline import capture_run, capture_spec, run_analyses  # noqa: E402
@@ -235,23 +234,16 @@ def counted_flops(model: LoadedModel, spec: data.TaskSpec, items: dict[str, list
     fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
     L, tok = model.n_layers, model.tokenizer
     paper = fast = 0.0
-
-    def fast_pass(s: data.TaskSpec, lang: str, its: list[data.Item], captures: bool, evaluates: bool) -> float:
-        full = encode(tok, [data.build_prompt(s, lang, it) for it in its])
-        extra = encode(tok, [data.prompt_prefix(s, lang) + q for q in content_free_queries(s, lang)]) if evaluates else []
-        k = shared_prefix_len(encode(tok, [data.prompt_prefix(s, lang)])[0] if captures else full[0], full + extra)
-        return (k * fb + sum((len(p) - k) * fb + fh + (L * fh if captures else 0.0) for p in full)
-                + sum((len(p) - k) * fb + fh for p in extra))
-
     for lang, its in items.items():
         cap = capture_spec(spec, lang, lens_prompts)
         lens_spec = cap or spec
         for s in (spec, lens_spec):
             paper += sum(len(p) * (fb + fh) for p in encode(tok, [data.build_prompt(s, lang, it) for it in its]))
         paper += len(its) * L * fh
-        fast += fast_pass(spec, lang, its, captures=cap is None, evaluates=True)
+        probed = cap is None  # the evaluation pass also captures
+        fast += scoring_flops(model, spec, lang, its, probed=probed, calibrate=True, lens_layers=L if probed else 0)
         if cap is not None:
-            fast += fast_pass(cap, lang, its, captures=True, evaluates=False)
+            fast += scoring_flops(model, cap, lang, its, probed=True, calibrate=False, lens_layers=L)
     return paper, fast
 
 

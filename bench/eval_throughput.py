@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import comparison_parser, parse_and_set_threads  # noqa: E402
-from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position  # noqa: E402
+from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_per_position, scoring_flops  # noqa: E402
 
 from alignlens import data  # noqa: E402
 from alignlens import evaluate as ev  # noqa: E402
-from alignlens.engine import encode, reference_probs, shared_prefix_len  # noqa: E402
+from alignlens.engine import encode, reference_probs  # noqa: E402
 from alignlens.labels import label_sets  # noqa: E402
 from alignlens.model import load_model  # noqa: E402
 
@@ -50,10 +50,8 @@ def counted_flops(model, spec, langs: list[str], items: dict) -> tuple[float, fl
     paper = fast = 0.0
     for lang in langs:
         prompts = encode(model.tokenizer, [data.build_prompt(spec, lang, it) for it in items[lang]])
-        extra = encode(model.tokenizer, [data.prompt_prefix(spec, lang) + q for q in ev.content_free_queries(spec, lang)])
-        k = shared_prefix_len(prompts[0], prompts + extra)
         paper += sum(len(p) for p in prompts) * (fb + fh)
-        fast += k * fb + sum((len(p) - k) * fb + fh for p in prompts + extra)
+        fast += scoring_flops(model, spec, lang, items[lang], probed=False, calibrate=True)
     return paper, fast
 
 

@@ -14,6 +14,10 @@ import time
 
 import torch
 
+from alignlens import data
+from alignlens.engine import encode, shared_prefix_len
+from alignlens.evaluate import content_free_queries
+
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Measured fp32 matmul rate (GFLOP/s) of this machine with the current torch thread count:
@@ -48,3 +52,18 @@ def describe(label: str, flops: float, seconds: float, peak: float, n_items: int
     rate = flops / seconds / 1e9
     return (f"{label}: {flops / n_items / 1e9:.2f} GFLOP/item, {rate:.1f} GFLOP/s achieved = "
             f"{100 * rate / peak:.0f}% of the GEMM peak ({peak:.1f} GFLOP/s)")
+
+
+def scoring_flops(model, spec: data.TaskSpec, lang: str, items: list[data.Item], *, probed: bool,
+                  calibrate: bool, lens_layers: int = 0) -> float:
+    """FLOPs of one `engine.score_prompts` call on `items` of (spec, lang): the shared prefix once
+    through the body (with probes the few-shot prefix's tokens, else every token all prompts
+    share), each prompt's suffix through the body and its last position through the head (plus
+    `lens_layers` lens positions per item); with `calibrate`, the 3 content-free queries too."""
+    fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
+    tok = model.tokenizer
+    full = encode(tok, [data.build_prompt(spec, lang, it) for it in items])
+    extra = encode(tok, [data.prompt_prefix(spec, lang) + q for q in content_free_queries(spec, lang)]) if calibrate else []
+    k = shared_prefix_len(encode(tok, [data.prompt_prefix(spec, lang)])[0] if probed else full[0], full + extra)
+    return (k * fb + sum((len(p) - k) * fb + fh + lens_layers * fh for p in full)
+            + sum((len(p) - k) * fb + fh for p in extra))
