@@ -329,13 +329,14 @@ def score_prompts(
                 continue
             out[rows] = head_probs(unembed, torch.cat(states), index_sets)
             bad = [i for i, ok in zip(rows, torch.isfinite(out[rows]).all(dim=1).tolist()) if not ok]
+            if any(i < n_q for i in bad):
+                raise nonfinite_error("label probabilities", where, [ids_of[i] for i in bad if i < n_q], model.dtype)
             if bad:
-                mine = [ids_of[i] for i in bad if i < n_q]
-                raise (nonfinite_error("label probabilities", where, mine, model.dtype) if mine else
-                       nonfinite_error("label probabilities", f"{where}, {unprobed_where}", [i - n_q for i in bad],
-                                       model.dtype))
-            if on_batch_done is not None and any(i < n_q for i in rows):
-                on_batch_done(sum(i < n_q for i in rows))
+                raise nonfinite_error("label probabilities", f"{where}, {unprobed_where}", [i - n_q for i in bad],
+                                      model.dtype)
+            scored = sum(i < n_q for i in rows)
+            if on_batch_done is not None and scored:
+                on_batch_done(scored)
             rows, states = [], []
     return out
 
