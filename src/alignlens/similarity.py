@@ -513,6 +513,11 @@ def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
         zb = zbar_all[idx]
         return (zflat.T @ (omega * (zflat @ u.T))).T - zb * np.sum(zb * u, axis=1, keepdims=True)
 
+    def relative_residual(res: np.ndarray, theta: np.ndarray) -> np.ndarray:  # ||res|| / |theta| [k] (0 for theta 0 or NaN)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.where(np.abs(theta) > 0, np.linalg.norm(res, axis=1) / np.abs(theta), 0.0)
+        return np.nan_to_num(rel, nan=0.0)
+
     def columns(k: int, sl: slice) -> np.ndarray:  # the first k columns of C_b, b in sl: [b, r, k]
         q = np.einsum("pir,pik->irk", zf, zf[:, :, :k]).reshape(n, r * k)  # each item's sum_p z z'[:, :k]
         return (w[sl] @ q).reshape(-1, r, k) / m_tot - zbar_all[sl, :, None] * zbar_all[sl, None, :k]
@@ -547,9 +552,7 @@ def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
         cb = np.empty((b_count, 4, r))  # ... and C times them (capacity doubled when full)
         for t in range(PCA_BOOT_ITERATIONS):  # t directions so far
             res = cu[active] - theta[active, None] * u[active]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rel = np.where(np.abs(theta[active]) > 0, np.linalg.norm(res, axis=1) / np.abs(theta[active]), 0.0)
-            done = np.nan_to_num(rel, nan=0.0) < PCA_BOOT_TOL
+            done = relative_residual(res, theta[active]) < PCA_BOOT_TOL
             if done.all() or k == r:
                 break
             if done.sum() * 4 >= len(done):  # drop the converged rows once they are a quarter (fewer copies)
@@ -574,10 +577,7 @@ def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
             cua = (coef[:, None, k:] @ cb[:, : t + 1])[:, 0] + (ce @ coef[:, :k, None])[:, :, 0]
             upd = ~done
             theta[active[upd]], u[active[upd]], cu[active[upd]] = vals[upd], ua[upd], cua[upd]
-    res = cmul(u, slice(None)) - theta[:, None] * u
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.where(np.abs(theta) > 0, np.linalg.norm(res, axis=1) / np.abs(theta), 0.0)
-    rel = np.nan_to_num(rel, nan=0.0)
+    rel = relative_residual(cmul(u, slice(None)) - theta[:, None] * u, theta)
     return u, float(rel.max()) if rel.size else 0.0
 
 
