@@ -132,20 +132,27 @@ def main() -> None:
           f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} {','.join(cfg.lora_targets)}, {torch.get_num_threads()} threads, "
           f"{device}; {args.steps} steps x {args.batch} examples = {n_ex} examples, {real_tok} real tokens, "
           f"{n_target} target tokens")
-    epoch = {}  # whole-epoch plans: padding and counted FLOPs
     body, head = body_flops_per_token(hf), head_flops_per_position(hf)
-    n_target_epoch = sum(len(e.ids) - max(e.n_prompt, 1) for e in examples)  # target tokens predicted
-    for name, batches, mult8 in (("alignlens " + args.batching, None, False), ("reference random", ref_plan, True)):
-        if batches is None:
-            batches = micro_batches(epoch_order(len(examples), args.seed, 0, lengths if bucketed else None,
-                                                args.batch), args.batch, args.batch)
-        real, slots = padding_share(lengths, batches)
-        if mult8:
-            slots = sum(_pad8(max(lengths[i] for i in b)) * len(b) for b in batches)
-            epoch["reference"] = 3 * (body + head) * slots
-        else:
-            epoch["alignlens"] = 3 * (body * sum(len(b) * (max(lengths[i] for i in b) - 1) for b in batches)
-                                      + head * n_target_epoch)
+    targets = [len(e.ids) - max(e.n_prompt, 1) for e in examples]  # target tokens each example predicts
+
+    def alignlens_flops(batches: list[list[int]]) -> float:
+        """Body over each row padded to its batch's longest but its last position; head at the
+        target-predicting positions; training = 3x forward."""
+        return 3 * (body * sum(len(b) * (max(lengths[i] for i in b) - 1) for b in batches)
+                    + head * sum(targets[i] for b in batches for i in b))
+
+    def reference_slots(batches: list[list[int]]) -> int:
+        return sum(_pad8(max(lengths[i] for i in b)) * len(b) for b in batches)
+
+    def reference_flops(batches: list[list[int]]) -> float:
+        """Body and head at every token slot (padded to a multiple of 8); training = 3x forward."""
+        return 3 * (body + head) * reference_slots(batches)
+
+    ali_plan = micro_batches(epoch_order(len(examples), args.seed, 0, lengths if bucketed else None, args.batch),
+                             args.batch, args.batch)
+    for name, batches, slots in (("alignlens " + args.batching, ali_plan, padding_share(lengths, ali_plan)[1]),
+                                 ("reference random", ref_plan, reference_slots(ref_plan))):
+        real = padding_share(lengths, batches)[0]
         print(f"padding over the whole epoch plan ({len(batches)} steps), {name:>20}: {100 * (1 - real / slots):5.1f}% "
               f"of {slots} token slots")
     print(f"padding in the benchmark's steps: alignlens {100 * (1 - real_tok / ali_slots):.1f}% of {ali_slots} slots, "
@@ -177,13 +184,11 @@ def main() -> None:
     print(f"ratio reference/alignlens: {ratio:.2f}x median of the {args.rounds} round pairs "
           f"({', '.join(f'{r:.2f}' for r in ratios)}); target >= 2.1, moonshot 2.5")
 
-    # alignlens: body over each row but its last position, head at the target-predicting positions
-    ali_flops = 3 * (body * sum(ids.shape[0] * (ids.shape[1] - 1) for ids, _, _ in ali_inputs) + head * n_target)
-    ref_flops = 3 * (body + head) * ref_slots
+    ali_flops, ref_flops = alignlens_flops(mine), reference_flops(ref_batches)
     peak = gemm_peak_gflops()
     print(describe("alignlens", ali_flops, med["alignlens"], peak, n_ex))
     print(describe("reference", ref_flops, med["reference"], peak, n_ex))
-    sample, whole = ref_flops / ali_flops, epoch["reference"] / epoch["alignlens"]
+    sample, whole = ref_flops / ali_flops, reference_flops(ref_plan) / alignlens_flops(ali_plan)
     print(f"FLOP ratio reference/alignlens: {sample:.2f}x on the benchmark's steps, {whole:.2f}x over the whole "
           f"epoch; the measured ratio scaled to the epoch's FLOPs (a projection: time ~ FLOPs at a fixed "
           f"efficiency): {ratio * whole / sample:.2f}x")
