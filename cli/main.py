@@ -361,6 +361,7 @@ def train_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Optimizer steps between validation losses."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Optimizer steps between checkpoints."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    batching: Optional[str] = typer.Option(None, "--batching", help="bucketed (default): each optimizer step takes examples of similar length from a window of 50 steps of the seeded shuffle (~1% padding); random: the shuffle's own steps (~23% padding, as HF Trainer without group_by_length). Recorded in the manifest (training.batching)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is faster when other jobs share the cores)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep OUT/checkpoints after success."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -381,7 +382,7 @@ def train_cmd(
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
                      batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None, fsdp=fsdp or None,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
-                     val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, device=device,
+                     val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, batching=batching, device=device,
                      threads=threads, keep_checkpoints=keep_checkpoints or None)
     cfg = TrainConfig.from_preset(preset, **overrides)
     if resume:  # the saved run's options and model are used; only runtime options may change

@@ -24,10 +24,12 @@ def tiny_folder(tmp_path_factory):
 def test_train_then_analyze_compare_with_report(tiny_folder, tmp_path):
     trained = tmp_path / "aligned"
     proc = run_cli("train", "--model", str(tiny_folder), "--out", str(trained), "--languages", "de",
-                   "--per-language", "24", "--batch-size", "4", "--max-len", "128", "--eval-every", "0")
+                   "--per-language", "24", "--batch-size", "4", "--max-len", "128", "--eval-every", "0",
+                   "--batching", "random")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["data"]["languages"] == ["de"]
+    assert manifest["training"]["batching"]["scheme"] == "random"  # --batching reached the trainer
     out = tmp_path / "analysis"
     proc = run_cli("analyze", "--model", str(tiny_folder), "--compare", str(trained), "--languages", "en,de,hi",
                    "--limit", "3", "--batch-size", "2", "--out", str(out))

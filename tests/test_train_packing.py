@@ -256,3 +256,38 @@ def test_target_loss_uses_the_fused_head_only_for_a_frozen_head(tiny_base, monke
     full, _ = _load(tiny_base)
     TargetLossModel(full)(ids, tgt)  # full fine-tuning trains the head: the plain path
     assert calls == [1]
+
+
+def test_random_batching_is_an_option_that_a_resume_keeps(tiny_base, tmp_path):
+    from alignlens import AlignlensError
+    from alignlens.train import Checkpoint, TrainInterrupted
+
+    with pytest.raises(AlignlensError, match="unknown batching 'sorted'"):
+        TrainConfig.from_preset("default", batching="sorted")
+    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
+               lr=1e-2, eval_every=0, save_every=0, seed=2, batching="random")
+
+    def stop(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(TrainInterrupted):
+        train(TrainConfig.from_preset("default", **cfg), tiny_base, out, progress=False, callback=stop)
+    assert Checkpoint.load(out / "checkpoints" / "last.pt").config["batching"] == "random"
+    with pytest.raises(AlignlensError, match=r"different options \(batching\)"):
+        train(TrainConfig.from_preset("default", **{**cfg, "batching": "bucketed"}), tiny_base, out, resume=True,
+              progress=False)
+    res = train(None, None, out, resume=True, progress=False)
+    assert res.manifest["training"]["batching"]["scheme"] == "random"
+    from transformers import AutoTokenizer
+
+    from alignlens.train.examples import build_data
+
+    c = TrainConfig.from_preset("default", **cfg)
+    data = build_data(c, load_pairs(c), AutoTokenizer.from_pretrained(tiny_base), progress=False)
+    lengths = [len(e.ids) for e in data.train]
+    order = epoch_order(len(lengths), 2, 0)  # the seeded shuffle, no lengths: random batching
+    planned = [sum(lengths[i] for i in order[k: k + 4]) for k in range(0, len(order), 4)]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows if r["event"] == "step"] == planned

@@ -23,6 +23,10 @@ DEFAULT_LANGUAGES: tuple[str, ...] = ("zh", "de")
 #: Training controls: None (X -> English alignment) or "copy" (English -> English, same questions).
 CONTROLS: tuple[str | None, ...] = (None, "copy")
 
+#: How the trainer forms optimizer steps (`examples.epoch_order`): "bucketed" (examples of similar
+#: length together, ~1% padding) or "random" (a plain seeded shuffle, as HF Trainer's default).
+BATCHINGS: tuple[str, ...] = ("bucketed", "random")
+
 #: Options that may change between the sessions of one run (everything else must match to resume).
 RUNTIME_OPTIONS: tuple[str, ...] = ("keep_checkpoints", "threads")
 
@@ -62,6 +66,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     bf16: bool = False  # bfloat16 autocast (GPU; slow on CPU)
     seed: int = 0
+    batching: str = "bucketed"  # `BATCHINGS`: which examples share an optimizer step
     # model
     full: bool = False  # full fine-tuning instead of LoRA
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
@@ -124,6 +129,8 @@ class TrainConfig:
         if isinstance(self.lora_targets, str):
             self.lora_targets = [x.strip() for x in self.lora_targets.split(",") if x.strip()]
         self.data_files = [str(p) for p in self.data_files]
+        need(self.batching in BATCHINGS,
+             f"unknown batching {self.batching!r} (use {', '.join(BATCHINGS)})")
         need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
         need(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})")

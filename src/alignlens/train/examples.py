@@ -260,9 +260,6 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, target
 
 
-#: How `epoch_order` forms the optimizer steps: "bucketed" (examples of similar length together,
-#: little padding) or "random" (a plain shuffle, the order before bucketing).
-BATCHINGS = ("bucketed", "random")
 #: Optimizer steps per bucketing window (as the megabatches of HF Trainer's `group_by_length`).
 BUCKET_WINDOW = 50
 

@@ -14,14 +14,16 @@ checkpoint / finish).
 4. `Trainer.run`: `step()` until done; validation every `eval_every` steps (the best, lowest
    validation loss, trainable weights are kept), `checkpoint()` every `save_every` steps and on
    Ctrl-C/SIGTERM (then `TrainInterrupted`, exit 130/143, naming the checkpoint and the resume
-   command); gradient clipping, optional bf16 autocast. Batches ("bucketed", `batching`): each
+   command); gradient clipping, optional bf16 autocast. Batches (`TrainConfig.batching`, default
+   "bucketed", `alignlens train --batching`): each
    epoch's seeded shuffle is cut into windows of `examples.BUCKET_WINDOW` (50) optimizer steps,
    each window sorted by length and cut into steps of `batch_size` x `grad_accum` (x processes)
    examples, and the steps shuffled (`examples.epoch_order`), so a micro-batch right-padded to its
    longest example holds ~1% padding (random batches: ~23% on the default data). Every example is
    still seen once per epoch and the loss of a step is still the mean over its target tokens, but
    which examples share a step (hence the optimizer's trajectory) differs from a plain shuffle
-   ("random", the order before bucketing). The manifest records it (`training.batching`, with the
+   ("random": the seeded shuffle's own steps, the order before bucketing, as HF Trainer without
+   `group_by_length`). The manifest records it (`training.batching`, with the
    planned padding share);
 5. `Trainer.finish`: `merged/` (full HF model + tokenizer, the BEST-validation weights,
    float32), `adapter/` (peft adapter of the same weights, LoRA only), `manifest.json`
@@ -339,7 +341,6 @@ class Trainer:
         self.per_step = self.per_rank * self.world.size  # examples per optimizer step (global batch)
         self.steps_per_epoch = math.ceil(len(data.train) / self.per_step)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.batching = batching(config)
         self._orders: dict[int, list[int]] = {}  # epoch -> `epoch_order` (the last one computed)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, round(config.warmup * self.total_steps),
                                                          self.total_steps)
@@ -450,7 +451,7 @@ class Trainer:
         """The order of the training examples in `epoch` (`examples.epoch_order`: bucketed by
         length unless `batching` is "random"); the same on every rank and after a resume."""
         if epoch not in self._orders:
-            self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step, self.batching)}
+            self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step)}
         return self._orders[epoch]
 
     def _passes_distributed(self, chunk: list, n_target: int) -> float:
@@ -535,7 +536,7 @@ class Trainer:
                 atomic_save(self.best_weights, self.ckpt_dir / "best.pt")
                 self._best_saved = True
             trainable, optimizer = ({}, {}) if self.fsdp else (trainable_state(self.model), self.optimizer.state_dict())
-            Checkpoint({**self.config.to_dict(), "batching": self.batching}, self.model_spec, self.data.digest, trainable, optimizer,
+            Checkpoint(self.config.to_dict(), self.model_spec, self.data.digest, trainable, optimizer,
                        self.scheduler.state_dict(), self.log.offset(), state, self.world.size, rngs,
                        sharded).save(self.ckpt_dir / "last.pt")
             if sharded is not None:  # shard folders no checkpoint names any more
@@ -565,7 +566,7 @@ class Trainer:
                                      device=self.device, elapsed=elapsed, best_weights=best,
                                      command=self.command, world_size=self.world.size,
                                      parallel="fsdp" if self.fsdp else ("ddp" if self.world.distributed else None),
-                                     per_step=self.per_step, batching_scheme=self.batching)
+                                     per_step=self.per_step)
 
         def write() -> None:
             if not self.fsdp:
@@ -809,33 +810,29 @@ def merged_tensors(hf: torch.nn.Module, dtype: torch.dtype, keep: bool) -> Itera
                 yield f"{mod_name}.{buf_name}".lstrip("."), (value if keep else None)
 
 
-def batching(config: TrainConfig, saved: dict | None = None) -> str:
-    """How optimizer steps are formed (`examples.BATCHINGS`): `config.batching` when the config has
-    that option, else "bucketed". Resuming, the checkpoint's saved options (`saved`, where
-    `Trainer.checkpoint` always records "batching") decide; a checkpoint saved before bucketing
-    existed has no "batching" and resumes "random", the order it was started with."""
-    if saved is not None:
-        return saved.get("batching") or "random"
-    return getattr(config, "batching", None) or "bucketed"
+def saved_batching(saved: dict) -> str:
+    """The batching (`config.BATCHINGS`) of a checkpoint's saved options (`Trainer.checkpoint` always
+    records "batching"): a checkpoint saved before bucketing existed has none and resumes "random",
+    the order it was started with."""
+    return saved.get("batching") or "random"
 
 
-def plan_order(data: TrainData, config: TrainConfig, epoch: int, per_step: int, scheme: str | None = None) -> list[int]:
-    """`examples.epoch_order` of `data.train` in `epoch` for `config`'s seed and `scheme` (default
-    `batching(config)`)."""
-    lengths = [len(e.ids) for e in data.train] if (scheme or batching(config)) == "bucketed" else None
+def plan_order(data: TrainData, config: TrainConfig, epoch: int, per_step: int) -> list[int]:
+    """`examples.epoch_order` of `data.train` in `epoch` for `config`'s seed and batching."""
+    lengths = [len(e.ids) for e in data.train] if config.batching == "bucketed" else None
     return epoch_order(len(data.train), config.seed, epoch, lengths, per_step)
 
 
-def batching_record(data: TrainData, config: TrainConfig, per_step: int, scheme: str | None = None) -> dict:
+def batching_record(data: TrainData, config: TrainConfig, per_step: int) -> dict:
     """The manifest's `training.batching`: scheme, window (steps sorted together), and the padding
     of the planned micro-batches over all epochs (token slots, real tokens, padded share)."""
     lengths = [len(e.ids) for e in data.train]
     real = slots = 0
     for epoch in range(config.epochs):
-        r, s = padding_share(lengths, micro_batches(plan_order(data, config, epoch, per_step, scheme), per_step,
+        r, s = padding_share(lengths, micro_batches(plan_order(data, config, epoch, per_step), per_step,
                                                     config.batch_size))
         real, slots = real + r, slots + s
-    scheme = scheme or batching(config)
+    scheme = config.batching
     return {"scheme": scheme, "window_steps": BUCKET_WINDOW if scheme == "bucketed" else None,
             "description": (f"each window of {BUCKET_WINDOW} optimizer steps' examples (in the seeded epoch order) sorted by "
                             "length and cut into steps, the steps shuffled; micro-batches right-padded to "
@@ -857,14 +854,13 @@ def resume_command(out: Path, world_size: int) -> str:
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
                       best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None,
-                      per_step: int | None = None, batching_scheme: str | None = None) -> dict:
+                      per_step: int | None = None) -> dict:
     """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
     (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
     times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
     the outputs hold the best-validation weights (else the final ones); `world_size`: processes
     (torchrun), `parallel`: "ddp", "fsdp" or None (one process); `per_step`: examples per optimizer
-    step (default `batch_size` x `grad_accum` x `world_size`) and `batching_scheme` (default
-    `batching(config)`), for `training.batching`."""
+    step (default `batch_size` x `grad_accum` x `world_size`), for `training.batching`."""
     counts = data.counts
     data_section = {
         "languages": data.languages, "per_language": config.per_language if config.resolved_languages() else None,
@@ -888,8 +884,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
                      "trainable_params": n_trainable, "method": "full" if config.full else "lora",
                      "device": str(device), "world_size": world_size, "parallel": parallel,
                      "global_batch": config.batch_size * config.grad_accum * world_size,
-                     "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size,
-                                                 batching_scheme),
+                     "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size),
                      "tokens_seen": state.tokens, "sessions": state.sessions,
                      "wall_seconds": round(elapsed, 1),
                      "tokens_per_second": round(state.tokens / elapsed, 1) if elapsed > 0 else None},
@@ -910,7 +905,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
 def _resume_options(config: TrainConfig | None, model_spec: str | None, ckpt: Checkpoint) -> tuple[TrainConfig, str]:
     """The saved options and model of `ckpt`; given ones must equal them (except `RUNTIME_OPTIONS`,
     which the given config may change)."""
-    saved = TrainConfig.from_dict(ckpt.config)
+    saved = TrainConfig.from_dict({**ckpt.config, "batching": saved_batching(ckpt.config)})
     if config is not None:
         diff = config.differences(saved)
         if diff:
@@ -941,10 +936,7 @@ def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | No
     rank = distributed.world().rank
     if rank > 0:
         seed_all(rank_seed(config.seed, rank))
-    trainer = Trainer(config, model_spec, out, data, model, tokenizer, base_info, device, session_start)
-    if ckpt is not None:
-        trainer.batching = batching(config, ckpt.config)  # a checkpoint from before bucketing resumes its order
-    return trainer
+    return Trainer(config, model_spec, out, data, model, tokenizer, base_info, device, session_start)
 
 
 def check_world(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World, out: Path) -> None:
