@@ -364,6 +364,31 @@ def test_head_rows_do_not_depend_on_the_other_rows(d_model, vocab, threads):
         torch.set_num_threads(old)
 
 
+def test_what_probes_see_does_not_depend_on_the_unprobed_queries(tiny_llama_bytelevel):
+    """An unprobed query that tokenizes the prefix's end differently (here "Ans" + "wer" merges into
+    "Answer"; on Gemma, emotion's empty content-free query merges the prefix's trailing newline) must
+    not move tokens of the prefix into the queries the probes see: it gets its own prefix pass."""
+    from alignlens.engine import common_prefix_len, score_prompts
+
+    model = tiny_llama_bytelevel
+    prefix = 'Premise: A man plays.\nAnswer: "yes"\n\nAns'
+    queries = ["\nHypothesis: a dog runs.", " the end", "\nHypothesis: cats sleep all day."]
+    unprobed = ['wer: "no"', "\n"]
+    prefix_ids = encode(model.tokenizer, [prefix])[0]
+    full = encode(model.tokenizer, [prefix + q for q in queries + unprobed])
+    common = [common_prefix_len(prefix_ids, f) for f in full]
+    assert common[:3] == [len(prefix_ids)] * 3 and common[3] < len(prefix_ids)  # the case under test
+    sets = label_sets(model.tokenizer, data.load_task("snli").labels)
+    alone, mixed = _Recorder(), _Recorder()
+    ref = score_prompts(model, prefix, queries, sets, batch_size=2, probes=[alone])
+    got = score_prompts(model, prefix, queries, sets, batch_size=2, probes=[mixed], unprobed=unprobed)
+    assert mixed.prefix == alone.prefix == len(prefix_ids)
+    assert mixed.lengths == alone.lengths == {i: len(full[i]) - len(prefix_ids) for i in range(3)}
+    assert torch.equal(got[:3], ref)
+    plain = torch.stack([reference_probs(model, prefix + q, sets) for q in queries + unprobed])
+    assert torch.allclose(got, plain, atol=1e-5, rtol=0)
+
+
 def test_unprobed_queries_share_the_call_but_not_the_probes(tiny_gemma):
     """Unprobed rows follow the queries' rows, probes see only the queries, and every row equals
     its own plain forward; grouping batches for the head (head_rows) does not change the values."""

@@ -20,7 +20,10 @@ to one plain forward pass per prompt (tested):
   call's other rows or their number (CPU BLAS checked by a test: fewer rows take other kernels
   whose rounding differs), so the results are the same whichever batches a rank pools;
 - `unprobed` queries (evaluation's content-free calibration queries) ride in the same call: they
-  reuse the prefix pass and share head calls, in their own batches that probes never see.
+  reuse the prefix pass and share head calls, in their own batches that probes never see. With
+  probes, when their prompts share fewer of the prefix's tokens than the queries' (emotion's empty
+  content-free query merges the prefix's trailing newline), they get a second, shorter prefix
+  pass: what the probes see never depends on them.
 
 Probes (`Probe`: `hooks(batch)` for one query batch, `after_batch(batch)` after its forward
 pass, and optionally `prefix_hooks(n_tokens)` for the shared prefix's one pass) read activations
@@ -281,11 +284,12 @@ def score_prompts(
     consecutive batches; the values do not depend on it, see the module docstring).
     `on_batch_done(n)` is told the number of `queries` scored by each head call.
 
-    `select_batches(costs)`: data parallelism. The plan (shared-prefix length over all prompts,
-    `plan_batches`) is always the whole call's; given each planned batch's cost (padded query
-    tokens) it returns the indices of the batches this call runs. The shared-prefix length is the
-    tokens all prompts share (the few-shot prefix's only, when there are probes). The rows of the
-    other batches stay 0 and probes never see them; the prefix pass always runs.
+    `select_batches(costs)`: data parallelism. The plan (shared-prefix lengths, `plan_batches`) is
+    always the whole call's; given each planned batch's cost (padded query tokens) it returns the
+    indices of the batches this call runs. The shared-prefix length is the tokens all prompts share
+    (with probes: the few-shot prefix's only, counted over the queries and over the unprobed queries
+    separately). The rows of the other batches stay 0 and probes never see them; the queries' prefix
+    pass always runs.
 
     When label probabilities are not finite (NaN/inf logits: float16 overflow, a hook writing
     NaN), NumericalError is raised after the head call that computed them, naming `where` and the
@@ -295,9 +299,16 @@ def score_prompts(
     body, unembed = decoder_body(model.hf_model), Unembed.from_hf(model.hf_model)
     n_q = len(queries)
     full = encode(tok, [prefix + q for q in list(queries) + list(unprobed)])
-    k = 0
-    if prefix_cache:  # with probes, a query's tokens are the item's own (see the module docstring)
-        k = shared_prefix_len(encode(tok, [prefix])[0] if probes else full[0], full)
+    k = k_u = 0  # cached tokens for the queries' batches and for the unprobed queries' batches
+    if prefix_cache and probes:  # a query's tokens are the item's own (see the module docstring)
+        prefix_ids = encode(tok, [prefix])[0]
+        k = shared_prefix_len(prefix_ids, full[:n_q]) if n_q else 0
+        # An unprobed query may tokenize the prefix's end differently (emotion's empty content-free
+        # query merges its trailing newline): it then gets its own, shorter, cache, so that the
+        # tokens the probes see never depend on the unprobed queries.
+        k_u = shared_prefix_len(prefix_ids, full[n_q:]) if len(full) > n_q else k
+    elif prefix_cache:
+        k = k_u = shared_prefix_len(full[0], full)
     ids_of = list(item_ids) if item_ids is not None else list(range(n_q))
     if len(ids_of) != n_q:
         raise ValueError(f"item_ids has {len(ids_of)} ids for {n_q} queries")
@@ -306,24 +317,33 @@ def score_prompts(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches = plan_batches([len(f) for f in full], n_q, batch_size)
     run = range(len(batches))
+    def cached(row: int) -> int:
+        return k if row < n_q else k_u
+
     if select_batches is not None:
-        costs = [len(b) * max(len(full[i]) - k for i in b) for b in batches]
+        costs = [len(b) * max(len(full[i]) - cached(i) for i in b) for b in batches]
         run = sorted(set(int(j) for j in select_batches(costs)))
     with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-        cache = None
+        cache = cache_u = None
         if k > 0:
             prefix_hooks = [h for p in probes if hasattr(p, "prefix_hooks") for h in p.prefix_hooks(k)]
             with model.bridge.hooks(fwd_hooks=prefix_hooks):
                 cache = body(input_ids=torch.tensor([full[0][:k]], device=device), use_cache=True).past_key_values
+        if k_u == k:
+            cache_u = cache
+        elif k_u > 0 and any(batches[j][0] >= n_q for j in run):
+            cache_u = body(input_ids=torch.tensor([full[n_q][:k_u]], device=device), use_cache=True).past_key_values
         rows: list[int] = []
         states: list[torch.Tensor] = []
         for n_run, j in enumerate(run, 1):
             b = batches[j]
-            ids, mask = _right_padded([full[i][k:] for i in b], pad, device)
             probed = b[0] < n_q  # a batch holds queries or unprobed queries, never both
+            kb = cached(b[0])
+            ids, mask = _right_padded([full[i][kb:] for i in b], pad, device)
             batch = SuffixBatch(list(b), mask.bool(), mask.sum(1) - 1,
                                 [ids_of[i] for i in b] if probed else [i - n_q for i in b], where)
-            states.append(_batch_last_states(model, body, cache, k, batch, ids, mask, probes if probed else ()))
+            states.append(_batch_last_states(model, body, cache if probed else cache_u, kb, batch, ids, mask,
+                                             probes if probed else ()))
             rows += b
             if len(rows) < head_rows and n_run < len(run):
                 continue
