@@ -39,7 +39,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="List and show the bundled (or your own) tasks and languages.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (paths copy-paste) when redirected
 out_console = Console()
 
 MODEL_HELP = "Model: 'gemma-3-270m' (embedded default), a local HF folder (e.g. an `alignlens train` output) or a hub name."
