@@ -175,22 +175,39 @@ def test_trainer_runs_the_bucketed_plan_and_the_manifest_records_it(tiny_base, t
     assert b["token_slots"] == slots and b["padding_share"] == pytest.approx(1 - real / slots, abs=1e-4)
 
 
-def test_a_checkpoint_from_before_bucketing_resumes_its_random_order(tiny_base, tmp_path):
-    import dataclasses
-
-    from alignlens.train import Checkpoint, TrainInterrupted
-
-    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
-               lr=1e-2, eval_every=0, save_every=0, seed=1)
+def _interrupted_after_step_2(cfg: dict, model, out):
+    """Train with `cfg` until Ctrl-C after step 2; the checkpoint's path."""
+    from alignlens.train import TrainInterrupted
 
     def stop(record):
         if record["step"] == 2:
             raise KeyboardInterrupt
 
-    out = tmp_path / "out"
     with pytest.raises(TrainInterrupted):
-        train(TrainConfig.from_preset("default", **cfg), tiny_base, out, progress=False, callback=stop)
-    path = out / "checkpoints" / "last.pt"
+        train(TrainConfig.from_preset("default", **cfg), model, out, progress=False, callback=stop)
+    return out / "checkpoints" / "last.pt"
+
+
+def _train_lengths(cfg: dict, model) -> list[int]:
+    """Tokens per training example of `cfg`'s data (what the step plans are built from)."""
+    from transformers import AutoTokenizer
+
+    from alignlens.train.examples import build_data
+
+    c = TrainConfig.from_preset("default", **cfg)
+    return [len(e.ids) for e in build_data(c, load_pairs(c), AutoTokenizer.from_pretrained(model), progress=False).train]
+
+
+def test_a_checkpoint_from_before_bucketing_resumes_its_random_order(tiny_base, tmp_path):
+    import dataclasses
+
+    from alignlens.train import Checkpoint
+
+    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
+               lr=1e-2, eval_every=0, save_every=0, seed=1)
+
+    out = tmp_path / "out"
+    path = _interrupted_after_step_2(cfg, tiny_base, out)
     ckpt = Checkpoint.load(path)
     assert ckpt.config["batching"] == "bucketed"
     legacy = {k: v for k, v in ckpt.config.items() if k != "batching"}  # as saved before bucketing
@@ -199,19 +216,36 @@ def test_a_checkpoint_from_before_bucketing_resumes_its_random_order(tiny_base, 
     assert res.manifest["training"]["batching"]["scheme"] == "random"
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     tokens = [r["tokens"] for r in rows if r["event"] == "step"]
-    from transformers import AutoTokenizer
-
-    from alignlens.train.examples import build_data
-
-    c = TrainConfig.from_preset("default", **cfg)
-    data = build_data(c, load_pairs(c), AutoTokenizer.from_pretrained(tiny_base), progress=False)
-    lengths = [len(e.ids) for e in data.train]
+    lengths = _train_lengths(cfg, tiny_base)
 
     def planned(order):
         return [sum(lengths[i] for i in order[k: k + 4]) for k in range(0, len(order), 4)]
 
     bucketed, random_ = planned(epoch_order(len(lengths), 1, 0, lengths, 4)), planned(epoch_order(len(lengths), 1, 0))
     assert tokens[:2] == bucketed[:2] and tokens[2:] == random_[2:] != bucketed[2:]
+
+
+def test_random_batching_is_an_option_that_a_resume_keeps(tiny_base, tmp_path):
+    from alignlens import AlignlensError
+    from alignlens.train import Checkpoint
+
+    with pytest.raises(AlignlensError, match="unknown batching 'sorted'"):
+        TrainConfig.from_preset("default", batching="sorted")
+    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
+               lr=1e-2, eval_every=0, save_every=0, seed=2, batching="random")
+
+    out = tmp_path / "out"
+    assert Checkpoint.load(_interrupted_after_step_2(cfg, tiny_base, out)).config["batching"] == "random"
+    with pytest.raises(AlignlensError, match=r"different options \(batching\)"):
+        train(TrainConfig.from_preset("default", **{**cfg, "batching": "bucketed"}), tiny_base, out, resume=True,
+              progress=False)
+    res = train(None, None, out, resume=True, progress=False)
+    assert res.manifest["training"]["batching"]["scheme"] == "random"
+    lengths = _train_lengths(cfg, tiny_base)
+    order = epoch_order(len(lengths), 2, 0)  # the seeded shuffle, no lengths: random batching
+    planned = [sum(lengths[i] for i in order[k: k + 4]) for k in range(0, len(order), 4)]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows if r["event"] == "step"] == planned
 
 
 # ---- the fused frozen LM head -----------------------------------------------------------------
@@ -257,37 +291,3 @@ def test_target_loss_uses_the_fused_head_only_for_a_frozen_head(tiny_base, monke
     TargetLossModel(full)(ids, tgt)  # full fine-tuning trains the head: the plain path
     assert calls == [1]
 
-
-def test_random_batching_is_an_option_that_a_resume_keeps(tiny_base, tmp_path):
-    from alignlens import AlignlensError
-    from alignlens.train import Checkpoint, TrainInterrupted
-
-    with pytest.raises(AlignlensError, match="unknown batching 'sorted'"):
-        TrainConfig.from_preset("default", batching="sorted")
-    cfg = dict(languages=["de"], per_language=40, val_fraction=0.1, max_len=160, batch_size=4, epochs=1,
-               lr=1e-2, eval_every=0, save_every=0, seed=2, batching="random")
-
-    def stop(record):
-        if record["step"] == 2:
-            raise KeyboardInterrupt
-
-    out = tmp_path / "out"
-    with pytest.raises(TrainInterrupted):
-        train(TrainConfig.from_preset("default", **cfg), tiny_base, out, progress=False, callback=stop)
-    assert Checkpoint.load(out / "checkpoints" / "last.pt").config["batching"] == "random"
-    with pytest.raises(AlignlensError, match=r"different options \(batching\)"):
-        train(TrainConfig.from_preset("default", **{**cfg, "batching": "bucketed"}), tiny_base, out, resume=True,
-              progress=False)
-    res = train(None, None, out, resume=True, progress=False)
-    assert res.manifest["training"]["batching"]["scheme"] == "random"
-    from transformers import AutoTokenizer
-
-    from alignlens.train.examples import build_data
-
-    c = TrainConfig.from_preset("default", **cfg)
-    data = build_data(c, load_pairs(c), AutoTokenizer.from_pretrained(tiny_base), progress=False)
-    lengths = [len(e.ids) for e in data.train]
-    order = epoch_order(len(lengths), 2, 0)  # the seeded shuffle, no lengths: random batching
-    planned = [sum(lengths[i] for i in order[k: k + 4]) for k in range(0, len(order), 4)]
-    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["tokens"] for r in rows if r["event"] == "step"] == planned
