@@ -317,7 +317,8 @@ def score_prompts(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches = plan_batches([len(f) for f in full], n_q, batch_size)
     run = range(len(batches))
-    def cached(row: int) -> int:
+
+    def cached(row: int) -> int:  # tokens cached before `row`'s query
         return k if row < n_q else k_u
 
     if select_batches is not None:
