@@ -50,8 +50,9 @@ counts and analyses not counted), useful work only:
 - paper: every token of the evaluation prompt and of the lens prompt through body and head, plus
   n_layers lens positions through the head per item;
 - alignlens: per pass and language the shared few-shot prefix once through the body (the tokens the
-  pass caches: `engine.shared_prefix_len` over all its prompts, the demonstrations' only when the pass
-  captures), each item's remaining tokens through the body and its last position through the head,
+  pass caches: `engine.cached_lengths`, the demonstrations' only when the pass captures; in a pass
+  that captures, a second shorter prefix for content-free queries that tokenize its end differently),
+  each item's remaining tokens through the body and its last position through the head,
   plus n_layers lens positions per item in the capture pass; the evaluation pass also scores the 3
   content-free calibration queries per language (`evaluate.content_free_queries`, same call: extra
   work the paper's pipeline does not do, counted as in bench/eval_throughput.py). Not counted: padding.

@@ -15,7 +15,7 @@ import time
 import torch
 
 from alignlens import data
-from alignlens.engine import encode, shared_prefix_len
+from alignlens.engine import cached_lengths, encode
 from alignlens.evaluate import content_free_queries
 
 
@@ -56,14 +56,17 @@ def describe(label: str, flops: float, seconds: float, peak: float, n_items: int
 
 def scoring_flops(model, spec: data.TaskSpec, lang: str, items: list[data.Item], *, probed: bool,
                   calibrate: bool, lens_layers: int = 0) -> float:
-    """FLOPs of one `engine.score_prompts` call on `items` of (spec, lang): the shared prefix once
-    through the body (with probes the few-shot prefix's tokens, else every token all prompts
-    share), each prompt's suffix through the body and its last position through the head (plus
-    `lens_layers` lens positions per item); with `calibrate`, the 3 content-free queries too."""
+    """FLOPs of one `engine.score_prompts` call on `items` of (spec, lang): the cached prefix once
+    through the body (`engine.cached_lengths`: with probes the few-shot prefix's tokens, else every
+    token all prompts share; a second, shorter prefix for the content-free queries when they
+    tokenize its end differently), each prompt's suffix through the body and its last position
+    through the head (plus `lens_layers` lens positions per item); with `calibrate`, the 3
+    content-free queries too."""
     fb, fh = body_flops_per_token(model.hf_model), head_flops_per_position(model.hf_model)
-    tok = model.tokenizer
+    tok, prefix = model.tokenizer, data.prompt_prefix(spec, lang)
     full = encode(tok, [data.build_prompt(spec, lang, it) for it in items])
-    extra = encode(tok, [data.prompt_prefix(spec, lang) + q for q in content_free_queries(spec, lang)]) if calibrate else []
-    k = shared_prefix_len(encode(tok, [data.prompt_prefix(spec, lang)])[0] if probed else full[0], full + extra)
-    return (k * fb + sum((len(p) - k) * fb + fh + lens_layers * fh for p in full)
-            + sum((len(p) - k) * fb + fh for p in extra))
+    extra = encode(tok, [prefix + q for q in content_free_queries(spec, lang)]) if calibrate else []
+    k, k_u = cached_lengths(encode(tok, [prefix])[0] if probed else None, full + extra, len(full))
+    return (k * fb + (k_u * fb if extra and k_u != k else 0.0)
+            + sum((len(p) - k) * fb + fh + lens_layers * fh for p in full)
+            + sum((len(p) - k_u) * fb + fh for p in extra))

@@ -181,6 +181,20 @@ def shared_prefix_len(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]
     return min([common_prefix_len(prefix_ids, p) for p in prompts] + [min(len(p) for p in prompts) - 1])
 
 
+def cached_lengths(prefix_ids: Sequence[int] | None, prompts: Sequence[Sequence[int]], n_q: int) -> tuple[int, int]:
+    """(k, k_u): the tokens `score_prompts` caches before the queries' prompts (`prompts[:n_q]`) and
+    before the unprobed queries' (`prompts[n_q:]`). Without `prefix_ids` (no probes): every token
+    all prompts share, k = k_u. With them (probes: a query's tokens stay the item's own): the tokens
+    each part shares with the prefix's tokenization. An unprobed query may tokenize the prefix's end
+    differently (emotion's empty content-free query merges its trailing newline); it then gets its
+    own, shorter, cache, so the tokens the probes see never depend on the unprobed queries."""
+    if prefix_ids is None:
+        k = shared_prefix_len(prompts[0], prompts)
+        return k, k
+    k = shared_prefix_len(prefix_ids, prompts[:n_q]) if n_q else 0
+    return k, (shared_prefix_len(prefix_ids, prompts[n_q:]) if len(prompts) > n_q else k)
+
+
 def _right_padded(suffixes: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), long [batch, width]. Right padding: real tokens keep contiguous positions, and
     causal attention keeps the padding (after them) invisible to them."""
@@ -300,15 +314,8 @@ def score_prompts(
     n_q = len(queries)
     full = encode(tok, [prefix + q for q in list(queries) + list(unprobed)])
     k = k_u = 0  # cached tokens for the queries' batches and for the unprobed queries' batches
-    if prefix_cache and probes:  # a query's tokens are the item's own (see the module docstring)
-        prefix_ids = encode(tok, [prefix])[0]
-        k = shared_prefix_len(prefix_ids, full[:n_q]) if n_q else 0
-        # An unprobed query may tokenize the prefix's end differently (emotion's empty content-free
-        # query merges its trailing newline): it then gets its own, shorter, cache, so that the
-        # tokens the probes see never depend on the unprobed queries.
-        k_u = shared_prefix_len(prefix_ids, full[n_q:]) if len(full) > n_q else k
-    elif prefix_cache:
-        k = k_u = shared_prefix_len(full[0], full)
+    if prefix_cache:  # with probes, a query's tokens are the item's own (see the module docstring)
+        k, k_u = cached_lengths(encode(tok, [prefix])[0] if probes else None, full, n_q)
     ids_of = list(item_ids) if item_ids is not None else list(range(n_q))
     if len(ids_of) != n_q:
         raise ValueError(f"item_ids has {len(ids_of)} ids for {n_q} queries")
