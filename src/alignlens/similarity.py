@@ -518,8 +518,10 @@ def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
             rel = np.where(np.abs(theta) > 0, np.linalg.norm(res, axis=1) / np.abs(theta), 0.0)
         return np.nan_to_num(rel, nan=0.0)
 
-    def columns(k: int, sl: slice) -> np.ndarray:  # the first k columns of C_b, b in sl: [b, r, k]
-        q = np.einsum("pir,pik->irk", zf, zf[:, :, :k]).reshape(n, r * k)  # each item's sum_p z z'[:, :k]
+    def item_products(k: int) -> np.ndarray:  # each item's sum_p z z'[:, :k], flattened: [n, r * k]
+        return np.einsum("pir,pik->irk", zf, zf[:, :, :k]).reshape(n, r * k)
+
+    def columns(q: np.ndarray, k: int, sl: slice) -> np.ndarray:  # the first k columns of C_b, b in sl: [b, r, k]
         return (w[sl] @ q).reshape(-1, r, k) / m_tot - zbar_all[sl, :, None] * zbar_all[sl, None, :k]
 
     def top(hs: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -538,11 +540,12 @@ def _pc1_replicates(zf: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
 
     u = np.zeros((b_count, r))
     if r <= PCA_BOOT_DIRECT_RANK:
-        theta = np.concatenate([top(columns(r, slice(s, s + 256)), u[s : s + 256])  # 256 replicates' C at a time
+        q = item_products(r)
+        theta = np.concatenate([top(columns(q, r, slice(s, s + 256)), u[s : s + 256])  # 256 replicates' C at a time
                                 for s in range(0, b_count, 256)] or [np.zeros(0)])
     else:
         k = min(r, PCA_BOOT_SUBSPACE)
-        ce = columns(k, slice(None))  # C e_j of the first k axes [B, r, k]
+        ce = columns(item_products(k), k, slice(None))  # C e_j of the first k axes [B, r, k]
         h = np.zeros((b_count, k + PCA_BOOT_ITERATIONS, k + PCA_BOOT_ITERATIONS))  # projected C (upper triangle)
         h[:, :k, :k] = ce[:, :k]
         theta = top(h[:, :k, :k], u[:, :k])
