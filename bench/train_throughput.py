@@ -37,6 +37,7 @@ from flops import body_flops_per_token, describe, gemm_peak_gflops, head_flops_p
 
 from alignlens.model import load_hf, resolve_device  # noqa: E402
 from alignlens.train import TargetLossModel, TrainConfig  # noqa: E402
+from alignlens.train.config import BATCHINGS  # noqa: E402
 from alignlens.train.examples import collate, encode, epoch_order, load_pairs, micro_batches, padding_share  # noqa: E402
 from alignlens.train.trainer import wrap_lora  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="examples per step (the default preset's batch_size)")
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per round and method")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per method (alternating)")
-    ap.add_argument("--batching", default="bucketed", choices=["bucketed", "random"],
+    ap.add_argument("--batching", default="bucketed", choices=BATCHINGS,
                     help="the alignlens plan (random: the order before bucketing)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)

@@ -449,7 +449,7 @@ class Trainer:
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The order of the training examples in `epoch` (`examples.epoch_order`: bucketed by
-        length unless `batching` is "random"); the same on every rank and after a resume."""
+        length unless `config.batching` is "random"); the same on every rank and after a resume."""
         if epoch not in self._orders:
             self._orders = {epoch: plan_order(self.data, self.config, epoch, self.per_step)}
         return self._orders[epoch]
