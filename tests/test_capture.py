@@ -13,6 +13,7 @@ from alignlens.engine import common_prefix_len, encode, reference_probs
 from alignlens.config import AnalyzeConfig
 from alignlens.labels import label_sets
 from alignlens.pipeline import analyze_model, analyze_shards, capture_run, run_analyses
+from compare import PROB_ATOL
 
 
 def _config(**kw):
@@ -101,7 +102,9 @@ def test_results_do_not_depend_on_batch_size(tiny_gemma, tiny_run):
     for (key, a), b in zip(caps1.items(), caps2.values()):
         for name in ("last", "mean", "p_en", "p_target", "entropy"):
             assert torch.allclose(getattr(a, name).to_tensor(), getattr(b, name).to_tensor(), atol=1e-5), (key, name)
-        assert torch.equal(a.neurons.counts, b.neurons.counts)
+        # another batch shape is another path: a pre-activation within float noise of 0 may change sign
+        assert (a.neurons.counts - b.neurons.counts).abs().max() <= 1, key
+        assert torch.equal(a.neurons.n_tokens_per_layer, b.neurons.n_tokens_per_layer)  # padding never counted
 
 
 def test_analyses_schema_and_self_similarity(tiny_run):
@@ -344,4 +347,7 @@ def test_gemma_target_label_lens_reads_the_target_word(gemma):
         out[mode] = (last_target, r.probs)
     assert out["target-labels"][0] > 1e-3
     assert out["target-labels"][0] > 100 * out["english-labels"][0]
-    assert np.array_equal(out["target-labels"][1], out["english-labels"][1])  # the evaluation pass is the same
+    # The evaluation pass runs the same prompts in both modes, but reaches its head calls along other
+    # paths (with english-labels it carries the probes): equal within float rounding, not bit for bit
+    # (observed 6e-7 apart on another CPU).
+    assert np.allclose(out["target-labels"][1], out["english-labels"][1], rtol=0, atol=PROB_ATOL)

@@ -1,9 +1,11 @@
-"""Data-parallel eval/analyze under torchrun: byte-identical to one process.
+"""Data-parallel eval/analyze under torchrun: the same results as one process.
 
 Every rank plans the same batches per (task, language) (shared-prefix length, length-sorted
 order, batches), runs whole batches (`distributed.assign_batches`, balanced by padded tokens), and
-rank 0 gathers rows and counters and alone writes. The equality holds with the same threads per
-process: both runs use OMP_NUM_THREADS=1. Units here have 1 batch (fewer than the 2 ranks: rank 1
+rank 0 gathers rows and counters and alone writes. Both runs use OMP_NUM_THREADS=1. The body runs
+the same batches either way, but each process pools other batches' rows into its LM-head calls, so
+the two are different computational paths: floats are compared within `compare.PROB_ATOL` (bit
+equality across paths depends on the CPU's BLAS kernels), integers and strings exactly. Units here have 1 batch (fewer than the 2 ranks: rank 1
 has no work and must still join every collective) or 3 batches (odd: an uneven split)."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from alignlens.distributed import assign_batches
+from compare import assert_files_close
 from fixtures import save_tiny_base
 
 ANALYZED = ("predictions.jsonl", "summary.json", "logit_lens.json", "similarity.json", "neurons.json",
@@ -56,7 +59,7 @@ def _manifest_core(path: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if k not in VOLATILE}
 
 
-def test_eval_two_ranks_byte_identical(tiny, tmp_path):
+def test_eval_two_ranks_equal_one_process(tiny, tmp_path):
     # 5 items, batch 2: 3 batches per language (odd; rank 0 takes 2 by tokens or 1 of the larger)
     common = ("eval", "--model", str(tiny), "--tasks", "emotion", "--languages", "en,de,hi", "--limit", "5",
               "--batch-size", "2", "--device", "cpu", "--dtype", "float32")
@@ -64,14 +67,14 @@ def test_eval_two_ranks_byte_identical(tiny, tmp_path):
         proc = run(n, *common, "--out", str(tmp_path / f"e{n}"))
         assert proc.returncode == 0, proc.stderr[-3000:]
     for rel in ("predictions.jsonl", "summary.json"):
-        assert (tmp_path / "e1" / rel).read_bytes() == (tmp_path / "e2" / rel).read_bytes(), rel
+        assert_files_close(tmp_path / "e1" / rel, tmp_path / "e2" / rel)
     m1, m2 = (json.loads((tmp_path / f"e{n}" / "manifest.json").read_text()) for n in (1, 2))
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
     assert _manifest_core(tmp_path / "e1" / "manifest.json") == _manifest_core(tmp_path / "e2" / "manifest.json")
     assert len((tmp_path / "e2" / "predictions.jsonl").read_text().splitlines()) == 15
 
 
-def test_analyze_two_ranks_byte_identical_with_an_empty_rank(tiny, tmp_path):
+def test_analyze_two_ranks_equal_one_process_with_an_empty_rank(tiny, tmp_path):
     # 3 items, batch 3: one batch per (task, language) and pass, so rank 1 computes nothing
     common = ("analyze", "--model", str(tiny), "--tasks", "emotion", "--languages", "en,de,hi", "--limit", "3",
               "--batch-size", "3", "--device", "cpu", "--dtype", "float32", "--similarity-resamples", "20",
@@ -80,15 +83,16 @@ def test_analyze_two_ranks_byte_identical_with_an_empty_rank(tiny, tmp_path):
         proc = run(n, *common, "--out", str(tmp_path / f"a{n}"))
         assert proc.returncode == 0, proc.stderr[-3000:]
     for rel in ANALYZED:
-        assert (tmp_path / "a1" / "base" / rel).read_bytes() == (tmp_path / "a2" / "base" / rel).read_bytes(), rel
+        assert_files_close(tmp_path / "a1" / "base" / rel, tmp_path / "a2" / "base" / rel)
     assert json.loads((tmp_path / "a2" / "base" / "manifest.json").read_text())["world_size"] == 2
     assert _manifest_core(tmp_path / "a1" / "base" / "manifest.json") == \
         _manifest_core(tmp_path / "a2" / "base" / "manifest.json")
-    # --resume across ranks: every shard is there, so the resumed run recomputes nothing and agrees
+    # --resume across ranks: every shard is there, so the resumed run recomputes nothing: the same
+    # path as the run that wrote them, so the analyses come out byte-identical
+    before = (tmp_path / "a2" / "base" / "neurons.json").read_bytes()
     proc = run(2, *common, "--out", str(tmp_path / "a2"), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "a1" / "base" / "neurons.json").read_bytes() == \
-        (tmp_path / "a2" / "base" / "neurons.json").read_bytes()
+    assert (tmp_path / "a2" / "base" / "neurons.json").read_bytes() == before
 
 
 SPLIT_SCRIPT = r'''

@@ -15,6 +15,7 @@ from alignlens import evaluate as ev
 from alignlens.engine import encode, reference_probs
 from alignlens.labels import label_sets, label_token_ids, vocab_kind
 from alignlens.model import load_model
+from compare import PROB_ATOL
 
 
 def _brute_force_sentencepiece(tokenizer, word):
@@ -340,9 +341,11 @@ def test_plan_batches_sorted_and_never_mixed():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d_model, vocab", [(64, 1000), (640, 262144)])  # tiny models', Gemma-3-270m's head
 def test_head_rows_do_not_depend_on_the_other_rows(d_model, vocab, threads):
-    """What pooling the LM head over batches relies on (`engine.HEAD_MIN_ROWS`): from that many
-    rows on, the BLAS matmul gives each row bit-identical logits whatever the other rows and
-    their number (fewer rows take other kernels, and they round differently)."""
+    """Pooling the LM head over batches (`engine.HEAD_MIN_ROWS`): a row's label probabilities and
+    logits do not depend on the call's other rows or their number beyond float rounding. Calls of
+    other row counts may take other BLAS kernels (another path), so the check is a tolerance:
+    `PROB_ATOL` on probabilities, and on logits 1e-5 relative to their scale (float32 dot
+    products of length d_model <= 640, summed in another order: ~sqrt(d) * 6e-8 relative)."""
     from alignlens.engine import HEAD_MIN_ROWS, Unembed, head_probs
 
     old = torch.get_num_threads()
@@ -356,10 +359,11 @@ def test_head_rows_do_not_depend_on_the_other_rows(d_model, vocab, threads):
         sets = [torch.tensor([1, 5]), torch.tensor([7])]
         with torch.no_grad():
             whole = head(x)
+            scale = whole.abs().max()
             for lo, hi in [(0, 1), (3, 6), (10, 10 + HEAD_MIN_ROWS), (20, 53), (0, 64)]:
-                assert torch.equal(head_probs(unembed, x[lo:hi], sets), head_probs(unembed, x, sets)[lo:hi])
-                if hi - lo >= HEAD_MIN_ROWS:
-                    assert torch.equal(head(x[lo:hi]), whole[lo:hi])
+                part, pooled = head_probs(unembed, x[lo:hi], sets), head_probs(unembed, x, sets)[lo:hi]
+                assert (part - pooled).abs().max() <= PROB_ATOL
+                assert (head(x[lo:hi]) - whole[lo:hi]).abs().max() <= 1e-5 * scale
     finally:
         torch.set_num_threads(old)
 
@@ -384,7 +388,7 @@ def test_what_probes_see_does_not_depend_on_the_unprobed_queries(tiny_llama_byte
     got = score_prompts(model, prefix, queries, sets, batch_size=2, probes=[mixed], unprobed=unprobed)
     assert mixed.prefix == alone.prefix == len(prefix_ids)
     assert mixed.lengths == alone.lengths == {i: len(full[i]) - len(prefix_ids) for i in range(3)}
-    assert torch.equal(got[:3], ref)
+    assert (got[:3] - ref).abs().max() <= PROB_ATOL  # other head calls: another path, float rounding only
     plain = torch.stack([reference_probs(model, prefix + q, sets) for q in queries + unprobed])
     assert torch.allclose(got, plain, atol=1e-5, rtol=0)
 
@@ -405,6 +409,6 @@ def test_unprobed_queries_share_the_call_but_not_the_probes(tiny_gemma):
     assert pooled.shape == (8, len(sets)) and sorted(rec.lengths) == [0, 1, 2, 3, 4]
     single = score_prompts(tiny_gemma, prefix, queries, sets, batch_size=2, head_rows=1, probes=[_Recorder()],
                            unprobed=extra)  # a probe: the same cached length as `pooled`
-    assert torch.equal(pooled, single)  # pooling the head changes no bit
+    assert (pooled - single).abs().max() <= PROB_ATOL  # pooling the head: another path, float rounding only
     ref = torch.stack([reference_probs(tiny_gemma, prefix + q, sets) for q in queries + extra])
     assert torch.allclose(pooled, ref, atol=1e-5, rtol=0)

@@ -16,9 +16,10 @@ to one plain forward pass per prompt (tested):
   pass). The head runs on the last states of several consecutive batches at once (up to
   `head_rows` rows): each call reads the whole [vocab, d_model] weight (671 MB for
   Gemma-3-270m), so a call on one small batch's rows is memory-bound. A call has at least
-  `HEAD_MIN_ROWS` rows (zero rows pad it): from there on, a row's logits do not depend on the
-  call's other rows or their number (CPU BLAS checked by a test: fewer rows take other kernels
-  whose rounding differs), so the results are the same whichever batches a rank pools;
+  `HEAD_MIN_ROWS` rows (zero rows pad it): fewer rows take other BLAS kernels whose rounding
+  differs; from there on, on the CPUs measured, a row's logits do not depend on the call's other
+  rows or their number. Which kernels a BLAS picks depends on the CPU, so nothing relies on bit
+  equality: whichever batches a rank pools, results agree within float rounding (tested);
 - `unprobed` queries (evaluation's content-free calibration queries) ride in the same call: they
   reuse the prefix pass and share head calls, in their own batches that probes never see. With
   probes, when their prompts share fewer of the prefix's tokens than the queries' (emotion's empty
