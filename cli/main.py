@@ -444,17 +444,34 @@ def data_show(
     task: str = typer.Argument(..., help="Task name or folder."),
     lang: str = typer.Argument(..., help="Language code."),
     n: int = typer.Option(1, "--n", min=1, help="How many items to show."),
+    prompts: str = typer.Option("evaluation", "--prompts", help="Which prompt to show: evaluation (English label words in the demonstrations; gives accuracy), target-labels (the logit lens's prompt, what analyze's capture pass uses by default: the demonstrations with this language's label_words) or both."),
 ) -> None:
     """Show the full prompt of the first items of TASK in LANG, with their gold labels."""
-    from alignlens import data
+    from alignlens import AlignlensError, data
 
+    kinds = {"evaluation": ("evaluation",), "target-labels": ("target-labels",), "both": ("evaluation", "target-labels")}
+    if prompts not in kinds:
+        raise AlignlensError(f"--prompts: unknown prompt {prompts!r} (use evaluation, target-labels or both)")
     spec = data.load_task(task)
     items = data.load_items(spec, lang, limit=n)
+    specs = {"evaluation": spec}
+    if "target-labels" in kinds[prompts]:
+        specs["target-labels"] = data.target_label_spec(spec, lang)  # refuses what it cannot build
     for it in items:
-        out_console.rule(f"{spec.name} {lang} item {it.index} — gold: {it.label}")
-        out_console.print(data.build_prompt(spec, lang, it), markup=False, highlight=False)
+        for kind in kinds[prompts]:
+            out_console.rule(f"{spec.name} {lang} item {it.index} — gold: {it.label} — {kind} prompt")
+            out_console.print(data.build_prompt(specs[kind], lang, it), markup=False, highlight=False, soft_wrap=True)
     out_console.rule()
-    out_console.print(f"labels: {', '.join(spec.labels)}; {len(data.load_items(spec, lang))} items in {lang}")
+    out_console.print(f"labels: {', '.join(spec.labels)}; {len(data.load_items(spec, lang))} items in {lang}",
+                      markup=False, highlight=False)
+    if "target-labels" in kinds[prompts]:
+        words = data.target_label_words(spec, lang)
+        why = {"identical": "the English word itself: the logit lens drops these items",
+               "same first character": "starts like the English word: the default token-set lens rule drops these items"}
+        clash = data.label_word_collisions(spec, lang)
+        out_console.print("target-language label words: " + ", ".join(
+            f"{lab} -> {words[lab]}" + (f" ({why[clash[lab]]})" if lab in clash else "") for lab in spec.labels),
+            markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("models")

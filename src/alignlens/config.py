@@ -141,7 +141,8 @@ def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterab
         if per == 0:
             empty = [lab for lab, n in counts.items() if n == 0]
             raise AlignlensError(f"{where}: --balanced is impossible: label {empty[0]!r} has no items "
-                                 f"among the selected ones ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+                                 f"among the selected ones ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+                                 f"{'widen --items' if indices is not None else 'drop --balanced'}")
     else:
         if limit % len(labels):
             lo = limit - limit % len(labels)
@@ -152,10 +153,17 @@ def select_items(items: Sequence[Any], labels: Sequence[str], *, indices: Iterab
         short = [lab for lab in labels if counts[lab] < per]
         if short:
             lab = short[0]
+            rarest = min(counts.values())
+            widen = "widen --items" if indices is not None else "drop --balanced"
+            if rarest == 0:  # no limit can balance them: never suggest --limit 0
+                empty = next(k for k, v in counts.items() if v == 0)
+                hint = f"the selected items cannot be balanced at any --limit (label {empty!r} has none); {widen}"
+            else:
+                hint = f"lower --limit to {rarest * len(labels)} or {widen}"
             raise AlignlensError(
                 f"{where}: --balanced --limit {limit} needs {per} items of each label, but label {lab!r} has only "
                 f"{counts[lab]} among the selected items ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
-                f"lower --limit to {min(counts.values()) * len(labels)} or widen --items")
+                f"{hint}")
     keep = {id(it) for v in by_label.values() for it in v[:per]}
     return [it for it in items if id(it) in keep]
 

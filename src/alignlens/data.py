@@ -5,19 +5,27 @@ items per language. The three tasks of the paper (`emotion`, `snli`, `paws`) are
 `alignlens/resources/data`; users add their own by passing a folder path wherever a task name
 is accepted.
 
-task.json keys: `labels` (English label words), `fields` (text fields of an item), `shots`
-(optional, informational), and `languages`: {lang: {"demonstrations", "query_template",
-"label_words" (optional: English label -> word in that language, for the logit lens)}}. The
-query template uses `{field}` placeholders (`{{`/`}}` for literal braces) and ends where the
-answer's first token follows; demonstrations are literal text.
+task.json keys: `labels` (English label words), `fields` (text fields of an item; every query
+template must use each of them), `shots` (optional, informational), `ignored_fields` (optional:
+item keys that are kept out of the prompts, e.g. ids), `max_field_chars` (optional, default
+`MAX_FIELD_CHARS`: the longest item field accepted, in characters), and `languages`: {lang:
+{"demonstrations", "query_template", "label_words" (optional: English label -> word in that
+language, for the logit lens; if given, not empty and no word twice)}}. Every language listed
+needs exactly one item file (`<lang>.jsonl` or `<lang>.jsonl.gz`, not both). The query template
+uses `{field}` placeholders (`{{`/`}}` for literal braces) and ends where the answer's first token
+follows; demonstrations are literal text.
 
 Everything is checked when loaded (`load_task`, `load_items`; `validate_tasks` for a whole run,
 before any model loads): each problem is one AlignlensError line naming file, line, field and,
 where they apply, task, language and label.
 
 Item lines: {"index": int (optional, defaults to the line number), "label": English label
-(required in the English file; elsewhere optional), <field>: str, ...}. Test sets are parallel
-across languages: when the task has an English file, gold labels come from it for every language.
+(required in the reference file; elsewhere optional, and if given equal to the reference's),
+<field>: str, ...}; no other keys except `ignored_fields`. Test sets are parallel across
+languages: the *reference* file is the English one (else the first language in paper order);
+gold labels come from it for every language, and every language's file must list the same item
+indices in the same order (so `--limit`, `--items` and the means over languages cover the same
+items everywhere).
 
 Prompt (paper): `demonstrations + "\\n" + query_template.format(**item)`; the answer is scored on
 the next token. The logit lens's target-label prompts (`target_label_prompt_prefix`) are the same with
@@ -43,6 +51,10 @@ from alignlens.config import format_items
 from alignlens.languages import language_name, paper_order
 
 BUNDLED_TASKS: tuple[str, ...] = ("emotion", "snli", "paws")
+#: The longest item field accepted by default, in characters (task.json `max_field_chars` changes
+#: it). The bundled data's longest field has 1,233; 10,000 characters are 2,000-5,000 tokens,
+#: and a field far longer makes every forward pass that holds it slow (minutes on a CPU).
+MAX_FIELD_CHARS = 10_000
 QT_LANGUAGES: tuple[str, ...] = ("de", "es", "it", "sw", "zh")
 
 
@@ -74,12 +86,25 @@ class TaskSpec:
     description: str = ""
     source: str = ""
     licence: str = ""
+    #: Item keys kept out of the prompts (task.json `ignored_fields`); any other unknown key is an error.
+    ignored_fields: tuple[str, ...] = ()
+    #: The longest item field accepted, in characters (task.json `max_field_chars`).
+    max_field_chars: int = MAX_FIELD_CHARS
 
     @property
     def languages(self) -> tuple[str, ...]:
-        """Languages that have both a prompt and an item file, paper order first."""
+        """Languages that have both a prompt and an item file, paper order first (`load_task`
+        refuses a listed language without an item file)."""
         have = {lang for lang in self.prompts if _item_file(self.folder, lang) is not None}
         return tuple(paper_order(sorted(have)))
+
+    @property
+    def reference_language(self) -> str | None:
+        """The language whose file holds the gold labels and the item order every other language
+        must repeat: English when the task has an English item file, else its first language."""
+        if _item_file(self.folder, "en") is not None:
+            return "en"
+        return self.languages[0] if self.languages else None
 
 
 @dataclass(frozen=True)
@@ -94,10 +119,11 @@ class Item:
 
 
 def _item_file(folder: Path, lang: str) -> Path | None:
-    for name in (f"{lang}.jsonl", f"{lang}.jsonl.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """`<lang>.jsonl` or `<lang>.jsonl.gz` in `folder` (None: neither); both is an AlignlensError."""
+    found = [folder / name for name in (f"{lang}.jsonl", f"{lang}.jsonl.gz") if (folder / name).is_file()]
+    if len(found) > 1:
+        raise AlignlensError(f"{found[0]} and {found[1]} both exist (items of language {lang}): keep one of them")
+    return found[0] if found else None
 
 
 def _open_text(path: Path):
@@ -255,6 +281,17 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         raise AlignlensError(f"{spec_path}: field 'fields' must list the item's text fields")
     if len(set(fields)) != len(fields):
         raise AlignlensError(f"{spec_path}: field 'fields' has duplicates")
+    ignored = raw.get("ignored_fields", [])
+    if not isinstance(ignored, list) or not all(isinstance(x, str) and x for x in ignored):
+        raise AlignlensError(f"{spec_path}: field 'ignored_fields' must list item keys (strings), not {_json_kind(ignored)}")
+    clash = [x for x in ignored if x in fields or x in ("index", "label")]
+    if clash:
+        raise AlignlensError(f"{spec_path}: field 'ignored_fields' lists {clash[0]!r}, which is "
+                             f"{'a field of the prompts' if clash[0] in fields else 'a reserved item key'}")
+    max_chars = raw.get("max_field_chars", MAX_FIELD_CHARS)
+    if not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1:
+        raise AlignlensError(f"{spec_path}: field 'max_field_chars' must be a whole number of characters >= 1, "
+                             f"not {max_chars!r}")
     langs = need("languages", dict)
     if not langs:
         raise AlignlensError(f"{spec_path}: field 'languages' is empty")
@@ -270,10 +307,19 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
             raise AlignlensError(
                 f"{spec_path}: field '{ctx}query_template' of task {name}, language {lang}: {problem}"
             )
+        unused = [f for f in fields if f not in _template_fields(template)]
+        if unused:  # the prompt would silently leave out part of every item
+            raise AlignlensError(
+                f"{spec_path}: field '{ctx}query_template' of task {name}, language {lang}: never uses field(s) "
+                f"{unused} (every field in 'fields' must appear in every query template; item keys the prompts "
+                "should not show belong in 'ignored_fields')")
         key = "test_file_label_words" if "test_file_label_words" in entry else "label_words"
         words = entry.get(key, {})
         if not isinstance(words, dict):
             raise AlignlensError(f"{spec_path}: field '{ctx}{key}' must map labels to words, not {_json_kind(words)}")
+        if key in entry and not words:
+            raise AlignlensError(f"{spec_path}: field '{ctx}{key}' is empty (task {name}, language {lang}): give "
+                                 "each label's word in this language, or leave the field out")
         bad = set(words) - set(labels)
         if bad:
             raise AlignlensError(f"{spec_path}: field '{ctx}{key}' has unknown labels {sorted(bad)}")
@@ -285,7 +331,18 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
                     f"{spec_path}: field '{ctx}{key}.{label}' must be a string, not {_json_kind(word)} "
                     f"(task {name}, language {lang}, label {label!r})"
                 )
+        by_word: dict[str, str] = {}
+        for label, word in words.items():
+            if word.strip() in by_word:
+                raise AlignlensError(
+                    f"{spec_path}: field '{ctx}{key}' gives labels {by_word[word.strip()]!r} and {label!r} the same "
+                    f"word {word.strip()!r} (task {name}, language {lang}): each label needs its own word")
+            by_word[word.strip()] = label
         prompts[lang] = LanguagePrompt(demonstrations=demos, query_template=template, label_words=dict(words))
+    for lang in langs:
+        if _item_file(folder, lang) is None:  # (both .jsonl and .jsonl.gz: refused by _item_file)
+            raise AlignlensError(f"{spec_path}: field 'languages.{lang}' of task {name}: no item file {lang}.jsonl or "
+                                 f"{lang}.jsonl.gz in {folder} (add it, or remove the language from task.json)")
     shots = raw.get("shots")
     return TaskSpec(
         name=name,
@@ -297,6 +354,8 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         description=str(raw.get("description", "")),
         source=str(raw.get("source", "")),
         licence=str(raw.get("licence", "")),
+        ignored_fields=tuple(ignored),
+        max_field_chars=max_chars,
     )
 
 
@@ -304,26 +363,39 @@ _KIND_NAMES = {list: "a list", dict: "an object", str: "a string"}
 
 
 @lru_cache(maxsize=256)
-def _read_items(folder: Path, lang: str, labels: tuple[str, ...], fields: tuple[str, ...]) -> tuple[dict, ...]:
+def _read_items(folder: Path, lang: str, labels: tuple[str, ...], fields: tuple[str, ...],
+                ignored: tuple[str, ...] = (), max_chars: int = MAX_FIELD_CHARS) -> tuple[dict, ...]:
+    """Every line of one item file, checked on its own (JSON, keys, types, lengths, repeated
+    indices, known labels): rows {"index", "label" (None when absent), "fields", "line"}."""
     path = _item_file(folder, lang)
     if path is None:
         raise AlignlensError(f"{folder}: no item file {lang}.jsonl or {lang}.jsonl.gz")
     rows: list[dict] = []
     seen: set[int] = set()
+    known = {"index", "label", *fields, *ignored}
     for lineno, row in iter_json_objects(path):
         for f in fields:
             if f not in row:
                 raise AlignlensError(f"{path}:{lineno}: missing field {f!r}")
             if not isinstance(row[f], str):
                 raise AlignlensError(f"{path}:{lineno}: field {f!r} must be a string")
+            if len(row[f]) > max_chars:
+                raise AlignlensError(f"{path}:{lineno}: field {f!r} has {len(row[f]):,} characters, more than the "
+                                     f"limit of {max_chars:,} per field (task.json 'max_field_chars' raises it)")
+        unknown = [k for k in row if k not in known]
+        if unknown:
+            raise AlignlensError(
+                f"{path}:{lineno}: unknown field {unknown[0]!r}: no prompt would show it (the task's fields: "
+                f"{', '.join(fields)}); add it to task.json 'fields' and every query template, or to 'ignored_fields'")
         index = row.get("index", len(rows))
-        if not isinstance(index, int) or index < 0:
-            raise AlignlensError(f"{path}:{lineno}: field 'index' must be a non-negative integer")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise AlignlensError(f"{path}:{lineno}: field 'index' must be a non-negative integer, not "
+                                 f"{json.dumps(index, ensure_ascii=False)} ({_json_kind(index)})")
         if index in seen:
             raise AlignlensError(f"{path}:{lineno}: field 'index' repeats {index}")
         seen.add(index)
         label = row.get("label")
-        if label is not None and label not in labels:
+        if label is not None and (not isinstance(label, str) or label not in labels):
             raise AlignlensError(
                 f"{path}:{lineno}: field 'label' is {label!r}, not one of {list(labels)}"
             )
@@ -333,12 +405,20 @@ def _read_items(folder: Path, lang: str, labels: tuple[str, ...], fields: tuple[
     return tuple(rows)
 
 
-def load_items(task: str | Path | TaskSpec, lang: str, limit: int | None = None) -> list[Item]:
-    """Items of `task` in `lang`, gold labels from the English file when it exists.
+def _rows(spec: TaskSpec, lang: str) -> tuple[dict, ...]:
+    return _read_items(spec.folder, lang, spec.labels, spec.fields, spec.ignored_fields, spec.max_field_chars)
 
-    `limit` keeps the first `limit` items in file order (a fixed subset: the paper's test files
-    are already random samples, and for SNLI the first items cover each premise with all three
-    labels). Returns items sorted by file order.
+
+def load_items(task: str | Path | TaskSpec, lang: str, limit: int | None = None) -> list[Item]:
+    """Items of `task` in `lang`, gold labels from the reference file (`TaskSpec.reference_language`:
+    the English file when there is one).
+
+    The whole file is checked against the reference file whatever `limit` is: the same item
+    indices in the same order, and a `label` it gives equal to the reference's (each refusal one
+    AlignlensError naming file, line, language, index and both labels). `limit` keeps the first
+    `limit` items in file order (a fixed subset: the paper's test files are already random
+    samples, and for SNLI the first items cover each premise with all three labels). Returns
+    items in file order.
     """
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     if lang not in spec.prompts:
@@ -347,32 +427,55 @@ def load_items(task: str | Path | TaskSpec, lang: str, limit: int | None = None)
         )
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise AlignlensError(f"limit must be a positive number of items, not {limit!r}")
-    rows = _read_items(spec.folder, lang, spec.labels, spec.fields)
+    rows = _rows(spec, lang)
     path = _item_file(spec.folder, lang)
-    gold: dict[int, dict] | None = None
-    en_path = _item_file(spec.folder, "en") if lang != "en" else None
-    if en_path is not None:
-        gold = {r["index"]: r for r in _read_items(spec.folder, "en", spec.labels, spec.fields)}
-    items: list[Item] = []
-    for row in rows[: limit if limit is not None else None]:
-        if gold is None:
+    ref = spec.reference_language
+    if ref is None or ref == lang:
+        for row in rows:
             if row["label"] is None:
                 raise AlignlensError(f"{path}:{row['line']}: missing field 'label' (item index {row['index']})")
-            label = row["label"]
-        else:
-            en_row = gold.get(row["index"])
-            if en_row is None:
-                raise AlignlensError(
-                    f"{path}:{row['line']}: item index {row['index']} is not in {en_path.name} "
-                    "(gold labels come from the English file)"
-                )
-            if en_row["label"] is None:
-                raise AlignlensError(
-                    f"{en_path}:{en_row['line']}: missing field 'label' (item index {row['index']}, needed by {path.name})"
-                )
-            label = en_row["label"]
-        items.append(Item(task=spec.name, lang=lang, index=row["index"], label=label, fields=row["fields"]))
-    return items
+        labels = [row["label"] for row in rows]
+    else:
+        labels = _labels_from_reference(spec, lang, rows, ref)
+    return [Item(task=spec.name, lang=lang, index=row["index"], label=label, fields=row["fields"])
+            for row, label in list(zip(rows, labels))[: limit if limit is not None else None]]
+
+
+def _labels_from_reference(spec: TaskSpec, lang: str, rows: tuple[dict, ...], ref: str) -> list[str]:
+    """The gold labels of `rows` (language `lang`) from the reference language's file, after checking
+    that `lang` lists the reference's items in the reference's order with no other label."""
+    path, ref_path = _item_file(spec.folder, lang), _item_file(spec.folder, ref)
+    ref_rows = _rows(spec, ref)
+    gold = {r["index"]: r for r in ref_rows}
+    source = "the English file" if ref == "en" else f"{ref_path.name}, the reference file of task {spec.name}"
+    labels: list[str] = []
+    for row in rows:
+        ref_row = gold.get(row["index"])
+        if ref_row is None:
+            raise AlignlensError(f"{path}:{row['line']}: item index {row['index']} is not in {ref_path.name} "
+                                 f"(gold labels come from {source})")
+        if ref_row["label"] is None:
+            raise AlignlensError(f"{ref_path}:{ref_row['line']}: missing field 'label' (item index {row['index']}, "
+                                 f"needed by {path.name})")
+        if row["label"] is not None and row["label"] != ref_row["label"]:
+            raise AlignlensError(
+                f"{path}:{row['line']}: item index {row['index']} has label {row['label']!r} in language {lang} but "
+                f"{ref_row['label']!r} in {ref_path.name}:{ref_row['line']} (task {spec.name}; gold labels come from "
+                f"{source}): fix one of them, or leave 'label' out of {path.name}")
+        labels.append(ref_row["label"])
+    if len(rows) < len(ref_rows):
+        missing = sorted(set(gold) - {row["index"] for row in rows})
+        raise AlignlensError(
+            f"{path}: item index(es) {format_items(missing, 5)} of {ref_path.name} missing ({len(rows)} items, "
+            f"{ref_path.name} has {len(ref_rows)}; task {spec.name}, language {lang}): every language needs the "
+            "same items, or its accuracy and the means over languages cover other items")
+    for row, ref_row in zip(rows, ref_rows):
+        if row["index"] != ref_row["index"]:
+            raise AlignlensError(
+                f"{path}:{row['line']}: item index {row['index']} where {ref_path.name}:{ref_row['line']} has "
+                f"{ref_row['index']} (task {spec.name}, language {lang}): list the items in the order of "
+                f"{ref_path.name}, or --limit takes other items in each language")
+    return labels
 
 
 def build_prompt(spec: TaskSpec, lang: str, item: Item) -> str:
@@ -401,6 +504,28 @@ def target_label_words(spec: TaskSpec, lang: str) -> dict[str, str]:
             f"has no word for label {missing[0]!r} (needed for target-label lens prompts; add it, or use "
             "--lens-prompts english-labels)")
     return {lab: words.get(lab, lab) for lab in spec.labels}
+
+
+def label_word_collisions(spec: TaskSpec, lang: str) -> dict[str, str]:
+    """English label -> how its `lang` word (task.json `label_words`) collides with the English word,
+    for the labels whose words collide: "identical" (the same word) or "same first character".
+
+    The logit lens cannot tell such words apart and drops their items (`labels.label_overlap`):
+    an identical word under either rule; a word sharing only its first character under the default
+    `token-set` rule wherever the vocabulary has that character as a token (Gemma's does for every
+    bundled case). A shared first character is necessary for a token-set overlap (a common token
+    must be a common prefix), so every other label is safe from it. English (whose words are its
+    own) and labels without a word give nothing."""
+    if lang == "en" or lang not in spec.prompts:
+        return {}
+    out: dict[str, str] = {}
+    for label, word in spec.prompts[lang].label_words.items():
+        word = word.strip()
+        if word == label:
+            out[label] = "identical"
+        elif word[:1] == label[:1]:
+            out[label] = "same first character"
+    return out
 
 
 def _n_demonstrations(spec: TaskSpec, lang: str) -> tuple[int, str]:
@@ -486,8 +611,9 @@ def _check_list(values: list[str], what: str) -> None:
 
 
 def validate_tasks(tasks: list[str], languages: list[str] | None = None, limit: int | None = None) -> None:
-    """Load and check every task spec and the item files of the requested languages (and the
-    English file that holds their gold labels), the first `limit` items as a run would use them.
+    """Load and check every task spec (every language it lists has one item file) and the whole
+    item files of the requested languages, each against the reference (English) file that holds
+    their gold labels and item order (`load_items`); `limit` is checked as a run would use it.
 
     Cheap (no model): call it before loading a model so bad data fail at once, with one line
     naming file, line and field. `languages` None means every language of each task; an empty
