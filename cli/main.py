@@ -334,8 +334,16 @@ def analyze_cmd(
     console.print(f"wrote {out} in {time.time() - t0:.0f}s" + (f"; report: {res['report']}" if res["report"] else ""))
 
 
+def _given(ctx: typer.Context, names: list[str]) -> list[str]:
+    """Which of the parameters `names` were given on the command line (not left at their defaults).
+    (Sources are compared by name: typer ships its own copy of click's `ParameterSource`.)"""
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    return [n for n, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Output model folder (merged/ HF model, adapter/, manifest.json, train_log.jsonl); loads with --model OUT."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help=MODEL_HELP),
     preset: str = typer.Option("default", "--preset", help="default: sized for a 2-core CPU (zh+de, 600 each, 1 epoch, LoRA lr 5e-4); paper: lr 5e-5, 3 epochs, batch 16, 10k per language (GPU)."),
@@ -365,7 +373,7 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (1 is faster when other jobs share the cores)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep OUT/checkpoints after success."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out exactly where it stopped (with its saved options)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out exactly where it stopped, with its saved options: omit them (an option given with another value than the saved run's is refused); only --threads and --keep-checkpoints may change."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
 ) -> None:
     """Question-translation alignment (the paper's step 1): fine-tune on questions only, translated
@@ -384,10 +392,13 @@ def train_cmd(
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_csv(lora_targets), bf16=bf16 or None,
                      val_fraction=val_fraction, eval_every=eval_every, save_every=save_every, seed=seed, batching=batching, device=device,
                      threads=threads, keep_checkpoints=keep_checkpoints or None)
-    cfg = TrainConfig.from_preset(preset, **overrides)
-    if resume:  # the saved run's options and model are used; only runtime options may change
-        result = train(None, None, out, resume=True, progress=True, command=_command_line())
+    if resume:  # the saved run's options and model; those given must equal them (runtime options may change)
+        values = {**overrides, "preset": preset}
+        given = {name: values[name] for name in _given(ctx, list(values))}
+        result = train(None, model if _given(ctx, ["model"]) else None, out, resume=True, progress=True,
+                       command=_command_line(), options=given)
     else:
+        cfg = TrainConfig.from_preset(preset, **overrides)
         result = train(cfg, model, out, force=force, progress=True, command=_command_line())
     from alignlens.distributed import is_main
 

@@ -119,6 +119,14 @@ def save_tiny_base(folder: str | Path, arch: str = "gemma3", seed: int = 0, voca
     return folder
 
 
+def tree_snapshot(folder: Path) -> dict:
+    """Every path under `folder` with its bytes (files), mode and modification time: equal
+    snapshots mean nothing was written, replaced or removed."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mode,
+                                         p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*"))}
+
+
 # ---- pytest fixtures shared by the training tests (import them into a test module to use them) ----
 
 

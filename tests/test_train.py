@@ -309,7 +309,7 @@ def test_sigterm_checkpoints_and_resume_checks_options(tiny_base, tmp_path):
     assert str(info.value).endswith(f"resume with: alignlens train --out {out} --resume")
     assert signal.getsignal(signal.SIGTERM) is before
     assert (out / "checkpoints" / "last.pt").is_file()
-    with pytest.raises(AlignlensError, match=r"different options \(lr\)"):
+    with pytest.raises(AlignlensError, match=r"different options \(--lr 0\.001 \(saved: 0\.01\)\)"):
         train(_cfg(per_language=20, eval_every=0, lr=1e-3), None, out, resume=True, progress=False)
     with pytest.raises(AlignlensError, match="not empty"):
         train(cfg, tiny_base, out, progress=False)

@@ -236,7 +236,7 @@ def test_random_batching_is_an_option_that_a_resume_keeps(tiny_base, tmp_path):
 
     out = tmp_path / "out"
     assert Checkpoint.load(_interrupted_after_step_2(cfg, tiny_base, out)).config["batching"] == "random"
-    with pytest.raises(AlignlensError, match=r"different options \(batching\)"):
+    with pytest.raises(AlignlensError, match=r"different options \(--batching bucketed \(saved: random\)\)"):
         train(TrainConfig.from_preset("default", **{**cfg, "batching": "bucketed"}), tiny_base, out, resume=True,
               progress=False)
     res = train(None, None, out, resume=True, progress=False)

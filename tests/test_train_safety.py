@@ -17,6 +17,7 @@ from alignlens import AlignlensError, RunInterrupted
 from alignlens.results import TEMP_PREFIX
 from alignlens.train import TrainConfig, TrainInterrupted, train
 from fixtures import one_thread, tiny_base  # noqa: F401  (module fixtures)
+from fixtures import tree_snapshot as _snapshot
 
 
 def _cfg(**kw):
@@ -24,13 +25,6 @@ def _cfg(**kw):
                 lr=1e-2, eval_every=0, save_every=0, seed=0)
     base.update(kw)
     return TrainConfig.from_preset("default", **base)
-
-
-def _snapshot(folder: Path) -> dict:
-    """Every path under `folder` with its bytes (files), mode and modification time."""
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mode,
-                                         p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
 
 
 def _previous_run(tiny_base: str, out: Path) -> Path:
@@ -254,7 +248,7 @@ def test_failing_forced_run_leaves_previous_run_byte_identical(tiny_base, tmp_pa
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"lang": "de", "text": "Hallo"}\n')
     cases = {
-        "lora targets": (lambda: _cfg(lora_targets=["no_such_proj"]), tiny_base, "LoRA targets no_such_proj"),
+        "lora targets": (lambda: _cfg(lora_targets=["no_such_proj"]), tiny_base, r"--lora-targets no_such_proj: no such module in "),
         "model path": (lambda: _cfg(), str(tmp_path / "no-such-model"), "no such model folder"),
         "data file": (lambda: _cfg(languages=[], data_files=[str(bad)]), tiny_base, r"bad\.jsonl:1: missing field"),
         "too many dropped": (lambda: _cfg(max_len=8), tiny_base, "would be dropped"),

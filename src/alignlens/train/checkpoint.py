@@ -82,6 +82,9 @@ class TrainState:
     started: str = ""  # UTC time the first session started
     sessions: int = 1
     train_loss: float | None = None  # of the last optimizer step
+    #: one record per session, in order: its number, start time, command and runtime options
+    #: (`config.RUNTIME_OPTIONS`), see `trainer.session_record`; empty in checkpoints saved before
+    session_log: list[dict] = dataclasses.field(default_factory=list)
     rng: dict | None = None
 
     def to_checkpoint(self) -> tuple[dict, dict | None]:

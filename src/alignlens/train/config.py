@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alignlens import AlignlensError
@@ -29,6 +31,20 @@ BATCHINGS: tuple[str, ...] = ("bucketed", "random")
 
 #: Options that may change between the sessions of one run (everything else must match to resume).
 RUNTIME_OPTIONS: tuple[str, ...] = ("keep_checkpoints", "threads")
+
+#: Options without an `alignlens train` flag (library only): messages name them by their field name.
+LIBRARY_ONLY: tuple[str, ...] = ("append_eos", "warmup", "weight_decay", "max_grad_norm", "lora_dropout")
+
+#: Largest seed: numpy's global RNG (seeded by a run) takes 0 .. 2**32 - 1.
+MAX_SEED = 2 ** 32 - 1
+
+
+def option_flag(name: str) -> str:
+    """How a message names the option of `TrainConfig` field `name`: its `alignlens train` flag
+    (lr -> --lr, batch_size -> --batch-size, data_files -> --data), the field name for `LIBRARY_ONLY`."""
+    if name in LIBRARY_ONLY:
+        return name
+    return "--data" if name == "data_files" else "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -113,13 +129,47 @@ class TrainConfig:
             return [] if self.data_files and self.task is None else list(DEFAULT_LANGUAGES)
         return list(self.languages)
 
-    def differences(self, other: "TrainConfig") -> list[str]:
-        """Names of the options (other than `RUNTIME_OPTIONS`) whose values differ from `other`'s."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k, v in mine.items() if k not in RUNTIME_OPTIONS and theirs.get(k) != v]
+    def resume_differences(self, given: dict[str, Any]) -> list[str]:
+        """The options in `given` (field name -> value: those given for a resumed session, e.g. on
+        the command line) whose values differ from this config's, the saved run's, as
+        "FLAG VALUE (saved: VALUE)" (`option_flag`); `RUNTIME_OPTIONS` are skipped (they may
+        change). Values are compared as the run uses them: languages resolved (None = the default
+        zh,de), comma-separated strings split, item ranges as indices, files as absolute paths;
+        None in `given` is a value too (e.g. no task). Unknown names are an AlignlensError."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise AlignlensError(f"unknown training option(s) {', '.join(unknown)}")
+        out = []
+        for name in names:  # in the fields' order
+            if name not in given or name in RUNTIME_OPTIONS:
+                continue
+            value, saved = self._comparable(name, given[name]), self._comparable(name, getattr(self, name))
+            if value != saved:
+                out.append(f"{option_flag(name)} {_shown(given[name])} (saved: {_shown(getattr(self, name))})")
+        return out
+
+    def _comparable(self, name: str, value: Any) -> Any:
+        """`value` of option `name` in the form `resume_differences` compares."""
+        from alignlens.config import parse_items
+
+        if name in ("languages", "lora_targets") and isinstance(value, str):
+            value = [x.strip() for x in value.split(",") if x.strip()]
+        if name == "languages":
+            return dataclasses.replace(self, languages=value).resolved_languages()
+        if name == "train_items":
+            return None if value is None else parse_items(value, "--train-items")
+        if name == "data_files":
+            return [str(Path(p).expanduser().resolve()) for p in value or []]
+        if name == "lora_targets":  # peft adapts the matching modules in the model's order
+            return sorted(value or [])
+        return value
 
     def validate(self) -> None:
         """Normalise comma-separated strings to lists; raise AlignlensError naming a bad option."""
+        from alignlens.config import _unique
+        from alignlens.model import check_device
+
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise AlignlensError(msg)
@@ -129,13 +179,18 @@ class TrainConfig:
         if isinstance(self.lora_targets, str):
             self.lora_targets = [x.strip() for x in self.lora_targets.split(",") if x.strip()]
         self.data_files = [str(p) for p in self.data_files]
+        self._check_types()
+        need(self.preset in PRESETS, f"unknown preset {self.preset!r} (use {', '.join(PRESETS)})")
         need(self.batching in BATCHINGS,
              f"unknown batching {self.batching!r} (use {', '.join(BATCHINGS)})")
         need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
-        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0 (got {self.lr})")
         need(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})")
         need(self.grad_accum >= 1, f"grad accumulation must be >= 1 (got {self.grad_accum})")
         need(0 <= self.warmup < 1, f"warmup is a fraction of the steps in [0, 1) (got {self.warmup})")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight decay must be a finite number >= 0 (got {self.weight_decay})")
+        need(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (got {self.seed})")
         need(0 <= self.val_fraction < 1, f"val fraction must be in [0, 1) (got {self.val_fraction})")
         need(self.max_len >= 8, f"max length must be >= 8 (got {self.max_len})")
         need(0 <= self.max_drop_fraction <= 1,
@@ -143,11 +198,17 @@ class TrainConfig:
         need(self.per_language is None or self.per_language >= 1,
              f"per-language must be >= 1 (got {self.per_language})")
         need(self.full or self.lora_r >= 1, f"LoRA r must be >= 1 (got {self.lora_r})")
+        need(self.full or self.lora_alpha > 0, f"LoRA alpha must be > 0 (got {self.lora_alpha})")
         need(self.full or bool(self.lora_targets), "LoRA needs at least one target module")
+        if self.lora_targets:  # an empty or repeated name is a typo
+            self.lora_targets = list(_unique(self.lora_targets, "--lora-targets"))
         need(0 <= self.lora_dropout < 1, f"LoRA dropout must be in [0, 1) (got {self.lora_dropout})")
-        need(self.eval_every >= 0 and self.save_every >= 0, "eval/save intervals must be >= 0")
-        need(self.max_grad_norm >= 0, "max grad norm must be >= 0")
+        need(self.eval_every >= 0, f"--eval-every must be >= 0 (got {self.eval_every}; 0 = only at the end)")
+        need(self.save_every >= 0, f"--save-every must be >= 0 (got {self.save_every}; 0 = only on interruption)")
+        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+             f"max grad norm must be a finite number >= 0 (got {self.max_grad_norm}; 0 = no clipping)")
         need(self.threads is None or self.threads >= 1, f"threads must be >= 1 (got {self.threads})")
+        check_device(self.device)  # an unknown device, or cuda without a GPU
         need(bool(self.resolved_languages()) or bool(self.data_files),
              "no training data: give languages or data files")
         need(self.control in CONTROLS, f"unknown control {self.control!r} (use {' or '.join(map(str, CONTROLS[1:]))})")
@@ -157,6 +218,24 @@ class TrainConfig:
         need(self.task is not None or self.train_items is None, "--train-items needs --task (the task whose items they are)")
         if self.task is not None:
             self._resolve_task()
+
+    def _check_types(self) -> None:
+        """Each whole-number option an int, each switch a bool, each fraction or rate a number (a
+        config built in Python or read back from a file may hold anything)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None"):
+                ok = (value is None and f.type == "int | None") or (isinstance(value, int) and not isinstance(value, bool))
+                kind = "a whole number"
+            elif f.type == "bool":
+                ok, kind = isinstance(value, bool), "true or false"
+            elif f.type == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                kind = "a number"
+            else:
+                continue
+            if not ok:
+                raise AlignlensError(f"{option_flag(f.name)} must be {kind} (got {value!r})")
 
     def _resolve_task(self) -> None:
         """Check the task and its languages; set `train_items` to its canonical form (the task's
@@ -189,3 +268,15 @@ class TrainConfig:
         if self.task is None or self.train_items is None:
             return ()
         return parse_items(self.train_items, "--train-items") or ()
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a message shows it (lists comma-separated, None as "none", switches as
+    on/off)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)

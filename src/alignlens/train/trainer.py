@@ -4,7 +4,9 @@ checkpoint / finish).
 `train` top to bottom:
 
 1. checks that change nothing: options, the output folder (`checkpoint.check_out_dir`), a
-   checkpoint to resume (`Checkpoint.load`, options and model must match the saved ones);
+   checkpoint to resume (`Checkpoint.load`; options given and the model must match the saved
+   ones, `_resume_options`), the LoRA targets against the model's modules (`check_lora_targets`,
+   a meta-device skeleton, no weights);
 2. `setup`: seeds, data (`examples.load_pairs`/`build_data`: split, tokens, drop counts), the
    model (`model.load_hf`, float32, never the TransformerLens bridge; LoRA via peft, default
    r=8, alpha=16, dropout 0, q_proj+v_proj, or full fine-tuning), AdamW and a cosine schedule
@@ -71,13 +73,14 @@ import numpy as np
 import torch
 
 from alignlens import AlignlensError, RunInterrupted, distributed
-from alignlens.model import DEFAULT_MODEL, load_hf, load_tokenizer, model_source, resolve_device
+from alignlens.model import (DEFAULT_MODEL, ensure_default_model, load_hf, load_tokenizer, model_source,
+                             resolve_device)
 from alignlens.results import TEMP_PREFIX, now_iso, write_json
 from alignlens.results.manifest import provenance
 from alignlens.train.checkpoint import (FORMAT, Checkpoint, NoLog, TrainLog, TrainState, atomic_save,
                                         check_out_dir, load_trainable, load_weights, rng_state, save_folder,
                                         set_rng_state, start_writing, trainable_state, write_safetensors_shards)
-from alignlens.train.config import TrainConfig
+from alignlens.train.config import RUNTIME_OPTIONS, TrainConfig
 from alignlens.train.examples import (BUCKET_WINDOW, COUNT_KEYS, TrainData, build_data, collate, data_source,
                                       epoch_order, load_pairs, micro_batches, padding_share)
 from alignlens.train.loss import TargetLossModel, hf_causal_lm, validation_loss
@@ -203,6 +206,49 @@ def wrap_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
                              f"({str(exc).splitlines()[0]}); choose other targets or full fine-tuning") from None
 
 
+def model_skeleton(source: str) -> torch.nn.Module:
+    """The HF causal LM of `source` (a model folder or hub name) built from its config on the meta
+    device: every module, no weights, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_config = AutoConfig.from_pretrained(source)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
+def lora_adaptable(module: torch.nn.Module) -> bool:
+    """Whether peft's LoRA can adapt `module` (a linear, embedding, convolution or attention layer)."""
+    from transformers.pytorch_utils import Conv1D
+
+    nn = torch.nn
+    return isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention, Conv1D))
+
+
+def check_lora_targets(config: TrainConfig, model_spec: str) -> None:
+    """Refuse `config.lora_targets` that name no module LoRA can adapt in `model_spec`, before any
+    data or weights load: the model is built from its config on the meta device (`model_skeleton`),
+    and each target must match a module as peft matches a list of names (the module's full name or
+    its last dotted parts, e.g. q_proj or self_attn.q_proj). The message lists the model's Linear
+    modules. Skipped for full fine-tuning and when the model's config cannot be read here (the
+    loader then says why)."""
+    if config.full:
+        return
+    try:
+        kind, path = model_source(model_spec)
+        skeleton = model_skeleton(str(ensure_default_model(progress=False) if kind == "default" else path or model_spec))
+    except Exception:  # noqa: BLE001 - a bad model is reported by the loader, in its own words
+        return
+    names = [name for name, m in skeleton.named_modules() if name and lora_adaptable(m)]
+    bad = [t for t in config.lora_targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if bad:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in skeleton.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        raise AlignlensError(f"--lora-targets {','.join(bad)}: no such module in {model_spec} (its Linear modules: "
+                             f"{', '.join(linear)}); choose among them, or use --full")
+
+
 def load_model_to_train(config: TrainConfig, model_spec: str, device: torch.device, tokenizer: Any
                         ) -> tuple[torch.nn.Module, dict]:
     """(the model in train mode, float32 on `device`, LoRA-wrapped unless `config.full`; its
@@ -231,20 +277,15 @@ def load_model_to_shard(config: TrainConfig, model_spec: str, tokenizer: Any) ->
     base_info = distributed.broadcast_object(loaded[1] if loaded else None)
     if loaded is not None:
         return loaded
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf_config = AutoConfig.from_pretrained(base_info["path"] or base_info["spec"])
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    return _trainable(model, config), base_info
+    return _trainable(model_skeleton(base_info["path"] or base_info["spec"]), config), base_info
 
 
 def seed_all(seed: int) -> None:
-    """Seed the global RNGs a run uses (python, numpy, torch)."""
+    """Seed the global RNGs a run uses (python, numpy, torch). numpy takes seeds below 2**32, so it
+    gets `seed` modulo 2**32 (the same for every run seed, `config.MAX_SEED`; a rank's `rank_seed`
+    may be larger)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
 
 
@@ -851,13 +892,33 @@ def resume_command(out: Path, world_size: int) -> str:
     return f"torchrun{nodes} --nproc_per_node={local} -m alignlens {args}"
 
 
+def session_record(state: TrainState, config: TrainConfig, command: str) -> dict:
+    """One entry of `TrainState.session_log` (and the manifest's `training.session_log`): this
+    session's number, start time, command line and runtime options (`config.RUNTIME_OPTIONS`, the
+    only options that may change between sessions)."""
+    return {"session": state.sessions, "started": now_iso(), "command": command,
+            **{name: getattr(config, name) for name in RUNTIME_OPTIONS}}
+
+
+def first_command(state: TrainState, command: str) -> str:
+    """The command that started the run: the first session's (`state.session_log`); `command` when
+    no session was logged; "" when the log starts later (a checkpoint saved before sessions were
+    logged)."""
+    if not state.session_log:
+        return command
+    first = state.session_log[0]
+    return first["command"] if first["session"] == 1 else ""
+
+
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
                       best_weights: bool, command: str = "", world_size: int = 1, parallel: str | None = None,
                       per_step: int | None = None) -> dict:
     """`manifest.json` of a finished run: the provenance keys every alignlens manifest shares
     (`results.manifest.provenance`: model = the base model, data, options, seed, versions, commit,
-    times) plus training's own. `elapsed`: training-loop seconds over all sessions; `best_weights`:
+    times) plus training's own. `command`: the one that started the run (`first_command`; a resumed
+    run's sessions are in `training.session_log`, each with its command and runtime options).
+    `elapsed`: training-loop seconds over all sessions; `best_weights`:
     the outputs hold the best-validation weights (else the final ones); `world_size`: processes
     (torchrun), `parallel`: "ddp", "fsdp" or None (one process); `per_step`: examples per optimizer
     step (default `batch_size` x `grad_accum` x `world_size`), for `training.batching`."""
@@ -876,7 +937,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
                    if config.control == "copy" else "prompt = <X question>\\nTranslate the input from <X> to English:\\n; ")
                   + "target = <English question>" + (" + EOS" if config.append_eos else "")}
     return {
-        **provenance(command=command, model=base_info, data=data_section, options=config.to_dict(),
+        **provenance(command=first_command(state, command), model=base_info, data=data_section, options=config.to_dict(),
                      seed=config.seed, started=state.started, finished=now_iso()),
         "format": FORMAT,
         "base_model": base_info,  # the same as "model": the model that was fine-tuned
@@ -885,7 +946,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
                      "device": str(device), "world_size": world_size, "parallel": parallel,
                      "global_batch": config.batch_size * config.grad_accum * world_size,
                      "batching": batching_record(data, config, per_step or config.batch_size * config.grad_accum * world_size),
-                     "tokens_seen": state.tokens, "sessions": state.sessions,
+                     "tokens_seen": state.tokens, "sessions": state.sessions, "session_log": list(state.session_log),
                      "wall_seconds": round(elapsed, 1),
                      "tokens_per_second": round(state.tokens / elapsed, 1) if elapsed > 0 else None},
         "initial_val_loss": state.initial_val,
@@ -902,19 +963,35 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
 # ---- entry point ----------------------------------------------------------------------------
 
 
-def _resume_options(config: TrainConfig | None, model_spec: str | None, ckpt: Checkpoint) -> tuple[TrainConfig, str]:
-    """The saved options and model of `ckpt`; given ones must equal them (except `RUNTIME_OPTIONS`,
-    which the given config may change)."""
+def same_model(spec: str, saved: str) -> bool:
+    """Whether model spec `spec` names the saved run's model `saved` (the same text, or two paths
+    to the same folder)."""
+    if spec == saved:
+        return True
+    a, b = Path(spec).expanduser(), Path(saved).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _resume_options(config: TrainConfig | None, model_spec: str | None, ckpt: Checkpoint,
+                    options: dict[str, Any] | None = None) -> tuple[TrainConfig, str]:
+    """The saved options and model of `ckpt`. Given ones must equal them: a whole `config`, or
+    `options`, only the options the user gave (field name -> value), and `model_spec`; every one
+    that differs is named in one AlignlensError (`TrainConfig.resume_differences`), nothing loaded.
+    `RUNTIME_OPTIONS` may change: the config's, or those in `options`, replace the saved ones."""
     saved = TrainConfig.from_dict({**ckpt.config, "batching": saved_batching(ckpt.config)})
+    diff = []
+    if model_spec is not None and not same_model(model_spec, ckpt.model_spec):
+        diff.append(f"--model {model_spec} (saved: {ckpt.model_spec})")
     if config is not None:
-        diff = config.differences(saved)
-        if diff:
-            raise AlignlensError(f"cannot resume with different options ({', '.join(diff)}); "
-                                 f"omit them to use the saved ones")
-        saved.keep_checkpoints, saved.threads = config.keep_checkpoints, config.threads
-    if model_spec is not None and model_spec != ckpt.model_spec:
-        raise AlignlensError(f"cannot resume with a different model ({model_spec!r}, saved: {ckpt.model_spec!r})")
-    return saved, ckpt.model_spec
+        diff += saved.resume_differences(config.to_dict())
+    if options:
+        diff += saved.resume_differences(options)
+    if diff:
+        raise AlignlensError(f"cannot resume with different options ({'; '.join(diff)}); omit them to continue "
+                             f"with the saved ones, or start again with --force")
+    runtime = ({name: getattr(config, name) for name in RUNTIME_OPTIONS} if config is not None else {})
+    runtime.update({name: v for name, v in (options or {}).items() if name in RUNTIME_OPTIONS})
+    return dataclasses.replace(saved, **runtime), ckpt.model_spec
 
 
 def setup(config: TrainConfig, model_spec: str, out: Path, ckpt: Checkpoint | None, progress: bool,
@@ -955,17 +1032,25 @@ def check_world(config: TrainConfig, ckpt: Checkpoint | None, world: distributed
 
 def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Path, *, resume: bool = False,
           force: bool = False, progress: bool = True,
-          callback: Callable[[dict], None] | None = None, command: str = "") -> TrainResult:
+          callback: Callable[[dict], None] | None = None, command: str = "",
+          options: dict[str, Any] | None = None) -> TrainResult:
     """Fine-tune `model_spec` on question translation and write a model folder to `out_dir`.
 
     `resume=True` continues from `out_dir/checkpoints/last.pt`; `config` and `model_spec` may
-    then be None (the saved ones are used) and must otherwise equal the saved ones. Without
-    `resume`, a non-empty `out_dir` is an error unless `force`. `callback(record)` is called after
-    every optimizer step with the step's log record (raising KeyboardInterrupt there behaves like
-    Ctrl-C). Ctrl-C/SIGTERM saves a checkpoint and raises `TrainInterrupted`.
+    then be None (the saved ones are used) and must otherwise equal the saved ones (all options
+    but `config.RUNTIME_OPTIONS`, which change for the session). `options` (with `config` None):
+    only the options the user gave (field names -> values, "preset" included), as the command line
+    passes them: on resume each must equal the saved run's resolved value (every one that differs
+    is named, before anything loads), else the run's config is `TrainConfig.from_preset` of them.
+    Without `resume`, a non-empty `out_dir` is an error unless `force`. `callback(record)` is called
+    after every optimizer step with the step's log record (raising KeyboardInterrupt there behaves
+    like Ctrl-C). Ctrl-C/SIGTERM saves a checkpoint and raises `TrainInterrupted`. `command`: this
+    session's command line; the manifest keeps the first session's as `command` and every
+    session's, with its runtime options, in `training.session_log`.
 
     Nothing in `out_dir` changes until everything that can be checked was: options, the output
-    folder, data files, the model path, the tokenised data (`max_drop_fraction`), loading the
+    folder, the LoRA targets against the model's modules (`check_lora_targets`, no weights
+    loaded), data files, the model path, the tokenised data (`max_drop_fraction`), loading the
     model and fitting LoRA. Only then does a forced run remove the previous run's files (only
     `checkpoint.ARTIFACTS`, never other files).
 
@@ -976,15 +1061,19 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     """
     session_start = time.perf_counter()
     out = Path(out_dir).expanduser()
+    if config is None and options is not None and not resume:
+        given = dict(options)
+        config = TrainConfig.from_preset(given.pop("preset", None) or "default", **given)
     if config is not None:
         config.validate()
     ckpt_path = check_out_dir(out, resume, force)
     ckpt = Checkpoint.load(ckpt_path) if ckpt_path is not None else None
     if ckpt is not None:
-        config, model_spec = _resume_options(config, model_spec, ckpt)
+        config, model_spec = _resume_options(config, model_spec, ckpt, options)
     config = config or TrainConfig.from_preset("default")
     config.validate()
     model_spec = model_spec or DEFAULT_MODEL
+    check_lora_targets(config, model_spec)
     env = distributed.env_world()
     check_world(config, ckpt, env, out)
     device = distributed.rank_device(resolve_device(config.device))
@@ -994,6 +1083,7 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
         try:
             trainer.command = command
             trainer.start(ckpt)
+            trainer.state.session_log.append(session_record(trainer.state, config, command))
             return trainer.run(progress and world.is_main, callback)
         finally:
             if world.distributed:
