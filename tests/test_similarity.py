@@ -6,6 +6,7 @@ import torch
 from scipy import stats as sps
 
 from alignlens import AlignlensError, similarity
+from alignlens.similarity import measures, resampling
 from alignlens.similarity import (
     cosine_per_item,
     linear_cka,
@@ -97,7 +98,7 @@ def test_retrieval():
 @pytest.mark.parametrize("shape,eigh_max", [((150, 90), 1024), ((40, 90), 1024), ((150, 90), 16)])
 def test_pca_scores_match_full_svd(monkeypatch, shape, eigh_max):
     """All three paths (X'X eigh, XX' eigh, Lanczos svds) agree with a full SVD."""
-    monkeypatch.setattr(similarity, "_EIGH_MAX", eigh_max)
+    monkeypatch.setattr(measures, "_EIGH_MAX", eigh_max)
     n, d = shape
     x = RNG.normal(size=(n, d)) @ np.diag(np.linspace(3, 0.1, d)) + 5.0
     s = pca_scores(x)
@@ -209,7 +210,7 @@ def _fit_coordinates(n_fit: int, n: int, d: int, seed: int) -> np.ndarray:
     mats = [item + 0.4 * rng.normal(size=(n, d)) * scale + rng.normal(size=d) for _ in range(n_fit)]
     xs = np.concatenate(mats)
     mu = xs.mean(axis=0)
-    v, _ = similarity._pca_basis(xs - mu)
+    v, _ = measures._pca_basis(xs - mu)
     return np.stack([(m - mu) @ v for m in mats])
 
 
@@ -248,16 +249,16 @@ def test_pc1_replicates_direct_and_davidson_match_eigh(monkeypatch, n_fit, n, d)
     zf = _fit_coordinates(n_fit, n, d, seed=n)
     r = zf.shape[2]
     assert r == min(n_fit * n - 1, d)
-    assert (r <= similarity.PCA_BOOT_DIRECT_RANK) == (d == 30)
+    assert (r <= resampling.PCA_BOOT_DIRECT_RANK) == (d == 30)
     w = similarity.bootstrap_counts(n, 40, seed=3)
     ref, vals = _pc1_by_eigh(zf, w)
     gap = (vals[:, 0] - vals[:, 1]) / vals[:, 0]
     assert gap.min() > 0.02  # well-separated PC1s: eigenvectors determined to ~1e-14 / gap
 
     def run(direct: bool, tol: float) -> tuple[np.ndarray, float]:
-        monkeypatch.setattr(similarity, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
-        monkeypatch.setattr(similarity, "PCA_BOOT_TOL", tol)
-        return similarity._pc1_replicates(zf, w)
+        monkeypatch.setattr(resampling, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
+        monkeypatch.setattr(resampling, "PCA_BOOT_TOL", tol)
+        return resampling._pc1_replicates(zf, w)
 
     def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # up to sign, per replicate
         return np.minimum(np.abs(a - b).max(axis=1), np.abs(a + b).max(axis=1))
@@ -279,18 +280,18 @@ def test_pc1_replicates_direct_and_davidson_match_eigh(monkeypatch, n_fit, n, d)
     # callers use u only through Pearson r of scores on it: a sign flip per replicate changes nothing
     flip = np.where(np.arange(len(w)) % 2 == 0, 1.0, -1.0)[:, None]
     sc = [u_dir @ zf[p].T for p in range(2)]
-    np.testing.assert_array_equal(similarity._weighted_pearson(sc[0], sc[1], w),
-                                  similarity._weighted_pearson(flip * sc[0], flip * sc[1], w))
+    np.testing.assert_array_equal(resampling._weighted_pearson(sc[0], sc[1], w),
+                                  resampling._weighted_pearson(flip * sc[0], flip * sc[1], w))
 
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_pc1_replicates_no_resamples_and_rank_one(monkeypatch, direct):
     """Zero resamples give an empty result; a rank-1 fit (r = 1) gives u = +-1 on both paths."""
-    monkeypatch.setattr(similarity, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
+    monkeypatch.setattr(resampling, "PCA_BOOT_DIRECT_RANK", 10**6 if direct else 0)
     zf = _fit_coordinates(2, 6, 12, seed=1)
-    u, res = similarity._pc1_replicates(zf, np.zeros((0, 6)))
+    u, res = resampling._pc1_replicates(zf, np.zeros((0, 6)))
     assert u.shape == (0, zf.shape[2]) and res == 0.0
     line = np.linspace(-1.0, 1.0, 6)[None, :, None] * np.array([1.0, 2.0])[:, None, None]  # [2, 6, 1]
-    u, res = similarity._pc1_replicates(line, similarity.bootstrap_counts(6, 20, seed=0))
+    u, res = resampling._pc1_replicates(line, similarity.bootstrap_counts(6, 20, seed=0))
     np.testing.assert_allclose(np.abs(u), 1.0)
     assert res < 1e-12

@@ -19,6 +19,7 @@ import torch
 from alignlens import AlignlensError, data
 from alignlens import similarity as S
 from alignlens.config import AnalyzeConfig
+from alignlens.similarity import analysis, resampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -238,8 +239,8 @@ def test_resampled_unbiased_hsic_excludes_pairs_of_one_item():
     k, l = x @ x.T, y @ y.T
     w = np.vstack([S.bootstrap_counts(7, 6, seed=5), [[4, 2, 0, 0, 0, 0, 1]]]).astype(float)
     assert (w.sum(1) == 7).all() and (w == 0).any() and (w > 1).any()
-    a, b = S._WeightedGram(k, w), S._WeightedGram(l, w)
-    got = S._weighted_hsic(a, b)
+    a, b = resampling._WeightedGram(k, w), resampling._WeightedGram(l, w)
+    got = resampling._weighted_hsic(a, b)
     distinct = (w > 0).sum(1)
     assert (distinct >= 4).sum() >= 3 and distinct[-1] == 3
     for r in range(len(w)):
@@ -303,7 +304,7 @@ def test_replicates_equal_direct_recomputation_on_resampled_items():
     langs = ["en", "de", "fr", "hi"]
     st = _lang_states(langs, n=18, d=60, seed=2, noise={"de": 0.5, "fr": 1.5, "hi": 3.0})
     w = S.bootstrap_counts(18, 12, seed=9)
-    points, reps, _ = S._layer_measures(st, "en", ["en", "de", "fr"], w)  # hi projected
+    points, reps, _ = analysis._layer_measures(st, "en", ["en", "de", "fr"], w)  # hi projected
     unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
     for b in range(12):
         idx = np.repeat(np.arange(18), w[b].astype(int))
@@ -341,7 +342,7 @@ def test_stored_replicates_and_paired_change():
     assert ra["bootstrap"]["mean_languages"]["pca_pearson"] == ["de", "fr"]
     assert ra["bootstrap"]["mean_languages"]["cosine_mean_centered"] == ["de", "fr", "zz"]
     # stored replicates: the estimate plus a float16 deviation, against the full-precision ones
-    direct = S._layer_measures({l: base[l] for l in langs}, "en", fit, S.bootstrap_counts(30, 400, 1))[1]
+    direct = analysis._layer_measures({l: base[l] for l in langs}, "en", fit, S.bootstrap_counts(30, 400, 1))[1]
     stored = S.replicates(ra, "raw", "pca_pearson", "de")
     assert stored.shape == (2, 400)
     np.testing.assert_allclose(stored[0], direct["pca_pearson"]["de"], atol=2e-4)
