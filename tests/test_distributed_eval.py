@@ -84,7 +84,10 @@ def test_analyze_two_ranks_byte_identical_with_an_empty_rank(tiny, tmp_path):
     assert json.loads((tmp_path / "a2" / "base" / "manifest.json").read_text())["world_size"] == 2
     assert _manifest_core(tmp_path / "a1" / "base" / "manifest.json") == \
         _manifest_core(tmp_path / "a2" / "base" / "manifest.json")
-    # --resume across ranks: every shard is there, so the resumed run recomputes nothing and agrees
+    # --resume across ranks (of a run marked interrupted): every shard is there, so the resumed run
+    # recomputes nothing and agrees
+    manifest = tmp_path / "a2" / "base" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}), encoding="utf-8")
     proc = run(2, *common, "--out", str(tmp_path / "a2"), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "a1" / "base" / "neurons.json").read_bytes() == \
