@@ -87,9 +87,11 @@ def test_analyze_two_ranks_equal_one_process_with_an_empty_rank(tiny, tmp_path):
     assert json.loads((tmp_path / "a2" / "base" / "manifest.json").read_text())["world_size"] == 2
     assert _manifest_core(tmp_path / "a1" / "base" / "manifest.json") == \
         _manifest_core(tmp_path / "a2" / "base" / "manifest.json")
-    # --resume across ranks: every shard is there, so the resumed run recomputes nothing: the same
-    # path as the run that wrote them, so the analyses come out byte-identical
+    # --resume across ranks (of a run marked interrupted): every shard is there, so the resumed run
+    # recomputes nothing: the same path as the run that wrote them, so the analyses come out byte-identical
     before = (tmp_path / "a2" / "base" / "neurons.json").read_bytes()
+    manifest = tmp_path / "a2" / "base" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}), encoding="utf-8")
     proc = run(2, *common, "--out", str(tmp_path / "a2"), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "a2" / "base" / "neurons.json").read_bytes() == before

@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 import torch
 
-from alignlens import AlignlensError, RunInterrupted, data, distributed
+from alignlens import AlignlensError, NumericalError, RunInterrupted, data, distributed
 from alignlens.capture.capturer import Capturer, LanguageCapture, check_neuron_hooks
 from alignlens.capture.reducers import ActivationCounter, RowStore
-from alignlens.capture.shards import load_shard, save_shard, shard_path
+from alignlens.capture.shards import load_shard, save_shard, shard_data_hash, shard_mismatch, shard_path
 from alignlens.config import AnalyzeConfig, check_rows
 from alignlens.engine import score_prompts
 from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
@@ -42,6 +42,8 @@ from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import compare_neurons, neuron_report
 from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, read_jsonl, write_json
+from alignlens.results.schema import resume_command
+from alignlens.resume import FolderBefore, check_resume, check_resume_model, refuse_interrupted
 from alignlens.similarity import resolve_pca_languages, similarity_analysis
 
 
@@ -96,6 +98,19 @@ def gather_capture(cap: LanguageCapture) -> LanguageCapture:
     return cap
 
 
+def run_plan(config: AnalyzeConfig) -> list[tuple[data.TaskSpec, str, list[data.Item], data.TaskSpec | None]]:
+    """(task spec, language, the selected items, the capture pass's spec or None: `capture_spec`) of
+    every (task, language) of `config`, in run order (no model)."""
+    plan = []
+    for t in config.tasks:
+        spec = data.load_task(t)
+        for lang in data.task_languages(spec, config.languages):
+            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
+                                                         f"task {spec.name}, language {lang}"),
+                         capture_spec(spec, lang, config.lens_prompts)))
+    return plan
+
+
 def check_lens_prompts(config: AnalyzeConfig) -> None:
     """Build every target-label prompt of the run (no model): a task or language whose
     demonstrations cannot carry the target words fails here, before any model loads."""
@@ -113,29 +128,23 @@ def capture_run(
     runs on the English-label prompts; the capture (lens, states, neurons) on `config.lens_prompts`:
     with "target-labels" a second pass on the target-label prompts (`capture_spec`), else (or where
     those equal the evaluation prompts) the same pass. With `shard_dir`, finished (task, language)
-    shards found there are loaded instead of recomputed, and new ones are saved."""
+    shards found there are loaded instead of recomputed (refused, AlignlensError, when their data,
+    items or prompts differ: `shards.shard_mismatch`), and new ones are saved with their data hash."""
     check_neuron_hooks(model)
-    plan = []
-    for t in config.tasks:
-        spec = data.load_task(t)
-        for lang in data.task_languages(spec, config.languages):
-            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
-                                                         f"task {spec.name}, language {lang}"),
-                         capture_spec(spec, lang, config.lens_prompts)))
+    plan = run_plan(config)
     total = sum(len(i) * (1 if c is None else 2) for _, _, i, c in plan)
     bar = progress.add_task("capturing", total=total) if progress is not None else None
     done = (lambda n: progress.advance(bar, n)) if progress is not None else None
     results, captures = [], {}
     for spec, lang, items, cap_spec in plan:
         path = shard_path(shard_dir, spec.name, lang) if shard_dir is not None else None
+        data_hash = shard_data_hash(spec, lang, items) if path is not None else None
         # rank 0's view of the saved shards decides for every rank (it alone writes them)
         if path is not None and distributed.broadcast_object(path.is_file()):
+            why = shard_mismatch(path, data_hash, [it.index for it in items], config.lens_prompts)
+            if why is not None:
+                raise AlignlensError(f"cannot reuse {path}: {why}; use --force to start again")
             result, cap = load_shard(path)
-            if result.indices != [it.index for it in items]:
-                raise AlignlensError(f"{path}: saved items differ from this run's (other --limit?); use --force")
-            if cap.prompts != config.lens_prompts:
-                raise AlignlensError(f"{path}: captured with --lens-prompts {cap.prompts}, not {config.lens_prompts}; "
-                                     "use --force")
             if progress is not None:
                 progress.advance(bar, len(items) * (1 if cap_spec is None else 2))
         else:
@@ -150,7 +159,7 @@ def capture_run(
                 _capture_pass(model, cap_spec, lang, items, capturer, config.batch_size, fwd_hooks, done)
             cap = gather_capture(capturer.capture)
             if path is not None:
-                distributed.on_main(lambda: save_shard(shard_dir, result, cap))
+                distributed.on_main(lambda: save_shard(shard_dir, result, cap, data_hash=data_hash))
         results.append(result)
         captures[(spec.name, lang)] = cap
     return results, captures
@@ -262,30 +271,6 @@ def analyze_model(
     return distributed.broadcast_object(distributed.on_main(finish))
 
 
-def check_resume(run_dir: Path, spec: str, config: AnalyzeConfig) -> dict | None:
-    """The saved manifest of `run_dir` if it exists and matches `spec` and `config`; None if the role
-    was not started. Raises AlignlensError naming the first mismatch."""
-    path = run_dir / "manifest.json"
-    if not path.is_file():
-        return None
-    saved = read_json(path)
-    saved_spec = saved.get("model", {}).get("spec")
-    if saved_spec != spec:
-        raise AlignlensError(f"cannot resume {run_dir}: it was run with model {saved_spec!r}, not {spec!r}")
-    diff = config.resume_mismatch(saved.get("options", {}))
-    if diff:
-        raise AlignlensError(f"cannot resume {run_dir}: options differ from the saved run's "
-                             f"({', '.join(diff)}); use the same options, or --force to start again")
-    return saved
-
-
-def _check_resume_model(saved: dict | None, model: LoadedModel, run_dir: Path) -> None:
-    h = (saved or {}).get("model", {}).get("hash")
-    if h is not None and model.hash is not None and h != model.hash:
-        raise AlignlensError(f"cannot resume {run_dir}: the model's weights changed since it was started "
-                             f"(hash {model.hash[:12]}, saved {h[:12]})")
-
-
 def analyze(
     config: AnalyzeConfig, model: str = "gemma-3-270m", compare: str | None = None, out: str | Path = "runs/analysis",
     *, force: bool = False, resume: bool = False, device: str = "auto", dtype: str = "auto", report: bool = True,
@@ -297,8 +282,13 @@ def analyze(
 
     Everything is checked before a model is loaded (options, models, output folder). A new folder
     is written directly; over earlier results (`force`), the new run is staged and swapped in at
-    the end, so a failure leaves the earlier results as they were. `resume` continues the run in
-    `out` with the same model(s) and options (checked), keeping its finished shards.
+    the end, so a failure leaves the earlier results as they were; when the numbers fail a check
+    (NumericalError, exit 3) nothing is kept: a new folder is removed again, an empty one emptied.
+    Without `force` an interrupted run in `out` is refused with the --resume to continue it.
+    `resume` continues the run in `out` exactly (`resume.check_resume`: same model(s), options,
+    torch threads and task data, else refused before any model loads), keeping its finished roles
+    and (task, language) shards; a finished run is refused (nothing to resume) unless its report is
+    missing and `report` (then only the comparison and report are written).
     `device_map`/`max_memory`: place each model over several devices as it loads (`model.load_model`)."""
     from alignlens.model import check_dtype, check_model_spec, check_placement
 
@@ -315,22 +305,25 @@ def analyze(
     check_training_overlap(config, [spec for _, spec in specs])
     check_lens_prompts(config)
     check_similarity_options(config)
+    if resume and force:
+        raise AlignlensError("--resume continues the run in --out and --force starts it again: give only one of them")
     folder = OutputFolder(out, ANALYZE_FILES, force)
     saved: dict[str, dict | None] = {}
+    done: set[str] = set()
+    before = FolderBefore.take(out)
     if resume:
-        if not (out / "base" / "manifest.json").is_file():
-            raise AlignlensError(f"nothing to resume in {out}: no started analyze run there")
-        if not compare and (out / "aligned" / "manifest.json").is_file():
-            raise AlignlensError(f"cannot resume {out}: it was run with --compare; give the same --compare")
+        saved, done = check_resume(out, specs, config, run_plan(config), report=report)
         config = dataclasses.replace(config, save_activations=True)
-        saved = {name: check_resume(out / name, spec, config) for name, spec in specs}
         stage = out
-    else:  # under torchrun rank 0 alone prepares the folder; the others learn where it is
+    else:
+        if not force:
+            refuse_interrupted(out, command)
+        # under torchrun rank 0 alone prepares the folder; the others learn where it is
         stage = distributed.broadcast_object(distributed.on_main(folder.begin))
     state = {"role": None}
     try:
-        summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state,
-                                            placement={"device_map": device_map, "max_memory": max_memory})
+        summaries, trained = _analyze_roles(config, specs, stage, saved, done, device, dtype, progress, command, log,
+                                            state, placement={"device_map": device_map, "max_memory": max_memory})
 
         def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
             if compare:
@@ -349,6 +342,20 @@ def analyze(
         report_path = distributed.broadcast_object(distributed.on_main(finish))
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
+    except NumericalError as exc:  # exit 3: nothing written (a resumed run's folder as before this attempt)
+        # rank 0 alone, no collective: the other ranks may be failing elsewhere
+        if stage != out:
+            if distributed.is_main():
+                folder.abort()
+            kept = f"the new run was discarded; the earlier results in {out} are unchanged"
+        else:
+            if distributed.is_main():
+                before.restore()
+            kept = (f"{out} is as it was before this attempt (the interrupted run, unchanged)" if resume else
+                    f"the new run was discarded ({out} is as it was before)")
+            if config.save_activations:
+                kept += "; no new shard was kept (a --resume would meet the same numbers)"
+        raise NumericalError(f"{exc}; {kept}") from None
     except BaseException:
         if stage != out and distributed.is_main():
             folder.abort()
@@ -356,21 +363,28 @@ def analyze(
     return {"runs": summaries, "report": report_path, "trained_languages": trained}
 
 
-def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, device: str,
-                   dtype: str, progress: Any, command: str, log: Callable[[str], None],
+def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, done: set[str],
+                   device: str, dtype: str, progress: Any, command: str, log: Callable[[str], None],
                    state: dict, placement: dict | None = None) -> tuple[dict, list[str]]:
-    """Load and analyse each (role, model) in turn; returns the summaries and the languages the
+    """Load and analyse each (role, model) in turn, except the roles in `done` (finished before a
+    resume: their files are kept and read back); returns the summaries and the languages the
     compared (aligned) model was trained on, from its training manifest."""
     summaries, trained = {}, []
     for name, spec in specs:
         state["role"] = name
         run_dir = stage / name
+        if name in done:
+            log(f"{name}: finished before, kept as it is")
+            summaries[name] = read_json(run_dir / "summary.json")
+            if name == "aligned":
+                trained = list((saved.get(name) or {}).get("trained_languages", []))
+            continue
         distributed.on_main(lambda: run_dir.mkdir(exist_ok=True))
         log(f"loading {spec}")
         m = load_model(spec, device=device, dtype=dtype, **(placement or {}))
-        _check_resume_model(saved.get(name), m, run_dir)
+        check_resume_model(saved.get(name), m, run_dir)
         summaries[name] = analyze_model(m, config, run_dir, progress=progress, command=command,
-                                        extra_manifest={"role": name})
+                                        extra_manifest={"role": name, "run_models": dict(specs)})
         if name == "aligned":
             trained = list(m.info.get("trained_languages", []))
         del m
@@ -449,7 +463,7 @@ def _interrupted_message(out: Path, stage: Path, folder: OutputFolder, config: A
     if stage != out:  # a staged run over earlier results: drop it, the earlier results stay
         folder.abort()
         return f"{what}; the earlier results in {out} are unchanged and the partial new run was discarded"
-    resume = (command or "alignlens analyze ...") + ("" if "--resume" in command else " --resume")
+    resume = resume_command(command, out)
     if config.save_activations:
         return f"{what}; finished (task, language) shards are kept in {out}/*/activations; continue with: {resume}"
     return (f"{what}; partial results are in {out} (nothing resumable without --save-activations); "

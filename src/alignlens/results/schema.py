@@ -223,12 +223,24 @@ class Run:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Load and check one run folder (AlignlensError naming the missing file or key)."""
+    """Load and check one run folder (AlignlensError naming the missing file or key). An `alignlens
+    analyze` folder (OUT, not OUT/base) or an unfinished analyze run is refused with what to run
+    instead (`AnalyzeFolder.report_hint`, `resume_command`)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AlignlensError(f"{run_dir}: results folder does not exist")
     if not run_dir.is_dir():
         raise AlignlensError(f"{run_dir}: not a folder (expected a results folder)")
+    if not (run_dir / "summary.json").is_file():
+        outer = read_analyze_folder(run_dir)
+        if outer is not None:
+            raise AlignlensError(outer.report_hint())
+    if (run_dir / "manifest.json").is_file() and not (run_dir / "summary.json").is_file():
+        m = read_json(run_dir / "manifest.json")
+        if isinstance(m, dict) and m.get("status") == "running":
+            raise AlignlensError(
+                f"{run_dir}: unfinished `alignlens analyze` run (it was interrupted; no results yet): continue it "
+                f"with `{resume_command(str(m.get('command') or ''), run_dir.parent)}`, which also writes the report")
     for name in REQUIRED_FILES:
         if not (run_dir / name).is_file():
             raise AlignlensError(f"{run_dir}: missing required file {name}")
@@ -261,6 +273,100 @@ def check_results(run_dir: Path) -> None:
     load_run(Path(run_dir))
 
 
+
+
+# ---- an `alignlens analyze` output folder ----------------------------------------------------
+
+
+def resume_command(command: str, out: Path) -> str:
+    """The command that continues an interrupted `alignlens analyze` run in `out`: its recorded
+    command line `command` with --resume (and without --force, which --resume excludes)."""
+    import shlex
+
+    try:
+        args = shlex.split(command)
+    except ValueError:
+        args = []
+    if len(args) < 2 or args[1] != "analyze":
+        return f"alignlens analyze ... --out {shlex.quote(str(out))} --resume (with the run's options)"
+    args = [a for a in args if a != "--force"]
+    return shlex.join(args + ([] if "--resume" in args else ["--resume"]))
+
+
+@dataclass
+class AnalyzeFolder:
+    """What an `alignlens analyze` output folder holds, from its role manifests (OUT/base,
+    OUT/aligned; `status` "running" until a role is finished)."""
+
+    path: Path
+    manifests: dict[str, dict | None]  # role -> its manifest.json, None when the role was not started
+
+    @property
+    def records_models(self) -> bool:
+        """True when the base manifest records the run's models (`run_models`, written since resumed
+        runs check --compare), so a role not started yet is known."""
+        return isinstance((self.manifests.get("base") or {}).get("run_models"), dict)
+
+    @property
+    def models(self) -> dict[str, str]:
+        """role -> model spec of the run as started (`run_models`, recorded since roles are checked on
+        resume), else of the roles started."""
+        recorded = (self.manifests.get("base") or {}).get("run_models")
+        if isinstance(recorded, dict):
+            return {str(k): str(v) for k, v in recorded.items()}
+        return {r: str((m.get("model") or {}).get("spec")) for r, m in self.manifests.items() if m is not None}
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Roles of the run not finished: started and interrupted ("running"), or not started yet."""
+        return [r for r in self.models
+                if self.manifests.get(r) is None or self.manifests[r].get("status") == "running"]
+
+    @property
+    def finished(self) -> bool:
+        """Every role finished and, with two models, comparison.json written (the report may be absent)."""
+        return not self.unfinished and ("aligned" not in self.models or (self.path / "comparison.json").is_file())
+
+    @property
+    def command(self) -> str:
+        return str(next((m.get("command") for m in self.manifests.values() if m and m.get("command")), ""))
+
+    def resume_command(self) -> str:
+        return resume_command(self.command, self.path)
+
+    def report_command(self) -> str:
+        """`alignlens report OUT/base [--compare OUT/aligned]`: the report of this run."""
+        import shlex
+
+        cmd = f"alignlens report {shlex.quote(str(self.path / 'base'))}"
+        if "aligned" in self.models:
+            cmd += f" --compare {shlex.quote(str(self.path / 'aligned'))}"
+        return cmd
+
+    def report_hint(self) -> str:
+        """Why `alignlens report` refuses this folder, and what to run instead."""
+        if not self.finished:
+            what = ", ".join(self.unfinished) if self.unfinished else "the comparison"
+            return (f"{self.path} holds an unfinished `alignlens analyze` run ({what} not finished): continue it "
+                    f"with `{self.resume_command()}`, which also writes the report")
+        pdf = self.path / "report.pdf"
+        return (f"{self.path} is an `alignlens analyze` folder, not one run: use `{self.report_command()}`"
+                + (f" (its report is {pdf})" if pdf.is_file() else ""))
+
+
+def read_analyze_folder(out: Path) -> AnalyzeFolder | None:
+    """The analyze run in `out` (None when `out` has no OUT/base/manifest.json)."""
+    out = Path(out)
+    if not (out / "base" / "manifest.json").is_file():
+        return None
+    manifests: dict[str, dict | None] = {}
+    for role in ("base", "aligned"):
+        path = out / role / "manifest.json"
+        m = read_json(path) if path.is_file() else None
+        if m is not None and not isinstance(m, dict):
+            _fail(path, "should be a JSON object")
+        manifests[role] = m
+    return AnalyzeFolder(out, manifests)
 
 
 def _training_manifest(model_folder: Path) -> tuple[Path, dict | None]:
