@@ -56,7 +56,10 @@ def direct_auc(scores, gold, w) -> float:
     return num / den
 
 
-def test_weighted_auc_equals_direct_and_rank_auc_with_ties():
+@pytest.mark.parametrize("form", ["pair kernel", "sorted"])
+def test_weighted_auc_equals_direct_and_rank_auc_with_ties(form, monkeypatch):
+    if form == "sorted":  # the form used above _KERNEL_MAX_PAIRS (positive, negative) pairs
+        monkeypatch.setattr(E, "_KERNEL_MAX_PAIRS", 0)
     rng = np.random.default_rng(1)
     n = 40
     gold = rng.integers(0, 2, n)
@@ -160,6 +163,18 @@ def test_draws_are_deterministic_and_independent_of_other_arms():
     assert np.array_equal(e1.draws, e2.draws)  # same path, same seed
     np.testing.assert_allclose(e3.draws, e1.draws, atol=1e-12)
     assert not np.allclose(e4.draws, e1.draws)
+
+
+def test_metric_batches_do_not_change_the_draws(monkeypatch):
+    rng = np.random.default_rng(8)
+    cf = np.array([[0.45, 0.55]])
+    base, arm = (run(x, {l: scored(balanced_gold(50), rng.random(50), cf=cf) for l in ("de", "fr")}) for x in ("base", "arm"))
+    one = E.Resampler({"base": base, "arm": arm}, ["de", "fr"], n_resamples=300, seed=3)
+    one.prepare(E.METRICS)
+    monkeypatch.setattr(E, "_BATCH_BYTES", 1)  # every (run, language, metric) in its own pass over the draws
+    many = E.Resampler({"base": base, "arm": arm}, ["de", "fr"], n_resamples=300, seed=3)
+    for m in E.METRICS:
+        np.testing.assert_allclose(many.effect("arm", "base", m).draws, one.effect("arm", "base", m).draws, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------

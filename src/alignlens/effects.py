@@ -13,8 +13,9 @@ resample r drew item i), computed for all R resamples at once:
   so the calibrated predictions are fixed and only re-weighted);  balanced accuracy = mean over the
   gold labels present of Σ_{i: gold=c} w_i 1[pred_i = c] / Σ_{i: gold=c} w_i;  label share of c =
   Σ_i w_i 1[pred_i = c] / Σ_i w_i;  AUC (two labels, score s = p1 / (p0 + p1)) =
-  Σ_i Σ_j w_i w_j 1[gold_i = 1, gold_j = 0] (1[s_i > s_j] + ½ 1[s_i = s_j]) / (W1 W0), computed by
-  sorting the scores once and accumulating the weights of tied-score groups (O(R n)).
+  Σ_i Σ_j w_i w_j 1[gold_i = 1, gold_j = 0] (1[s_i > s_j] + ½ 1[s_i = s_j]) / (W1 W0), computed as
+  the matrix product w_pos K w_neg with the fixed pair kernel K (up to 2^18 pairs), else by sorting
+  the scores once and accumulating the weights of tied-score groups (O(R n) per resample block).
 Primary metric (`primary_metric`): AUC for two-label tasks, calibrated accuracy otherwise.
 
 **Resampling** (`Resampler`, one per (task, language group), so every effect, contrast and trend of the
@@ -52,7 +53,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -71,6 +72,7 @@ __all__ = [
 ]  # fmt: skip
 
 _QUANTILES = (0.025, 0.975)
+_BATCH_BYTES = 64 << 20  # metric functions (AUC pair kernels) held during one pass over the draws
 #: Fewer shared items than this: every effect is "not testable".
 MIN_ITEMS = 10
 #: MDE80 = Z_MDE80 · se: z_{0.975} + z_{0.80} (two-sided α = 0.05, power 0.80).
@@ -235,15 +237,24 @@ def weighted_accuracy(correct: np.ndarray, w: np.ndarray) -> np.ndarray:
     return w @ np.asarray(correct, dtype=np.float64) / w.sum(axis=1)
 
 
+def _balanced_fn(gold: np.ndarray, pred: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """w [R, n] -> balanced accuracy [R] (one-hot gold and hits prepared once)."""
+    classes, g = np.unique(gold, return_inverse=True)
+    both = np.zeros((len(gold), 2 * len(classes)))
+    both[np.arange(len(gold)), g] = 1.0  # [:, :C] gold one-hot, [:, C:] the hits among them
+    both[np.arange(len(gold)), len(classes) + g] = np.asarray(gold) == np.asarray(pred)
+
+    def balanced(w: np.ndarray) -> np.ndarray:
+        sums = w @ both
+        den, num = sums[:, : len(classes)], sums[:, len(classes):]
+        present = den > 0
+        return np.where(present, num / np.where(present, den, 1.0), 0.0).sum(axis=1) / present.sum(axis=1)
+    return balanced
+
+
 def weighted_balanced_accuracy(gold: np.ndarray, pred: np.ndarray, w: np.ndarray) -> np.ndarray:
     """gold, pred [n] label ids, w [R, n] -> [R] mean weighted recall over the labels of positive weight."""
-    classes, g = np.unique(gold, return_inverse=True)
-    onehot = np.zeros((len(gold), len(classes)))
-    onehot[np.arange(len(gold)), g] = 1.0
-    den = w @ onehot
-    num = w @ (onehot * (np.asarray(gold) == np.asarray(pred))[:, None])
-    present = den > 0
-    return np.where(present, num / np.where(present, den, 1.0), 0.0).sum(axis=1) / present.sum(axis=1)
+    return _balanced_fn(gold, pred)(w)
 
 
 def _ties(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,13 +276,34 @@ def _auc_sorted(positive: np.ndarray, order: np.ndarray, starts: np.ndarray, w: 
     return np.where(den > 0, (P * (below + 0.5 * N)).sum(axis=1) / np.where(den > 0, den, 1.0), np.nan)
 
 
+#: Up to this many (positive, negative) pairs the AUC is a matrix product w_pos K w_neg (BLAS, faster
+#: for the usual n); above, the sort-based form (memory O(n)).
+_KERNEL_MAX_PAIRS = 1 << 18
+
+
+def _auc_fn(scores: np.ndarray, positive: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """(w [R, n] -> weighted AUC [R], bytes held): the pair kernel K[i, j] = 1[s_i > s_j] + ½ 1[s_i = s_j]
+    (positives i, negatives j) when small enough, else the sort of the scores."""
+    s_pos, s_neg = scores[positive], scores[~positive]
+    if s_pos.size * s_neg.size > _KERNEL_MAX_PAIRS:
+        ties = _ties(scores)
+        return (lambda w: _auc_sorted(positive, *ties, w)), 16 * scores.size
+    K = (s_pos[:, None] > s_neg[None, :]) + 0.5 * (s_pos[:, None] == s_neg[None, :])
+
+    def auc(w: np.ndarray) -> np.ndarray:
+        wp, wn = w[:, positive], w[:, ~positive]
+        den = wp.sum(axis=1) * wn.sum(axis=1)
+        num = np.einsum("rj,rj->r", wp @ K, wn)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return auc, K.nbytes
+
+
 def weighted_auc(scores: np.ndarray, gold: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """AUC of scores [n] for gold == 1 vs gold == 0 under item weights w [R, n] -> [R]; ties count ½;
+    """AUC of scores [n] for gold == 1 vs gold == 0 under item weights w [R, n] -> [R]:
+    Σ_i Σ_j w_i w_j [gold_i = 1, gold_j = 0] (1[s_i > s_j] + ½ 1[s_i = s_j]) / (W1 W0);
     NaN where a resample has no positive or no negative weight."""
     s, g = np.asarray(scores, dtype=np.float64), M._ids(gold)
-    if not s.size:
-        return np.full(len(w), np.nan)
-    return _auc_sorted(g == 1, *_ties(s), np.asarray(w, dtype=np.float64))
+    return _auc_fn(s, g == 1)[0](np.asarray(w, dtype=np.float64))
 
 
 def task_metrics(labels: Sequence[str]) -> tuple[str, ...]:
@@ -327,11 +359,11 @@ class _Cell:
         self.gold, self.pred = d.gold[sel], d.pred[sel]
         self.cal = None if d.calibrated_pred is None else d.calibrated_pred[sel]
         self.labels = list(labels)
-        self.auc = _ties(M.binary_scores(d.probs[sel])) if len(labels) == 2 else None
+        self.scores = M.binary_scores(d.probs[sel]) if len(labels) == 2 else None
 
     def undefined(self, metric: str) -> str | None:
         """Why `metric` is undefined here (None: defined)."""
-        if metric == "auc" and self.auc is None:
+        if metric == "auc" and self.scores is None:
             return f"AUC is defined for two-label tasks only (this task has {len(self.labels)})"
         if metric == "calibrated_accuracy" and self.cal is None:
             return "no content-free probabilities (calibrated accuracy undefined)"
@@ -339,17 +371,15 @@ class _Cell:
             return f"no label {metric[6:]!r} (labels: {', '.join(self.labels)})"
         return None
 
-    def values(self, metric: str, w: np.ndarray) -> np.ndarray:
-        """[R] metric under item weights w [R, n]."""
+    def metric(self, metric: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+        """(w [R, n] -> metric [R], bytes the function holds)."""
         if metric == "auc":
-            return _auc_sorted(self.gold == 1, *self.auc, w)
-        if metric == "accuracy":
-            return weighted_accuracy(self.pred == self.gold, w)
-        if metric == "calibrated_accuracy":
-            return weighted_accuracy(self.cal == self.gold, w)
+            return _auc_fn(self.scores, self.gold == 1)
         if metric == "balanced_accuracy":
-            return weighted_balanced_accuracy(self.gold, self.pred, w)
-        return weighted_accuracy(self.pred == self.labels.index(metric[6:]), w)
+            return _balanced_fn(self.gold, self.pred), 0
+        hit = {"accuracy": self.pred == self.gold, "calibrated_accuracy": self.cal == self.gold}.get(metric)
+        hit = self.pred == self.labels.index(metric[6:]) if hit is None else hit
+        return (lambda w: weighted_accuracy(hit, w)), 0
 
 
 def _check_metric(metric: str) -> None:
@@ -547,16 +577,25 @@ class Resampler:
                     for lang in self.languages for m in metrics])
 
     def _fill(self, keys: list[tuple]) -> None:
+        """Cache (point, draws [R]) of each (arm, run, lang, metric) key: in batches whose metric
+        functions hold at most _BATCH_BYTES, each one pass over the (regenerated) item draws."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._cache and self._cell(*k[:3]).undefined(k[3]) is None]
-        if not todo or not self.n_items:
+        if not self.n_items:
             return
-        ones = np.ones((1, self.n_items))
-        draws: dict = {k: [] for k in todo}
-        for w in self.item_weights():
-            for k in todo:
-                draws[k].append(self._cell(*k[:3]).values(k[3], w))
-        for k in todo:
-            self._cache[k] = (float(self._cell(*k[:3]).values(k[3], ones)[0]), np.concatenate(draws[k]))
+        batch, held = [], 0
+        for i, k in enumerate(todo):
+            fn, nbytes = self._cell(*k[:3]).metric(k[3])
+            batch.append((k, fn))
+            held += nbytes
+            if held < _BATCH_BYTES and i + 1 < len(todo):
+                continue
+            draws: dict = {k: [] for k, _ in batch}
+            for w in self.item_weights():
+                for k, fn in batch:
+                    draws[k].append(fn(w))
+            for k, fn in batch:
+                self._cache[k] = (float(fn(np.ones((1, self.n_items)))[0]), np.concatenate(draws[k]))
+            batch, held = [], 0
 
     def _arm(self, arm: str, lang: str, metric: str, seeds: bool = True) -> tuple[float, np.ndarray]:
         """(point: mean over the arm's runs, draws [R]: mean over the drawn seeds, or over all runs
