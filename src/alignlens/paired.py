@@ -5,22 +5,25 @@ recurs, translated, in every language. Tests therefore pair items: exact McNemar
 with Holm (or Benjamini-Hochberg) adjustment across languages, paired bootstrap intervals for
 per-language differences, and an item-cluster bootstrap for differences averaged over languages
 (an item is drawn once and used in every language, so the interval reflects that the languages
-share their items). Bootstrap intervals are 95% percentile intervals.
+share their items). Bootstrap intervals are 95% percentile intervals. McNemar, Holm and BH live in
+`alignlens.stats` (re-exported here); the weighted resampling pieces in `alignlens.effects`.
 
 Undefined values are None (JSON null), never NaN.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import binomtest
 
 from alignlens import AlignlensError, NumericalError
 from alignlens import metrics as M
+from alignlens.effects import (
+    draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_balanced_accuracy,
+)
+from alignlens.stats import _bools, benjamini_hochberg, holm, mcnemar_exact
 
 __all__ = [
     "mcnemar_exact", "holm", "benjamini_hochberg", "paired_delta_ci", "cluster_bootstrap_delta",
@@ -28,84 +31,7 @@ __all__ = [
 ]  # fmt: skip
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
-_QUANTILES = (0.025, 0.975)
 _CHUNK = 256  # resamples drawn per block (bounds memory to _CHUNK x n_items)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tests and multiplicity
-# --------------------------------------------------------------------------------------------------
-
-
-def _bools(x: ArrayLike, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
-    if a.size and not (np.issubdtype(a.dtype, np.bool_) or np.all((a == 0) | (a == 1))):
-        raise ValueError(f"{name}: expected booleans (or 0/1)")
-    return a.astype(bool)
-
-
-def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> dict:
-    """Exact McNemar test of two runs on the same n items (correct_a, correct_b: bool [n]).
-
-    Returns {"b01": a wrong & b right, "b10": a right & b wrong, "n": items, "p_value"}: the
-    two-sided exact binomial test of b01 out of b01 + b10 discordant pairs against 1/2
-    (scipy.stats.binomtest); p_value = 1.0 when there is no discordant pair.
-    """
-    a, b = _bools(correct_a, "correct_a"), _bools(correct_b, "correct_b")
-    if a.shape != b.shape:
-        raise ValueError(f"correct_a has {a.size} items, correct_b {b.size}")
-    b01, b10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
-    p = float(binomtest(b01, b01 + b10, 0.5, alternative="two-sided").pvalue) if b01 + b10 else 1.0
-    return {"b01": b01, "b10": b10, "n": int(a.size), "p_value": min(p, 1.0)}
-
-
-def _valid_p(p_values: Iterable[float | None]) -> tuple[list, list[int], np.ndarray]:
-    vals = list(p_values)
-    keep = [i for i, p in enumerate(vals) if p is not None and not math.isnan(float(p))]
-    arr = np.array([float(vals[i]) for i in keep], dtype=np.float64)
-    if np.any((arr < 0) | (arr > 1)):
-        raise ValueError(f"p-values must lie in [0, 1], got {arr[(arr < 0) | (arr > 1)][0]}")
-    return vals, keep, arr
-
-
-def _scatter(vals: list, keep: list[int], adjusted: np.ndarray) -> list[float | None]:
-    out: list[float | None] = [None if v is None else float("nan") for v in vals]
-    for i, a in zip(keep, adjusted):
-        out[i] = float(a)
-    return out
-
-
-def holm(p_values: Iterable[float | None]) -> list[float | None]:
-    """Holm step-down adjusted p-values, in input order, capped at 1.
-
-    With the m valid p-values sorted p(1) <= ... <= p(m): adj(i) = max_{j<=i} min(1, (m-j+1) p(j)).
-    None and NaN entries pass through unchanged and do not count in m.
-    """
-    vals, keep, p = _valid_p(p_values)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adj_sorted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    adj = np.empty(m)
-    adj[order] = adj_sorted
-    return _scatter(vals, keep, adj)
-
-
-def benjamini_hochberg(p_values: Iterable[float | None]) -> list[float | None]:
-    """Benjamini-Hochberg step-up adjusted p-values (FDR), in input order, capped at 1.
-
-    With the m valid p-values sorted: adj(i) = min_{j>=i} min(1, m p(j) / j).
-    None and NaN entries pass through unchanged and do not count in m.
-    """
-    vals, keep, p = _valid_p(p_values)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    raw = m * p[order] / np.arange(1, m + 1)
-    adj_sorted = np.minimum(1.0, np.minimum.accumulate(raw[::-1])[::-1])
-    adj = np.empty(m)
-    adj[order] = adj_sorted
-    return _scatter(vals, keep, adj)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,18 +49,6 @@ def _resamples(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
         done += c
 
 
-def _weights(idx: np.ndarray, n: int) -> np.ndarray:
-    """[c, n] draws -> [c, n] float counts of how often each item was drawn."""
-    c = idx.shape[0]
-    flat = (idx + (np.arange(c) * n)[:, None]).ravel()
-    return np.bincount(flat, minlength=c * n).reshape(c, n).astype(np.float64)
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    lo, hi = np.quantile(values, _QUANTILES)
-    return [float(lo), float(hi)]
-
-
 def paired_delta_ci(
     correct_a: ArrayLike, correct_b: ArrayLike, n_resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
@@ -150,26 +64,16 @@ def paired_delta_ci(
     if n == 0:
         raise ValueError("paired_delta_ci: no items")
     d = b.astype(np.float64) - a.astype(np.float64)
-    deltas = np.concatenate([_weights(idx, n) @ d / n for idx in _resamples(n, n_resamples, seed)])
-    lo, hi = _interval(deltas)
+    deltas = np.concatenate([draw_counts(idx, n) @ d / n for idx in _resamples(n, n_resamples, seed)])
+    lo, hi = percentile_ci(deltas)
     return (lo, hi)
 
 
 def _vector_metric(name: str, gold: np.ndarray, pred: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Metric of each weighted resample: w [c, n] item counts -> [c] values."""
-    correct = (gold == pred).astype(np.float64)
     if name == "accuracy":
-        return w @ correct / w.sum(axis=1)
-    # balanced accuracy: mean recall over the classes present in the resample
-    total = np.zeros(w.shape[0])
-    count = np.zeros(w.shape[0])
-    for c in np.unique(gold):
-        m = (gold == c).astype(np.float64)
-        den = w @ m
-        present = den > 0
-        total += np.where(present, (w @ (m * correct)) / np.where(present, den, 1.0), 0.0)
-        count += present
-    return total / count
+        return weighted_accuracy(gold == pred, w)
+    return weighted_balanced_accuracy(gold, pred, w)  # mean recall over the classes present in the resample
 
 
 def cluster_bootstrap_delta(
@@ -245,12 +149,12 @@ def cluster_bootstrap_delta(
         a0, b0 = per_resample(np.ones((1, n)), np.arange(n)[None, :])
         deltas = []
         for idx in _resamples(n, n_resamples, seed):
-            ra, rb = per_resample(_weights(idx, n) if isinstance(metric, str) else None, idx)
+            ra, rb = per_resample(draw_counts(idx, n) if isinstance(metric, str) else None, idx)
             deltas.append(rb - ra)
         d = np.concatenate(deltas)
         if not (np.all(np.isfinite(d)) and np.isfinite(a0[0]) and np.isfinite(b0[0])):
             raise NumericalError(f"cluster bootstrap of group {name}: the metric gave a non-finite value")
-        res.update(delta=float(b0[0] - a0[0]), ci95=_interval(d), a=float(a0[0]), b=float(b0[0]))
+        res.update(delta=float(b0[0] - a0[0]), ci95=percentile_ci(d), a=float(a0[0]), b=float(b0[0]))
     return out
 
 
@@ -263,53 +167,17 @@ def _call(metric: Metric, gold: np.ndarray, pred: np.ndarray) -> float:
 # Two runs, item by item
 # --------------------------------------------------------------------------------------------------
 
-_KEYS = ("task", "lang", "index", "gold", "pred", "probs")
-
-
-def _index_rows(rows: Iterable[Mapping], run: str) -> tuple[dict, dict[str, list[str]]]:
-    """rows -> ({(task, lang, index): row}, {task: labels in probs order}); AlignlensError on bad rows."""
-    out: dict = {}
-    labels: dict[str, list[str]] = {}
-    for no, row in enumerate(rows, start=1):
-        for k in _KEYS:
-            if not isinstance(row, Mapping) or k not in row:
-                raise AlignlensError(f"run {run} prediction row {no}: missing key '{k}'")
-        key = (str(row["task"]), str(row["lang"]), row["index"])
-        where = f"run {run} prediction row {no} ({key[0]} {key[1]} item {key[2]})"
-        if key in out:
-            raise AlignlensError(f"{where}: item appears twice")
-        probs = row["probs"]
-        if not isinstance(probs, Mapping) or not probs:
-            raise AlignlensError(f"{where}: 'probs' must map each label to its probability")
-        labs = labels.setdefault(key[0], [str(k) for k in probs])
-        if [str(k) for k in probs] != labs:
-            raise AlignlensError(f"{where}: labels {list(probs)} differ from the task's earlier rows {labs}")
-        vals = [probs[k] for k in probs]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-            raise AlignlensError(f"{where}: non-finite or non-numeric probability in 'probs'")
-        for k in ("gold", "pred"):
-            v = row[k]
-            if not ((isinstance(v, str) and v in labs) or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(labs))):  # fmt: skip
-                raise AlignlensError(f"{where}: {k} {v!r} is not one of the labels {labs}")
-        out[key] = row
-    return out, labels
-
-
-def _label_id(v, labels: list[str]) -> int:
-    return labels.index(v) if isinstance(v, str) else int(v)
-
-
 def _compare_language(task: str, lang: str, cell: dict, ra: list[Mapping], rb: list[Mapping], labels: list[str],
                       n_resamples: int, seed: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One language's entry of `compare_runs` from the two runs' rows of its shared items (same
     order), and its (gold, pred_a, pred_b) label ids for the group bootstraps."""
-    g = np.array([_label_id(r["gold"], labels) for r in ra])
-    gb = np.array([_label_id(r["gold"], labels) for r in rb])
+    g = np.array([label_id(r["gold"], labels) for r in ra])
+    gb = np.array([label_id(r["gold"], labels) for r in rb])
     if np.any(g != gb):
         i = cell["shared"][int(np.argmax(g != gb))]
         raise AlignlensError(f"task {task} {lang} item {i}: gold label differs between the runs ({labels[g[g != gb][0]]} vs {labels[gb[g != gb][0]]})")  # fmt: skip
-    pa = np.array([_label_id(r["pred"], labels) for r in ra])
-    pb = np.array([_label_id(r["pred"], labels) for r in rb])
+    pa = np.array([label_id(r["pred"], labels) for r in ra])
+    pb = np.array([label_id(r["pred"], labels) for r in rb])
     prob_a = np.array([[float(r["probs"][k]) for k in labels] for r in ra])
     prob_b = np.array([[float(r["probs"][k]) for k in labels] for r in rb])
     ca, cb = pa == g, pb == g
@@ -352,8 +220,8 @@ def compare_runs(
     Raises AlignlensError naming the row for a malformed row, a repeated item, labels that differ
     between the runs, a gold label that differs for the same item, or no shared item at all.
     """
-    ia, labels_a = _index_rows(a_rows, "a")
-    ib, labels_b = _index_rows(b_rows, "b")
+    ia, labels_a = index_rows(a_rows, "a")
+    ib, labels_b = index_rows(b_rows, "b")
     for task in labels_a.keys() & labels_b.keys():
         if labels_a[task] != labels_b[task]:
             raise AlignlensError(f"task {task}: run a has labels {labels_a[task]}, run b {labels_b[task]}")
