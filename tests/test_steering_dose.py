@@ -247,6 +247,7 @@ def test_trainer_output_dose_reproduces_its_merged_model(tmp_path):
     for module, delta in adapter.deltas.items():
         assert float((wm[f"{module}.weight"] - wb[f"{module}.weight"] - delta).abs().max()) <= 1e-6
     base, merged = load_model(str(base_dir)), load_model(str(tmp_path / "run"))
+    assert adapter.base_model["hash"] == base.hash  # what check_adapter_base compares
     check_adapter_base(base, adapter)
     spec = data.load_task("snli")
     items = data.load_items(spec, "de", limit=2)
@@ -269,6 +270,10 @@ def test_direction_uses_training_items_only(pair):
     assert d.item_ids == {"en": [8, 9, 10], "de": [8, 9, 10]} and not set(evaluated) & set(d.item_ids["de"])
     recorded = direction_items(spec, ["de"], alignment={"task": spec.name, "train_items": (12, 14)}, exclude=evaluated)
     assert [it.index for it in recorded["de"]] == [12, 14]
+    by_folder = direction_items(spec, ["de"], alignment={"task": "renamed", "task_folder": str(spec.folder),
+                                                         "train_items": (13,)})
+    other_task = direction_items(spec, ["de"], alignment={"task": "snli", "train_items": (300, 301)}, limit=2)
+    assert [it.index for it in by_folder["de"]] == [13] and [it.index for it in other_task["de"]] == [8, 9]
     with pytest.raises(AlignlensError, match="evaluated item"):
         direction_items(spec, ["de"], exclude=[0, 9])
     with pytest.raises(AlignlensError, match="evaluated item"):

@@ -10,7 +10,7 @@ statistics (Δ = b − a). It is `paired.compare_runs` (exact McNemar per langua
 Benjamini-Hochberg across the task's languages, paired bootstrap of each language's accuracy Δ,
 item-cluster bootstrap of the group macro Δ of accuracy and balanced accuracy) plus, per group,
 the item-cluster bootstrap of the macro Δ of two-label ROC-AUC and of each label's prediction share
-(`_group_auc_shares`, the same draws as `paired.cluster_bootstrap_delta`), and the label-prior flag
+(`_language_draws`, `_group_auc_shares`: the same draws as `paired.cluster_bootstrap_delta`), and the label-prior flag
 (`prior_only`). When `alignlens.effects` (label-stratified bootstraps) exists, only this function
 changes.
 """
@@ -103,56 +103,62 @@ def weighted_auc(gold: np.ndarray, scores: np.ndarray, w: np.ndarray) -> np.ndar
     """ROC-AUC of `scores` [n] for gold == 1 vs 0 under item weights w [c, n] (bootstrap counts):
     [c] values, Mann-Whitney with ties 1/2 (`metrics.roc_auc` when w is all ones); NaN where a
     resample has no item of one class."""
-    _, rank = np.unique(scores, return_inverse=True)
-    onehot = np.zeros((len(scores), int(rank.max()) + 1 if len(scores) else 0))
-    onehot[np.arange(len(scores)), rank] = 1.0
-    wp = (w * (gold == 1)) @ onehot  # [c, distinct scores] positive weight at each score
-    wn = (w * (gold == 0)) @ onehot
-    below = np.cumsum(wn, axis=1) - wn
-    num = (wp * (below + 0.5 * wn)).sum(1)
-    den = wp.sum(1) * wn.sum(1)
-    return np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0)
+    return _AucPlan(gold, scores)(w)
 
 
-def _group_auc_shares(cols: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-                      labels: Sequence[str], n_resamples: int, seed: int) -> dict:
-    """Item-cluster bootstrap of the macro Δ (b − a) of AUC (two labels) and of each label's
-    prediction share, over languages `cols` [(gold, scores_a, scores_b, pred_a, pred_b)] on the same
-    n shared items in the same order. Draws as `paired.cluster_bootstrap_delta` (same seed, same n:
-    the same resamples). Returns {"auc": {"delta", "ci95", "a", "b", "n_undefined"} or None,
-    "shares": {label: {"delta", "ci95", "a", "b"}}}; resamples where some language's AUC is
-    undefined (one class drawn) are left out of its interval and counted in n_undefined."""
-    n, n_labels = len(cols[0][0]), len(labels)
-    two = n_labels == 2
+class _AucPlan:
+    """`weighted_auc` of fixed (gold, scores) for many weight blocks: the items' positive and
+    negative indicators per distinct score, built once."""
 
-    def stats(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """[c] macro AUC of a and b (NaN when undefined), [c, L] macro shares of a and b."""
-        auc_a, auc_b, sh_a, sh_b = [], [], [], []
+    def __init__(self, gold: np.ndarray, scores: np.ndarray) -> None:
+        _, rank = np.unique(scores, return_inverse=True)
+        onehot = np.zeros((len(scores), int(rank.max()) + 1 if len(scores) else 0))
+        onehot[np.arange(len(scores)), rank] = 1.0
+        self.pos, self.neg = onehot * (gold == 1)[:, None], onehot * (gold == 0)[:, None]
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        wp, wn = w @ self.pos, w @ self.neg  # [c, distinct scores]: positive / negative weight at each score
+        below = np.cumsum(wn, axis=1) - wn
+        num = (wp * (below + 0.5 * wn)).sum(1)
+        den = wp.sum(1) * wn.sum(1)
+        return np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0)
+
+
+def _language_draws(gold: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, pred_a: np.ndarray,
+                    pred_b: np.ndarray, n_labels: int, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """One language's AUC (two labels; else NaN) and label shares of a and b under the item-cluster
+    draws of `paired.cluster_bootstrap_delta` (same seed, same n: the same resamples), on its n
+    shared items: {"auc_a", "auc_b": [1 + n_resamples], "shares_a", "shares_b": [1 + n_resamples,
+    n_labels]}, row 0 the point estimate (every item once)."""
+    n = len(gold)
+    aucs = (_AucPlan(gold, scores_a), _AucPlan(gold, scores_b)) if n_labels == 2 else None
+    onehot_a, onehot_b = np.eye(n_labels)[pred_a], np.eye(n_labels)[pred_b]
+    blocks = [np.ones((1, n))] + [_weights(idx, n) for idx in _resamples(n, n_resamples, seed)]
+    out: dict[str, list] = {"auc_a": [], "auc_b": [], "shares_a": [], "shares_b": []}
+    for w in blocks:
         total = w.sum(1, keepdims=True)
-        for gold, sa, sb, pa, pb in cols:
-            if two:
-                auc_a.append(weighted_auc(gold, sa, w))
-                auc_b.append(weighted_auc(gold, sb, w))
-            sh_a.append(w @ np.eye(n_labels)[pa] / total)
-            sh_b.append(w @ np.eye(n_labels)[pb] / total)
-        nan = np.full(len(w), np.nan)
-        return (np.mean(auc_a, 0) if two else nan, np.mean(auc_b, 0) if two else nan,
-                np.mean(sh_a, 0), np.mean(sh_b, 0))
+        out["auc_a"].append(aucs[0](w) if aucs else np.full(len(w), np.nan))
+        out["auc_b"].append(aucs[1](w) if aucs else np.full(len(w), np.nan))
+        out["shares_a"].append(w @ onehot_a / total)
+        out["shares_b"].append(w @ onehot_b / total)
+    return {k: np.concatenate(v) for k, v in out.items()}
 
-    a0, b0, sa0, sb0 = stats(np.ones((1, n)))
-    d_auc, d_sh = [], []
-    for idx in _resamples(n, n_resamples, seed):
-        a, b, sa, sb = stats(_weights(idx, n))
-        d_auc.append(b - a)
-        d_sh.append(sb - sa)
-    d_auc_all, d_sh_all = np.concatenate(d_auc), np.concatenate(d_sh)
+
+def _group_auc_shares(draws: list[dict[str, np.ndarray]], labels: Sequence[str]) -> dict:
+    """The item-cluster bootstrap of the macro Δ (b − a) over a group's languages, from each
+    language's `_language_draws` on the group's shared items: {"auc": {"delta", "ci95", "a", "b",
+    "n_undefined"} or None (more than two labels, or undefined on the items), "shares": {label:
+    {"delta", "ci95", "a", "b"}}}. Resamples where some language's AUC is undefined (one class
+    drawn) are left out of the AUC interval and counted in n_undefined."""
+    mean = {k: np.mean([d[k] for d in draws], axis=0) for k in draws[0]}
+    d_auc, d_sh = mean["auc_b"] - mean["auc_a"], mean["shares_b"] - mean["shares_a"]
     auc = None
-    if two and np.isfinite(a0[0]) and np.isfinite(b0[0]):
-        ok = d_auc_all[np.isfinite(d_auc_all)]
-        auc = {"delta": float(b0[0] - a0[0]), "ci95": _interval(ok) if len(ok) else None, "a": float(a0[0]),
-               "b": float(b0[0]), "n_undefined": int(len(d_auc_all) - len(ok))}
-    shares = {lab: {"delta": float(sb0[0, j] - sa0[0, j]), "ci95": _interval(d_sh_all[:, j]),
-                    "a": float(sa0[0, j]), "b": float(sb0[0, j])} for j, lab in enumerate(labels)}
+    if len(labels) == 2 and np.isfinite(d_auc[0]):
+        ok = d_auc[1:][np.isfinite(d_auc[1:])]
+        auc = {"delta": float(d_auc[0]), "ci95": _interval(ok) if len(ok) else None, "a": float(mean["auc_a"][0]),
+               "b": float(mean["auc_b"][0]), "n_undefined": int(len(d_auc) - 1 - len(ok))}
+    shares = {lab: {"delta": float(d_sh[0, j]), "ci95": _interval(d_sh[1:, j]), "a": float(mean["shares_a"][0, j]),
+                    "b": float(mean["shares_b"][0, j])} for j, lab in enumerate(labels)}
     return {"auc": auc, "shares": shares}
 
 
@@ -202,20 +208,21 @@ def paired_effects(rows_a: Sequence[Mapping], rows_b: Sequence[Mapping],
             pos_b = {i: k for k, i in enumerate(cb["index"])}
             cols[lang] = {i: (ca["gold"][k], ca["probs"][k], cb["probs"][pos_b[i]], ca["pred"][k], cb["pred"][pos_b[i]])
                           for k, i in enumerate(ca["index"]) if i in pos_b}
-        group_out = {}
+        group_out, cache = {}, {}
         for name, g in entry["groups"].items():
             used = g["accuracy"]["languages"]
             res = {"accuracy": g["accuracy"], "balanced_accuracy": g["balanced_accuracy"], "auc": None, "shares": {},
                    "n_items": g["accuracy"]["n_items"], "languages": used}
             if used and res["n_items"]:
                 # the shared items in the order cluster_bootstrap_delta uses (the first language's order)
-                shared = [i for i in cols[used[0]] if all(i in cols[lang] for lang in used[1:])]
-                arrays = []
-                for lang in used:
-                    gold, pa, pb, qa, qb = (np.array(x) for x in zip(*(cols[lang][i] for i in shared)))
-                    score = (lambda p: M.binary_scores(p)) if len(labels) == 2 else (lambda p: p[:, 0])
-                    arrays.append((gold, score(pa), score(pb), qa, qb))
-                res.update(_group_auc_shares(arrays, labels, n_resamples, seed))
+                shared = tuple(i for i in cols[used[0]] if all(i in cols[lang] for lang in used[1:]))
+                for lang in used:  # groups with the same shared items reuse a language's draws
+                    if (lang, shared) not in cache:
+                        gold, pa, pb, qa, qb = (np.array(x) for x in zip(*(cols[lang][i] for i in shared)))
+                        score = M.binary_scores if len(labels) == 2 else (lambda p: p[:, 0])
+                        cache[(lang, shared)] = _language_draws(gold, score(pa), score(pb), qa, qb, len(labels),
+                                                                n_resamples, seed)
+                res.update(_group_auc_shares([cache[(lang, shared)] for lang in used], labels))
             res["prior_only"] = prior_only(res) if res["shares"] else None
             res["accuracy_moved"] = _excludes_zero(g["accuracy"]["ci95"])
             group_out[name] = res

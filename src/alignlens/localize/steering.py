@@ -29,6 +29,8 @@ would skip the blocks below l; not used yet).
 
 `steering_summary` pairs every steered condition with the base and the alignment direction with
 each control (`compare.paired_effects`).
+
+Both run in one process: under torchrun every rank would compute every batch (no data parallelism).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,8 +101,8 @@ def _trained_items(alignment: Mapping | None, spec: data.TaskSpec) -> tuple[int,
     on this task."""
     if not alignment or not alignment.get("task"):
         return None
-    folder = alignment.get("task_folder")
-    same = alignment["task"] == spec.name or (folder and str(spec.folder.resolve()) == str(folder))
+    folder = alignment.get("task_folder")  # as pipeline.check_training_overlap matches it
+    same = alignment["task"] == spec.name or bool(folder and Path(folder).resolve() == spec.folder.resolve())
     return tuple(alignment["train_items"]) if same and alignment.get("train_items") is not None else None
 
 
