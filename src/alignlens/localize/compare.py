@@ -124,9 +124,9 @@ class _AucPlan:
         return np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0)
 
 
-def _language_draws(gold: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, pred_a: np.ndarray,
+def _language_draws(gold: np.ndarray, scores_a: np.ndarray | None, scores_b: np.ndarray | None, pred_a: np.ndarray,
                     pred_b: np.ndarray, n_labels: int, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
-    """One language's AUC (two labels; else NaN) and label shares of a and b under the item-cluster
+    """One language's AUC (two labels, `metrics.binary_scores`; else NaN, scores None) and label shares of a and b under the item-cluster
     draws of `paired.cluster_bootstrap_delta` (same seed, same n: the same resamples), on its n
     shared items: {"auc_a", "auc_b": [1 + n_resamples], "shares_a", "shares_b": [1 + n_resamples,
     n_labels]}, row 0 the point estimate (every item once)."""
@@ -219,9 +219,10 @@ def paired_effects(rows_a: Sequence[Mapping], rows_b: Sequence[Mapping],
                 for lang in used:  # groups with the same shared items reuse a language's draws
                     if (lang, shared) not in cache:
                         gold, pa, pb, qa, qb = (np.array(x) for x in zip(*(cols[lang][i] for i in shared)))
-                        score = M.binary_scores if len(labels) == 2 else (lambda p: p[:, 0])
-                        cache[(lang, shared)] = _language_draws(gold, score(pa), score(pb), qa, qb, len(labels),
-                                                                n_resamples, seed)
+                        two = len(labels) == 2  # AUC: two labels only
+                        cache[(lang, shared)] = _language_draws(
+                            gold, M.binary_scores(pa) if two else None, M.binary_scores(pb) if two else None, qa, qb,
+                            len(labels), n_resamples, seed)
                 res.update(_group_auc_shares([cache[(lang, shared)] for lang in used], labels))
             res["prior_only"] = prior_only(res) if res["shares"] else None
             res["accuracy_moved"] = _excludes_zero(g["accuracy"]["ci95"])
