@@ -1,0 +1,1 @@
+"""Causal localisation of what question-translation alignment changes (`alignlens localize`, issue 22)."""
