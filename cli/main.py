@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -9,7 +10,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -66,6 +67,55 @@ def _csv(value: Optional[str]) -> Optional[list[str]]:
 
 def _command_line() -> str:
     return "alignlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+#: What an interruption of the running command keeps, asked when Ctrl-C/SIGTERM arrives (`_start`).
+_interrupt_note: list[Callable[[], str]] = []
+
+
+def _start(kept: Callable[[], str], home: bool = True) -> None:
+    """Start of a command that runs for a while: refuse a bad ALIGNLENS_PROGRESS or
+    ALIGNLENS_PROGRESS_SECONDS (and, for commands that load models, ALIGNLENS_HOME) before anything
+    else, and note `kept`, which says what an interruption keeps (the `interrupted:` line)."""
+    from alignlens.progress import check_env
+
+    check_env()
+    if home:
+        from alignlens.model import alignlens_home
+
+        alignlens_home()
+    _interrupt_note[:] = [kept]
+
+
+def _eval_kept(out: Optional[Path]) -> Callable[[], str]:
+    """What an interrupted `eval` keeps: results appear only when complete (earlier ones stay)."""
+    from alignlens.results import EVAL_FILES, OutputFolder
+
+    had_results = out is not None and OutputFolder(out, EVAL_FILES).has_content()
+
+    def kept() -> str:
+        if out is None:
+            return "eval stopped; nothing was saved (no --out)"
+        if had_results:
+            return f"eval stopped; the earlier results in {out} are unchanged (the new run was discarded)"
+        if OutputFolder(out, EVAL_FILES).has_content():
+            return f"eval stopped while writing {out}; its files are incomplete: run the command again with --force"
+        return f"eval stopped; nothing was written to {out}; run the command again to evaluate"
+    return kept
+
+
+def _train_kept(out: Path) -> Callable[[], str]:
+    """What a `train` interrupted before its loop keeps (the loop itself saves a checkpoint and says so)."""
+    def kept() -> str:
+        from alignlens.distributed import env_world
+        from alignlens.train.trainer import resume_command
+
+        last = out / "checkpoints" / "last.pt"
+        if last.is_file():
+            return (f"training stopped before its first step; no new checkpoint was saved; {last} is kept "
+                    f"(continue it with: {resume_command(out, env_world().size)})")
+        return "training stopped before its first step; no checkpoint was saved; run the command again to train"
+    return kept
 
 
 def progress_bar():
@@ -222,6 +272,7 @@ def eval_cmd(
     from alignlens.evaluate import evaluate
     from alignlens.results import EVAL_FILES, OutputFolder
 
+    _start(_eval_kept(out))
     cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
                      batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache, items=items,
                      balanced=balanced)
@@ -308,6 +359,7 @@ def analyze_cmd(
     """
     from alignlens.pipeline import analyze
 
+    _start(lambda: "analyze stopped before any results were written")  # later the pipeline says what it kept
     cfg = AnalyzeConfig(
         tasks=_csv(tasks), languages=_csv(languages), limit=limit, batch_size=batch_size, seed=seed,
         pair_layers=pair_layers,
@@ -386,6 +438,7 @@ def train_cmd(
     """
     from alignlens.train import TrainConfig, train
 
+    _start(_train_kept(out))  # from its first step on, training saves a checkpoint and says so itself
     overrides = dict(task=task, train_items=train_items, control=control, languages=_csv(languages), per_language=per_language,
                      data_files=[str(p) for p in data_files] if data_files else None, epochs=epochs, lr=lr,
                      batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, max_drop_fraction=max_drop_fraction, full=full or None, fsdp=fsdp or None,
@@ -427,6 +480,7 @@ def report_cmd(
     from alignlens.report import render_report
     from alignlens.report.runs import check_names
 
+    _start(lambda: "report stopped; nothing was written (a report already there is unchanged)", home=False)
     run_names = check_names(names.split(","), 1 + (compare is not None)) if names is not None else None
     path = render_report(run_dir, compare, out, force=force, progress=report_progress(), names=run_names)
     console.print(f"wrote {path}")
@@ -498,6 +552,7 @@ def models_cmd(
     from alignlens.labels import label_token_ids, vocab_kind
     from alignlens.model import alignlens_home, check_placement
 
+    _start(lambda: "models stopped; nothing was written (a model conversion appears complete or not at all)")
     check_placement(device_map, max_memory, device)
     m = _load(model, device, dtype, device_map, max_memory)
     table = Table(title=f"model {model}", show_header=False)
@@ -516,7 +571,8 @@ def models_cmd(
 _signal_received: list[int] = []
 
 
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    """SIGINT/SIGTERM: remember which (the exit code) and stop as on Ctrl-C."""
     _signal_received.append(signum)
     raise KeyboardInterrupt
 
@@ -528,45 +584,90 @@ def main() -> None:
     Under torchrun (WORLD_SIZE > 1) the process ends with `os._exit` once its output is flushed:
     every file is written and closed and the process group destroyed by then, and skipping the
     interpreter's teardown avoids gloo's intermittent abort there ("terminate called without an
-    active exception", SIGABRT), which torchrun would report as a failed run."""
+    active exception", SIGABRT), which torchrun would report as a failed run. An interrupted run
+    (130, 143) ends the same way: under `python -m`, CPython turns any exit after a
+    KeyboardInterrupt that passed through exec()'d code (e.g. a dataclass being created when the
+    signal came) into death by SIGINT, which would lose the exit code."""
     code: int | str | None = 0
     try:
         _run()
     except SystemExit as exc:
         code = exc.code
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") or code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
     sys.exit(code)
 
 
-def _run() -> None:
+def _error(text: str, code: int) -> NoReturn:
+    console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _interrupted(text: str, code: int) -> NoReturn:
+    """The `interrupted:` line (what was kept); exit 143 after SIGTERM, else `code` (130 for Ctrl-C)."""
+    console.print(f"[bold yellow]interrupted:[/bold yellow] {escape(text)}", highlight=False, soft_wrap=True)
+    sys.exit(143 if signal.SIGTERM in _signal_received else code)
+
+
+def _click_exceptions():
+    """The module of click's usage errors as typer's commands raise them (recent typers vendor click
+    as typer._click; `typer.Exit`/`typer.Abort` are the ones they raise in every version)."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
+def _invoke(args: list[str]) -> None:
+    """Parse `args` and run the command, with click's standalone handling left out: usage errors,
+    interruptions and failures propagate to `_run` (typer's would print a boxed panel for a usage
+    error and turn Ctrl-C into a silent exit 130)."""
+    exceptions = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("alignlens", args) as ctx:
+            command.invoke(ctx)
+    except getattr(exceptions, "NoArgsIsHelpError", ()) as exc:  # `alignlens`, `alignlens data`: help shown
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:  # --help
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+
+
+def _run(args: list[str] | None = None) -> None:
+    """Run the command line `args` (default: sys.argv[1:]) and print what went wrong as one line:
+    `error: ...` (usage errors exit 2, `AlignlensError` its code, an OSError 2 with its path, anything
+    else 1) or `interrupted: <what was kept>` (Ctrl-C 130, SIGTERM 143)."""
     from alignlens import RunInterrupted
 
-    signal.signal(signal.SIGTERM, _on_sigterm)  # eval/analyze stop as on Ctrl-C; train installs its own
+    exceptions = _click_exceptions()
+    signal.signal(signal.SIGTERM, _on_signal)  # train installs its own for its loop (a checkpoint first)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
+        signal.signal(signal.SIGINT, _on_signal)
     try:
-        app()
+        _invoke(list(sys.argv[1:] if args is None else args))
+    except exceptions.UsageError as exc:  # bad range or type, missing or unknown option or command
+        where = exc.ctx.command_path if exc.ctx is not None else "alignlens"
+        _error(f"{' '.join(exc.format_message().split()).rstrip('.')} (see `{where} --help`)", exc.exit_code)
+    except exceptions.ClickException as exc:
+        _error(" ".join(exc.format_message().split()), exc.exit_code)
     except RunInterrupted as exc:
-        console.print(f"[bold yellow]interrupted:[/bold yellow] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(143 if _signal_received else exc.exit_code)
+        _interrupted(str(exc), exc.exit_code)
     except AlignlensError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted: nothing was written", highlight=False)
-        sys.exit(143 if _signal_received else 130)
+        _interrupted(_interrupt_note[0]() if _interrupt_note else "nothing was written", 130)
     except OSError as exc:  # e.g. a folder made read-only or a full disk during a run
+        if exc.errno == errno.EPIPE:  # output piped into a program that stopped reading (`| head`), as click
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc.strerror or exc) + where)}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc.strerror or exc) + where, 2)
     except Exception as exc:  # noqa: BLE001
         if os.environ.get("ALIGNLENS_DEBUG"):
             raise
         msg = " ".join(str(exc).split())[:300]
-        console.print(f"[bold red]error:[/bold red] internal error: {type(exc).__name__}: {escape(msg)} "
-                      f"(set ALIGNLENS_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _error(f"internal error: {type(exc).__name__}: {msg} (set ALIGNLENS_DEBUG=1 for the traceback)", 1)
 
 
 if __name__ == "__main__":

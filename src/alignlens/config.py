@@ -51,6 +51,18 @@ def _positive(value: int | None, what: str, allow_none: bool = False) -> None:
         raise AlignlensError(f"{what} must be a whole number >= 1 (got {value!r})")
 
 
+#: The largest seed: torch.manual_seed and numpy's generators take any whole number 0..2**63-1.
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(value: Any, what: str = "seed", high: int = SEED_MAX) -> int:
+    """`value` if it is a whole number 0..`high` (default `SEED_MAX`; training, which also seeds
+    `np.random.seed`, may pass 2**32-1), else an AlignlensError naming `what` and the range."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise AlignlensError(f"{what} must be a whole number from 0 to {high} (got {value!r})")
+    return value
+
+
 def parse_layers(text: str | Iterable[int] | None, what: str = "--pair-layers") -> tuple[int, ...] | None:
     """'3,7,11' -> (3, 7, 11); each a layer index >= 0 (checked against the model once it is known)."""
     if text is None:
@@ -209,6 +221,7 @@ class EvalConfig:
             raise AlignlensError(f"balanced must be true or false (got {self.balanced!r})")
         _positive(self.batch_size, "batch size")
         _positive(self.bootstrap_resamples, "bootstrap resamples")
+        check_seed(self.seed)
 
     def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
         """This run's items of one (task, language), from all of them in file order: `items`, then

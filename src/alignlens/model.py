@@ -12,6 +12,7 @@ under a temporary name and renamed, so an interrupted conversion never leaves a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,8 +37,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def alignlens_home() -> Path:
-    """Cache folder: `$ALIGNLENS_HOME`, default `~/.cache/alignlens`."""
-    return Path(os.environ.get("ALIGNLENS_HOME", Path.home() / ".cache" / "alignlens")).expanduser()
+    """Cache folder: `$ALIGNLENS_HOME` (unset or empty: `~/.cache/alignlens`). AlignlensError naming
+    the variable when that path, or the nearest of its parents that exists, is not a folder."""
+    raw = os.environ.get("ALIGNLENS_HOME", "").strip()
+    home = Path(raw).expanduser() if raw else Path.home() / ".cache" / "alignlens"
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        name = f"ALIGNLENS_HOME={raw}" if raw else f"the cache folder {home} (ALIGNLENS_HOME unset)"
+        raise AlignlensError(f"{name}: {existing} is not a folder; ALIGNLENS_HOME must be a folder (alignlens's "
+                             f"model cache): point it at one, or unset it for ~/.cache/alignlens")
+    return home
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -274,8 +285,51 @@ def model_source(spec: str) -> tuple[str, Path | None]:
 
 
 def check_model_spec(spec: str) -> None:
-    """Cheap check of a model argument before anything is loaded (see `model_source`)."""
-    model_source(spec)
+    """Check a model argument before anything is loaded (see `model_source`); a hub name must be
+    in the local HF cache or the hub must answer (`hub_cache_only`: at most one short request)."""
+    if model_source(spec)[0] == "hub":
+        hub_cache_only(spec)
+
+
+#: Seconds the hub has to answer the one reachability request (`hub_cache_only`).
+HUB_TIMEOUT = 3.0
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at `endpoint` cannot be reached (None: it answered, whatever the status), from
+    one HEAD request through huggingface_hub's session (its proxies) with a `HUB_TIMEOUT` limit."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no hub to download from
+        return _first_line(exc)
+    return None
+
+
+def hub_cache_only(spec: str) -> bool:
+    """Whether hub model `spec` must load from the local HF cache alone (True: it is cached, and
+    offline mode (HF_HUB_OFFLINE) is on or the hub does not answer; False: the hub answers).
+
+    Without this, a hub name with no network means a minute of HTTP retries before the loader
+    fails. Raises AlignlensError when `spec` is not cached and cannot be downloaded."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    offline = constants.is_offline_mode()  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE
+    if offline:
+        why: str | None = "offline mode is on (HF_HUB_OFFLINE)"
+    else:
+        unreachable = _hub_unreachable(constants.ENDPOINT)
+        why = f"{constants.ENDPOINT} cannot be reached: {unreachable}" if unreachable else None
+    if why is None:
+        return False
+    if cached:
+        return True
+    raise AlignlensError(f"model {spec!r}: not a local folder and not in the Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}); no network to download it ({why}); give a local model "
+                         f"folder, or download it where the hub is reachable")
 
 
 # ---- device maps (models larger than one device) ---------------------------------------------
@@ -313,6 +367,11 @@ def parse_device_map(text: str | dict | None) -> str | dict[str, str | int] | No
         where = "--device-map"
         if not text.startswith("{"):
             path = Path(text).expanduser()
+            looks_like_path = text.lower().endswith(".json") or "/" in text or os.sep in text
+            if looks_like_path and not path.exists():
+                raise AlignlensError(f"--device-map: file not found: {text}")
+            if path.is_dir():
+                raise AlignlensError(f"--device-map {text}: is a folder, not a JSON file")
             if not path.is_file():
                 raise AlignlensError(f"--device-map {text!r}: not one of {', '.join(DEVICE_MAP_PRESETS)}, "
                                      "a JSON object or a JSON file")
@@ -451,11 +510,13 @@ def _first_line(exc: Exception) -> str:
 def _source_of(spec: str) -> tuple[str, Path | None, dict]:
     """(what from_pretrained loads: folder or hub name, the local folder or None, facts about it).
 
-    Facts: `name` (for manifests), `tried` (for error messages) and `details` (the default's
-    source; an `alignlens train` output's trained languages and base model)."""
+    Facts: `name` (for manifests), `tried` (for error messages), `details` (the default's
+    source; an `alignlens train` output's trained languages and base model) and `local_files_only`
+    (a cached hub model with no hub to ask, `hub_cache_only`)."""
     kind, path = model_source(spec)  # cheap checks first: nothing is loaded for a bad spec
     tried: list[str] = []
     details: dict = {}
+    cache_only = False
     if kind == "default":
         path = ensure_default_model()
         name = "google/gemma-3-270m (Q4_K_M GGUF, dequantized)"
@@ -469,9 +530,11 @@ def _source_of(spec: str) -> tuple[str, Path | None, dict]:
         details.update(read_training(candidate))  # an `alignlens train` output: what it was trained on
     else:
         name = spec
-        tried.append(f"hub name {spec}")
+        cache_only = hub_cache_only(spec)
+        tried.append(f"hub name {spec}" + (" from the Hugging Face cache (no hub to ask)" if cache_only else ""))
     source = str(path) if path is not None else spec
-    return source, path, {"name": name, "tried": ", ".join(tried) or source, "details": details}
+    return source, path, {"name": name, "tried": ", ".join(tried) or source, "details": details,
+                          "local_files_only": cache_only}
 
 
 def load_tokenizer(spec: str) -> Any:
@@ -483,7 +546,7 @@ def load_tokenizer(spec: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return AutoTokenizer.from_pretrained(source)
+            return AutoTokenizer.from_pretrained(source, local_files_only=facts["local_files_only"])
     except Exception as exc:  # noqa: BLE001 - turned into one clear line
         raise AlignlensError(f"cannot load model {spec!r} (tried {facts['tried']}): {_first_line(exc)}") from None
 
@@ -518,7 +581,7 @@ def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtyp
     mem = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
     if mem and dmap is None:
         raise AlignlensError("--max-memory needs --device-map (e.g. --device-map auto)")
-    kwargs: dict[str, Any] = {"dtype": dt}
+    kwargs: dict[str, Any] = {"dtype": dt, "local_files_only": facts["local_files_only"]}
     if dmap is not None:
         kwargs.update(device_map=dmap, offload_folder=str(offload_dir()))
         if mem:

@@ -6,16 +6,24 @@ these can be passed as `progress=` to `evaluate`, `analyze` or `run_experiment`.
 
 `ALIGNLENS_PROGRESS` chooses: `bar` (rich bar), `lines` (a plain line every
 `ALIGNLENS_PROGRESS_SECONDS`, default 10 s: item counts, rate and ETA, fit for CI logs, nohup and
-`| tee`), `off`. Unset: `bar` on a terminal, `lines` otherwise.
+`| tee`), `off`. Unset: `bar` on a terminal, `lines` otherwise. Other values of either variable
+are refused (`check_env`, which the CLI runs at start-up).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+from alignlens import AlignlensError
+
+#: ALIGNLENS_PROGRESS values: the modes, and the aliases that mean bar or off.
+MODES = ("bar", "lines", "off")
+_ALIASES = {"1": "bar", "true": "bar", "on": "bar", "0": "off", "false": "off", "none": "off"}
 
 
 def _duration(seconds: float) -> str:
@@ -41,7 +49,7 @@ class LineProgress:
 
     def __init__(self, stream: TextIO | None = None, every: float | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.every = every if every is not None else float(os.environ.get("ALIGNLENS_PROGRESS_SECONDS", "10"))
+        self.every = every if every is not None else progress_seconds()
         self.tasks: list[_Task] = []
 
     def __enter__(self) -> "LineProgress":
@@ -88,13 +96,36 @@ class LineProgress:
             print(f"[{time.strftime('%H:%M:%S')}] {self.line(t)}", file=self.stream, flush=True)
 
 
+def progress_seconds() -> float:
+    """Seconds between progress lines: ALIGNLENS_PROGRESS_SECONDS (default 10; 0: a line on every
+    update). AlignlensError naming the variable for anything but a finite number >= 0."""
+    raw = os.environ.get("ALIGNLENS_PROGRESS_SECONDS", "").strip()
+    if not raw:
+        return 10.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise AlignlensError(f"ALIGNLENS_PROGRESS_SECONDS={raw!r} is not a number of seconds >= 0 "
+                             f"(e.g. 10; unset it for the default)")
+    return seconds
+
+
 def progress_mode(is_terminal: bool) -> str:
-    """`bar`, `lines` or `off`, from ALIGNLENS_PROGRESS (unset: bar on a terminal, else lines)."""
-    mode = os.environ.get("ALIGNLENS_PROGRESS", "").strip().lower()
-    if mode in ("1", "true", "on"):
-        mode = "bar"
-    if mode in ("0", "false", "none"):
-        mode = "off"
-    if mode not in ("bar", "lines", "off"):
-        mode = "bar" if is_terminal else "lines"
+    """`bar`, `lines` or `off`, from ALIGNLENS_PROGRESS (unset or empty: bar on a terminal, else lines;
+    1/true/on mean bar, 0/false/none off). AlignlensError naming the variable for another value."""
+    raw = os.environ.get("ALIGNLENS_PROGRESS", "").strip()
+    mode = _ALIASES.get(raw.lower(), raw.lower())
+    if not mode:
+        return "bar" if is_terminal else "lines"
+    if mode not in MODES:
+        raise AlignlensError(f"ALIGNLENS_PROGRESS={raw!r} is not one of {', '.join(MODES)} (unset it for a bar on "
+                             f"a terminal and plain lines otherwise)")
     return mode
+
+
+def check_env() -> None:
+    """Refuse a bad ALIGNLENS_PROGRESS or ALIGNLENS_PROGRESS_SECONDS before any work starts."""
+    progress_mode(False)
+    progress_seconds()

@@ -36,7 +36,8 @@ def _honour_umask(path: Path, folder: bool = False) -> None:
 @contextmanager
 def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path` (a file, or a folder with `folder=True`); on success
-    it is renamed onto `path` (replacing a file; a folder must not exist), on failure removed."""
+    it is renamed onto `path` (replacing a file; a folder must not exist), on failure removed.
+    An OSError that names no file, or only the temporary (e.g. a full disk), is raised again naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if folder:
@@ -49,6 +50,13 @@ def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
         yield tmp
         _honour_umask(tmp, folder)
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        named = Path(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+        if named is None or named == tmp or tmp in named.parents:  # the user never sees the temporary
+            target = path / named.relative_to(tmp) if named is not None and named != tmp else path
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     except BaseException:
         _remove(tmp)
         raise
