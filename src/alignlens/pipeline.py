@@ -12,6 +12,8 @@ language, `capture_run`), or in the same pass (`english-labels`).
     out/aligned/   the --compare model (same files), when given
     out/comparison.json           paired accuracy statistics and neuron changes, when --compare is given
     out/report.pdf                the PDF report (and its figures and tables)
+    out/manifest.json             which command wrote the folder and every file it wrote there
+                                  (the roles' manifests list theirs too): what --force may replace
 
 Analyses are pure functions of the captured tensors (`similarity`, `lens`, `neurons`), so a
 run saved with --save-activations can be re-analysed without the model (`analyze_shards`).
@@ -35,13 +37,13 @@ from alignlens.config import AnalyzeConfig, check_rows
 from alignlens.engine import score_prompts
 from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
 from alignlens.labels import label_sets
-from alignlens.results.manifest import make_manifest
-from alignlens.results.writer import write_analysis_files
+from alignlens.results.manifest import folder_manifest, make_manifest, ownership
+from alignlens.results.writer import ANALYSIS_FILES, files_under, read_owner, write_analysis_files
 from alignlens.languages import paper_order
 from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import compare_neurons, neuron_report
-from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, read_jsonl, write_json
+from alignlens.results import OutputFolder, now_iso, read_json, read_jsonl, write_json
 from alignlens.similarity import resolve_pca_languages, similarity_analysis
 
 
@@ -247,7 +249,8 @@ def analyze_model(
     torch.manual_seed(config.seed)
     manifest = make_manifest(model, config.eval_config(), command=command, started=started,
                              extra={"options": config.to_dict(), **(extra_manifest or {}),
-                                    "world_size": distributed.world().size})
+                                    "world_size": distributed.world().size,
+                                    **ownership("analyze", analysis_files(config))})
     distributed.on_main(lambda: write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None}))
     shard_dir = run_dir / "activations" if config.save_activations else None
     results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
@@ -260,6 +263,17 @@ def analyze_model(
                  "timing_s": {"capture": round(t_capture, 1), "total": round(time.time() - t0, 1)}}
         return write_eval(run_dir, results, final, config.eval_config())
     return distributed.broadcast_object(distributed.on_main(finish))
+
+
+def analysis_files(config: AnalyzeConfig) -> list[str]:
+    """The files `analyze_model` writes into a run folder (relative paths): the evaluation and
+    analysis files and, with --save-activations, one shard per (task, language)."""
+    files = [f for f in ANALYSIS_FILES if f != "activations"]
+    if config.save_activations:
+        for t in config.tasks:
+            spec = data.load_task(t)
+            files += [f"activations/{shard_path(Path(), spec.name, lang)}" for lang in data.task_languages(spec, config.languages)]
+    return files
 
 
 def check_resume(run_dir: Path, spec: str, config: AnalyzeConfig) -> dict | None:
@@ -315,7 +329,7 @@ def analyze(
     check_training_overlap(config, [spec for _, spec in specs])
     check_lens_prompts(config)
     check_similarity_options(config)
-    folder = OutputFolder(out, ANALYZE_FILES, force)
+    folder = OutputFolder(out, "analyze", force, resume=resume)
     saved: dict[str, dict | None] = {}
     if resume:
         if not (out / "base" / "manifest.json").is_file():
@@ -324,36 +338,52 @@ def analyze(
             raise AlignlensError(f"cannot resume {out}: it was run with --compare; give the same --compare")
         config = dataclasses.replace(config, save_activations=True)
         saved = {name: check_resume(out / name, spec, config) for name, spec in specs}
-        stage = out
-    else:  # under torchrun rank 0 alone prepares the folder; the others learn where it is
-        stage = distributed.broadcast_object(distributed.on_main(folder.begin))
-    state = {"role": None}
-    try:
-        summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log, state,
-                                            placement={"device_map": device_map, "max_memory": max_memory})
+    with folder.writing():  # one run at a time in `out`, until the end
+        if resume:
+            stage = out
+        else:  # under torchrun rank 0 alone prepares the folder; the others learn where it is
+            stage = distributed.broadcast_object(distributed.on_main(folder.begin))
+        started = now_iso()
+        state = {"role": None}
+        try:
+            summaries, trained = _analyze_roles(config, specs, stage, saved, device, dtype, progress, command, log,
+                                                state, placement={"device_map": device_map, "max_memory": max_memory})
 
-        def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
-            if compare:
-                write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
-            state["role"] = "report"
-            report_path = None
-            if report:
-                from alignlens.report import render_report
+            def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
+                if compare:
+                    write_json(stage / "comparison.json",
+                               compare_models(stage / "base", stage / "aligned", trained, config))
+                state["role"] = "report"
+                report_path = None
+                if report:
+                    from alignlens.report import render_report
 
-                log("rendering report")
-                render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
-                              **({"progress": report_progress} if report_progress else {}))
-                report_path = out / "report.pdf"
-            folder.commit()
-            return report_path
-        report_path = distributed.broadcast_object(distributed.on_main(finish))
-    except KeyboardInterrupt:
-        raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
-    except BaseException:
-        if stage != out and distributed.is_main():
-            folder.abort()
-        raise
+                    log("rendering report")
+                    render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf",
+                                  force=True, **({"progress": report_progress} if report_progress else {}))
+                    report_path = out / "report.pdf"
+                write_json(stage / "manifest.json", analyze_manifest(stage, specs, command, started))
+                folder.commit()
+                return report_path
+            report_path = distributed.broadcast_object(distributed.on_main(finish))
+        except KeyboardInterrupt:
+            raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
+        except BaseException:
+            if stage != out and distributed.is_main():
+                folder.abort()
+            raise
     return {"runs": summaries, "report": report_path, "trained_languages": trained}
+
+
+def analyze_manifest(folder: Path, specs: list[tuple[str, str]], command: str, started: str) -> dict:
+    """OUT/manifest.json of an analyze run: the command, the models by role, and every file the
+    run wrote in OUT (its roles' listed files, comparison.json, the report and its folders)."""
+    files = set(files_under(folder, ["comparison.json", "report.pdf", "report_figures", "report_tables"]))
+    for role, _ in specs:
+        owner = read_owner(folder / role)
+        files |= {f"{role}/{f}" for f in (owner.files if owner else ()) if (folder / role / f).exists()}
+    return folder_manifest("analyze", files, command=command, started=started,
+                           extra={"models": {role: spec for role, spec in specs}})
 
 
 def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, device: str,
