@@ -270,6 +270,21 @@ def test_analyze_force_replaces_only_the_listed_files(runs, tiny_base, tmp_path)
     assert sorted(p.name for p in (out / "aligned").iterdir()) == ["mine.txt"]
 
 
+def test_a_report_rendered_into_a_results_folder_is_listed_there(runs, tiny_base, tmp_path):
+    """`alignlens report` into an eval folder: its manifest lists the report's files, so a later
+    `eval --force` removes that report (it described the old results) and keeps the user's files."""
+    from alignlens.report import render_report
+
+    out = _copy(runs, "eval", tmp_path / "e")
+    render_report(out)  # default: out/report.pdf
+    listed = set(json.loads((out / "manifest.json").read_text())["files"])
+    assert listed == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} > set(EVAL_FILES)
+    (out / "report_figures" / "mine.txt").write_text("mine")
+    evaluate(load_model(tiny_base), EvalConfig(tasks=["paws"], languages=["en"], limit=1), out, force=True)
+    assert not (out / "report.pdf").exists() and not (out / "report_tables").exists()
+    assert [p.name for p in (out / "report_figures").iterdir()] == ["mine.txt"]
+
+
 # ---- 11 and 19. --out paths that cannot be a folder -------------------------------------------
 
 

@@ -471,7 +471,8 @@ def _undo_swap(dest: Path, stage: Path, trash: Path, moved_in: list[str], moved_
 @contextmanager
 def staged_swap(dest: Path, owned: Sequence[str]) -> Iterator[Path]:
     """Yield a hidden staging folder inside `dest` to write the new `owned` files into; when the
-    block succeeds they get the umask's modes and replace the old ones in `dest` (`swap_in`). The
+    block succeeds they get the umask's modes and replace the old ones in `dest` (`swap_in`), and
+    an alignlens manifest in `dest` that lists its files lists them (`record_written`). The
     staging folder is always removed: on a failure `dest` keeps its previous files, untouched."""
     stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}new.", dir=dest))
     try:
@@ -481,8 +482,21 @@ def staged_swap(dest: Path, owned: Sequence[str]) -> Iterator[Path]:
             if p.exists() and not p.is_symlink():
                 _honour_umask(p, folder=p.is_dir())
         swap_in(dest, stage, owned)
+        record_written(dest, owned)
     finally:
         _remove(stage)
+
+
+def record_written(folder: Path, rels: Sequence[str]) -> None:
+    """After `rels` (files or folders) were replaced in `folder` (e.g. a report rendered beside
+    results): the file list of the alignlens manifest there says so (what it listed under `rels`
+    is replaced by what is there now), so a later `--force` knows them as alignlens's. Nothing
+    happens without such a manifest."""
+    m, _ = read_manifest(folder / MANIFEST)
+    if m is None or m.get("files") is None:
+        return
+    kept = {f for f in m["files"] if not any(f == r or f.startswith(f"{r}/") for r in rels)}
+    write_json(folder / MANIFEST, {**m, "files": sorted(kept | files_under(folder, rels))})
 
 
 def write_eval_files(run_dir: Path, predictions: list[dict], summary: dict, manifest: dict) -> None:
