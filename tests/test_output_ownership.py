@@ -242,6 +242,16 @@ def test_a_file_the_manifest_does_not_list_is_not_replaced(runs, broken, tmp_pat
     assert tree(out) == before
 
 
+def test_a_file_where_alignlens_writes_a_folder_is_in_the_way(runs, tmp_path):
+    out = _copy(runs, "analyze", tmp_path / "a")
+    shutil.rmtree(out / "aligned")
+    (out / "aligned").write_text("my file, named like the compared model's folder")
+    before = tree(out)
+    with pytest.raises(AlignlensError, match=f"^{out / 'aligned'} is in the way of the new results"):
+        OutputFolder(out, "analyze", force=True).check()
+    assert tree(out) == before
+
+
 def test_an_older_eval_manifest_stands_for_the_files_alignlens_wrote_then(runs, tiny_base, tmp_path):
     out = _copy(runs, "eval", tmp_path / "e")
     m = json.loads((out / "manifest.json").read_text())

@@ -309,9 +309,11 @@ def analyze(
 ) -> dict[str, Any]:
     """The main job. Returns {"runs": {name: summary}, "report": path or None, "trained_languages": [...]}.
 
-    Everything is checked before a model is loaded (options, models, output folder). A new folder
-    is written directly; over earlier results (`force`), the new run is staged and swapped in at
-    the end, so a failure leaves the earlier results as they were. `resume` continues the run in
+    Everything is checked before a model is loaded (options, models, output folder), and the
+    folder stays locked until the run ends (a second run into it is refused at once). A new folder
+    is written directly; over an earlier analyze run (`force`: only the files its manifests list
+    are replaced), the new run is staged and swapped in at the end, so a failure leaves the
+    earlier results as they were. `resume` continues the run in
     `out` with the same model(s) and options (checked), keeping its finished shards.
     `device_map`/`max_memory`: place each model over several devices as it loads (`model.load_model`)."""
     from alignlens.model import check_dtype, check_model_spec, check_placement

@@ -236,13 +236,8 @@ def in_the_way(folder: Path, planned: Iterable[str], owned: frozenset[str] | set
             p = folder / rel
             if not (p.exists() or p.is_symlink()):
                 break
-            last = i == len(parts)
-            needs_folder = is_folder or not last
-            if rel in owned:
-                continue
-            if needs_folder and not p.is_dir():
-                return p
-            if not needs_folder:
+            needs_folder = is_folder or i < len(parts)
+            if rel not in owned and not (needs_folder and p.is_dir()):
                 return p
     return None
 
