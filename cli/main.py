@@ -56,7 +56,9 @@ ITEMS_HELP = ("Item indices to use, e.g. 0-249 or 1,5,10-19 (the same items in e
               "the second half by default, so use e.g. --items 0-249 for sentiment).")
 BALANCED_HELP = ("Label-balanced items: the first limit/n_labels items of each English gold label (in index order); "
                  "refused when --limit is not a multiple of the label count or a label has too few items.")
-FORCE_HELP = "Replace the results alignlens wrote in a non-empty --out (other files are kept; the old results stay until the new ones are complete)."
+FORCE_HELP = ("Replace an earlier run of this command in --out: only the files its alignlens manifest lists (other "
+              "files are kept; a folder of another command or without an alignlens manifest is refused; the old "
+              "results stay until the new ones are complete).")
 
 
 def _csv(value: Optional[str]) -> Optional[list[str]]:
@@ -270,18 +272,21 @@ def eval_cmd(
     each English label word's token set are summed at the last position; the largest wins.
     """
     from alignlens.evaluate import evaluate
-    from alignlens.results import EVAL_FILES, OutputFolder
+    from contextlib import nullcontext
+
+    from alignlens.results import OutputFolder
 
     _start(_eval_kept(out))
     cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
                      batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache, items=items,
                      balanced=balanced)
     _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
-    if out is not None:
-        OutputFolder(out, EVAL_FILES, force).check()  # before loading the model
+    folder = OutputFolder(out, "eval", force) if out is not None else None
+    if folder is not None:
+        folder.check()  # before loading the model
     _set_threads(threads)
-    with _process_group(device) as world:
-        m = _load(model, device, dtype, device_map, max_memory)
+    with _process_group(device) as world, folder.writing() if folder is not None else nullcontext():
+        m = _load(model, device, dtype, device_map, max_memory)  # with --out locked: one run at a time there
         with _progress_for(world) as progress:
             summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
     if not world.is_main:
@@ -355,7 +360,8 @@ def analyze_cmd(
     similarity, language-specific neurons) for a model and optionally a second one, then a PDF report.
 
     Writes OUT/base (and OUT/aligned): predictions.jsonl, summary.json, similarity.json,
-    logit_lens.json, neurons.json, neurons.safetensors, manifest.json; OUT/comparison.json; OUT/report.pdf.
+    logit_lens.json, neurons.json, neurons.safetensors, manifest.json; OUT/comparison.json; OUT/report.pdf;
+    OUT/manifest.json (every file the run wrote: what a later --force may replace).
     """
     from alignlens.pipeline import analyze
 
@@ -426,7 +432,7 @@ def train_cmd(
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep OUT/checkpoints after success."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out exactly where it stopped, with its saved options: omit them (an option given with another value than the saved run's is refused); only --threads and --keep-checkpoints may change."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help="Start again in an --out holding an earlier training run: removes only the files its alignlens manifest lists (other files are kept; a folder of another command or without an alignlens manifest is refused), once every check has passed and the model has loaded."),
 ) -> None:
     """Question-translation alignment (the paper's step 1): fine-tune on questions only, translated
     X -> English ("<question in X>\\nTranslate the input from <Language> to English:\\n" -> the English

@@ -122,9 +122,9 @@ def test_summary_and_files(tiny_gemma, tmp_path):
 
 def test_output_folder_is_never_overwritten_silently(tiny_gemma, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
     cfg = ev.EvalConfig(tasks=["snli"], languages=["en"], limit=2)
+    ev.evaluate(tiny_gemma, cfg, out)
+    (out / "keep.txt").write_text("x")
     with pytest.raises(AlignlensError, match="not empty; pass --force"):
         ev.evaluate(tiny_gemma, cfg, out)
     assert (out / "keep.txt").exists()

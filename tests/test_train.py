@@ -264,6 +264,11 @@ def test_no_overwrite_without_force(tiny_base, tmp_path):
     cfg = _cfg(per_language=8, eval_every=0)
     with pytest.raises(AlignlensError, match="not empty"):
         train(cfg, tiny_base, out, progress=False)
+    with pytest.raises(AlignlensError, match="holds no alignlens results"):  # --force cannot tell what is ours
+        train(cfg, tiny_base, out, force=True, progress=False)
+    (out / "something.txt").unlink()
+    train(cfg, tiny_base, out, progress=False)
+    (out / "something.txt").write_text("x")
     train(cfg, tiny_base, out, force=True, progress=False)
     assert (out / "manifest.json").is_file()
     assert (out / "something.txt").read_text() == "x"  # --force replaces only train's own files

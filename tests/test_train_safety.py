@@ -29,11 +29,10 @@ def _cfg(**kw):
 
 def _previous_run(tiny_base: str, out: Path) -> Path:
     """A finished LoRA run (with kept checkpoints) beside files alignlens never wrote."""
-    out.mkdir(parents=True)
+    train(_cfg(keep_checkpoints=True, save_every=1), tiny_base, out, progress=False)
     (out / "notes.txt").write_text("my notes")
     (out / "mine").mkdir()
     (out / "mine" / "data.csv").write_text("a,b\n1,2\n")
-    train(_cfg(keep_checkpoints=True, save_every=1), tiny_base, out, force=True, progress=False)
     assert (out / "merged" / "model.safetensors").is_file() and (out / "checkpoints" / "last.pt").is_file()
     return out
 
@@ -267,6 +266,6 @@ def test_force_refuses_the_current_folder(tiny_base, tmp_path, monkeypatch):
     out = _previous_run(tiny_base, tmp_path / "out")
     before = _snapshot(out)
     monkeypatch.chdir(out)
-    with pytest.raises(AlignlensError, match="refusing --force on the current folder"):
+    with pytest.raises(AlignlensError, match="refusing to write results into the current folder"):
         train(_cfg(), tiny_base, ".", force=True, progress=False)
     assert _snapshot(out) == before

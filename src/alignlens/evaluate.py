@@ -24,7 +24,7 @@ from alignlens.labels import label_sets
 from alignlens.languages import paper_order
 from alignlens.model import LoadedModel
 from alignlens.results import EVAL_FILES, OutputFolder, now_iso
-from alignlens.results.manifest import make_manifest
+from alignlens.results.manifest import make_manifest, ownership
 from alignlens.results.writer import write_eval_files
 from alignlens.stats import bootstrap_ci
 
@@ -195,31 +195,34 @@ def evaluate(model: LoadedModel, config: EvalConfig, out_dir: str | Path | None 
              progress: Any = None, command: str = "", fwd_hooks: Sequence[Hook] = ()) -> dict:
     """Run an evaluation; write its files to `out_dir` when given. Returns the summary dict.
 
-    The output folder is checked before any work; with `force`, only alignlens's own files there
-    are replaced, and only once the new ones are complete. Under torchrun every rank evaluates its
-    share (`evaluate_language`) and rank 0 alone writes (the manifest records `world_size`); every
-    rank returns the summary."""
-    folder = OutputFolder(out_dir, EVAL_FILES, force) if out_dir is not None else None
-    if folder is not None:
-        distributed.agree(folder.check)
-    torch.manual_seed(config.seed)
-    started = now_iso()
-    results = run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks)
-    if folder is None:
-        return summarize(results, config.bootstrap_resamples, config.seed)
+    The output folder is checked before any work and locked while the run works (another run
+    writing there is refused at once); with `force`, only the files its evaluation manifest lists
+    are replaced, and only once the new ones are complete (`results.writer.OutputFolder`). Under
+    torchrun every rank evaluates its share (`evaluate_language`) and rank 0 alone writes (the
+    manifest records `world_size`); every rank returns the summary."""
+    if out_dir is None:
+        torch.manual_seed(config.seed)
+        return summarize(run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks), config.bootstrap_resamples,
+                         config.seed)
+    folder = OutputFolder(out_dir, "eval", force)
+    distributed.agree(folder.check)
+    with folder.writing():
+        torch.manual_seed(config.seed)
+        started = now_iso()
+        results = run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks)
 
-    def write() -> dict:
-        stage = folder.begin()
-        try:
-            manifest = make_manifest(model, config, command=command, started=started,
-                                     extra={"world_size": distributed.world().size})
-            summary = write_eval(stage, results, manifest, config)
-            folder.commit()
-        except BaseException:
-            folder.abort()
-            raise
-        return summary
-    return distributed.broadcast_object(distributed.on_main(write))
+        def write() -> dict:
+            stage = folder.begin()
+            try:
+                manifest = make_manifest(model, config, command=command, started=started,
+                                         extra={"world_size": distributed.world().size, **ownership("eval", EVAL_FILES)})
+                summary = write_eval(stage, results, manifest, config)
+                folder.commit()
+            except BaseException:
+                folder.abort()
+                raise
+            return summary
+        return distributed.broadcast_object(distributed.on_main(write))
 
 
 def accuracy_table(summary: dict) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:

@@ -262,7 +262,9 @@ def model_source(spec: str) -> tuple[str, Path | None]:
         if not candidate.is_dir():
             raise AlignlensError(f"model path {spec} is a file; give the model's folder (with config.json)")
         merged = candidate / "merged"
-        finished = (merged / "config.json").is_file() and (candidate / "manifest.json").is_file()
+        from alignlens.results.schema import training_finished
+
+        finished = (merged / "config.json").is_file() and training_finished(candidate)
         if (candidate / "checkpoints" / "last.pt").is_file() and not finished:
             raise AlignlensError(f"training in {spec} was interrupted; resume with `{_train_command(candidate)}`")
         path = merged if (merged / "config.json").is_file() else candidate

@@ -10,6 +10,8 @@ language, `capture_run`), or in the same pass (`english-labels`).
                                   neurons.json, neurons.safetensors, manifest.json
                                   [activations/<task>__<lang>.safetensors with --save-activations]
     out/aligned/   the --compare model (same files), when given
+    out/manifest.json             which command wrote the folder and every file it wrote there
+                                  (the roles' manifests list theirs too): what --force may replace
     out/comparison.json           paired accuracy statistics and neuron changes, when --compare is given
     out/report.pdf                the PDF report (and its figures and tables)
 
@@ -35,13 +37,13 @@ from alignlens.config import AnalyzeConfig, check_rows
 from alignlens.engine import score_prompts
 from alignlens.evaluate import LanguageResult, evaluate_language, write_eval
 from alignlens.labels import label_sets
-from alignlens.results.manifest import make_manifest
-from alignlens.results.writer import write_analysis_files
+from alignlens.results.manifest import folder_manifest, make_manifest, ownership
+from alignlens.results.writer import ANALYSIS_FILES, files_under, read_owner, write_analysis_files
 from alignlens.languages import paper_order
 from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import compare_neurons, neuron_report
-from alignlens.results import ANALYZE_FILES, OutputFolder, now_iso, read_json, read_jsonl, write_json
+from alignlens.results import OutputFolder, now_iso, read_json, read_jsonl, write_json
 from alignlens.results.schema import resume_command
 from alignlens.resume import FolderBefore, check_resume, check_resume_model, refuse_interrupted
 from alignlens.similarity import resolve_pca_languages, similarity_analysis
@@ -256,7 +258,8 @@ def analyze_model(
     torch.manual_seed(config.seed)
     manifest = make_manifest(model, config.eval_config(), command=command, started=started,
                              extra={"options": config.to_dict(), **(extra_manifest or {}),
-                                    "world_size": distributed.world().size})
+                                    "world_size": distributed.world().size,
+                                    **ownership("analyze", analysis_files(config))})
     distributed.on_main(lambda: write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None}))
     shard_dir = run_dir / "activations" if config.save_activations else None
     results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
@@ -271,6 +274,17 @@ def analyze_model(
     return distributed.broadcast_object(distributed.on_main(finish))
 
 
+def analysis_files(config: AnalyzeConfig) -> list[str]:
+    """The files `analyze_model` writes into a run folder (relative paths): the evaluation and
+    analysis files and, with --save-activations, one shard per (task, language)."""
+    files = [f for f in ANALYSIS_FILES if f != "activations"]
+    if config.save_activations:
+        for t in config.tasks:
+            spec = data.load_task(t)
+            files += [f"activations/{shard_path(Path(), spec.name, lang)}" for lang in data.task_languages(spec, config.languages)]
+    return files
+
+
 def analyze(
     config: AnalyzeConfig, model: str = "gemma-3-270m", compare: str | None = None, out: str | Path = "runs/analysis",
     *, force: bool = False, resume: bool = False, device: str = "auto", dtype: str = "auto", report: bool = True,
@@ -280,9 +294,11 @@ def analyze(
 ) -> dict[str, Any]:
     """The main job. Returns {"runs": {name: summary}, "report": path or None, "trained_languages": [...]}.
 
-    Everything is checked before a model is loaded (options, models, output folder). A new folder
-    is written directly; over earlier results (`force`), the new run is staged and swapped in at
-    the end, so a failure leaves the earlier results as they were; when the numbers fail a check
+    Everything is checked before a model is loaded (options, models, output folder), and the
+    folder stays locked until the run ends (a second run into it is refused at once). A new folder
+    is written directly; over an earlier analyze run (`force`: only the files its manifests list
+    are replaced), the new run is staged and swapped in at the end, so a failure leaves the
+    earlier results as they were; when the numbers fail a check
     (NumericalError, exit 3) nothing is kept: a new folder is removed again, an empty one emptied.
     Without `force` an interrupted run in `out` is refused with the --resume to continue it.
     `resume` continues the run in `out` exactly (`resume.check_resume`: same model(s), options,
@@ -307,60 +323,74 @@ def analyze(
     check_similarity_options(config)
     if resume and force:
         raise AlignlensError("--resume continues the run in --out and --force starts it again: give only one of them")
-    folder = OutputFolder(out, ANALYZE_FILES, force)
+    folder = OutputFolder(out, "analyze", force, resume=resume)
     saved: dict[str, dict | None] = {}
     done: set[str] = set()
     before = FolderBefore.take(out)
     if resume:
         saved, done = check_resume(out, specs, config, run_plan(config), report=report)
         config = dataclasses.replace(config, save_activations=True)
-        stage = out
-    else:
-        if not force:
-            refuse_interrupted(out, command)
-        # under torchrun rank 0 alone prepares the folder; the others learn where it is
-        stage = distributed.broadcast_object(distributed.on_main(folder.begin))
-    state = {"role": None}
-    try:
-        summaries, trained = _analyze_roles(config, specs, stage, saved, done, device, dtype, progress, command, log,
-                                            state, placement={"device_map": device_map, "max_memory": max_memory})
+    elif not force:
+        refuse_interrupted(out, command)
+    with folder.writing():  # one run at a time in `out`, until the end
+        if resume:
+            stage = out
+        else:  # under torchrun rank 0 alone prepares the folder; the others learn where it is
+            stage = distributed.broadcast_object(distributed.on_main(folder.begin))
+        started = now_iso()
+        state = {"role": None}
+        try:
+            summaries, trained = _analyze_roles(config, specs, stage, saved, done, device, dtype, progress, command, log,
+                                                state, placement={"device_map": device_map, "max_memory": max_memory})
 
-        def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
-            if compare:
-                write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
-            state["role"] = "report"
-            report_path = None
-            if report:
-                from alignlens.report import render_report
+            def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
+                if compare:
+                    write_json(stage / "comparison.json", compare_models(stage / "base", stage / "aligned", trained, config))
+                state["role"] = "report"
+                report_path = None
+                if report:
+                    from alignlens.report import render_report
 
-                log("rendering report")
-                render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
-                              **({"progress": report_progress} if report_progress else {}))
-                report_path = out / "report.pdf"
-            folder.commit()
-            return report_path
-        report_path = distributed.broadcast_object(distributed.on_main(finish))
-    except KeyboardInterrupt:
-        raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
-    except NumericalError as exc:  # exit 3: nothing written (a resumed run's folder as before this attempt)
-        # rank 0 alone, no collective: the other ranks may be failing elsewhere
-        if stage != out:
-            if distributed.is_main():
+                    log("rendering report")
+                    render_report(stage / "base", stage / "aligned" if compare else None, stage / "report.pdf", force=True,
+                                  **({"progress": report_progress} if report_progress else {}))
+                    report_path = out / "report.pdf"
+                write_json(stage / "manifest.json", analyze_manifest(stage, specs, command, started))
+                folder.commit()
+                return report_path
+            report_path = distributed.broadcast_object(distributed.on_main(finish))
+        except KeyboardInterrupt:
+            raise RunInterrupted(_interrupted_message(out, stage, folder, config, state["role"], command)) from None
+        except NumericalError as exc:  # exit 3: nothing written (a resumed run's folder as before this attempt)
+            # rank 0 alone, no collective: the other ranks may be failing elsewhere
+            if stage != out:
+                if distributed.is_main():
+                    folder.abort()
+                kept = f"the new run was discarded; the earlier results in {out} are unchanged"
+            else:
+                if distributed.is_main():
+                    before.restore()
+                kept = (f"{out} is as it was before this attempt (the interrupted run, unchanged)" if resume else
+                        f"the new run was discarded ({out} is as it was before)")
+                if config.save_activations:
+                    kept += "; no new shard was kept (a --resume would meet the same numbers)"
+            raise NumericalError(f"{exc}; {kept}") from None
+        except BaseException:
+            if stage != out and distributed.is_main():
                 folder.abort()
-            kept = f"the new run was discarded; the earlier results in {out} are unchanged"
-        else:
-            if distributed.is_main():
-                before.restore()
-            kept = (f"{out} is as it was before this attempt (the interrupted run, unchanged)" if resume else
-                    f"the new run was discarded ({out} is as it was before)")
-            if config.save_activations:
-                kept += "; no new shard was kept (a --resume would meet the same numbers)"
-        raise NumericalError(f"{exc}; {kept}") from None
-    except BaseException:
-        if stage != out and distributed.is_main():
-            folder.abort()
-        raise
+            raise
     return {"runs": summaries, "report": report_path, "trained_languages": trained}
+
+
+def analyze_manifest(folder: Path, specs: list[tuple[str, str]], command: str, started: str) -> dict:
+    """OUT/manifest.json of an analyze run: the command, the models by role, and every file the
+    run wrote in OUT (its roles' listed files, comparison.json, the report and its folders)."""
+    files = set(files_under(folder, ["comparison.json", "report.pdf", "report_figures", "report_tables"]))
+    for role, _ in specs:
+        owner = read_owner(folder / role)
+        files |= {f"{role}/{f}" for f in (owner.files if owner else ()) if (folder / role / f).exists()}
+    return folder_manifest("analyze", files, command=command, started=started,
+                           extra={"models": {role: spec for role, spec in specs}})
 
 
 def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, done: set[str],

@@ -1,5 +1,7 @@
 """Provenance shared by every manifest alignlens writes (evaluation, analysis, training):
-versions, the code's commit, torch's CPU thread count (float results depend on it), UTC times."""
+versions, the code's commit, torch's CPU thread count (float results depend on it), UTC times;
+and what each one owns (`ownership`: the command kind and the files it wrote, which is all that
+`--force` may replace, see `results.writer`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -51,6 +53,19 @@ def provenance(*, command: str, model: dict, data: dict, options: dict, seed: in
             "options": options, "seed": seed, "versions": versions(), "git_commit": git_commit(),
             "torch_threads": torch.get_num_threads(),
             "started": started, "finished": finished}
+
+
+def ownership(kind: str, files: Iterable[str]) -> dict[str, Any]:
+    """The keys that say which files of its folder a manifest's run wrote: `kind` (eval, analyze,
+    train) and `files` (sorted relative paths, the manifest itself included)."""
+    return {"kind": kind, "files": sorted(set(files) | {"manifest.json"})}
+
+
+def folder_manifest(kind: str, files: Iterable[str], *, command: str, started: str, extra: dict | None = None) -> dict:
+    """A manifest for a whole output folder whose parts have manifests of their own (`alignlens
+    analyze`'s OUT/manifest.json): version, command, commit, times, `extra`, then `ownership`."""
+    return {"alignlens_version": __version__, "command": command, "git_commit": git_commit(), "started": started,
+            "finished": now_iso(), **(extra or {}), **ownership(kind, files)}
 
 
 def task_hash(folder: Path) -> str:

@@ -380,6 +380,15 @@ def _training_manifest(model_folder: Path) -> tuple[Path, dict | None]:
     return path, m
 
 
+def training_finished(model_folder: Path) -> bool:
+    """The folder's manifest.json exists and does not say a training run is still writing there
+    (`"status": "running"`, `train.checkpoint.running_manifest`)."""
+    from alignlens.results.writer import read_manifest
+
+    m, _ = read_manifest(Path(model_folder) / "manifest.json")
+    return (Path(model_folder) / "manifest.json").is_file() and (m is None or m.get("status") != "running")
+
+
 def read_training(model_folder: Path) -> dict[str, Any]:
     """What an `alignlens train` output folder's manifest.json says about its training:
     {"trained_languages", "base_model", "alignment" (which data: `read_training_split`)} ({} for a

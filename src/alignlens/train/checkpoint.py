@@ -5,8 +5,10 @@
 - `Checkpoint`: `TrainState` + trainable weights + optimizer + schedule + log offset, saved to
   `checkpoints/last.pt` and restored exactly (same weights as an uninterrupted run).
 - `TrainLog`: `train_log.jsonl`, cut back to the checkpoint's offset on resume.
-- The output folder: `check_out_dir` (no changes), `start_writing` (the first change),
-  `save_folder` (merged/ and adapter/), `ARTIFACTS` (what `--force` replaces).
+- The output folder: `check_out_dir` (no changes), `start_writing` (the first change: a forced
+  run removes the files the previous run's manifest lists, `results.writer.read_owner`),
+  `running_manifest` (manifest.json while the run works: which files are its own),
+  `save_folder` (merged/ and adapter/).
 
 Every file goes through `results.atomic_path` (temporaries beside the target, umask modes).
 """
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 import random
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,7 +28,10 @@ import numpy as np
 import torch
 
 from alignlens import AlignlensError
-from alignlens.results import TEMP_PREFIX, atomic_path, clean_stale_temps
+from alignlens.results import atomic_path, clean_stale_temps
+from alignlens.results.io import TEMP_PREFIX, _honour_umask, _remove
+from alignlens.results.manifest import git_commit, ownership
+from alignlens.results.writer import OutputFolder, files_under, read_manifest, read_owner, remove_owned
 
 FORMAT = "alignlens-train/1"
 
@@ -34,8 +39,6 @@ FORMAT = "alignlens-train/1"
 CHECKPOINT_KEYS = ("format", "config", "model_spec", "data_digest", "trainable", "optimizer", "scheduler", "rng",
                    "log_offset", "state")
 
-#: Everything `train` writes into its output folder; `force` replaces these and nothing else.
-ARTIFACTS = ("merged", "adapter", "checkpoints", "manifest.json", "train_log.jsonl")
 
 
 def first_line(exc: BaseException) -> str:
@@ -214,64 +217,84 @@ class NoLog:
 # ---- the output folder ----------------------------------------------------------------------
 
 
-def _has_content(out: Path) -> bool:
-    return out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX))
-
-
 def check_out_dir(out: Path, resume: bool, force: bool) -> Path | None:
-    """Check the output folder without changing it; returns the checkpoint to resume from (or None)."""
-    if out.exists() and not out.is_dir():
-        raise AlignlensError(f"output {out} exists and is not a folder")
-    nonempty = _has_content(out)
+    """Check the output folder without changing it (`results.writer.OutputFolder`: its path, no
+    other run writing there; a fresh run: empty, or with `force` a training run's folder whose
+    manifest lists the files to replace); returns the checkpoint to resume from (or None)."""
+    OutputFolder(out, "train", force, resume=resume).check()
     last = out / "checkpoints" / "last.pt"
     if resume:
         if last.is_file():
             return last
-        if (out / "manifest.json").is_file():
+        owner = read_owner(out)
+        if owner is not None and (owner.kind != "train" or owner.role):
+            raise AlignlensError(f"nothing to resume in {out}: it holds {owner.describe()}, not a training run")
+        m, _ = read_manifest(out / "manifest.json")
+        if owner is not None and m is not None and m.get("status") != "running":
             raise AlignlensError(f"{out} holds a finished training run; nothing to resume (retrain with --force instead of --resume)")
         raise AlignlensError(f"nothing to resume in {out}: no checkpoint ({last} missing); "
                              f"run without --resume to start")
-    if nonempty:
-        if not force:
-            raise AlignlensError(f"output folder {out} is not empty (use --force to overwrite, --resume to continue)")
-        resolved = out.resolve()
-        for name, danger in (("the current folder", Path.cwd()), ("your home folder", Path.home()),
-                             ("the root folder", Path("/"))):
-            if resolved == danger.resolve():
-                raise AlignlensError(f"refusing --force on {name} ({resolved}); give --out a folder of its own")
-    anc = out
-    while not anc.exists():
-        anc = anc.parent
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise AlignlensError(f"cannot write to {out}: {anc} is not writable")
     return None
 
 
 def start_writing(out: Path, fresh: bool) -> None:
-    """The first change to `out`: create it, remove stale temporaries and, for a fresh run (the
-    folder was checked: empty, or `force`), the previous run's `ARTIFACTS` (nothing else)."""
+    """The first change to `out` (its lock is held): create it, remove stale temporaries and, for
+    a fresh run (the folder was checked: empty, or `force`), the files the previous training run's
+    manifest lists (nothing else: files alignlens did not write stay, inside checkpoints/,
+    merged/ and adapter/ too)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(out)
         if fresh:
-            for name in ARTIFACTS:
-                p = out / name
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                elif p.exists() or p.is_symlink():
-                    p.unlink()
+            folder = OutputFolder(out, "train", force=True)
+            folder.check()  # again, under the lock
+            remove_owned(out, folder.owned)
     except OSError as exc:
         raise AlignlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
 
-def save_folder(path: Path, save: Callable[[Path], None]) -> None:
-    """`save(tmp)` into a temporary folder beside `path`, then rename it to `path` (replacing a
-    partial one of this run). atomic_path gives every file inside the modes a plain open() gives
-    under the umask (safetensors writes 0600)."""
-    if path.exists():
-        shutil.rmtree(path)
-    with atomic_path(path, folder=True) as tmp:
+def listed_files(out: Path) -> set[str]:
+    """The files a training run's manifest in `out` lists (an interrupted session's, on resume)."""
+    owner = read_owner(out)
+    return set(owner.files) if owner is not None and owner.kind == "train" else set()
+
+
+def running_manifest(out: Path, files: set[str], *, command: str, model_spec: str, config: dict, started: str) -> None:
+    """manifest.json while a training run works (`"status": "running"`, replaced by the finished
+    run's `training_manifest`): alignlens's keys, the command, model and options, and the files
+    the run has written so far (what a later `--force` may remove)."""
+    from alignlens import __version__
+    from alignlens.results import write_json
+
+    write_json(out / "manifest.json", {
+        "alignlens_version": __version__, "command": command, "format": FORMAT, "status": "running",
+        "model": {"spec": model_spec}, "options": config, "git_commit": git_commit(), "started": started,
+        **ownership("train", files)})
+
+
+def save_folder(path: Path, save: Callable[[Path], None]) -> list[str]:
+    """`save(tmp)` into a temporary folder beside `path`, then into place: renamed to `path`, or,
+    when `path` exists (files a `--force` kept, or this run's from an interrupted finish), each
+    new file moved over its namesake and other files kept. atomic_path-like: every file gets the
+    modes a plain open() gives under the umask (safetensors writes 0600). Returns the files
+    written, relative to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        with atomic_path(path, folder=True) as tmp:
+            save(tmp)
+            files = sorted(files_under(tmp))
+        return files
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+    try:
         save(tmp)
+        _honour_umask(tmp, folder=True)
+        files = sorted(files_under(tmp))
+        for rel in files:
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, path / rel)
+    finally:
+        _remove(tmp)
+    return files
 
 
 #: Largest safetensors file `write_safetensors_shards` writes (bytes; a bigger tensor gets a file of its own).

@@ -12,7 +12,10 @@ checkpoint / finish).
    r=8, alpha=16, dropout 0, q_proj+v_proj, or full fine-tuning), AdamW and a cosine schedule
    with linear warm-up: still nothing written;
 3. `Trainer.start`: the first change to the output folder (a forced run removes the previous
-   run's files here, only `checkpoint.ARTIFACTS`), or the checkpoint restored exactly;
+   run's files here, only those its manifest lists, `checkpoint.start_writing`), or the checkpoint
+   restored exactly; manifest.json says the run is running and lists its files
+   (`checkpoint.running_manifest`). The folder is locked from before the model loads to the end
+   (`results.writer.OutputFolder.writing`): a second run wanting it is refused at once;
 4. `Trainer.run`: `step()` until done; validation every `eval_every` steps (the best, lowest
    validation loss, trainable weights are kept), `checkpoint()` every `save_every` steps and on
    Ctrl-C/SIGTERM (then `TrainInterrupted`, exit 130/143, naming the checkpoint and the resume
@@ -29,7 +32,8 @@ checkpoint / finish).
    planned padding share);
 5. `Trainer.finish`: `merged/` (full HF model + tokenizer, the BEST-validation weights,
    float32), `adapter/` (peft adapter of the same weights, LoRA only), `manifest.json`
-   (`training_manifest`), `train_log.jsonl`; `checkpoints/` is deleted unless `keep_checkpoints`.
+   (`training_manifest`, with every file the run wrote), `train_log.jsonl`; the checkpoint files
+   are deleted unless `keep_checkpoints`.
 
 Process-wide state set for a run (torch's thread count, SIGINT/SIGTERM handlers, the global
 RNGs it seeds) is restored when `train` returns or raises.
@@ -75,11 +79,13 @@ import torch
 from alignlens import AlignlensError, RunInterrupted, distributed
 from alignlens.model import (DEFAULT_MODEL, ensure_default_model, load_hf, load_tokenizer, model_source,
                              resolve_device)
-from alignlens.results import TEMP_PREFIX, now_iso, write_json
-from alignlens.results.manifest import provenance
+from alignlens.results import TEMP_PREFIX, OutputFolder, clean_stale_temps, now_iso, write_json
+from alignlens.results.manifest import ownership, provenance
+from alignlens.results.writer import TRAIN_FILES, files_under, remove_owned
 from alignlens.train.checkpoint import (FORMAT, Checkpoint, NoLog, TrainLog, TrainState, atomic_save,
-                                        check_out_dir, load_trainable, load_weights, rng_state, save_folder,
-                                        set_rng_state, start_writing, trainable_state, write_safetensors_shards)
+                                        check_out_dir, listed_files, load_trainable, load_weights, rng_state,
+                                        running_manifest, save_folder, set_rng_state, start_writing,
+                                        trainable_state, write_safetensors_shards)
 from alignlens.train.config import RUNTIME_OPTIONS, TrainConfig
 from alignlens.train.examples import (BUCKET_WINDOW, COUNT_KEYS, TrainData, build_data, collate, data_source,
                                       epoch_order, load_pairs, micro_batches, padding_share)
@@ -397,6 +403,7 @@ class Trainer:
         self._loop_start = time.perf_counter()  # reset by run()
         self._tokens_session = 0
         self.command = ""  # the command line, recorded in the manifest (set by `train`)
+        self.files: set[str] = set(TRAIN_FILES)  # files of this run in `out` (relative; the manifest lists them)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -409,6 +416,9 @@ class Trainer:
 
         def prepare() -> None:
             start_writing(self.out, fresh=ckpt is None)
+            if ckpt is not None:  # what earlier sessions of this run wrote stays this run's
+                self.files |= listed_files(self.out)
+            self._record_files()
             self.log = TrainLog(self.out / "train_log.jsonl", truncate_to=ckpt.log_offset if ckpt else None)
             self.log.write({"event": "resume" if ckpt else "start", "time": now_iso(), "step": self.state.step,
                             "total_steps": self.total_steps, "n_train": len(self.data.train),
@@ -420,6 +430,13 @@ class Trainer:
         distributed.on_main(prepare)
         self._best_saved = self.best_weights is not None
         self.state.rng = rng_state()
+
+    def _record_files(self, *more: str) -> None:
+        """Rank 0: the running manifest with this run's files (`checkpoint.running_manifest`);
+        `more` are added, listed ones that are gone (older sharded checkpoints) dropped."""
+        self.files = {f for f in self.files | set(more) if f in TRAIN_FILES or (self.out / f).exists()}
+        running_manifest(self.out, self.files, command=self.command, model_spec=self.model_spec,
+                         config=self.config.to_dict(), started=self.state.started)
 
     def _world_record(self) -> dict:
         """The log's start record keys about processes (none for one process: the log is unchanged)."""
@@ -584,6 +601,7 @@ class Trainer:
                 for old in self.ckpt_dir.glob("*.dcp"):
                     if old.name not in sharded.values():
                         shutil.rmtree(old)
+                self._record_files(*(f"checkpoints/{f}" for f in files_under(self.ckpt_dir, [n for n in sharded.values() if n])))
 
         distributed.on_main(write)
 
@@ -615,9 +633,12 @@ class Trainer:
             self.log.write({"event": "done", "time": now_iso(), "step": st.step, "best_val_loss": st.best_val,
                             "best_step": st.best_step, "wall_seconds": round(elapsed, 1)})
             self.log.close()
-            write_json(self.out / "manifest.json", manifest)
-            if not cfg.keep_checkpoints:
-                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            checkpoints = {f for f in self.files if f.startswith("checkpoints/")}
+            kept = {f for f in self.files if (self.out / f).exists()} - (set() if cfg.keep_checkpoints else checkpoints)
+            write_json(self.out / "manifest.json", {**manifest, "status": "finished", **ownership("train", kept)})
+            if not cfg.keep_checkpoints:  # this run's checkpoint files; other files in checkpoints/ stay
+                clean_stale_temps(self.ckpt_dir, max_depth=0)
+                remove_owned(self.out, checkpoints)
 
         distributed.on_main(write)
         manifest = distributed.broadcast_object(manifest)
@@ -706,7 +727,7 @@ class Trainer:
         if self.config.full:
             merged = self.model
         else:
-            save_folder(self.out / "adapter", self.model.save_pretrained)
+            self._record_files(*(f"adapter/{f}" for f in save_folder(self.out / "adapter", self.model.save_pretrained)))
             merged = self.model.merge_and_unload()
         merged.to("cpu", dtype=torch.float32)
 
@@ -714,7 +735,7 @@ class Trainer:
             merged.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
 
-        save_folder(self.out / "merged", save_merged)
+        self._record_files(*(f"merged/{f}" for f in save_folder(self.out / "merged", save_merged)))
 
     def close(self) -> None:
         """Release the model, its DDP/FSDP wrapping and the optimizer, and collect them now: their
@@ -781,8 +802,9 @@ class Trainer:
         if not self.config.full:
             lora = {n: _full(p) for n, p in self.model.named_parameters() if p.requires_grad}
             if main:
-                save_folder(self.out / "adapter",
-                            lambda folder: self.model.save_pretrained(folder, state_dict={n: t.cpu() for n, t in lora.items()}))
+                self._record_files(*(f"adapter/{f}" for f in save_folder(
+                    self.out / "adapter",
+                    lambda folder: self.model.save_pretrained(folder, state_dict={n: t.cpu() for n, t in lora.items()}))))
             del lora
 
         def save_merged(folder: Path) -> None:  # rank 0
@@ -795,7 +817,7 @@ class Trainer:
             self.tokenizer.save_pretrained(folder)
 
         if main:
-            save_folder(self.out / "merged", save_merged)
+            self._record_files(*(f"merged/{f}" for f in save_folder(self.out / "merged", save_merged)))
         else:
             for _ in merged_tensors(hf, dtype, False):  # the same gathers as rank 0, nothing kept
                 pass
@@ -1052,7 +1074,9 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     folder, the LoRA targets against the model's modules (`check_lora_targets`, no weights
     loaded), data files, the model path, the tokenised data (`max_drop_fraction`), loading the
     model and fitting LoRA. Only then does a forced run remove the previous run's files (only
-    `checkpoint.ARTIFACTS`, never other files).
+    those its manifest lists, never other files; a folder of another command or without an
+    alignlens manifest is refused). The folder is locked from before the model loads until the
+    run ends: a second run wanting it is refused at once.
 
     Under torchrun (`WORLD_SIZE` > 1) every process calls `train` with the same arguments: the
     checks run on every rank before the process group starts (so no rank writes before all
@@ -1077,7 +1101,8 @@ def train(config: TrainConfig | None, model_spec: str | None, out_dir: str | Pat
     env = distributed.env_world()
     check_world(config, ckpt, env, out)
     device = distributed.rank_device(resolve_device(config.device))
-    with torch_threads(config.threads), global_rng_restored(), distributed.process_group(device) as world:
+    with torch_threads(config.threads), global_rng_restored(), distributed.process_group(device) as world, \
+            OutputFolder(out, "train", force, resume=resume).writing():  # locked before the model loads
         trainer = distributed.agree(lambda: setup(config, model_spec, out, ckpt, progress and world.is_main,
                                                   session_start, device))
         try:
