@@ -91,16 +91,16 @@ def _start(kept: Callable[[], str], home: bool = True) -> None:
 
 def _eval_kept(out: Optional[Path]) -> Callable[[], str]:
     """What an interrupted `eval` keeps: results appear only when complete (earlier ones stay)."""
-    from alignlens.results import EVAL_FILES, OutputFolder
+    from alignlens.results.writer import has_content
 
-    had_results = out is not None and OutputFolder(out, EVAL_FILES).has_content()
+    had_results = out is not None and has_content(out)
 
     def kept() -> str:
         if out is None:
             return "eval stopped; nothing was saved (no --out)"
         if had_results:
             return f"eval stopped; the earlier results in {out} are unchanged (the new run was discarded)"
-        if OutputFolder(out, EVAL_FILES).has_content():
+        if has_content(out):
             return f"eval stopped while writing {out}; its files are incomplete: run the command again with --force"
         return f"eval stopped; nothing was written to {out}; run the command again to evaluate"
     return kept

@@ -339,10 +339,16 @@ def test_eval_ctrl_c_says_nothing_was_written(tiny_folder, tmp_path):
 
 
 def test_eval_sigterm_keeps_earlier_results(tiny_folder, tmp_path):
+    from alignlens.results import write_json
+    from alignlens.results.manifest import folder_manifest
+
     out = tmp_path / "out"
     out.mkdir()
-    for name in ("predictions.jsonl", "summary.json", "manifest.json", "my_notes.txt"):
+    for name in ("predictions.jsonl", "summary.json", "my_notes.txt"):
         (out / name).write_text(f"earlier {name}\n", encoding="utf-8")
+    # an earlier eval's manifest (what --force may replace is what it lists; my_notes.txt is the user's)
+    write_json(out / "manifest.json", folder_manifest("eval", ["predictions.jsonl", "summary.json"], command="alignlens eval",
+                                                      started="2026-01-01T00:00:00"))
     before = snapshot(out)
     code, err = _signal_during([*EVAL_LONG, "--model", str(tiny_folder), "--out", str(out), "--force"],
                                signal.SIGTERM, PROGRESS_LINE, tmp_path)

@@ -112,11 +112,14 @@ def _interrupt(config: AnalyzeConfig, model: str, out: Path, after: int, compare
 
 
 def _task_copy(tmp_path: Path) -> Path:
-    """The bundled paws task with plain (not gzipped) item files of `LANGS`, to edit."""
+    """The bundled paws task with plain (not gzipped) item files of `LANGS` (and only those languages
+    in its task.json: a listed language without an item file is refused), to edit."""
     source = data.load_task("paws").folder
     folder = tmp_path / "paws"
     folder.mkdir()
-    shutil.copy(source / "task.json", folder)
+    spec = json.loads((source / "task.json").read_text(encoding="utf-8"))
+    spec["languages"] = {lang: spec["languages"][lang] for lang in LANGS}
+    (folder / "task.json").write_text(json.dumps(spec, ensure_ascii=False, indent=1), encoding="utf-8")
     for lang in LANGS:
         (folder / f"{lang}.jsonl").write_bytes(gzip.decompress((source / f"{lang}.jsonl.gz").read_bytes()))
     return folder
@@ -201,16 +204,24 @@ def test_resume_refuses_changed_data_and_threads_then_equals_uninterrupted(model
                                       "since the run started")
     assert str(info.value).endswith("; use --force to start again")
     _put_back(de_file, old)
-    # an English gold label is part of every language's shard data (gold labels come from English)
+    # a gold label is part of every language's shard data (gold labels come from English; a file that
+    # states a label must agree with English's, so the item's label changes in every file that has one)
     en_file = task / "en.jsonl"
     first = json.loads(en_file.read_text(encoding="utf-8").splitlines()[0])
-    old = _edit_first_item(en_file, label=next(lab for lab in spec.labels if lab != first["label"]))
+    other = next(lab for lab in spec.labels if lab != first["label"])
+    olds = {}
+    for lang in LANGS:
+        path = task / f"{lang}.jsonl"
+        if "label" in json.loads(path.read_text(encoding="utf-8").splitlines()[0]):
+            olds[path] = _edit_first_item(path, label=other)
+    assert en_file in olds
     spec_now = data.load_task(task)
     assert shard_data_hash(spec_now, "de", cfg.select_items(data.load_items(spec_now, "de"), spec.labels)) != \
         shard_data_hash(spec, "de", de_items)
     with pytest.raises(AlignlensError, match="the data of task paws, language en changed"):
         analyze(cfg, models["tiny"], None, out, report=False, resume=True)
-    _put_back(en_file, old)
+    for path, old in olds.items():
+        _put_back(path, old)
 
     # item 3: another thread count -> refused, naming --threads and the saved value
     torch.set_num_threads(2)
@@ -308,7 +319,10 @@ def test_compare_resume_keeps_finished_role_and_finished_run_is_refused(models, 
     res = analyze(cfg, models["tiny"], models["other"], out, report=True, resume=True)
     assert res["report"] == out / "report.pdf" and (out / "report.pdf").is_file()
     after = snapshot(out)
-    assert {k: v for k, v in after.items() if k in finished} == finished
+    # every earlier file as it was; OUT/manifest.json is rewritten to list the report it now holds
+    assert {k: v for k, v in after.items() if k in finished and k != "manifest.json"} == \
+        {k: v for k, v in finished.items() if k != "manifest.json"}
+    assert "report.pdf" in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
     with pytest.raises(AlignlensError, match="nothing to resume"):
         analyze(cfg, models["tiny"], models["other"], out, report=True, resume=True)
     proc = run_cli("report", str(out))
