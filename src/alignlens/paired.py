@@ -8,6 +8,11 @@ per-language differences, and an item-cluster bootstrap for differences averaged
 share their items). Bootstrap intervals are 95% percentile intervals.
 
 Undefined values are None (JSON null), never NaN.
+
+A bootstrap interval is read as a test only when it can be one (`untestable`): on at least
+`MIN_ITEMS` items, with at least one discordant item (a paired Δ with none is 0 in every
+resample) and of non-zero width. Otherwise it is reported as "not testable (n=…)", never as an
+interval.
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ from alignlens import metrics as M
 
 __all__ = [
     "mcnemar_exact", "holm", "benjamini_hochberg", "paired_delta_ci", "cluster_bootstrap_delta",
-    "compare_runs",
+    "compare_runs", "MIN_ITEMS", "untestable",
 ]  # fmt: skip
+
+#: Fewest items a bootstrap interval is read as a test on: with fewer, a percentile interval takes
+#: only a handful of distinct values and says little about the Δ's uncertainty.
+MIN_ITEMS = 10
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 _QUANTILES = (0.025, 0.975)
@@ -106,6 +115,27 @@ def benjamini_hochberg(p_values: Iterable[float | None]) -> list[float | None]:
     adj = np.empty(m)
     adj[order] = adj_sorted
     return _scatter(vals, keep, adj)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading an interval
+# --------------------------------------------------------------------------------------------------
+
+
+def untestable(n: int, ci: Sequence[float | None] | None, n_discordant: int | None = None) -> str:
+    """Why a bootstrap interval `ci` of a paired Δ on `n` items cannot be read as a test, in words
+    ("" when it can): no interval, fewer than `MIN_ITEMS` items, no discordant item (`n_discordant`
+    = 0: both runs right or both wrong on every item, so every resample gives Δ = 0), or an interval
+    of zero width (every resample gave the same Δ)."""
+    if not ci or ci[0] is None or ci[1] is None or n == 0:
+        return "no interval" if n else "no items"
+    if n < MIN_ITEMS:
+        return f"fewer than {MIN_ITEMS} items"
+    if n_discordant == 0:
+        return "no discordant item"
+    if not ci[1] - ci[0] > 0:
+        return "zero-width interval"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------
