@@ -101,7 +101,7 @@ def int_layers(ax) -> None:
     """Integer layer ticks on the x axis."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8, min_n_ticks=1))  # integers even for one layer
 
 
 def lang_ticks(ax, langs: list[str], trained: list[str], fontsize: float = 7) -> None:
