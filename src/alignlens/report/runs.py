@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlens import AlignlensError
+from alignlens.report.layout import short_path
 from alignlens.results.io import read_json, read_jsonl
 from alignlens.results.schema import Cell, Run, load_run, read_comparison_file
 from alignlens.stats import bootstrap_ci, clip_interval
@@ -122,7 +123,7 @@ def find_comparison(a: Run, b: Run) -> tuple[dict | None, str]:
         return None, ""
     raw = read_json(path)
     if not isinstance(raw, dict) or "accuracy" not in raw or "neurons" not in raw:
-        return None, f"{path} is of an older format (no paired accuracy statistics) and was not used"
+        return None, f"{short_path(path)} is of an older format (no paired accuracy statistics) and was not used"
     return read_comparison_file(path), ""
 
 
@@ -291,7 +292,9 @@ class Runs:
         return out
 
     def role_label(self, i: int) -> str:
-        return f"{self.roles[i]} ({self.runs[i].name})"
+        """'aligned (…/refrun/aligned-emotion)': run i's name and its model (`layout.short_path`:
+        never an absolute local path)."""
+        return f"{self.roles[i]} ({short_path(self.runs[i].name)})"
 
     @property
     def depth_axis(self) -> bool:
@@ -388,7 +391,7 @@ def load_runs(run_dir: Path, compare_dir: Path | None = None, names=None) -> Run
         if other:  # the file is another pair's: not theirs to use, nothing wrong with it
             comp = None
         elif why:
-            notes.append(f"{a.path.resolve().parent / 'comparison.json'} does not belong to these runs ({why}); its paired statistics were not used")
+            notes.append(f"{short_path(a.path.resolve().parent / 'comparison.json')} does not belong to these runs ({why}); its paired statistics were not used")
         else:
             paired, source = comp["accuracy"], "read from comparison.json (written by alignlens analyze --compare)"
     if paired is None:
