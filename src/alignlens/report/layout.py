@@ -73,21 +73,23 @@ def _measurer():
     return RendererAgg(10, 10, 720)  # a high dpi: widths close to the unhinted (PDF) ones
 
 
-@lru_cache(maxsize=8192)
-def _width(s: str, fontsize: float, weight: str, family: tuple[str, ...]) -> float:
+@lru_cache(maxsize=16384)
+def _width10(s: str, weight: str, family: tuple[str, ...]) -> float:
+    """Width in points of `s` at 10 pt (measured at 720 dpi, where glyph hinting no longer matters)."""
     from matplotlib.font_manager import FontProperties
 
-    prop = FontProperties(family=list(family), size=fontsize, weight=weight)
+    prop = FontProperties(family=list(family), size=10.0, weight=weight)
     return float(_measurer().get_text_width_height_descent(s, prop, ismath=False)[0]) / 10.0  # 720 dpi -> points
 
 
 def text_width(s: str, fontsize: float, weight: str = "normal") -> float:
     """Width in points of the one-line text `s` in the current rcParams font family list (with
-    its per-glyph fallback, as the report draws it), without padding, as in the PDF. Raster output
-    hints glyphs to whole pixels, which makes text up to ~4% wider at 110 dpi (8% at 60): keep a margin."""
+    its per-glyph fallback, as the report draws it), without padding, as in the PDF (unhinted
+    widths scale with the font size). Raster output hints glyphs to whole pixels, which makes text
+    up to ~4% wider at 110 dpi (8% at 60): keep a margin."""
     from matplotlib import rcParams
 
-    return _width(s, float(fontsize), weight, tuple(rcParams["font.family"]))
+    return _width10(s, weight, tuple(rcParams["font.family"])) * float(fontsize) / 10.0
 
 
 def wrap_to_width(text: str, width_pt: float, fontsize: float, weight: str = "normal") -> list[str]:

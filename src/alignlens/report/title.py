@@ -139,6 +139,22 @@ def _height(fig, renderers, artist) -> float:
     return max(artist.get_window_extent(r, dpi=r.dpi).height / (h_in * r.dpi) for r in renderers)
 
 
+#: A line of the tallest scripts the manifests can hold (Latin, CJK, Devanagari, Thai, Bengali):
+#: its height bounds that of any line of theirs.
+PROBE = "Ag 中文 हिन्दी ไทย বাংলা"
+
+
+def _line_heights(fig, renderers, fontsize: float, weight: str = "normal") -> tuple[float, float]:
+    """(height of a one-line text, added height per further line) at `fontsize`, in figure
+    fraction, measured on `PROBE` (an upper bound for every line of the page's texts)."""
+    one = fig.text(0, 0, PROBE, fontsize=fontsize, fontweight=weight)
+    two = fig.text(0, 0, PROBE + "\n" + PROBE, fontsize=fontsize, fontweight=weight)
+    h1, h2 = _height(fig, renderers, one), _height(fig, renderers, two)
+    one.remove()
+    two.remove()
+    return h1, h2 - h1
+
+
 def _manifest_lines(rows: list[tuple[str, str]], width_pt: float, fontsize: float, cap: int | None) -> list[tuple[str, list[str]]]:
     """Each row's value wrapped to `width_pt`; with `cap`, a value of more lines keeps its first
     cap - 1 lines and ends with `TRUNCATED`."""
@@ -162,12 +178,13 @@ def _manifest_block(fig, renderers, rows, x0: float, width: float, y0: float, fo
     label_pt = max(text_width(k, fontsize, "bold") for k, _ in rows) * HINTING + 8.0
     value_pt = (width * fig_w - label_pt) / HINTING - 4.0  # margins for raster hinting and the text box's padding
     pad = ROW_PAD / _points(fig)[1]
+    h1, more = (max(pair) for pair in zip(_line_heights(fig, renderers, fontsize), _line_heights(fig, renderers, fontsize, "bold")))
     artists, y = [], y0
     wrapped = _manifest_lines(rows, value_pt, fontsize, cap)
     for label, lines in wrapped:
         a = fig.text(x0, y, label, fontsize=fontsize, fontweight="bold", va="top")
         b = fig.text(x0 + label_pt / fig_w, y, "\n".join(lines), fontsize=fontsize, va="top")
-        y -= max(_height(fig, renderers, a), _height(fig, renderers, b)) + pad
+        y -= h1 + (len(lines) - 1) * more + pad
         rule = Line2D([x0, x0 + width], [y + pad / 2] * 2, transform=fig.transFigure, color="#dddddd", lw=0.5)
         fig.add_artist(rule)
         artists += [a, b, rule]
@@ -186,24 +203,28 @@ def _draw_manifests(fig, renderers, runs: Runs, y_top: float, y_bottom: float) -
         head = wrap_to_width(f"Run manifest — {runs.role_label(i)}", width * _points(fig)[0] / HINTING, 10, "bold")
         heads.append(fig.text(LEFT + i * (width + COL_GAP), y_top, "\n".join(head), fontsize=10, fontweight="bold", va="top"))
     y0 = y_top - max(_height(fig, renderers, h) for h in heads) - 0.012
-    tries: list[tuple[float, int | None]] = [(fs, None) for fs in FONT_SIZES]
-    k = 0
-    while k < len(tries):
-        fontsize, cap = tries[k]
+
+    def attempt(fontsize: float, cap: int | None) -> tuple[list, float, int]:
         drawn, bottom, longest = [], 1.0, 1
         for i in range(n):
             artists, b, most = _manifest_block(fig, renderers, rows[i], LEFT + i * (width + COL_GAP), width, y0, fontsize, cap)
-            drawn += artists
-            bottom, longest = min(bottom, b), max(longest, most)
+            drawn, bottom, longest = drawn + artists, min(bottom, b), max(longest, most)
+        return drawn, bottom, longest
+
+    for fontsize in FONT_SIZES:
+        drawn, bottom, longest = attempt(fontsize, None)
         if bottom >= y_bottom:
-            return
-        if k == len(FONT_SIZES) - 1:  # no font size fits: cut the longest values, a line at a time
-            tries += [(fontsize, c) for c in range(longest - 1, 1, -1)]
-        if k == len(tries) - 1:  # nothing left to try: keep the last layout
             return
         for a in drawn:
             a.remove()
-        k += 1
+    lo, hi, best = 2, longest - 1, 2  # no font size fits: the most lines per value that fit (bisection)
+    while lo <= hi:
+        cap = (lo + hi) // 2
+        drawn, bottom, _ = attempt(FONT_SIZES[-1], cap)
+        for a in drawn:
+            a.remove()
+        best, lo, hi = (cap, cap + 1, hi) if bottom >= y_bottom else (best, lo, cap - 1)
+    attempt(FONT_SIZES[-1], best)
 
 
 def _language_legend(fig, renderers, trained: list[str]) -> float:
