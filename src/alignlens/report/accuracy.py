@@ -655,9 +655,12 @@ def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned â
         ax.errorbar(d[ok], (y + off)[ok], xerr=np.vstack([d - lo, hi - d])[:, ok], fmt="o", color=color, ms=4, capsize=2, lw=1,
                     label=f"Î” {name}")  # fmt: skip
         ax.plot(d[~ok], (y + off)[~ok], "o", mfc="none", color=color, ms=4)  # no interval: not testable
+        span = np.concatenate([x[np.isfinite(x)] for x in (d, lo, hi)] + [np.zeros(1)])
+        middle = (span.min() + span.max()) / 2
         for k in np.flatnonzero(~ok & np.isfinite(d)):
-            ax.annotate(f"not testable (n={chunk[k][2][key]['n_items']})", (d[k], y[k] + off), xytext=(5, 0),
-                        textcoords="offset points", fontsize=6.5, va="center", color=color)  # fmt: skip
+            right = d[k] <= middle  # the label on the side with more room
+            ax.annotate(f"not testable (n={chunk[k][2][key]['n_items']})", (d[k], y[k] + off), xytext=(5 if right else -5, 0),
+                        textcoords="offset points", fontsize=6.5, va="center", ha="left" if right else "right", color=color)  # fmt: skip
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{t}: {g}" for t, g, _ in chunk], fontsize=8)
