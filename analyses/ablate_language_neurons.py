@@ -6,7 +6,9 @@ A scripted hook experiment on alignlens's public API (`alignlens.pipeline.run_ex
    (LAPE, Tang et al. 2024) from the same capture pass;
 2. zero the `--top` neurons most specific to `--language` (lowest entropy first) at
    `blocks.{l}.mlp.hook_post` (the MLP hidden activation: act(gate) * up for gated MLPs);
-3. run again; report, per language, the change in accuracy and in the gold label's probability;
+3. run again; report, per language, the change in accuracy and in the mean probability of the gold
+   label, both as a difference (`mean_p_gold_diff`, probability units: 0.014 = 1.4 points) and as a
+   relative change (`rel_change_mean_p_gold` = ablated / base - 1: 0.025 = +2.5% of the base value);
 4. control: zero as many random neurons from the same layers (`--control-seed`) and run again.
    If the neurons are language-specific, the ablated language should lose more than the others,
    and more than under the control. Per language: exact McNemar (base vs ablated, control vs
@@ -80,9 +82,21 @@ def matched_random_neurons(neurons: list[tuple[int, int]], d_mlp: int, seed: int
     return out
 
 
+#: What the change fields of the result hold (written into the JSON as "units").
+UNITS = {
+    "accuracy_change": "accuracy_ablated - accuracy_base (proportion: 0.21 = 21 points)",
+    "mean_p_gold_diff": "p_gold_ablated - p_gold_base: difference of the mean P(gold) (probability: 0.014 = 1.4 points)",
+    "rel_change_mean_p_gold": "p_gold_ablated / p_gold_base - 1: relative change of the mean P(gold) (0.025 = +2.5% of "
+                              "the base value, not points)",
+    "control_*": "the same for the random-neuron control (control instead of ablated)",
+    "target_minus_others_*": "the ablated language's value minus the mean over the other languages",
+    "target_minus_control_*": "the ablated language's value minus its control value",
+}  # fmt: skip
+
+
 def _per_language(task: str, lang: str, base, ablated, control) -> dict:
-    """Accuracy, mean P(gold) and their changes for one language, with exact McNemar p-values of
-    base vs ablated and of control vs ablated on the same items (paired)."""
+    """Accuracy, mean P(gold) and their changes for one language (`UNITS`), with exact McNemar
+    p-values of base vs ablated and of control vs ablated on the same items (paired)."""
     def res(run):
         return next(r for r in run.results if r.task == task and r.lang == lang)
 
@@ -93,8 +107,10 @@ def _per_language(task: str, lang: str, base, ablated, control) -> dict:
         row[f"accuracy_{name}"] = run.accuracy(task, lang)
         row[f"p_gold_{name}"] = run.mean_prob_correct(task, lang)
     row["accuracy_change"] = row["accuracy_ablated"] - row["accuracy_base"]
-    row["p_gold_relative_change"] = row["p_gold_ablated"] / row["p_gold_base"] - 1
-    row["control_p_gold_relative_change"] = row["p_gold_control"] / row["p_gold_base"] - 1
+    row["mean_p_gold_diff"] = row["p_gold_ablated"] - row["p_gold_base"]
+    row["control_mean_p_gold_diff"] = row["p_gold_control"] - row["p_gold_base"]
+    row["rel_change_mean_p_gold"] = row["p_gold_ablated"] / row["p_gold_base"] - 1
+    row["control_rel_change_mean_p_gold"] = row["p_gold_control"] / row["p_gold_base"] - 1
     row["mcnemar_p_base_vs_ablated"] = mcnemar_exact(rb.correct > 0, ra.correct > 0)["p_value"]
     row["mcnemar_p_control_vs_ablated"] = mcnemar_exact(rc.correct > 0, ra.correct > 0)["p_value"]
     return row
@@ -117,16 +133,34 @@ def run(model: LoadedModel, language: str, languages: list[str], task: str = "em
     for key in ("mcnemar_p_base_vs_ablated", "mcnemar_p_control_vs_ablated"):
         for lang, p_adj in zip(languages, holm([rows[lang][key] for lang in languages])):
             rows[lang][key + "_holm"] = p_adj
-    others = [rows[lang]["p_gold_relative_change"] for lang in languages if lang != language]
-    return {
+    target = rows[language]
+    out = {
         "model": model.describe(), "task": task, "ablated_language": language, "n_neurons": len(neurons),
         "neurons": neurons, "control_neurons": control_neurons, "control_seed": control_seed,
-        "limit": limit, "items": items, "balanced": balanced, "per_language": rows,
-        "target_minus_others_p_gold_change": rows[language]["p_gold_relative_change"] - float(np.mean(others)),
-        "target_minus_control_p_gold_change": rows[language]["p_gold_relative_change"]
-        - rows[language]["control_p_gold_relative_change"],
-        "neuron_options": base.analyses["neurons"]["options"],
-    }
+        "limit": limit, "items": items, "balanced": balanced, "units": UNITS, "per_language": rows,
+    }  # fmt: skip
+    for key in ("mean_p_gold_diff", "rel_change_mean_p_gold"):
+        others = [rows[lang][key] for lang in languages if lang != language]
+        out[f"target_minus_others_{key}"] = target[key] - float(np.mean(others)) if others else None
+        out[f"target_minus_control_{key}"] = target[key] - target[f"control_{key}"]
+    out["neuron_options"] = base.analyses["neurons"]["options"]
+    return out
+
+
+def table_lines(result: dict) -> list[str]:
+    """The printed table of a result: accuracies, and the change of the mean P(gold) in points with
+    the relative change in parentheses (labelled as such), and the Holm-adjusted McNemar p."""
+    lines = ["dP(gold): difference of the mean gold-label probability in points (in parentheses: relative change, "
+             "% of the base value)",
+             f"{'lang':6s}{'acc base':>10s}{'acc abl.':>10s}{'acc ctrl':>10s}{'dP(gold) abl.':>20s}{'dP(gold) ctrl':>20s}"
+             f"{'p McNemar (Holm)':>18s}"]  # fmt: skip
+    for lang, r in result["per_language"].items():
+        mark = " <- ablated" if lang == result["ablated_language"] else ""
+        abl = f"{r['mean_p_gold_diff'] * 100:+.1f} pt ({r['rel_change_mean_p_gold']:+.1%})"
+        ctl = f"{r['control_mean_p_gold_diff'] * 100:+.1f} pt ({r['control_rel_change_mean_p_gold']:+.1%})"
+        lines.append(f"{lang:6s}{r['accuracy_base']:10.3f}{r['accuracy_ablated']:10.3f}{r['accuracy_control']:10.3f}"
+                     f"{abl:>20s}{ctl:>20s}{r['mcnemar_p_base_vs_ablated_holm']:18.3f}{mark}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,13 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out, result)
     print(f"zeroed {result['n_neurons']} {args.language}-specific neurons (control: as many random neurons in the "
           f"same layers); {args.task}, {args.limit} items per language")
-    print(f"{'lang':6s}{'acc base':>10s}{'acc abl.':>10s}{'acc ctrl':>10s}{'dP(gold) abl.':>15s}{'dP(gold) ctrl':>15s}"
-          f"{'p McNemar (Holm)':>18s}")
-    for lang, r in result["per_language"].items():
-        mark = " <- ablated" if lang == args.language else ""
-        print(f"{lang:6s}{r['accuracy_base']:10.3f}{r['accuracy_ablated']:10.3f}{r['accuracy_control']:10.3f}"
-              f"{r['p_gold_relative_change']:+15.1%}{r['control_p_gold_relative_change']:+15.1%}"
-              f"{r['mcnemar_p_base_vs_ablated_holm']:18.3f}{mark}")
+    print("\n".join(table_lines(result)))
     print(f"wrote {out}")
 
 

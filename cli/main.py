@@ -476,7 +476,7 @@ def report_cmd(
     names: Optional[str] = typer.Option(
         None, "--names", "-n", metavar="A,B",
         help="What the report calls RUN_DIR and the --compare run, e.g. aligned,control (default: base,aligned; one "
-             "name without --compare). Two distinct names of at most 20 letters, digits or _ . + -. Results are "
+             "name without --compare). Two distinct names of at most 20 letters, digits (any script: 基础,对齐) or _ . + -. Results are "
              "phrased as a test of the paper's claim only for base,aligned; other names get the same numbers as "
              "B − A, with no verdict."),
 ) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alignlens import data, results
-from alignlens.config import AnalyzeConfig
+from alignlens.config import AnalyzeConfig, parse_items
 from alignlens.evaluate import LanguageResult, write_eval
 from alignlens.results.manifest import make_manifest
 from alignlens.lens import LensCapture, lens_report
@@ -195,6 +195,8 @@ def make_synthetic_run(
     gold_weights: Sequence[float] | None = None,
     label_bias: Mapping[str, float] | None = None,
     content_free: bool = True,
+    items: str | None = None,
+    limit: int | None = None,
 ) -> Path:
     """Write a synthetic run folder at `dir` (items 0..n_items-1 of each task and language, as
     `--limit n_items` would) and return it.
@@ -208,14 +210,17 @@ def make_synthetic_run(
     the same in every run; `label_bias`: logit offset per label name (see `_language_result`).
     `content_free`: give each language content-free label probabilities (`_content_free`), so
     summary.json has calibrated accuracies; False leaves them out (None, as unmeasured).
+    `items` / `limit`: the run's `--items` and `--limit` as the CLI records them (e.g. items "0-3" with
+    the default limit 50 evaluates items 0-3); by default items 0..n_items-1 as `--limit n_items`.
     """
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     trained = list(trained or [])
     name = model_name or ("synthetic-aligned" if boost else "synthetic-base")
-    config = AnalyzeConfig(tasks=list(tasks), languages=list(languages), limit=n_items, seed=seed,
-                           bootstrap_resamples=BOOTSTRAP, neurons=NeuronOptions(top_rate=0.25))
+    config = AnalyzeConfig(tasks=list(tasks), languages=list(languages), limit=n_items if limit is None and items is None else limit,
+                           seed=seed, bootstrap_resamples=BOOTSTRAP, neurons=NeuronOptions(top_rate=0.25), items=items)  # fmt: skip
+    indices = list(range(n_items)) if items is None else list(parse_items(items))[: config.limit]
     model = SyntheticModel(name, seed, n_layers, d_mlp, trained)
     started = results.now_iso()
 
@@ -226,7 +231,7 @@ def make_synthetic_run(
         for lang in languages:
             acc = _accuracy_target(lang, len(labels), boost, trained, rng)
             acc = (accuracy or {}).get(lang, acc)
-            r = _language_result(t, labels, lang, list(range(n_items)), acc, rng, gold_weights=gold_weights, label_bias=label_bias)
+            r = _language_result(t, labels, lang, indices, acc, rng, gold_weights=gold_weights, label_bias=label_bias)
             if content_free:
                 r.p_content_free = _content_free(labels, label_bias, rng_cf)
             per_task.setdefault(t, []).append(r)

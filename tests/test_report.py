@@ -255,10 +255,11 @@ def test_compare_different_limits_uses_shared_items_and_consistent_deltas(tmp_pa
     groups = {(r["task"], r["group"]): r for r in _csv(tables / "accuracy_groups.csv")}
     g = groups["emotion", "all"]
     assert g["n_languages"] == "3"  # the paired languages only
-    # every "mean accuracy ... a% → b% (Δ d points, 95% CI ...)" in the summary: d is b − a, and a, b
+    # every "mean accuracy ... a% → b% (Δ d points, ...)" in the summary: d is b − a, and a, b
     # are the group table's macro means (the cross-task mean without a paired interval is gone)
-    found = re.findall(r"mean accuracy over \d+ languages (\d+\.\d)% → (\d+\.\d)% \(Δ ([+-]\d+\.\d) points, 95% CI", summary)
+    found = re.findall(r"mean accuracy over \d+ languages (\d+\.\d)% → (\d+\.\d)% \(Δ ([+-]\d+\.\d) points, ", summary)
     assert len(found) == 1  # emotion; snli is not compared
+    assert "(Δ " + f"{found[0][2]} points, on the 6 items all of them share: not testable (n=6: fewer than 10 items))" in summary
     for a, b, d in found:
         assert abs(float(d) - (float(b) - float(a))) <= 0.1 + 1e-9
         assert (float(a), float(b)) == (_pct(g["mean_acc_base"]), _pct(g["mean_acc_aligned"]))
@@ -579,7 +580,9 @@ def test_prior_shift_is_named_and_not_called_significant(tmp_path: Path):
     assert "0 of 8 languages survive Holm correction" in summary
     assert f"likely a label-prior shift: the aligned model predicts positive for 100.0% of items vs {gold_pos * 100:.1f}% gold" in summary
     assert "predicts one label for every item in 8 languages" in summary
-    assert "The paper's claim (alignment improves accuracy across languages, including untrained ones) does not hold" in summary
+    # the gain's interval does not lie at or below 0, so the prior shift makes the claim inconclusive, not refuted
+    assert "The paper's claim (alignment improves accuracy across languages, including untrained ones) is inconclusive" in summary
+    assert "so it does not show better task ability" in summary and "does not hold" not in summary
     acc = {r["language"]: r for r in _csv(tables / "accuracy.csv")}
     for lang in langs:
         assert float(acc[lang]["balanced_acc_aligned"]) == pytest.approx(0.5)  # one label always: mean recall 1/2
@@ -794,8 +797,8 @@ def test_calibrated_accuracy_only_where_both_runs_have_the_same_items(tmp_path: 
     assert "Calibrated accuracy base → aligned: not compared: the runs' items differ in every language both have (en zh de)" in summary
     assert "Mean calibrated accuracy" not in summary
     if shutil.which("pdftotext"):
-        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout
-        assert "the runs' items differ (en zh de)" in text
+        text = " ".join(subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True).stdout.split())
+        assert "the runs' items differ (en zh de)" in text  # wherever the subtitle's lines break
 
     # the same items in en and zh but (as far as the report knows) not in de: de alone is blanked,
     # and the mean is over en and zh

@@ -118,7 +118,8 @@ def test_names_change_no_number(three_runs: Path, named_report: Path, tmp_path: 
     summary = (tables / "summary.txt").read_text(encoding="utf-8")
     assert "accuracy Δ (aligned − base)" in summary
     assert "• Paper's claim (alignment improves accuracy across languages, including untrained ones): holds on these runs for" in summary
-    assert re.search(r"(The paper's claim .* does not hold on these runs for emotion|Consistent with the .*paper's claim)", summary)
+    assert re.search(r"(The paper's claim .* (does not hold|is inconclusive|cannot be tested) on these runs for emotion"
+                     r"|Consistent with the .*paper's claim)", summary)  # fmt: skip
 
 
 def test_default_names_keep_the_old_wording(three_runs: Path, tmp_path: Path):

@@ -9,6 +9,11 @@ share their items). Bootstrap intervals are 95% percentile intervals. McNemar, H
 `alignlens.stats` (re-exported here); the weighted resampling pieces in `alignlens.effects`.
 
 Undefined values are None (JSON null), never NaN.
+
+A bootstrap interval is read as a test only when it can be one (`untestable`): on at least
+`MIN_ITEMS` items, with at least one discordant item (a paired Δ with none is 0 in every
+resample) and of non-zero width. Otherwise it is reported as "not testable (n=…)", never as an
+interval.
 """
 
 from __future__ import annotations
@@ -21,17 +26,38 @@ from numpy.typing import ArrayLike
 from alignlens import AlignlensError, NumericalError
 from alignlens import metrics as M
 from alignlens.effects import (
-    draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_balanced_accuracy,
+    MIN_ITEMS, draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_balanced_accuracy,
 )
 from alignlens.stats import _bools, benjamini_hochberg, holm, mcnemar_exact
 
 __all__ = [
     "mcnemar_exact", "holm", "benjamini_hochberg", "paired_delta_ci", "cluster_bootstrap_delta",
-    "compare_runs",
+    "compare_runs", "MIN_ITEMS", "untestable",
 ]  # fmt: skip
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 _CHUNK = 256  # resamples drawn per block (bounds memory to _CHUNK x n_items)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading an interval
+# --------------------------------------------------------------------------------------------------
+
+
+def untestable(n: int, ci: Sequence[float | None] | None, n_discordant: int | None = None) -> str:
+    """Why a bootstrap interval `ci` of a paired Δ on `n` items cannot be read as a test, in words
+    ("" when it can): no interval, fewer than `MIN_ITEMS` items, no discordant item (`n_discordant`
+    = 0: both runs right or both wrong on every item, so every resample gives Δ = 0), or an interval
+    of zero width (every resample gave the same Δ)."""
+    if not ci or ci[0] is None or ci[1] is None or n == 0:
+        return "no interval" if n else "no items"
+    if n < MIN_ITEMS:
+        return f"fewer than {MIN_ITEMS} items"
+    if n_discordant == 0:
+        return "no discordant item"
+    if not ci[1] - ci[0] > 0:
+        return "zero-width interval"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------

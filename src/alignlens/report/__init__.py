@@ -15,7 +15,8 @@ Two runs are compared like with like: only on the (task, language, item) triples
 item in common are refused. Models of different depth are drawn against relative depth.
 
 Every text, table header, figure label and CSV column calls the runs by `names` (default base,
-aligned); results are phrased as a test of the paper's claim only for that default pair, otherwise
+aligned) and their models by name, with any path shortened (`layout.short_path`: never an absolute
+local path); results are phrased as a test of the paper's claim only for that default pair, otherwise
 the same numbers are stated as run b − run a with no verdict.
 
 Every Δ (run b − run a) has a paired interval: the paired statistics of :func:`alignlens.paired.compare_runs`
@@ -25,7 +26,8 @@ else computed once from their predictions.jsonl. The summary text is generated f
 
 Modules: ``runs`` (loading and checking result folders), ``layout`` (pages, figures),
 ``fonts``, ``languages``, one module per section (``title``, ``accuracy``, ``lens``, ``similarity``,
-``neurons``; each a pure ``build(runs) -> Section``), ``summary`` and ``render`` (orders the sections
+``neurons``; each a pure ``build(runs) -> Section``), ``verdicts`` (reading a Δ's interval: "not testable
+(n=…)" when it is no test; the verdict on the paper's claim), ``summary`` and ``render`` (orders the sections
 and writes the outputs atomically). Statistics live in :mod:`alignlens.paired` and :mod:`alignlens.metrics`.
 """
 
@@ -45,7 +47,7 @@ def render_report(run_dir: Path, compare_dir: Path | None = None, out: Path | No
                   progress: ProgressFn | None = None, names: Sequence[str] | None = None) -> Path:
     """Render the PDF report for `run_dir` (run a) optionally compared with `compare_dir` (run b).
     Returns the PDF path. `names`: what the report calls the runs, one per run (default "base",
-    "aligned"; checked by `runs.check_names`: distinct, short, letters/digits/_ . + -).
+    "aligned"; checked by `runs.check_names`: distinct, short, letters/digits of any script or _ . + -).
 
     `out` defaults to ``<common parent>/report.pdf`` when both run folders share a parent, else
     ``run_dir/report.pdf``. Figures go to ``<out_stem>_figures/`` (PNG + SVG per page), tables to

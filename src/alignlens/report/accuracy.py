@@ -10,6 +10,10 @@ accuracy and of balanced accuracy with an item-cluster bootstrap 95% interval ov
 language of the group shares. A language only one run has is listed with that run's own numbers
 and no Δ. "Significant" is written only for a Holm-adjusted p < 0.05.
 
+An interval that is no test (`paired.untestable`: fewer than `paired.MIN_ITEMS` items, no
+discordant item, zero width) is written "not testable (n=…)" in every text and table, and left
+empty in the CSVs; the verdict on the paper's claim and these words: :mod:`alignlens.report.verdicts`.
+
 Calibrated accuracy (contextual calibration, Zhao et al. 2021: each item's label probabilities
 divided by those for content-free queries with the same demonstrations, then argmax) is read from
 summary.json, i.e. on all of a run's items; with two runs it is shown for a language only when both
@@ -27,7 +31,10 @@ import numpy as np
 
 from alignlens.report.languages import NATIVE_NAMES, lang_label, order_languages, resource_group
 from alignlens.report.layout import SUBTITLE_LINE, COLOR, Page, Section, Table, fmt, lang_ticks, new_fig, top
+from alignlens.paired import MIN_ITEMS
 from alignlens.report.runs import METRIC_KEYS, Runs
+from alignlens.report.verdicts import (CLAIM, VERDICTS, ci_text, claim_text, delta_ci, delta_text, excludes0, group_untestable,
+                                       lang_untestable, neutral_text, not_testable)
 from alignlens.stats import clip_interval
 
 ALPHA = 0.05  # Holm-adjusted p below this: "significant"
@@ -146,21 +153,6 @@ def _auc(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def _ci(ci, sign: bool = True) -> str:
-    return "—" if not ci or ci[0] is None else f"[{fmt(ci[0], sign=sign)}, {fmt(ci[1], sign=sign)}]"
-
-
-def _excludes0(ci) -> bool:
-    return bool(ci) and ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
-
-
-def _verdict(ci) -> str:
-    """What a Δ's interval says about 0, in words."""
-    if not ci or ci[0] is None:
-        return "has no interval (no item is shared by all its languages)"
-    return "lies above 0" if ci[0] > 0 else "lies below 0" if ci[1] < 0 else "includes 0"
-
-
 def _shares(dist: dict | None, labels: list[str]) -> str:
     """'87/13': predicted (or gold) share of each label in %, in label order."""
     if not dist:
@@ -197,7 +189,9 @@ def method_line(runs: Runs) -> list[str]:
     return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ ({runs.diff_label}) on the shared items "
             f"with a paired bootstrap 95% interval and an exact McNemar test, Holm-adjusted across a task's languages "
             f"(Benjamini–Hochberg as an extra column); per language group the macro Δ over its languages with an item-cluster "
-            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']})."]  # fmt: skip
+            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']}). "
+            f"An interval on fewer than {MIN_ITEMS} items, with no discordant item or of zero width is no test and is reported "
+            "as \"not testable (n=…)\" instead."]  # fmt: skip
 
 
 def prior_shift(rows: list[AccRow], labels: list[str], groups: dict[str, dict]) -> dict | None:
@@ -239,54 +233,6 @@ def _holm_text(pairs: list[AccRow]) -> str:
         text = (f"0 of {m} languages survive Holm correction (p_Holm < {ALPHA}); smallest p_Holm {_p(best.test['p_holm'])} "
                 f"({lang_label(best.lang)})")  # fmt: skip
     return text + f"; unadjusted p < {ALPHA} in {raw} of {m}; Benjamini–Hochberg-adjusted p < {ALPHA} in {bh} of {m}."
-
-
-def _delta_text(g: dict, what: str) -> str:
-    ci = g["ci95"]
-    verdict = "excludes 0" if _excludes0(ci) else "includes 0" if ci else "cannot be computed"
-    return (f"{what} {fmt(g['a'])}% → {fmt(g['b'])}% (Δ {fmt(g['delta'], sign=True)} points, 95% CI {_ci(ci)}; "
-            f"the interval {verdict})")
-
-
-def claim_text(task: str, groups: dict[str, dict], shift: dict | None, b_name: str = "aligned") -> tuple[bool, str]:
-    """(holds, sentence) on the paper's claim -- alignment improves accuracy across languages,
-    including untrained ones -- for one task, from the macro Δ intervals (for base vs aligned
-    only: `Runs.paper_pair`; `b_name`: run b's name, whose manifest gives the trained languages)."""
-    claim = "alignment improves accuracy across languages, including untrained ones"
-    acc = groups["all"]["accuracy"]
-    untr = groups.get("untrained", {}).get("accuracy")
-    fails = []
-    if not (acc["ci95"] and acc["ci95"][0] > 0):
-        fails.append(f"the macro accuracy Δ over all {len(acc['languages'])} languages is {fmt(acc['delta'], sign=True)} "
-                     f"points with 95% CI {_ci(acc['ci95'])}, an interval that {_verdict(acc['ci95'])}")  # fmt: skip
-    if untr is not None and not (untr["ci95"] and untr["ci95"][0] > 0):
-        fails.append(f"over the {len(untr['languages'])} untrained languages it is {fmt(untr['delta'], sign=True)} points "
-                     f"with 95% CI {_ci(untr['ci95'])}, an interval that {_verdict(untr['ci95'])}")  # fmt: skip
-    if shift is not None:
-        fails.append("the accuracy change comes with a fall in balanced accuracy or ROC-AUC (see above), so it does not show better task ability")
-    if fails:
-        return False, f"The paper's claim ({claim}) does not hold on these runs for {task}: " + "; ".join(fails) + "."
-    if untr is None:
-        return True, (f"Consistent with the first half of the paper's claim ({claim}) for {task}: the macro accuracy gain's "
-                      f"interval lies above 0; the untrained half cannot be checked (the {b_name} run's manifest names no trained languages).")  # fmt: skip
-    return True, (f"Consistent with the paper's claim ({claim}) for {task}: the macro accuracy gains over all languages "
-                  "and over the untrained languages both have intervals above 0.")  # fmt: skip
-
-
-def neutral_text(diff_label: str, groups: dict[str, dict], shift: dict | None) -> str:
-    """The numbers `claim_text` judges, stated with no verdict (runs other than base vs aligned):
-    'control − aligned: macro accuracy Δ over all 20 languages -2.1 points, 95% CI [..], the interval
-    includes 0; ...'."""
-    acc = groups["all"]["accuracy"]
-    untr = groups.get("untrained", {}).get("accuracy")
-    bits = [f"macro accuracy Δ over all {len(acc['languages'])} languages {fmt(acc['delta'], sign=True)} points, "
-            f"95% CI {_ci(acc['ci95'])}, the interval {_verdict(acc['ci95'])}"]  # fmt: skip
-    if untr is not None:
-        bits.append(f"over the {len(untr['languages'])} untrained languages {fmt(untr['delta'], sign=True)} points, "
-                    f"95% CI {_ci(untr['ci95'])}, the interval {_verdict(untr['ci95'])}")  # fmt: skip
-    if shift is not None:
-        bits.append("the accuracy change comes with a fall in balanced accuracy or ROC-AUC (see above)")
-    return f"{diff_label}: " + "; ".join(bits) + "."
 
 
 CAL_WHAT = ("Contextual calibration (Zhao et al. 2021) divides each label's probability by its probability for content-free "
@@ -331,9 +277,10 @@ def calibration_line(runs: Runs, task: str, rows: list[AccRow]) -> str:
             f"(Δ {fmt(cb - ca, sign=True)} points, no test; uncalibrated on them: {fmt(a)}% → {fmt(b)}%). {CAL_WHAT}.{why}")  # fmt: skip
 
 
-def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str], bool | None]:
-    """The summary lines of one compared task (and whether the paper's claim holds there; None when
-    the runs are not base vs aligned, `Runs.paper_pair`: then the same numbers with no verdict)."""
+def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str], str | None]:
+    """The summary lines of one compared task (and the verdict on the paper's claim there, one of
+    `VERDICTS`; None when the runs are not base vs aligned, `Runs.paper_pair`: then the same numbers
+    with no verdict)."""
     groups = task_groups(runs, task)
     pairs = [r for r in rows if r.paired]
     labels = task_labels(runs, task)
@@ -343,16 +290,24 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
         lines = [f"• {task}: no item is shared by all {len(acc['languages'])} compared languages, so no macro Δ is given "
                  "(per-language tests below)."]  # fmt: skip
     else:
+        why = group_untestable(acc)
+        interval = (f"on the {n_items} item{'s' if n_items != 1 else ''} all of them share: {not_testable(n_items, why)}" if why else
+                    f"95% CI {ci_text(acc['ci95'])} by item-cluster bootstrap over the {n_items} items all of them share; "
+                    f"the interval {'excludes' if excludes0(acc['ci95']) else 'includes'} 0")  # fmt: skip
         lines = [f"• {task}: mean accuracy over {len(acc['languages'])} languages {fmt(acc['a'])}% → {fmt(acc['b'])}% "
-                 f"(Δ {fmt(acc['delta'], sign=True)} points, 95% CI {_ci(acc['ci95'])} by item-cluster bootstrap over the {n_items} "
-                 f"items all of them share; the interval {'excludes' if _excludes0(acc['ci95']) else 'includes'} 0). "
-                 + _delta_text(bal, "Balanced accuracy") + "."]  # fmt: skip
+                 f"(Δ {fmt(acc['delta'], sign=True)} points, {interval}). " + delta_text(bal, "Balanced accuracy") + "."]  # fmt: skip
     lines.append("   – Exact McNemar per language: " + _holm_text(pairs))
     others = [(g, v) for g, v in groups.items() if g != "all"]
     if others:
         lines.append("   – Macro accuracy Δ by group (item-cluster bootstrap 95% CI): " + "; ".join(
             f"{g} ({len(v['accuracy']['languages'])} languages, {v['accuracy']['n_items']} items) "
-            f"{fmt(v['accuracy']['delta'], sign=True)} {_ci(v['accuracy']['ci95'])}" for g, v in others) + ".")  # fmt: skip
+            + delta_ci(v["accuracy"]["delta"], v["accuracy"]["ci95"], v["accuracy"]["n_items"], group_untestable(v["accuracy"]))
+            for g, v in others) + ".")  # fmt: skip
+    untestable_langs = [r for r in pairs if lang_untestable(r.test)]
+    if untestable_langs:
+        lines.append(f"   – Per-language Δ intervals not testable (fewer than {MIN_ITEMS} items, no discordant item or zero width) in "
+                     f"{len(untestable_langs)} of {len(pairs)} languages: "
+                     + ", ".join(f"{r.lang} (n={r.test['n']}: {lang_untestable(r.test)})" for r in untestable_langs) + ".")  # fmt: skip
     if labels:
         dists = [(who, _pooled(pairs, side, key)) for who, side, key in
                  ((runs.roles[0], "a", "predicted_distribution"), (runs.roles[1], "b", "predicted_distribution"), ("gold", "a", "gold_distribution"))]  # fmt: skip
@@ -375,9 +330,9 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
     lines.append(calibration_line(runs, task, rows))
     if not runs.paper_pair:
         return lines + ["   – " + neutral_text(runs.diff_label, groups, shift)], None
-    holds, claim = claim_text(task, groups, shift, runs.roles[1])
+    verdict, claim = claim_text(task, groups, shift, runs.roles[1])
     lines.append("   – " + claim)
-    return lines, holds
+    return lines, verdict
 
 
 def single_lines(runs: Runs, task: str, rows: list[AccRow]) -> list[str]:
@@ -421,9 +376,10 @@ def summary_lines(runs: Runs, per_task: dict[str, list[AccRow]]) -> list[str]:
         else:
             lines += single_lines(runs, task, rows)
     if verdicts and runs.paper_pair:
-        held = [t for t, v in verdicts.items() if v]
-        lines.append(f"• Paper's claim (alignment improves accuracy across languages, including untrained ones): holds on these runs "
-                     f"for {len(held)} of {len(verdicts)} compared tasks ({', '.join(held) or 'none'}).")  # fmt: skip
+        by = {v: [t for t, x in verdicts.items() if x == v] for v in VERDICTS}
+        rest = "".join(f"; {v} for {len(by[v])} ({', '.join(by[v])})" for v in VERDICTS[1:] if by[v])
+        lines.append(f"• Paper's claim ({CLAIM}): holds on these runs for {len(by['holds'])} of {len(verdicts)} compared tasks "
+                     f"({', '.join(by['holds']) or 'none'}){rest}.")  # fmt: skip
     return lines
 
 
@@ -470,7 +426,8 @@ def _csv_row(r: AccRow) -> list:
     rec.append(json.dumps(gold, ensure_ascii=False) if gold else "")
     if r.paired:
         t = r.test
-        rec += [t["delta"], t["delta_ci95"][0], t["delta_ci95"][1], t["mcnemar"]["b01"], t["mcnemar"]["b10"],
+        lo, hi = (math.nan, math.nan) if lang_untestable(t) else t["delta_ci95"]
+        rec += [t["delta"], lo, hi, t["mcnemar"]["b01"], t["mcnemar"]["b10"],
                 t["mcnemar"]["p_value"], _num(t["p_holm"]), _num(t["p_bh"])]  # fmt: skip
     else:
         rec += [math.nan, math.nan, math.nan, "", "", math.nan, math.nan, math.nan]
@@ -483,7 +440,7 @@ def _group_csv_rows(runs: Runs, task: str, rows: list[AccRow]) -> list[list]:
     if groups:
         for g, v in groups.items():
             a, b = v["accuracy"], v["balanced_accuracy"]
-            ci_a, ci_b = a["ci95"] or [None, None], b["ci95"] or [None, None]
+            ci_a, ci_b = ([None, None] if group_untestable(x) else x["ci95"] for x in (a, b))  # not testable: left empty
             out.append([task, g, len(a["languages"]), " ".join(a["languages"]), " ".join(a["missing_languages"]), a["n_items"],
                         _num(a["a"]), _num(a["b"]), _num(a["delta"]), _num(ci_a[0]), _num(ci_a[1]),
                         _num(b["a"]), _num(b["b"]), _num(b["delta"]), _num(ci_b[0]), _num(ci_b[1])])  # fmt: skip
@@ -538,6 +495,8 @@ def build(runs: Runs) -> Section:
 CAL_TABLE = ("accuracy after contextual calibration (Zhao et al. 2021): each item's label probabilities divided by those for "
              "content-free queries (\"N/A\", \"\", \"[MASK]\") with the same demonstrations, then argmax.")  # fmt: skip
 CAL_OLD = "not in summary.json (written before contextual calibration, or not measured)"
+NOT_TESTABLE_NOTE = (f"\"not testable (n)\": the interval is no test (fewer than {MIN_ITEMS} items, no discordant item, or zero "
+                     "width) and is not shown.")  # fmt: skip
 
 
 def _subtitle_bottom(fig) -> float:
@@ -587,7 +546,7 @@ def _draw_single_table(runs: Runs, task: str, rows: list[AccRow], part: str, mea
     for r in rows:
         x = r.a or r.b
         cells.append([lang_label(r.lang) + (" *" if r.trained else ""), resource_group(r.lang), str(x["n"]), fmt(x["accuracy"]),
-                      _ci(x["ci95"], sign=False), fmt(x["calibrated_accuracy"]), fmt(x["balanced_accuracy"]), fmt(x["macro_f1"]),
+                      ci_text(x["ci95"], sign=False), fmt(x["calibrated_accuracy"]), fmt(x["balanced_accuracy"]), fmt(x["macro_f1"]),
                       _auc(x["roc_auc"]), _shares(x["predicted_distribution"], labels), _shares(x["gold_distribution"], labels)])  # fmt: skip
         colors.append([WHITE] * len(header))
     for g in single_group_means(runs, means) if means else []:
@@ -603,11 +562,12 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
     labels = task_labels(runs, task)
     lab = "/".join(labels) or "—"
     a_, b_ = runs.roles
+    note = f"{NOT_TESTABLE_NOTE} " if any(r.test and lang_untestable(r.test) for r in rows) else ""
     sub = (f"Accuracy (%) of {a_} and {b_} on the items both runs have (n). Δ = {b_} − {a_} with a paired bootstrap 95% "
            f"interval; McNemar: exact test on the discordant items ({a_} wrong & {b_} right / {a_} right & {b_} wrong); p Holm and "
            f"p BH: adjusted across the task's languages; green/red Δ: p Holm < {ALPHA}. Balanced accuracy, macro-F1, ROC-AUC "
            f"(two-label tasks) for both runs; red: balanced accuracy falls while accuracy rises. pred %: share of each label ({lab}) "
-           f"among the predictions; gold % likewise. * = trained language. Macro Δ by group: next page. "
+           f"among the predictions; gold % likewise. * = trained language. {note}Macro Δ by group: next page. "
            f"cal. acc: {CAL_TABLE} From summary.json, i.e. on all of a run's items: shown only where both runs have exactly "
            f"the same items (no test)" + _cal_blanks(rows) + ".")  # fmt: skip
     fig = new_fig(f"Accuracy — {task}{part}: paired tests", sub)
@@ -620,7 +580,7 @@ def _draw_compare_table(runs: Runs, task: str, rows: list[AccRow], part: str, me
         c = [lang_label(r.lang) + (" *" if r.trained else ""), "/".join(dict.fromkeys(str(x["n"]) for x in (a, b) if x))]
         c += [fmt(a["accuracy"]) if a else "—", fmt(b["accuracy"]) if b else "—"]
         if t:
-            c += [f"{fmt(t['delta'], sign=True)} {_ci(t['delta_ci95'])}", f"{t['mcnemar']['b01']} / {t['mcnemar']['b10']}",
+            c += [delta_ci(t["delta"], t["delta_ci95"], t["n"], lang_untestable(t), short=True), f"{t['mcnemar']['b01']} / {t['mcnemar']['b10']}",
                   _p(t["mcnemar"]["p_value"]), _p(t["p_holm"]), _p(t["p_bh"])]  # fmt: skip
         else:
             c += ["— (not paired)", "—", "—", "—", "—"]
@@ -656,10 +616,12 @@ def _cal_blanks(rows: list[AccRow]) -> str:
 
 def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
     a_, b_ = runs.roles
+    untestable_here = any(group_untestable(v[k]) for _, _, v in chunk for k in ("accuracy", "balanced_accuracy"))
+    note = f" {NOT_TESTABLE_NOTE} In the chart: a hollow marker, no interval." if untestable_here else ""
     sub = (f"Macro Δ = mean over a group's languages of ({runs.diff_label}), for accuracy and for balanced accuracy, on the items every "
            "language of the group has in both runs (items). 95% CI: item-cluster bootstrap (an item is drawn once and used in every "
            f"language, since the languages share their items). green/red: the interval excludes 0. trained / untrained: the {b_} "
-           "model's training languages (its manifest). Chart: the same Δs with their intervals.")  # fmt: skip
+           f"model's training languages (its manifest). Chart: the same Δs with their intervals." + note)  # fmt: skip
     fig = new_fig(f"Macro Δ by language group{part}", sub)
     header = ["task", "group", "languages", "items", f"acc {a_}", f"acc {b_}", "Δ acc [95% CI]", f"bal. acc\n{a_}",
               f"bal. acc\n{b_}", "Δ bal. acc [95% CI]"]  # fmt: skip
@@ -669,11 +631,11 @@ def _draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
         langs = len(a["languages"])
         miss = f" (+{len(a['missing_languages'])} not compared)" if a["missing_languages"] else ""
         cells.append([task, g, f"{langs}{miss}", str(a["n_items"]), fmt(a["a"]), fmt(a["b"]),
-                      f"{fmt(a['delta'], sign=True)} {_ci(a['ci95'])}", fmt(b["a"]), fmt(b["b"]),
-                      f"{fmt(b['delta'], sign=True)} {_ci(b['ci95'])}"])  # fmt: skip
+                      delta_ci(a["delta"], a["ci95"], a["n_items"], group_untestable(a), short=True), fmt(b["a"]), fmt(b["b"]),
+                      delta_ci(b["delta"], b["ci95"], b["n_items"], group_untestable(b), short=True)])  # fmt: skip
         col = [WHITE] * len(header)
         for k, x in ((6, a), (9, b)):
-            if _excludes0(x["ci95"]):
+            if excludes0(x["ci95"], group_untestable(x)):
                 col[k] = GREEN if x["delta"] > 0 else RED
         colors.append(col)
     bottom = _table(fig, cells, colors, header, [0.1, 0.1, 0.12, 0.06, 0.07, 0.08, 0.16, 0.07, 0.08, 0.16], fontsize=8.5)
@@ -686,10 +648,19 @@ def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned �
     """Macro Δ (points) with 95% item-cluster intervals, accuracy and balanced accuracy, one row per task × group."""
     y = np.arange(len(chunk))[::-1]
     for off, key, color, name in ((0.15, "accuracy", COLOR["base"], "accuracy"), (-0.15, "balanced_accuracy", COLOR["aligned"], "balanced accuracy")):
+        ok = np.array([not group_untestable(v[key]) for _, _, v in chunk])
         d = np.array([_num(v[key]["delta"]) for _, _, v in chunk]) * 100
         lo = np.array([_num((v[key]["ci95"] or [None, None])[0]) for _, _, v in chunk]) * 100
         hi = np.array([_num((v[key]["ci95"] or [None, None])[1]) for _, _, v in chunk]) * 100
-        ax.errorbar(d, y + off, xerr=np.vstack([d - lo, hi - d]), fmt="o", color=color, ms=4, capsize=2, lw=1, label=f"Δ {name}")
+        ax.errorbar(d[ok], (y + off)[ok], xerr=np.vstack([d - lo, hi - d])[:, ok], fmt="o", color=color, ms=4, capsize=2, lw=1,
+                    label=f"Δ {name}")  # fmt: skip
+        ax.plot(d[~ok], (y + off)[~ok], "o", mfc="none", color=color, ms=4)  # no interval: not testable
+        span = np.concatenate([x[np.isfinite(x)] for x in (d, lo, hi)] + [np.zeros(1)])
+        middle = (span.min() + span.max()) / 2
+        for k in np.flatnonzero(~ok & np.isfinite(d)):
+            right = d[k] <= middle  # the label on the side with more room
+            ax.annotate(f"not testable (n={chunk[k][2][key]['n_items']})", (d[k], y[k] + off), xytext=(5 if right else -5, 0),
+                        textcoords="offset points", fontsize=6.5, va="center", ha="left" if right else "right", color=color)  # fmt: skip
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{t}: {g}" for t, g, _ in chunk], fontsize=8)

@@ -8,9 +8,12 @@ into plots. Fonts: :mod:`alignlens.report.fonts`.
 from __future__ import annotations
 
 import math
+import os
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,84 @@ def wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.fill(p, width) if p else "" for p in str(text).split("\n"))
 
 
+@lru_cache(maxsize=1)
+def _measurer():
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    return RendererAgg(10, 10, 720)  # a high dpi: widths close to the unhinted (PDF) ones
+
+
+@lru_cache(maxsize=16384)
+def _width10(s: str, weight: str, family: tuple[str, ...]) -> float:
+    """Width in points of `s` at 10 pt (measured at 720 dpi, where glyph hinting no longer matters)."""
+    from matplotlib.font_manager import FontProperties
+
+    prop = FontProperties(family=list(family), size=10.0, weight=weight)
+    return float(_measurer().get_text_width_height_descent(s, prop, ismath=False)[0]) / 10.0  # 720 dpi -> points
+
+
+def text_width(s: str, fontsize: float, weight: str = "normal") -> float:
+    """Width in points of the one-line text `s` in the current rcParams font family list (with
+    its per-glyph fallback, as the report draws it), without padding, as in the PDF (unhinted
+    widths scale with the font size). Raster output hints glyphs to whole pixels, which makes text
+    up to ~4% wider at 110 dpi (8% at 60): keep a margin."""
+    from matplotlib import rcParams
+
+    return _width10(s, weight, tuple(rcParams["font.family"])) * float(fontsize) / 10.0
+
+
+def wrap_to_width(text: str, width_pt: float, fontsize: float, weight: str = "normal") -> list[str]:
+    """`text` wrapped into lines of at most `width_pt` points (measured in the current font; words
+    longer than a line are cut); its own line breaks are kept. A word's width is measured once, so a
+    line is at most a few tenths of a point wider than its words' sum (kerning); keep a margin."""
+    space = text_width("a a", fontsize, weight) - text_width("aa", fontsize, weight)
+    lines: list[str] = []
+    for para in str(text).split("\n"):
+        line, used = "", 0.0
+        for word in para.split(" "):
+            w = text_width(word, fontsize, weight)
+            while w > width_pt and len(word) > 1:  # a word wider than a line: cut it
+                if line:
+                    lines.append(line)
+                    line, used = "", 0.0
+                k = 1
+                while k < len(word) and text_width(word[: k + 1], fontsize, weight) <= width_pt:
+                    k += 1
+                lines.append(word[:k])
+                word = word[k:]
+                w = text_width(word, fontsize, weight)
+            if line and used + space + w > width_pt:
+                lines.append(line)
+                line, used = "", 0.0
+            line, used = (f"{line} {word}", used + space + w) if line else (word, w)
+        lines.append(line)
+    return lines
+
+
+_ABS_PATH = re.compile(r"(?<![\w./~…-])(?:/|~/)[^\s,;'\"()\[\]{}]+")
+
+
+def short_path(path) -> str:
+    """How the report writes a file path: a relative path (or a model hub name) as it is; an absolute
+    one under $HOME as ~/…, any other as …/<parent>/<name> (the last two parts). The report never
+    writes an absolute local path (manifest.json keeps them in full)."""
+    text = str(path)
+    if not (text.startswith("/") or text.startswith("~/")):
+        return text
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (text == home or text.startswith(home.rstrip("/") + "/")):
+        return "~" + text[len(home.rstrip("/")):]
+    if text.startswith("~/"):
+        return text
+    parts = [p for p in text.split("/") if p]
+    return "…/" + "/".join(parts[-2:]) if parts else text
+
+
+def short_paths(text: str) -> str:
+    """`text` (a command line, an options list) with every absolute path in it written by `short_path`."""
+    return _ABS_PATH.sub(lambda m: short_path(m.group(0)), str(text))
+
+
 #: Figure fraction per subtitle line (9 pt, line spacing 1.3, Noto Sans; measured).
 SUBTITLE_LINE = 0.0268
 
@@ -101,7 +182,7 @@ def int_layers(ax) -> None:
     """Integer layer ticks on the x axis."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8, min_n_ticks=1))  # integers even for one layer
 
 
 def lang_ticks(ax, langs: list[str], trained: list[str], fontsize: float = 7) -> None:

@@ -151,6 +151,7 @@ def _draw_counts(runs: Runs):
         ax.set_yticks(range(len(langs)))
         ax.set_yticklabels([lang_label(l) for l in langs], fontsize=6.5 if len(langs) > 12 else 8)
         ax.set_xlabel("layer", fontsize=8)
+        int_layers(ax)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"{runs.role_label(i)}: specific neurons per layer", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
@@ -211,7 +212,7 @@ def _draw_change(runs: Runs, change: dict):
     fig = new_fig("Neuron change between models",
                    "Specific-neuron counts per model, their overlap (Jaccard of the (layer, index) sets) per language, and totals per layer.")  # fmt: skip
     has_act = change["act_change"] is not None and len(change["act_change"]) > 0
-    gs = fig.add_gridspec(2, 2, left=0.07, right=0.94, top=top(fig, 0.85), bottom=0.08, hspace=0.6, wspace=0.2)
+    gs = fig.add_gridspec(2, 2, left=0.07, right=0.94, top=top(fig, 0.85), bottom=0.1, hspace=0.6, wspace=0.2)
     x = np.arange(len(langs))
     ax = fig.add_subplot(gs[0, :])
     ax.bar(x - 0.2, [per[l]["count_a"] for l in langs], 0.4, color=COLOR["base"], label=runs.role_label(0))
@@ -242,6 +243,7 @@ def _draw_change(runs: Runs, change: dict):
         ax = fig.add_subplot(gs[1, 1])
         ax.plot(np.arange(len(change["act_change"])), change["act_change"], color="#333333")
         ax.set_xlabel("layer", fontsize=8)
+        int_layers(ax)
         ax.set_ylabel("mean |Δ activation probability|", fontsize=8)
         ax.set_title("activation-probability change (comparison.json)", fontsize=9, loc="left")
         ax.grid(alpha=0.3)

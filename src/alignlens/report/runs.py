@@ -14,12 +14,14 @@ statistics (`paired.compare_runs`) come from comparison.json when it belongs to 
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from alignlens import AlignlensError
+from alignlens.report.layout import short_path
 from alignlens.results.io import read_json, read_jsonl
 from alignlens.results.schema import Cell, Run, load_run, read_comparison_file
 from alignlens.stats import bootstrap_ci, clip_interval
@@ -121,7 +123,7 @@ def find_comparison(a: Run, b: Run) -> tuple[dict | None, str]:
         return None, ""
     raw = read_json(path)
     if not isinstance(raw, dict) or "accuracy" not in raw or "neurons" not in raw:
-        return None, f"{path} is of an older format (no paired accuracy statistics) and was not used"
+        return None, f"{short_path(path)} is of an older format (no paired accuracy statistics) and was not used"
     return read_comparison_file(path), ""
 
 
@@ -198,17 +200,25 @@ def compute_paired(a: Run, b: Run, overlap: ItemOverlap, trained: list[str]) -> 
 #: Run names when none are given (run a, run b): the paper's comparison.
 DEFAULT_NAMES = ("base", "aligned")
 NAME_MAX = 20  # characters
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
+_NAME_PUNCT = set("_.+-")
+
+
+def name_char_ok(c: str) -> bool:
+    """True for a character allowed in a run name: a letter, mark or digit of any script (Unicode
+    categories L*, M*, N*: 基础, संरेखित, Ångström) or one of _ . + -. Whitespace, control characters,
+    path separators and other punctuation or symbols are not (names go into CSV column names and
+    figure file names)."""
+    return c in _NAME_PUNCT or unicodedata.category(c)[0] in "LMN"
 
 
 def check_names(names, n_runs: int) -> list[str]:
     """The names of a report's `n_runs` runs (run a first), checked: DEFAULT_NAMES when `names` is
     None; else exactly `n_runs` distinct (case-insensitively), non-empty names of at most NAME_MAX
-    letters, digits or _ . + - (they go into CSV column names and figure file names). AlignlensError
+    letters or digits of any script or _ . + - (`name_char_ok`), NFC-normalized. AlignlensError
     (one line) otherwise."""
     if names is None:
         return list(DEFAULT_NAMES[:n_runs])
-    names = [str(x).strip() for x in names]
+    names = [unicodedata.normalize("NFC", str(x).strip()) for x in names]
     given = ",".join(names)
     want = "two names A,B (run, --compare run)" if n_runs == 2 else "one name (no --compare run)"
     if len(names) != n_runs:
@@ -216,8 +226,12 @@ def check_names(names, n_runs: int) -> list[str]:
     for x in names:
         if not x:
             raise AlignlensError(f"--names {given!r}: empty name; needs {want}")
-        if len(x) > NAME_MAX or not set(x) <= _NAME_CHARS:
-            raise AlignlensError(f"--names {given!r}: {x!r} should be at most {NAME_MAX} letters, digits or _ . + -")
+        bad = [c for c in x if not name_char_ok(c)]
+        if len(x) > NAME_MAX or bad or unicodedata.category(x[0])[0] == "M":
+            why = (f"has {len(x)} characters" if len(x) > NAME_MAX else f"contains {bad[0]!r} (U+{ord(bad[0]):04X})" if bad
+                   else "starts with a combining mark")  # fmt: skip
+            raise AlignlensError(f"--names {given!r}: {x!r} {why}; a name is at most {NAME_MAX} letters, digits or _ . + - "
+                                 "(letters and digits of any script; no spaces, slashes or other symbols)")  # fmt: skip
     if len({x.casefold() for x in names}) != len(names):
         raise AlignlensError(f"--names {given!r}: the two names must differ")
     return names
@@ -278,7 +292,9 @@ class Runs:
         return out
 
     def role_label(self, i: int) -> str:
-        return f"{self.roles[i]} ({self.runs[i].name})"
+        """'aligned (…/refrun/aligned-emotion)': run i's name and its model (`layout.short_path`:
+        never an absolute local path)."""
+        return f"{self.roles[i]} ({short_path(self.runs[i].name)})"
 
     @property
     def depth_axis(self) -> bool:
@@ -375,7 +391,7 @@ def load_runs(run_dir: Path, compare_dir: Path | None = None, names=None) -> Run
         if other:  # the file is another pair's: not theirs to use, nothing wrong with it
             comp = None
         elif why:
-            notes.append(f"{a.path.resolve().parent / 'comparison.json'} does not belong to these runs ({why}); its paired statistics were not used")
+            notes.append(f"{short_path(a.path.resolve().parent / 'comparison.json')} does not belong to these runs ({why}); its paired statistics were not used")
         else:
             paired, source = comp["accuracy"], "read from comparison.json (written by alignlens analyze --compare)"
     if paired is None:
