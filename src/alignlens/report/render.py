@@ -104,7 +104,7 @@ def write_report(runs: Runs, out: Path, *, force: bool = False, progress: Progre
             if p.exists():
                 raise AlignlensError(f"{p}: already exists (use --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results.clean_stale_temps(out.parent, max_depth=0)
+    results.clean_stale_temps(out.parent, max_depth=0, locked=False)  # not our folder: only dead runs' temporaries
     with staged_swap(out.parent, names) as stage:
         pdf, fig_dir, tab_dir = (stage / name for name in names)
         fig_dir.mkdir()
