@@ -385,7 +385,8 @@ def claims(plan: Plan, tasks: dict, variants: dict) -> list[dict]:
                     if e:
                         picked.append((task, variant, e))
             elif cid == 4:
-                picked += [(task, variant, t) for t in sec["trends"]]
+                picked += [(task, variant, t) for t in sec["trends"]
+                           if all(study.arm(n).control == "none" for n in t["arms"])]
             elif cid == 5:
                 picked += [(task, variant, e) for a in aligned if a.target != "en" for e in [eff(a, "untrained")] if e]
                 related += [c for c in sec["contrasts"] if c["kind"] == "target"]

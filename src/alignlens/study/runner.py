@@ -104,7 +104,7 @@ def check_out(out: Path, force: bool) -> None:
     non-empty folder that holds no study (unless `force`; files of others are never removed)."""
     OutputFolder(out, (), force=True).check()
     if out.is_dir() and not force and not any((out / f).is_file() for f in ("plan.json", "study.toml")):
-        other = [p.name for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX)]
+        other = [p.name for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX) and p.name != LOCK_FILE]
         if other:
             raise AlignlensError(f"output folder {out} is not empty and holds no study (found {other[0]}); give a new "
                                  "or empty --out, or --force to write the study beside those files (they are kept)")
@@ -116,6 +116,13 @@ def plan_record(plan: Plan, out: Path) -> dict:
             "steps": [{"name": s.name, "kind": s.kind, "arm": s.arm, "seed": s.seed, "model": s.model_key,
                        "folder": s.folder, "hash": s.hash, "status": step_status(out, s), "cost": s.cost,
                        "train_step": s.train_step} for s in plan.steps]}
+
+
+def plan_rows(plan: Plan, out: Path | None = None) -> list[dict]:
+    """The plan as `alignlens study check` shows it: per step its name, hash prefix, status in `out`
+    ("new" without a folder) and estimated seconds (`plan.RATES`)."""
+    return [{"step": s.name, "hash": s.hash[:12], "status": step_status(out, s) if out is not None else "new",
+             "seconds": s.cost * RATES[s.kind], "folder": s.folder} for s in plan.steps]
 
 
 class _Clock:

@@ -327,11 +327,12 @@ def parse_study(raw: dict, *, default_name: str = "study", source: str = "", tex
         raise AlignlensError("[[arm]]: write each arm as an [[arm]] table")
     arms: list[Arm] = []
     for i, a in enumerate(arms_raw, start=1):
+        first = next((b for b in arms if b.name == a.get("name")), None)
+        if first is not None:
+            raise AlignlensError(f"[[arm]] {i} (name {first.name}): arm name {first.name!r} is already used by "
+                                 f"[[arm]] {first.index}; names must be unique")
         arms.append(_parse_arm(a, i, tasks, seeds, model, train, eval_cfg))
     names = [a.name for a in arms]
-    for a in arms:
-        if names.count(a.name) > 1:
-            raise AlignlensError(f"{a.where}: arm name {a.name!r} is used by {names.count(a.name)} arms; names must be unique")
 
     contrasts = []
     cons_raw = raw.get("contrast", [])
@@ -396,6 +397,9 @@ def _parse_arm(a: dict, i: int, tasks: tuple[str, ...], seeds: tuple[int, ...], 
         except AlignlensError as exc:
             raise _again(exc, f"{where}: key 'questions'") from None
         qtask = questions
+    if target in langs:
+        raise AlignlensError(f"{where}: target = {target!r} is one of its training languages; the target is the "
+                             "language translated into, not a source")
     if control == "copy" and target != "en":
         raise AlignlensError(f"{where}: control = \"copy\" trains on English copies: it needs target = \"en\" "
                              f"(got {target!r})")
