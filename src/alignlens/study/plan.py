@@ -47,8 +47,10 @@ from alignlens.train.config import RUNTIME_OPTIONS, TrainConfig
 STEP_FORMAT = "alignlens.study.step/1"
 KINDS = ("train", "eval", "irrelevant", "analysis")
 #: Seconds per cost unit (training token pass; evaluated prompt) on Gemma-3-270m, float32, one thread
-#: of this 2-core CPU, measured with studies/quick.toml (see its header); runs re-measure them.
-RATES = {"train": 2.0e-3, "eval": 0.40, "irrelevant": 0.40, "analysis": 0.40}
+#: of a 2-core CPU shared with other jobs: measured with studies/quick.toml (sentiment; training
+#: 21-32 ms per token at max_len 640, evaluation 0.66-1.10 s per item); an idle CPU with two threads
+#: is about twice as fast. A run replaces them by the speeds it measures.
+RATES = {"train": 2.7e-2, "eval": 0.9, "irrelevant": 0.9, "analysis": 0.9}
 ANALYSIS_FACTOR = 2.5
 
 
