@@ -286,3 +286,43 @@ def test_cells_then_report_equal_the_single_command(whole, files):
     assert _normalised(out / "study.json", out, out_a) == _normalised(out_a / "study.json", out_a, out_a)
     with pytest.raises(AlignlensError, match="--seed 5: arm de has no seed 5"):
         run_study(files / "s.toml", out, arm="de", seed=5, progress=False)
+
+
+def test_bundled_studies_validate():
+    from alignlens.study.spec import bundled_studies
+
+    assert {"quick", "paper"} <= set(bundled_studies())
+    quick, paper = load_study("quick"), load_study("paper")
+    assert quick.name == "quick" and [a.name for a in quick.arms] == ["zh-de", "zh-de-copy"] and quick.seeds == (0, 1)
+    assert paper.limit == 120 and paper.balanced and paper.languages is None and paper.irrelevant_labels
+    assert {a.name: a.seeds for a in paper.arms}["zh-de"] == (0, 1, 2)
+    assert {(a.target, a.questions) for a in paper.arms} >= {("zh", "same"), ("en", "snli-qt")}
+
+
+def test_analysis_step_and_force(base, tmp_path):
+    one_arm = '\n[[arm]]\nname = "de"\nlanguages = ["de"]\nseeds = [0]\n'
+    path = tmp_path / "a.toml"
+    path.write_text(study_text(base, one_arm).replace("irrelevant_labels = true", "analyses = true"))
+    out = tmp_path / "out"
+    first = run_study(path, out, progress=False)
+    assert first.ran == ["eval/base/gemma3", "analysis/base/gemma3", "train/de/seed0", "eval/de/seed0",
+                         "analysis/de/seed0"]
+    for run in ("base/gemma3", "arms/de/seed0"):
+        folder = out / run / "analysis"
+        assert all((folder / f).is_file() for f in ("similarity.json", "logit_lens.json", "neurons.json",
+                                                     "predictions.jsonl"))
+        assert len(list((folder / "activations").glob("*.safetensors"))) == 3
+        # the analysis pass evaluates on the same path as the eval step
+        assert (folder / "predictions.jsonl").read_bytes() == (out / run / "eval" / "predictions.jsonl").read_bytes()
+    again = run_study(path, out, arm="de", force=True, progress=False)
+    assert again.ran == ["train/de/seed0", "eval/de/seed0", "analysis/de/seed0"] and not again.kept
+
+
+def test_cli_check_prints_the_plan_with_statuses(whole, files):
+    out, _ = whole
+    r = subprocess.run([sys.executable, "-m", "alignlens", "study", "check", str(files / "s.toml"), "--out", str(out)],
+                       capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if "/seed" in line or "/base/" in line]
+    assert len(rows) == 14 and all("finished" in line for line in rows)
+    assert "0 of 14 steps to run" in r.stdout
