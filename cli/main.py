@@ -45,7 +45,7 @@ study_app = typer.Typer(
           "held-out items, reusing every step already finished with the same content hash; `study report` writes "
           "study.json: each arm's effect vs the base model with a label-stratified item x seed bootstrap interval, "
           "p, MDE80, contrasts, dose-response trends and a verdict on each of the paper's claims. Bundled studies: "
-          "quick (about 30 min on a 2-core CPU), paper."),
+          "quick (20-45 min on a 2-core CPU), paper (the paper's arms; many hours on a CPU)."),
     no_args_is_help=True)
 app.add_typer(study_app, name="study")
 console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (paths copy-paste) when redirected
@@ -521,7 +521,7 @@ def study_check(
     out_console.print(table)
     todo = [r for r in rows if r["status"] != "finished"]
     out_console.print(f"{len(todo)} of {len(rows)} steps to run, about {_minutes(sum(r['seconds'] for r in todo))} "
-                      "(at Gemma-3-270m speed on one thread of a 2-core CPU; a run re-measures it)")
+                      "(at Gemma-3-270m speed on one thread of a busy 2-core CPU; a run re-measures it)")
 
 
 def _minutes(seconds: float) -> str:
