@@ -429,8 +429,7 @@ def check_training_overlap(config: Any, models: list[str]) -> None:
     config's `select_items` over every evaluated language: item i is the same question in every
     language, and its English text was the training target) must not meet its `train_items`.
     `config`: an EvalConfig or AnalyzeConfig. Raises AlignlensError naming the model, the task, the
-    overlapping count and first indices, and the held-out items to use instead."""
-    from alignlens.config import format_items
+    overlapping count and first indices, and the held-out items to use instead (`check_held_out`)."""
     from alignlens.results.schema import read_training_split
 
     for spec in models:
@@ -449,23 +448,33 @@ def check_training_overlap(config: Any, models: list[str]) -> None:
             if split.get("train_items") is None:
                 raise AlignlensError(f"{folder / 'manifest.json'}: trained on task {ts.name} but records no "
                                      f"train_items; cannot check that the evaluated items are held out")
-            trained = set(split["train_items"])
-            evaluated: set[int] = set()
-            every: set[int] = set()
-            for lang in data.task_languages(ts, config.languages):
-                items = data.load_items(ts, lang)
-                every |= {it.index for it in items}
-                chosen = config.select_items(items, ts.labels, f"task {ts.name}, language {lang}")
-                evaluated |= {it.index for it in chosen}
-            overlap = sorted(trained & evaluated)
-            if overlap:
-                free = sorted(every - trained)
-                hint = f"evaluate held-out items, e.g. --items {format_items(free)}" if free else \
-                    "no item of this task is held out"
-                raise AlignlensError(
-                    f"model {spec} was trained on task {ts.name} items {format_items(trained, 5)}: {len(overlap)} of "
-                    f"the {len(evaluated)} {ts.name} items this run evaluates overlap (first: "
-                    f"{', '.join(map(str, overlap[:5]))}); {hint}")
+            check_held_out(config, t, set(split["train_items"]), f"model {spec}")
+
+
+def check_held_out(config: Any, task: str, trained: set[int], who: str, flag: str = "--items") -> None:
+    """Refuse (AlignlensError) when the items `config` (EvalConfig or AnalyzeConfig) evaluates of
+    `task`, over every evaluated language (`select_items`; item i is the same question in every
+    language), meet `trained`, the item indices `who` (e.g. "model runs/aligned") was trained on.
+    The message names the overlap and suggests held-out items (as `flag`)."""
+    from alignlens.config import format_items
+
+    ts = data.load_task(task)
+    evaluated: set[int] = set()
+    every: set[int] = set()
+    for lang in data.task_languages(ts, config.languages):
+        items = data.load_items(ts, lang)
+        every |= {it.index for it in items}
+        chosen = config.select_items(items, ts.labels, f"task {ts.name}, language {lang}")
+        evaluated |= {it.index for it in chosen}
+    overlap = sorted(trained & evaluated)
+    if overlap:
+        free = sorted(every - trained)
+        hint = f"evaluate held-out items, e.g. {flag} {format_items(free)}" if free else \
+            "no item of this task is held out"
+        raise AlignlensError(
+            f"{who} was trained on task {ts.name} items {format_items(trained, 5)}: {len(overlap)} of "
+            f"the {len(evaluated)} {ts.name} items this run evaluates overlap (first: "
+            f"{', '.join(map(str, overlap[:5]))}); {hint}")
 
 
 def _peek_n_layers(spec: str) -> int | None:
