@@ -16,7 +16,7 @@ import pytest
 from alignlens import AlignlensError, RunInterrupted, data
 from alignlens.study.collect import write_study_json
 from alignlens.study.plan import resolve, step_status
-from alignlens.study.runner import run_study, study_lock
+from alignlens.study.runner import run_study
 from alignlens.study.spec import load_study
 from fixtures import one_thread, save_tiny_base  # noqa: F401  (module fixture)
 
@@ -97,6 +97,8 @@ def whole(files):
     (lambda t: t.replace("lr = 0.05", "lr = 0.05\nthreads = 2"), r"^\[train\]: key 'threads' is set by --threads"),
     (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), r"^\[study\]: key 'seeds' lists 0 twice"),
     (lambda t: t.replace("limit = 12", "limit = 13"), r"multiple of the 2 labels"),
+    (lambda t: t.replace('name = "de"\n', 'name = "de"\nanalyses = true\n', 1),
+     r"^\[\[arm\]\] 1 \(name de\): analyses = true needs analyses = true in \[study\]"),
 ])
 def test_invalid_study_is_one_line_and_writes_nothing(files, tmp_path, edit, message):
     bad = tmp_path / "bad.toml"
@@ -130,12 +132,35 @@ def test_hashes_name_content_not_paths_and_edits_change_only_their_arm(files, ba
     assert changed == {f"{k}/de-copy/seed{s}" for k in ("train", "eval", "irrelevant") for s in (0, 1)}
 
 
+def test_an_arm_may_leave_out_the_irrelevant_label_steps(files, base, tmp_path):
+    """`irrelevant_labels = false` on an arm: its models get no irrelevant-label evaluation (the base
+    model and the other arm keep theirs); nothing else of the plan changes."""
+    text = study_text(base, ARMS.replace('control = "copy"', 'control = "copy"\nirrelevant_labels = false'))
+    (tmp_path / "s.toml").write_text(text)
+    full = {s.name: s.hash for s in resolve(load_study(files / "s.toml"), tokenize=False).steps}
+    fewer = {s.name: s.hash for s in resolve(load_study(tmp_path / "s.toml"), tokenize=False).steps}
+    assert set(full) - set(fewer) == {"irrelevant/de-copy/seed0", "irrelevant/de-copy/seed1"}
+    assert all(fewer[name] == full[name] for name in fewer)
+
+
 def test_lock_refuses_a_second_writer(files, tmp_path):
+    """Another process holding OUT's lock (the lock is re-entrant within one process): refused at once."""
+    import subprocess
+    import sys
+
     out = tmp_path / "locked"
     out.mkdir()
-    with study_lock(out):
-        with pytest.raises(AlignlensError, match="another alignlens process is writing"):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from alignlens.study.runner import study_lock\n"
+                               "with study_lock(__import__('pathlib').Path(sys.argv[1])):\n"
+                               "    print('locked', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(AlignlensError, match=r"another alignlens run \(process \d+\) is writing to"):
             run_study(files / "s.toml", out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---- a whole study ---------------------------------------------------------------------------------------

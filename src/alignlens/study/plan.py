@@ -18,8 +18,10 @@ the base model), the variant, the evaluation options, the item indices per task 
 variant's words enter through its prompts and labels). No commit, thread count or path enters a
 hash: editing one arm changes only its steps' hashes.
 
-A step folder holds `step.json` {"format", "step", "hash", "status": "running"|"finished", "started",
-"finished", "wall_s", "content"}; `step_status` reads it: "finished" (same hash, finished),
+Beside each step folder lies its record `<folder>.step.json` (e.g. `arms/zh-de/seed0/train.step.json`;
+outside the folder, so a training step's folder holds only what `alignlens train` writes there)
+{"format", "step", "hash", "status": "running"|"finished", "started", "finished", "wall_s",
+"content"}; `step_status` reads it: "finished" (same hash, finished),
 "partial" (same hash, interrupted: resumable), "stale" (another hash: re-run) or "missing".
 
 **Cost** (for progress and `study check`): training = token passes (training tokens x epochs, from
@@ -266,7 +268,9 @@ def resolve(study: Study, *, tokenize: bool = True) -> Plan:
                               train_hash, content, None, float(tokens) * cfg.epochs))
             configs[train_name] = cfg
             for kind in eval_kinds:
-                if kind == "analysis" and study.analysis_seeds == "first" and seed != arm.seeds[0]:
+                if kind == "analysis" and (not arm.analyses or study.analysis_seeds == "first" and seed != arm.seeds[0]):
+                    continue
+                if kind == "irrelevant" and not arm.irrelevant_labels:
                     continue
                 econtent = {**contents[kind], "train": train_hash}
                 steps.append(Step(f"{kind}/{arm.name}/seed{seed}", kind, arm.name, seed, keys[arm.model], arm.model,
@@ -290,12 +294,18 @@ def _train_tokens(arm: Arm, cfg: TrainConfig, pairs: list, tokenizers: dict, bui
 # ---- step state -------------------------------------------------------------------------------------
 
 
-STEP_FILE = "step.json"
+#: The suffix of a step's record, a file beside its folder (`record_path`).
+STEP_FILE = ".step.json"
+
+
+def record_path(out: Path, step: Step) -> Path:
+    """Where the step's record lies: beside its folder, `<folder>.step.json`."""
+    return Path(out) / f"{step.folder}{STEP_FILE}"
 
 
 def step_record(out: Path, step: Step) -> dict | None:
-    """The step's step.json in `out` (None when absent or unreadable)."""
-    path = Path(out) / step.folder / STEP_FILE
+    """The step's record in `out` (None when absent or unreadable)."""
+    path = record_path(out, step)
     if not path.is_file():
         return None
     try:

@@ -19,8 +19,6 @@ saves a checkpoint) and `RunInterrupted` (exit 130/143) gives the exact command 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shlex
 import signal
 import sys
@@ -33,13 +31,14 @@ from typing import Any
 
 from alignlens import AlignlensError, RunInterrupted, distributed
 from alignlens.progress import LineProgress, _duration, progress_mode
-from alignlens.results import OutputFolder, TEMP_PREFIX, write_json
+from alignlens.results import TEMP_PREFIX, write_json
+from alignlens.results.lock import LOCK_NAME as LOCK_FILE, FolderLock
+from alignlens.results.writer import check_out_path
 from alignlens.study import steps as S
 from alignlens.study.plan import RATES, Plan, Step, eval_items, resolve, step_status
 from alignlens.study.spec import load_study
 
 PLAN_FORMAT = "alignlens.study.plan/1"
-LOCK_FILE = ".alignlens-lock"
 #: Files of OUT written by the study itself (besides the step folders).
 STUDY_FILES = ("study.toml", "plan.json", "study.json", LOCK_FILE)
 
@@ -57,28 +56,15 @@ class RunSummary:
     seconds: float = 0.0
 
 
-# TODO(results/writer lock): another helper adds a general lock to results/writer.py; use it here
-# instead of this one once it is merged.
 @contextmanager
 def study_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive `fcntl.flock` on OUT/.alignlens-lock for the block (one writer per study
-    folder; released when the process ends, whatever the way). Refused at once when held."""
-    path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    """Hold OUT's output lock (`results.lock.FolderLock`: one run per folder, dropped by the kernel
+    when the process ends) for the block. Refused at once when another run holds it."""
+    lock = FolderLock.acquire(out)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlignlensError(f"another alignlens process is writing {out} (it holds {path}); wait for it to "
-                                 "finish, or give another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def continue_command(source: str, out: Path, arm: str | None = None, seed: int | None = None,
@@ -102,7 +88,7 @@ def step_command(plan: Plan, out: Path, step: Step) -> str:
 def check_out(out: Path, force: bool) -> None:
     """Refuse OUT before anything is written: a dangerous path, a file, an unwritable place, or a
     non-empty folder that holds no study (unless `force`; files of others are never removed)."""
-    OutputFolder(out, (), force=True).check()
+    check_out_path(out)
     if out.is_dir() and not force and not any((out / f).is_file() for f in ("plan.json", "study.toml")):
         other = [p.name for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX) and p.name != LOCK_FILE]
         if other:

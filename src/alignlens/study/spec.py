@@ -44,7 +44,8 @@ STUDY_SET = {"task": "the arm's questions", "languages": "the arm's languages", 
              "data_files": "nothing (a study trains on task or bundled questions only)"}
 STUDY_KEYS = ("name", "model", "tasks", "languages", "items", "limit", "balanced", "seeds", "batch_size", "analyses",
               "analysis_seeds", "irrelevant_labels", "irrelevant_words", "bootstrap_resamples", "seed", "keep_merged")
-ARM_KEYS = ("name", "languages", "target", "questions", "control", "seeds", "model", "train")
+ARM_KEYS = ("name", "languages", "target", "questions", "control", "seeds", "model", "train", "analyses",
+            "irrelevant_labels")
 CONTRAST_KEYS = ("a", "b")
 TOP_KEYS = ("study", "train", "arm", "contrast")
 
@@ -53,7 +54,9 @@ TOP_KEYS = ("study", "train", "arm", "contrast")
 class Arm:
     """One training arm: source `languages` -> `target`, questions from `questions_task` (a task
     name or folder; None: the bundled SNLI set), `control` "none" or "copy", replicate `seeds`, base
-    `model`, `train`: its TrainConfig overrides (after the study's `[train]`)."""
+    `model`, `train`: its TrainConfig overrides (after the study's `[train]`); `analyses` and
+    `irrelevant_labels`: whether its models get the study's analysis and irrelevant-label steps (an
+    arm may leave out what `[study]` turns on, to save time; not add what the base model lacks)."""
 
     name: str
     index: int  # 1-based position in the file
@@ -65,6 +68,8 @@ class Arm:
     seeds: tuple[int, ...]
     model: str
     train: dict
+    analyses: bool = False
+    irrelevant_labels: bool = False
 
     @property
     def where(self) -> str:
@@ -74,7 +79,7 @@ class Arm:
         """study.json's entry of the arm."""
         return {"name": self.name, "languages": list(self.languages), "target": self.target,
                 "questions": self.questions, "control": self.control, "seeds": list(self.seeds), "model": self.model,
-                "train": dict(self.train)}
+                "train": dict(self.train), "analyses": self.analyses, "irrelevant_labels": self.irrelevant_labels}
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,7 @@ def parse_study(raw: dict, *, default_name: str = "study", source: str = "", tex
         if first is not None:
             raise AlignlensError(f"[[arm]] {i} (name {first.name}): arm name {first.name!r} is already used by "
                                  f"[[arm]] {first.index}; names must be unique")
-        arms.append(_parse_arm(a, i, tasks, seeds, model, train, eval_cfg))
+        arms.append(_parse_arm(a, i, tasks, seeds, model, train, eval_cfg, analyses, irrelevant))
     names = [a.name for a in arms]
 
     contrasts = []
@@ -356,9 +361,10 @@ def parse_study(raw: dict, *, default_name: str = "study", source: str = "", tex
 
 
 def _parse_arm(a: dict, i: int, tasks: tuple[str, ...], seeds: tuple[int, ...], model: str, train: dict,
-               eval_cfg: EvalConfig) -> Arm:
+               eval_cfg: EvalConfig, analyses: bool = False, irrelevant: bool = False) -> Arm:
     """One [[arm]] table, with its resolved TrainConfig checked (first seed) and its training items
-    held out from the evaluated items of the same task."""
+    held out from the evaluated items of the same task. `analyses`, `irrelevant`: the study's
+    settings, the arm's defaults (it may turn them off, not on)."""
     name = a.get("name")
     if not isinstance(name, str) or not ARM_NAME.fullmatch(name):
         raise AlignlensError(f"[[arm]] {i}: key 'name' must be 1-40 letters, digits or _ . + - (got {name!r})")
@@ -377,6 +383,12 @@ def _parse_arm(a: dict, i: int, tasks: tuple[str, ...], seeds: tuple[int, ...], 
     arm_seeds = _seeds(a["seeds"], where) if "seeds" in a else seeds
     arm_model = _str(a.get("model", model), "model", where)
     arm_train = _train_table(a.get("train", {}), f"{where} [arm.train]")
+    arm_flags = {}
+    for key, on in (("analyses", analyses), ("irrelevant_labels", irrelevant)):
+        arm_flags[key] = _bool(a.get(key, on), key, where)
+        if arm_flags[key] and not on:
+            raise AlignlensError(f"{where}: {key} = true needs {key} = true in [study] (the base model's steps are "
+                                 f"compared with it); an arm may only turn off what [study] turns on")
     if questions == QUESTIONS_SAME:
         if len(tasks) != 1:
             raise AlignlensError(f"{where}: questions = \"same\" needs one evaluated task (the study has "
@@ -416,7 +428,7 @@ def _parse_arm(a: dict, i: int, tasks: tuple[str, ...], seeds: tuple[int, ...], 
 
                 check_held_out(eval_cfg, t, set(cfg.train_indices()), f"{where} (training items)", flag="items =")
     return Arm(name=name, index=i, languages=langs, target=target, questions=questions, questions_task=qtask,
-               control=control, seeds=arm_seeds, model=arm_model, train=arm_train)
+               control=control, seeds=arm_seeds, model=arm_model, train=arm_train, **arm_flags)
 
 
 def train_config(defaults: dict, overrides: dict, task: str | None, languages: tuple[str, ...], control: str,

@@ -12,7 +12,8 @@
 - **analysis**: `pipeline.analyze_model` with saved activations (its per-(task, language) shards make
   it resumable).
 
-A step folder's alignlens-owned files (`OWNED`) are the only ones a stale or forced step removes.
+A stale or forced step removes only what alignlens wrote in its folder (`clear_step`): the files its
+manifest lists (`results.writer.read_owner`), its evaluation parts and its record (`plan.record_path`).
 A trained model's `merged/` is re-made from the base model and `adapter/` with peft when a step needs
 it and it was removed (`ensure_merged`); `remove_merged` drops it once every step that evaluates it
 has finished (unless the study keeps it).
@@ -28,37 +29,39 @@ from typing import Any
 import numpy as np
 
 from alignlens import AlignlensError, data, distributed
-from alignlens.results import ANALYSIS_FILES, EVAL_FILES, now_iso, read_json, write_json
-from alignlens.study.plan import STEP_FILE, STEP_FORMAT, Plan, Step, variant_items, variant_task
-from alignlens.train.checkpoint import ARTIFACTS
+from alignlens.results import EVAL_FILES, now_iso, read_json, write_json
+from alignlens.results.writer import read_owner, remove_owned
+from alignlens.study.plan import STEP_FORMAT, Plan, Step, record_path, variant_items, variant_task
 
 PART_FORMAT = "alignlens.study.part/1"
 PARTS = "parts"
-#: What alignlens writes in a step folder of each kind (all a stale or forced step may remove).
-OWNED = {"train": (*ARTIFACTS, STEP_FILE), "eval": (*EVAL_FILES, PARTS, STEP_FILE),
-         "irrelevant": (*EVAL_FILES, PARTS, STEP_FILE), "analysis": (*ANALYSIS_FILES, STEP_FILE)}
 
 
 # ---- step records ------------------------------------------------------------------------------------
 
 
 def write_record(out: Path, step: Step, status: str, started: str, wall_s: float | None = None) -> None:
-    """The step's step.json (rank 0 only): its hash, status ("running"/"finished"), times and content."""
+    """The step's record beside its folder (rank 0 only): its hash, status ("running"/"finished"),
+    times and content."""
     rec = {"format": STEP_FORMAT, "step": step.name, "hash": step.hash, "status": status, "started": started,
            "finished": now_iso() if status == "finished" else None,
            "wall_s": None if wall_s is None else round(wall_s, 1), "content": step.content}
-    distributed.on_main(lambda: write_json(out / step.folder / STEP_FILE, rec))
+    distributed.on_main(lambda: write_json(record_path(out, step), rec))
 
 
 def clear_step(out: Path, step: Step) -> None:
-    """Remove the alignlens-owned files of a step folder (a stale step or --force), nothing else."""
+    """Remove what alignlens wrote in a step folder (a stale step or --force): the files its
+    manifest lists, the evaluation parts and the step's record; anything else stays (also inside
+    alignlens's own subfolders), and so do the folders it still fills."""
     folder = out / step.folder
-    for name in OWNED[step.kind]:
-        p = folder / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+    owner = read_owner(folder)
+    remove_owned(folder, [*(owner.files if owner is not None else ()), *_part_files(folder)])
+    record_path(out, step).unlink(missing_ok=True)
+
+
+def _part_files(folder: Path) -> list[str]:
+    """The evaluation parts in a step folder (relative paths), as `write_part` names them."""
+    return [f"{PARTS}/{p.name}" for p in sorted((folder / PARTS).glob("*__*.json"))]
 
 
 # ---- training ----------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def run_eval(step: Step, plan: Plan, selected: dict[str, dict[str, list]], model
     import torch
 
     from alignlens.evaluate import evaluate_language, write_eval
-    from alignlens.results.manifest import make_manifest
+    from alignlens.results.manifest import make_manifest, ownership
 
     study = plan.study
     folder = out / step.folder
@@ -187,9 +190,10 @@ def run_eval(step: Step, plan: Plan, selected: dict[str, dict[str, list]], model
 
     def finish() -> dict:
         manifest = make_manifest(model, cfg, command=command, started=started,
-                                 extra={"world_size": distributed.world().size, "study": _study_note(step, study)})
+                                 extra={"world_size": distributed.world().size, "study": _study_note(step, study),
+                                        **ownership("eval", EVAL_FILES)})
         summary = write_eval(folder, results, manifest, cfg)
-        shutil.rmtree(folder / PARTS, ignore_errors=True)
+        remove_owned(folder, _part_files(folder))
         return summary
     return distributed.broadcast_object(distributed.on_main(finish))
 
