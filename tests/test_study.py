@@ -351,3 +351,28 @@ def test_cli_check_prints_the_plan_with_statuses(whole, files):
     rows = [line for line in r.stdout.splitlines() if "/seed" in line or "/base/" in line]
     assert len(rows) == 14 and all("finished" in line for line in rows)
     assert "0 of 14 steps to run" in r.stdout
+
+
+def test_study_lock_is_rank_zeros_alone(tmp_path, monkeypatch):
+    # under torchrun only rank 0 holds OUT's lock; another rank neither takes it nor sees it as a rival run
+    from alignlens.results.lock import LOCK_NAME, FolderLock
+    from alignlens.results.writer import OutputFolder
+    from alignlens.study.runner import study_lock
+
+    out = tmp_path / "s"
+    held = FolderLock.acquire(out)  # rank 0's, as if in another process: drop this process's record of it
+    key = next(k for k, v in FolderLock._held.items() if v is held)
+    FolderLock._held.pop(key)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")
+        with study_lock(out):
+            pass
+        OutputFolder(out, "eval").check()  # no "another alignlens run is writing" on rank 1
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(AlignlensError, match="another alignlens run"):
+            OutputFolder(out, "eval").check()
+    finally:
+        FolderLock._held[key] = held
+        held.release()
+    assert not (out / LOCK_NAME).exists()

@@ -295,7 +295,10 @@ class OutputFolder:
         is writing to, a non-empty folder without `force`, one that holds no alignlens manifest or
         another command's results, or one where a file alignlens did not write is in the way."""
         check_out_path(self.path)
-        lock.probe(self.path)
+        from alignlens.distributed import main_process
+
+        if main_process():  # under torchrun rank 0 holds the lock, which the other ranks would see as busy
+            lock.probe(self.path)
         self.owned = frozenset() if self.resume or not self.has_content() else self._replaceable()
 
     def _replaceable(self) -> frozenset[str]:

@@ -59,7 +59,13 @@ class RunSummary:
 @contextmanager
 def study_lock(out: Path) -> Iterator[None]:
     """Hold OUT's output lock (`results.lock.FolderLock`: one run per folder, dropped by the kernel
-    when the process ends) for the block. Refused at once when another run holds it."""
+    when the process ends) for the block. Refused at once when another run holds it. Under torchrun
+    rank 0 alone holds it (the other ranks write nothing of their own)."""
+    from alignlens.distributed import main_process
+
+    if not main_process():
+        yield
+        return
     lock = FolderLock.acquire(out)
     try:
         yield
