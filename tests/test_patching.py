@@ -186,6 +186,58 @@ def test_attention_only_lora_patching_every_attention_output_gives_the_aligned_m
     assert worst("attn@0,attn@1") > 1e-4
 
 
+@pytest.mark.parametrize("arch,tok,overrides", [
+    ("gemma3", "sentencepiece", {"sliding_window": 256}),
+    ("gemma3", "sentencepiece", {"sliding_window": 24}),  # prompts beyond the window: full-suffix `last` runs
+    ("llama", "bytelevel", {}),
+    ("gpt2", "bytelevel", {}),
+])
+def test_patched_probabilities_equal_a_plain_forward_with_the_same_patch(arch, tok, overrides):
+    base, aligned = tiny_pair(arch, tok, n_layers=3, targets=("c_attn",) if arch == "gpt2" else ("q_proj", "v_proj"),
+                              **overrides)
+    spec, items = short_spec(), short_items("de", n=3)
+    models = {"base": base, "aligned": aligned}
+    sites = make_sites(["resid", "attn", "mlp"], 3)
+    directions = directions_by_name(["a2b", "b2a"])
+    full, k = prompt_tokens(base.tokenizer, spec, "de", items)
+    assert k > 0 and len({len(f) for f in full}) > 1  # a cached prefix and padded batches
+    window = overrides.get("sliding_window")
+    assert window is None or (window < 64) == (max(len(f) for f in full) >= window)  # 24: beyond it; 256: within
+    sets = label_sets(base.tokenizer, spec.labels)
+    runs = [((s,), p) for s in sites for p in POSITIONS]
+    reference = {(i, d.name): reference_patch(models[d.source], models[d.receiver], full[i], k, runs, sets)
+                 for i in range(len(items)) for d in directions}
+    for one_token in (True, False):
+        rows = patch_language(models, spec, "de", items, sites=sites, positions=POSITIONS, directions=directions,
+                              batch_size=2, one_token_last=one_token)
+        by_key = {(r["index"], r["direction"], r["site"], r["layer"], r["positions"]): r for r in _patched(rows)}
+        assert len(by_key) == len(items) * len(directions) * len(sites) * 3
+        worst = 0.0
+        for i, it in enumerate(items):
+            for d in directions:
+                for ((s,), p), want in zip(runs, reference[(i, d.name)]):
+                    row = by_key[(it.index, d.name, s.kind, s.layer, p)]
+                    worst = max(worst, np.abs(_probs(row, spec.labels) - want).max())
+                    assert row["pred"] == spec.labels[int(np.argmax(_probs(row, spec.labels)))]
+                    assert row["logodds"] == pytest.approx(log_odds(_probs(row, spec.labels), spec.labels.index(it.label)))
+        assert worst <= 1e-4, (one_token, worst)
+
+
+def test_a_small_prefix_budget_splits_the_all_runs_into_passes_with_the_same_rows(gemma_pair):
+    spec, items = short_spec(), short_items(n=3)
+    models = {"base": gemma_pair[0], "aligned": gemma_pair[1]}
+    kw = dict(sites=make_sites(["resid", "attn"], 3, [0, 2]), positions=POSITIONS,
+              directions=directions_by_name(["a2b"]), batch_size=2)
+    told: list[int] = []
+    one = patch_language(models, spec, "en", items, **kw)
+    many = patch_language(models, spec, "en", items, prefix_budget=1, progress=told.append, **kw)
+    assert sum(told) == len(items) and len(told) > 2  # several passes, progress spread over them
+    key = lambda r: (r["index"], r.get("model"), r["direction"], r["site"], r["layer"], r["positions"])  # noqa: E731
+    a, b = {key(r): r for r in one}, {key(r): r for r in many}
+    assert a.keys() == b.keys() and len(a) == len(one) == len(many)
+    assert max(np.abs(_probs(a[x], spec.labels) - _probs(b[x], spec.labels)).max() for x in a) <= 1e-6
+
+
 # ---- refusals and small parts ---------------------------------------------------------------------
 
 
