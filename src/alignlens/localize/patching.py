@@ -148,8 +148,7 @@ def check_models(models: Mapping[str, LoadedModel], directions: Sequence[Directi
     tok0 = first.tokenizer
     for name in names[1:]:
         m, tok = models[name], models[name].tokenizer
-        if tok is not tok0 and (tok.get_vocab() != tok0.get_vocab() or
-                                [tok.bos_token_id, tok.eos_token_id] != [tok0.bos_token_id, tok0.eos_token_id]):
+        if not _same_tokenizer(tok0, tok):
             raise AlignlensError(f"models {names[0]} and {name} do not share a tokenizer; cross-model patching needs "
                                  "the same tokens for the same prompt (compare models of one family)")
         for what in ("n_layers", "d_model"):
@@ -159,6 +158,21 @@ def check_models(models: Mapping[str, LoadedModel], directions: Sequence[Directi
         if m.dtype != first.dtype:
             raise AlignlensError(f"models {names[0]} and {name} are loaded in {first.dtype} and {m.dtype}; load both "
                                  "in one dtype")
+
+
+#: Pairs of tokenizer objects found equal (get_vocab of a 262k vocabulary takes ~1 s), kept alive with them.
+_SAME_TOKENIZERS: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    """Same vocabulary and BOS/EOS ids (remembered per pair of objects)."""
+    if a is b or (id(a), id(b)) in _SAME_TOKENIZERS:
+        return True
+    same = ([a.bos_token_id, a.eos_token_id] == [b.bos_token_id, b.eos_token_id] and len(a) == len(b)
+            and a.get_vocab() == b.get_vocab())
+    if same:
+        _SAME_TOKENIZERS[(id(a), id(b))] = (a, b)
+    return same
 
 
 # ---- what each model's clean run keeps --------------------------------------------------------
@@ -305,6 +319,30 @@ def patch_language(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang:
                        one_token_last=one_token_last, prefix_budget=prefix_budget)
 
 
+@dataclass
+class _Language:
+    """What every item batch of one (task, language) call shares."""
+
+    models: Mapping[str, LoadedModel]
+    spec: data.TaskSpec
+    lang: str
+    items: Sequence[data.Item]
+    full: list[list[int]]  # token ids of each item's prompt
+    k: int  # the few-shot prefix's tokens (cached); positions >= k are the item's own
+    gold: list[int]
+    index_sets: list[torch.Tensor]
+    unembed: dict[str, Unembed]
+    need: dict[str, set]  # per model: the site values its clean suffix runs keep
+    clean: dict[str, _Clean]
+    one_token_last: bool
+    n_layers: int
+    pad: int
+
+    @property
+    def where(self) -> str:
+        return f"task {self.spec.name}, language {self.lang}"
+
+
 @torch.no_grad()
 def run_patches(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang: str, items: Sequence[data.Item],
                 runs: Sequence[PatchRun], *, batch_size: int = 8, progress: Callable[[int], None] | None = None,
@@ -317,11 +355,14 @@ def run_patches(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang: st
     logodds, pred} per (run, item) (a run of several sites: site "kind@layer,...", layer its entry
     block). logodds = log p_gold − log Σ_other p; pred = the label of largest probability.
     `batch_size`: items per pass; `progress(n)`: told the items done (in total len(items), spread
-    over the passes `prefix_budget` makes). NumericalError when a probability is not finite."""
+    over the passes `prefix_budget` makes). Everything is checked before any model runs;
+    NumericalError when a probability is not finite."""
     if distributed.world().distributed:
         raise AlignlensError("cross-model patching runs in one process; run it without torchrun")
     if not runs:
         raise AlignlensError("nothing to patch: no site, positions or direction given")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise AlignlensError(f"batch size must be a positive integer, got {batch_size!r}")
     names = list(dict.fromkeys(r for run in runs for r in (run.direction.source, run.direction.receiver)))
     check_models(models, list(dict.fromkeys(run.direction for run in runs)))
     ref = models[names[0]]
@@ -335,21 +376,19 @@ def run_patches(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang: st
                 raise AlignlensError(f"site {s.kind} at layer {s.layer}: not a site of a {n_layers}-block model")
             if s.kind == "resid" and s.layer == n_layers and len(run.sites) > 1:
                 raise AlignlensError("the last block's output (resid at layer n_layers) can only be patched alone")
-    for name in dict.fromkeys(run.direction.receiver for run in runs):
-        check_layer_entry(models[name])
     where = f"task {spec.name}, language {lang}"
+    sets = label_sets(ref.tokenizer, spec.labels, where)
+    if not items:
+        return []
     full, k = prompt_tokens(ref.tokenizer, spec, lang, items)
     for name in names[1:]:
         if models[name].tokenizer is not ref.tokenizer and prompt_tokens(models[name].tokenizer, spec, lang, items) != (full, k):
             raise AlignlensError(f"{where}: models {names[0]} and {name} tokenize the prompts differently")
-    sets = label_sets(ref.tokenizer, spec.labels, where)
-    index_sets = [torch.tensor(s_, dtype=torch.long) for s_ in sets]
-    gold = [spec.labels.index(it.label) for it in items]
-    pad = ref.tokenizer.pad_token_id if ref.tokenizer.pad_token_id is not None else 0
-    unembed = {n: Unembed.from_hf(models[n].hf_model) for n in names}
+    for name in dict.fromkeys(run.direction.receiver for run in runs):
+        check_layer_entry(models[name])
 
-    need: dict[str, set] = {n: set() for n in names}  # site values each clean suffix run keeps
-    need_prefix: dict[str, set] = {n: set() for n in names}  # ... and each prefix pass (for `all`)
+    need: dict[str, set] = {n: set() for n in names}
+    need_prefix: dict[str, set] = {n: set() for n in names}  # the site values each prefix pass keeps (`all`)
     for run in runs:
         d = run.direction
         for target in ([need] + ([need_prefix] if run.positions == "all" else [])):
@@ -357,12 +396,15 @@ def run_patches(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang: st
             target[d.source].update(_key(s) for s in run.sites)
     clean: dict[str, _Clean] = {}
     for n in names:
-        c = _Clean(None)
+        clean[n] = _Clean(None)
         if k > 0:
-            _, c.cache = decoder_pass(models[n], ids=torch.tensor([full[0][:k]], device=models[n].device),
-                                      fwd_hooks=_capture_hooks(sorted(need_prefix[n]), n_layers, c.values),
-                                      keep_cache=True)
-        clean[n] = c
+            _, clean[n].cache = decoder_pass(models[n], ids=torch.tensor([full[0][:k]], device=models[n].device),
+                                             fwd_hooks=_capture_hooks(sorted(need_prefix[n]), n_layers, clean[n].values),
+                                             keep_cache=True)
+    ctx = _Language(models, spec, lang, items, full, k, [spec.labels.index(it.label) for it in items],
+                    [torch.tensor(s_, dtype=torch.long) for s_ in sets],
+                    {n: Unembed.from_hf(models[n].hf_model) for n in names}, need, clean, one_token_last, n_layers,
+                    ref.tokenizer.pad_token_id if ref.tokenizer.pad_token_id is not None else 0)
     passes = _plan_passes(runs, clean, prefix_budget)
     batches = plan_batches([len(f) for f in full], len(full), batch_size)
     rows: list[dict] = []
@@ -371,8 +413,7 @@ def run_patches(models: Mapping[str, LoadedModel], spec: data.TaskSpec, lang: st
         prefixes = {run: _patched_prefix(models, clean, run, n_layers) for run in pass_runs
                     if run.positions == "all" and k > 0}
         for b in batches:
-            rows += _patch_batch(models, unembed, clean, prefixes, pass_runs, b, full, k, pad, gold, items, spec, lang,
-                                 index_sets, need, one_token_last, with_clean=p == 0, where=where)
+            rows += _patch_batch(ctx, prefixes, pass_runs, b, with_clean=p == 0)
             units += len(b)
             now = units * len(items) // total_units
             if progress is not None and now > reported:
@@ -399,27 +440,29 @@ def _row_probs(probs: np.ndarray, g: int, labels: Sequence[str]) -> dict:
             "pred": labels[int(np.argmax(probs))]}
 
 
-def _patch_batch(models, unembed, clean, prefixes, runs, b, full, k, pad, gold, items, spec, lang, index_sets, need,
-                 one_token_last: bool, *, with_clean: bool, where: str) -> list[dict]:
-    """One item batch: each model's clean suffix run (keeping the needed site values), then every
-    run of the pass; the LM head on all final states of a receiver at once (chunks of HEAD_ROWS)."""
-    n_layers = next(iter(models.values())).n_layers
-    names = list(clean)
+def _patch_batch(ctx: _Language, prefixes: Mapping[PatchRun, Any], runs: Sequence[PatchRun], b: list[int], *,
+                 with_clean: bool) -> list[dict]:
+    """One item batch (`b`: positions in the item list): each model's clean suffix run (keeping the
+    site values the runs need; with `with_clean` its rows too), then every run of the pass; the LM
+    head on all final states of a receiver at once (chunks of HEAD_ROWS)."""
+    models, k, n_layers = ctx.models, ctx.k, ctx.n_layers
+    names = list(ctx.clean)
     dev = models[names[0]].device
-    ids, mask = _right_padded([full[i][k:] for i in b], pad, dev)
+    ids, mask = _right_padded([ctx.full[i][k:] for i in b], ctx.pad, dev)
     attn, pos = suffix_positions(mask, k)
     last = mask.sum(1) - 1
     rows_idx = torch.arange(len(b), device=dev)
     width = ids.shape[1]
-    one_token = {n: one_token_last and _one_token_ok(models[n], k, width)
+    one_token = {n: ctx.one_token_last and _one_token_ok(models[n], k, width)
                  and any(r.positions == "last" and r.direction.receiver == n for r in runs) for n in names}
     values: dict[str, dict] = {}
     caches: dict[str, Any] = {}
     states: dict[str, list[tuple[Any, torch.Tensor]]] = {n: [] for n in names}
     for n in names:
         values[n] = {}
-        h, caches[n] = decoder_pass(models[n], ids=ids, cache=clean[n].cache, attention_mask=attn, position_ids=pos,
-                                    fwd_hooks=_capture_hooks(sorted(need[n]), n_layers, values[n]), keep_cache=one_token[n])
+        h, caches[n] = decoder_pass(models[n], ids=ids, cache=ctx.clean[n].cache, attention_mask=attn, position_ids=pos,
+                                    fwd_hooks=_capture_hooks(sorted(ctx.need[n]), n_layers, values[n]),
+                                    keep_cache=one_token[n])
         if with_clean:
             states[n].append((("clean", n), h[rows_idx.to(h.device), last.to(h.device)]))
     for run in runs:
@@ -435,38 +478,42 @@ def _patch_batch(models, unembed, clean, prefixes, runs, b, full, k, pad, gold, 
             states[d.receiver].append((run, h[:, 0]))
             continue
         mode = _mode(run.positions, False)
-        cache = prefixes.get(run, clean[d.receiver].cache) if run.positions == "all" else clean[d.receiver].cache
+        cache = prefixes.get(run, ctx.clean[d.receiver].cache) if run.positions == "all" else ctx.clean[d.receiver].cache
         h, _ = decoder_pass(models[d.receiver], layer=run.start, residual=_entry_residual(run, rcv, src, mode, last),
                             cache=cache, attention_mask=attn, position_ids=pos,
                             fwd_hooks=_site_hooks(run, src, n_layers, mode, last))
         states[d.receiver].append((run, h[rows_idx.to(h.device), last.to(h.device)]))
     values.clear()
     caches.clear()
-    labels = list(spec.labels)
-    out: list[dict] = []
-    for n in names:
-        if not states[n]:
-            continue
-        flat = torch.cat([s for _, s in states[n]])
-        probs = torch.cat([head_probs(unembed[n], flat[i:i + HEAD_ROWS], index_sets)
-                           for i in range(0, flat.shape[0], HEAD_ROWS)]).numpy()
-        for j, (tag, _) in enumerate(states[n]):
-            block = probs[j * len(b):(j + 1) * len(b)]
-            bad = [items[b[r]].index for r in range(len(b)) if not np.isfinite(block[r]).all()]
-            if bad:
-                what = "clean" if isinstance(tag, tuple) else f"{tag.direction.name} {_site_name(tag)} {tag.positions}"
-                raise nonfinite_error(f"label probabilities ({what})", where, bad, models[n].dtype)
-            for r, i in enumerate(b):
-                base = {"task": spec.name, "lang": lang, "index": items[i].index, "gold": labels[gold[i]]}
-                if isinstance(tag, tuple):  # ("clean", model name)
-                    out.append({**base, "model": n, "direction": None, "site": "clean", "layer": None,
-                                "positions": None, **_row_probs(block[r], gold[i], labels)})
-                    continue
-                out.append({**base, "direction": tag.direction.name, "source": tag.direction.source,
-                            "receiver": tag.direction.receiver, "site": _site_name(tag),
-                            "layer": tag.sites[0].layer if len(tag.sites) == 1 else tag.start,
-                            "hook": ",".join(s.hook() for s in tag.sites), "positions": tag.positions,
-                            **_row_probs(block[r], gold[i], labels)})
+    return [row for n in names if states[n] for row in _rows(ctx, n, states[n], b)]
+
+
+def _rows(ctx: _Language, model: str, states: list[tuple[Any, torch.Tensor]], b: list[int]) -> list[dict]:
+    """Rows of one receiver's runs on batch `b`: the LM head on all their final states [len(b), d_model]
+    at once (chunks of HEAD_ROWS), label probabilities, log-odds, prediction."""
+    labels = list(ctx.spec.labels)
+    flat = torch.cat([s for _, s in states])
+    probs = torch.cat([head_probs(ctx.unembed[model], flat[i:i + HEAD_ROWS], ctx.index_sets)
+                       for i in range(0, flat.shape[0], HEAD_ROWS)]).numpy()
+    out = []
+    for j, (tag, _) in enumerate(states):
+        block = probs[j * len(b):(j + 1) * len(b)]
+        bad = [ctx.items[b[r]].index for r in range(len(b)) if not np.isfinite(block[r]).all()]
+        if bad:
+            what = "clean" if isinstance(tag, tuple) else f"{tag.direction.name} {_site_name(tag)} {tag.positions}"
+            raise nonfinite_error(f"label probabilities ({what})", ctx.where, bad, ctx.models[model].dtype)
+        for r, i in enumerate(b):
+            g = ctx.gold[i]
+            base = {"task": ctx.spec.name, "lang": ctx.lang, "index": ctx.items[i].index, "gold": labels[g]}
+            if isinstance(tag, tuple):  # ("clean", model name)
+                out.append({**base, "model": model, "direction": None, "site": "clean", "layer": None,
+                            "positions": None, **_row_probs(block[r], g, labels)})
+                continue
+            out.append({**base, "direction": tag.direction.name, "source": tag.direction.source,
+                        "receiver": tag.direction.receiver, "site": _site_name(tag),
+                        "layer": tag.sites[0].layer if len(tag.sites) == 1 else tag.start,
+                        "hook": ",".join(s.hook() for s in tag.sites), "positions": tag.positions,
+                        **_row_probs(block[r], g, labels)})
     return out
 
 
