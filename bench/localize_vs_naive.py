@@ -121,7 +121,7 @@ def main() -> None:
     naive_rows: dict = {}
     naive_flops = 0.0
     for round_ in range(args.rounds):
-        for one_token in (True, False):
+        for one_token in ((True, False) if round_ % 2 == 0 else (False, True)):  # alternate which goes first
             rows, t0 = [], time.perf_counter()
             with WorkCounter(base.n_layers, fb, fh) as count:
                 for lang in langs:
