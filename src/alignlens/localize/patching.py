@@ -45,7 +45,7 @@ import torch
 
 from alignlens import AlignlensError, data, distributed
 from alignlens.engine import (HEAD_ROWS, Hook, Unembed, cached_lengths, check_layer_entry, compose_cache,
-                              decoder_body, decoder_pass, encode, head_probs, nonfinite_error, plan_batches,
+                              decoder_pass, encode, head_probs, nonfinite_error, plan_batches,
                               suffix_positions, _right_padded)
 from alignlens.labels import label_sets
 from alignlens.model import LoadedModel
