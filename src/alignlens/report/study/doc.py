@@ -11,7 +11,7 @@ import math
 import shlex
 from collections.abc import Iterator
 
-from alignlens.report.layout import short_paths
+from alignlens.report.layout import short_paths, wrap_to_width
 
 #: Verdicts of study.json (effects, contrasts, trends and claims), in the order the report explains them.
 VERDICTS = ("supported", "contradicted", "inconclusive", "mixed", "not testable", "not run")
@@ -185,3 +185,33 @@ def slug(*parts: str) -> str:
     left out), letters, digits, '_' and '-' only."""
     text = "_".join(p for p in parts if p and p != "standard")
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in text)
+
+
+def chunk_blocks(rows: list, key, size: int) -> list[list]:
+    """`rows` cut into pages of at most `size` rows, a page break only between two blocks (rows of
+    equal `key(row)`) unless one block alone exceeds `size`."""
+    blocks: list[list] = []
+    for r in rows:
+        if blocks and key(blocks[-1][-1]) == key(r):
+            blocks[-1].append(r)
+        else:
+            blocks.append([r])
+    pages: list[list] = [[]]
+    for b in blocks:
+        while b:
+            if pages[-1] and len(pages[-1]) + len(b) > size:
+                pages.append([])
+            take = b[: size - len(pages[-1])] if len(b) > size else b
+            pages[-1].extend(take)
+            b = b[len(take):]
+    return [p for p in pages if p]
+
+
+def fit(text: str, width_pt: float, fontsize: float, max_lines: int = 2) -> str:
+    """`text` wrapped to `width_pt` points (measured, with a margin for raster hinting), at most
+    `max_lines` lines (the last one ending in '…' when cut)."""
+    lines = wrap_to_width(text, width_pt / 1.06, fontsize)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:-1] + "…"
+    return "\n".join(lines)

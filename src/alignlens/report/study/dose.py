@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
+from alignlens.languages import paper_order
 from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (INCONCLUSIVE, VERDICT_COLOR, ci, metric_name, num, pval, sections, slug,
+from alignlens.report.study.doc import (INCONCLUSIVE, VERDICT_COLOR, chunk_blocks, ci, metric_name, num, pval, sections, slug,
                                         test_text, title_suffix)
 from alignlens.report.study.forest import ROWS_PER_PAGE, forest
 
@@ -67,7 +68,7 @@ def dose_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
     if not trends:
         return []
     m = sec["primary_metric"]
-    langs = sorted({x for t in trends for x in t.get("languages", [])})
+    langs = paper_order(x for t in trends for x in t.get("languages", []))
     sub = (f"Each dose series (arms that differ only in their training languages): Δ {metric_name(m)} vs base (seeds pooled) "
            "on the languages no arm of the series trained on nor targets "
            f"({' '.join(langs)}), with 95% intervals, against the number of training languages; line: the OLS slope of Δ on "
@@ -113,7 +114,7 @@ def contrast_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
            "languages and high- − low-resource. Verdict on the claim contrast > 0; "
            f"{INCONCLUSIVE} (grey band). {test_text(doc)}.{no_dose}")
     rows = [(contrast_label(c), c) for c in cs]
-    chunks = [rows[i:i + ROWS_PER_PAGE] for i in range(0, len(rows), ROWS_PER_PAGE)]
+    chunks = chunk_blocks(rows, lambda r: r[1].get("kind"), ROWS_PER_PAGE)
     pages = []
     for k, chunk in enumerate(chunks):
         part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""

@@ -9,9 +9,9 @@ import numpy as np
 
 from alignlens.report.layout import Page, Section, Table, new_fig, top
 from alignlens.report.study.doc import (INCONCLUSIVE, METRIC_SHORT, VERDICT_COLOR, VERDICT_FILL, arms_with_effects,
-                                        effect_of, est_ci, excludes_zero, metric_name, num, primary_effects, pval,
+                                        chunk_blocks, effect_of, fit, est_ci, excludes_zero, metric_name, num, primary_effects, pval,
                                         sections, slug, test_text, title_suffix)
-from alignlens.report.study.table import Column, table_pages
+from alignlens.report.study.table import PAGE_W_PT, Column, table_pages
 
 SECTION = "Effects"
 ROWS_PER_PAGE = 30
@@ -57,23 +57,26 @@ def forest(ax, rows: list[tuple[str, dict]], metric: str, xlabel: str) -> None:
     ax.tick_params(axis="x", labelsize=7.5)
     ax.set_xlabel(xlabel, fontsize=8)
     trans = ax.get_yaxis_transform()
+    pos = ax.get_position()
+    room = (0.97 - pos.x1 - 0.015 * pos.width) * PAGE_W_PT  # points right of the plot
     for y, (_, e) in zip(ys, rows):
-        ax.text(1.015, y, right_text(e), transform=trans, fontsize=6.5, va="center", color=VERDICT_COLOR.get(e.get("verdict"), "black"))
+        ax.text(1.015, y, right_text(e, room), transform=trans, fontsize=6.5, va="center",
+                color=VERDICT_COLOR.get(e.get("verdict"), "black"))
     handles = [Patch(color=VERDICT_COLOR[v], label=v) for v in ("supported", "contradicted", "inconclusive", "not testable")]
     handles.append(Patch(color="#dddddd", label="±MDE80 (inconclusive: effects inside go undetected)"))
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=5, frameon=False,
               handlelength=1.2, columnspacing=1.0)
 
 
-def right_text(e: dict, width: int = 68) -> str:
+def right_text(e: dict, width_pt: float = 0.265 * 842, fontsize: float = 6.5) -> str:
     """The text right of a forest row: estimate [95% CI], verdict (p; MDE80 of an inconclusive one),
-    or 'not testable: <why>' (cut to `width` characters)."""
+    or 'not testable: <why>' (wrapped to `width_pt`, at most two lines)."""
     v = e.get("verdict", "—")
     if v == "not testable" or not e.get("ci95"):
         text = f"not testable: {e.get('not_testable') or 'degenerate data'}"
     else:
         text = f"{est_ci(e)} {v} (p {pval(e.get('p'))}" + (f", MDE80 ±{num(e.get('mde80'), 3, False)})" if v == "inconclusive" else ")")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return fit(text, width_pt, fontsize)
 
 
 def _rows(doc: dict, sec: dict) -> list[tuple[str, dict]]:
@@ -89,7 +92,7 @@ def forest_pages(doc: dict, task: str, sec: dict, variant: str, section: str = S
     rows = _rows(doc, sec)
     if not rows:
         return []
-    chunks = [rows[i:i + ROWS_PER_PAGE] for i in range(0, len(rows), ROWS_PER_PAGE)]
+    chunks = chunk_blocks(rows, lambda r: r[1].get("arm"), ROWS_PER_PAGE)
     sub = (f"Each arm vs the base model: macro Δ {metric_name(m)} (mean over a language group's languages of arm − base; "
            "the arm's seeds pooled) with its 95% interval, on the items every run shares (label in brackets: number of "
            f"languages). {test_text(doc)}. Verdict on the claim Δ > 0; {INCONCLUSIVE} (grey band). trained: the arm's "
@@ -147,7 +150,7 @@ def table_pages_of(doc: dict, task: str, sec: dict, variant: str, section: str =
            "calibrated accuracy: after contextual calibration (Zhao et al. 2021, the run's content-free probabilities); "
            "balanced accuracy: mean recall over the gold labels. The verdict is the primary metric's. " + test_text(doc) + ".")
     return table_pages(section, f"Effects table{title_suffix(task, variant)}", slug("effects_table", task, variant), sub,
-                       cols, rows, colors, fontsize=7.2)
+                       cols, rows, colors, fontsize=7.2, blocks=[r[0] for r in rows])
 
 
 EFFECT_CSV = ["id", "arm", "vs", "group", "metric", "languages", "n_languages", "n_items", "estimate", "ci95_lo",

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (arms_with_effects, ci, metric_name, num, primary_effects, sections, slug,
+from alignlens.report.study.doc import (arms_with_effects, chunk_blocks, ci, fit, metric_name, num, primary_effects, sections, slug,
                                         test_text, title_suffix)
 
 SECTION = "Training seeds"
 SHOWN_GROUPS = ("all", "trained", "untrained")
 ROWS_PER_PAGE = 18
+RIGHT_PT = 0.245 * 842  # points of room right of the plot
 SEED_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
 
@@ -42,7 +43,7 @@ def _draw(fig, rows: list[tuple[str, dict]], metric: str) -> None:
     seeds_seen: list = []
     for y, (a, e) in zip(ys, rows):
         per = e.get("per_seed") or []
-        offs = np.linspace(-0.28, 0.28, len(per)) if len(per) > 1 else [0.0]
+        offs = np.linspace(-0.34, 0.0, len(per)) if len(per) > 1 else [-0.15]  # the pooled one at +0.2
         for off, p in zip(offs, per):
             if p.get("seed") not in seeds_seen:
                 seeds_seen.append(p.get("seed"))
@@ -56,14 +57,19 @@ def _draw(fig, rows: list[tuple[str, dict]], metric: str) -> None:
                 span += [lo, hi]
             else:
                 ax.plot([p["estimate"]], [y + off], "o", color=color, ms=3)
-        if e.get("estimate") is not None and e.get("ci95"):
+        testable = e.get("verdict") != "not testable" and e.get("ci95")
+        if e.get("estimate") is not None and testable:
             lo, hi = e["ci95"]
-            ax.errorbar([e["estimate"]], [y], xerr=[[e["estimate"] - lo], [hi - e["estimate"]]], fmt="D", color="black",
-                        ms=5, lw=2.0, capsize=3, zorder=4)
+            ax.errorbar([e["estimate"]], [y + 0.2], xerr=[[e["estimate"] - lo], [hi - e["estimate"]]], fmt="D",
+                        color="black", ms=5, lw=2.0, capsize=3, zorder=4)
             span += [lo, hi]
+        elif e.get("estimate") is not None:
+            ax.plot([e["estimate"]], [y + 0.2], "D", mfc="white", color="black", ms=5, zorder=4)
         sd = _sd([p.get("estimate") for p in per])
-        ax.text(1.015, y, f"pooled {num(e.get('estimate'))} {ci(e.get('ci95'))}; seeds' sd {num(sd, 3, False)}",
-                transform=ax.get_yaxis_transform(), fontsize=6.8, va="center")
+        pooled = (f"pooled {num(e.get('estimate'))} {ci(e.get('ci95'))}" if testable else
+                  f"pooled: not testable ({e.get('not_testable') or 'degenerate data'})")
+        ax.text(1.015, y, fit(f"{pooled}; seeds' sd {num(sd, 3, False)}", RIGHT_PT, 6.8), transform=ax.get_yaxis_transform(),
+                fontsize=6.8, va="center")
         if y > 0:
             ax.axhline(y - 0.5, color="#eeeeee", lw=0.6)
     lo, hi = min(span), max(span)
@@ -91,7 +97,7 @@ def seed_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
            "items only, so it shows the item noise of one training run) beside the arm's pooled Δ (black: the mean over "
            "the seeds, its interval resampling items and seeds, the study's test). The spread of the seeds is the "
            f"training noise the pooled interval includes. {test_text(doc)}.")
-    chunks = [rows[i:i + ROWS_PER_PAGE] for i in range(0, len(rows), ROWS_PER_PAGE)]
+    chunks = chunk_blocks(rows, lambda r: r[0], ROWS_PER_PAGE)
     pages = []
     for k, chunk in enumerate(chunks):
         part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""

@@ -62,13 +62,21 @@ def lay_out(columns: list[Column], rows: list[list[str]], fontsize: float, width
     return _Laid(header, laid, heights, max(len(c) for c in header) * lh + 2 * VPAD)
 
 
-def paginate(heights: list[float], first: float, rest: float, head: float) -> list[list[int]]:
+def paginate(heights: list[float], first: float, rest: float, head: float, blocks: list | None = None) -> list[list[int]]:
     """Row indices per page: as many rows as fit below the header (`first` points of room on the
-    first page, `rest` on the others); a row taller than a page still gets a page of its own."""
+    first page, `rest` on the others); a row taller than a page still gets a page of its own. With
+    `blocks` (a key per row), a block of consecutive rows of one key starts a new page rather than
+    being split, when it fits on one."""
     pages: list[list[int]] = [[]]
     room = first - head
     for i, h in enumerate(heights):
-        if pages[-1] and h > room:
+        need = h
+        if blocks is not None and (i == 0 or blocks[i] != blocks[i - 1]):
+            end = next((j for j in range(i, len(heights)) if blocks[j] != blocks[i]), len(heights))
+            block_h = sum(heights[i:end])
+            if block_h <= rest - head:
+                need = block_h
+        if pages[-1] and need > room:
             pages.append([])
             room = rest - head
         pages[-1].append(i)
@@ -113,14 +121,15 @@ def draw_rows(fig, columns: list[Column], laid: _Laid, idx: list[int], y_top: fl
 
 def table_pages(section: str, title: str, slug: str, subtitle: str | None, columns: list[Column],
                 rows: list[list[str]], colors: list[list[str | None]] | None = None, *, fontsize: float = 7.5,
-                bold: set[int] | None = None, export: bool = True) -> list[Page]:
-    """A table on as many pages as it needs (title ' (k/n)' when several); each page's table starts
-    below its subtitle. Must be called with the report's fonts in effect (it measures the texts)."""
+                bold: set[int] | None = None, export: bool = False, blocks: list | None = None) -> list[Page]:
+    """A table on as many pages as it needs (title ' (k/n)' when several; `blocks`: see `paginate`);
+    each page's table starts below its subtitle. Must be called with the report's fonts in effect
+    (it measures the texts)."""
     bold = bold or set()
     laid = lay_out(columns, rows, fontsize, RIGHT - LEFT, bold)
     top = subtitle_bottom(subtitle)
     room = (top - BOTTOM) * PAGE_H_PT
-    chunks = paginate(laid.heights, room, room, laid.head_h) if rows else [[]]
+    chunks = paginate(laid.heights, room, room, laid.head_h, blocks) if rows else [[]]
     pages = []
     for k, idx in enumerate(chunks):
         part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""

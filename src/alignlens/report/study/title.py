@@ -151,7 +151,7 @@ def build(doc: dict) -> Section:
             draw_rows(fig, ARM_COLUMNS, arm_laid, list(range(len(arms))), y - 0.045, FONT, None, set())
         return fig
 
-    pages = [Page(SECTION, f"Study {name}: options and arms" if together else f"Study {name}: options", "study", draw)]
+    pages = [Page(SECTION, f"Study {name}: options and arms" if together else f"Study {name}: options", "study", draw, export=False)]
     if not together:
         pages += table_pages(SECTION, "Arms", "arms", "Each arm: training languages, translation target, the questions "
                              "trained on, the control, its training seeds and options.", ARM_COLUMNS, arms, fontsize=FONT)
