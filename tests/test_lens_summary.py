@@ -289,7 +289,7 @@ def test_report_names_peaks_one_label_languages_and_the_looser_rule(lens_pair):
     assert f"zh {zh['value']:.2f} at layer {zh['layer']} ({zh['relative_depth'] * 100:.0f}%)" in summary
     assert "No item kept in ja (aligned)" in summary and "--lens-overlap first-token" in summary
     # de's label 0 words overlap (the fixture), so its kept items are all label 1, 'negative', in both runs
-    assert "One gold label only among the kept items (de: all kept items 'negative' (base, aligned)" in summary
+    assert "One gold label only among the kept items (de (base, aligned): all kept items 'negative';" in summary
     rows = list(csv.DictReader((out.with_name("report_tables") / "logit_lens_peaks.csv").open(encoding="utf-8")))
     for r in rows:
         e = files[r["model"]]["tasks"]["emotion"]["per_language"][r["language"]]

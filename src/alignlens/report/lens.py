@@ -73,7 +73,7 @@ def build(runs: Runs) -> Section:
                          "the x axis is relative depth, layer / (layers − 1).")  # fmt: skip
         line = _summary_line(runs, task, per, groups, modes)
         section.summary_lines += [line] if line else []
-        section.summary_lines += peak_lines(runs, task, per, groups) + [f"  – {n}" for n in flag_notes(runs, task, per, rule)]
+        section.summary_lines += peak_lines(runs, task, per, groups) + [f"   – {n}" for n in flag_notes(runs, task, per, rule)]
         for idxs, langs in groups:
             own = len(groups) > 1 and len(idxs) == 1
             suffix = f" ({runs.roles[idxs[0]]})" if own else ""
@@ -135,7 +135,8 @@ def flag_notes(runs: Runs, task: str, per: list[dict], rule: str) -> list[str]:
         out.append(f"No item kept in {who}: every item's gold label has English and target-language token sets that "
                    f"overlap ({rule} rule).{fix}")
     if single:
-        who = "; ".join(f"{l}: all kept items '{lab}'" + (f" ({', '.join(r)})" if both else "") for (l, lab), r in single.items())
+        who = "; ".join(f"{l}" + (f" ({', '.join(r)})" if both else "") + f": all kept items '{lab}'"
+                        for (l, lab), r in single.items())
         out.append(f"One gold label only among the kept items ({who}; the other labels' words overlap): these languages' "
                    "lens means are that label's alone, not the task's.")
     return out
@@ -154,7 +155,7 @@ def peak_lines(runs: Runs, task: str, per: list[dict], groups: list[Group]) -> l
                 bits.append(f"{lang} {pk['value']:.2f} at layer {pk['layer']} ({pk['relative_depth'] * 100:.0f}%)")
         if bits:
             who = f"{runs.roles[i]}: " if len([x for x in per if x]) > 1 else ""
-            lines.append(f"  – {who}P(target-language gold label) peaks at: " + ", ".join(bits) + ".")
+            lines.append(f"   – {who}P(target-language gold label) peaks at: " + ", ".join(bits) + ".")
     return lines
 
 
