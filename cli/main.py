@@ -599,7 +599,7 @@ def study_run(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     force: bool = typer.Option(False, "--force", help="Run the selected steps again even when finished (only alignlens's files in their folders are replaced); also lets --out be a non-empty folder that holds no study (its files are kept)."),
 ) -> None:
-    """Run the steps of a study not finished with their current hash, then write study.json.
+    """Run the steps of a study not finished with their current hash, then write study.json and study.pdf.
 
     Trains each arm and seed and evaluates every model on the same held-out items. A step interrupted earlier resumes (training from its checkpoint, evaluation at the next (task,
     language)); a step whose folder holds another hash (its arm was edited) runs again. Ctrl-C or
@@ -615,7 +615,7 @@ def study_run(
     console.print(f"ran {len(summary.ran)} step(s), kept {len(summary.kept)} finished before "
                   f"({summary.seconds / 60:.1f} min)")
     if summary.study_json is not None:
-        console.print(f"wrote {summary.study_json}")
+        console.print(f"wrote {summary.study_json} and {summary.study_json.with_name('study.pdf')}")
     else:
         console.print(f"{len(summary.missing)} step(s) of the study are not finished yet (first: {summary.missing[0]}); "
                       f"run them (`alignlens study check {shlex.quote(file)} --out {shlex.quote(str(out))}` lists them), "
@@ -626,14 +626,16 @@ def study_run(
 def study_report(
     out: Path = typer.Argument(..., help="A study folder (`alignlens study run ... --out DIR`)."),
 ) -> None:
-    """Write DIR/study.json from the finished steps of a study folder (no model needed).
+    """Write DIR/study.json and DIR/study.pdf from the finished steps of a study folder (no model needed).
 
-    Effects, contrasts, trends, diagnostics and a verdict on each of the paper's claims. Steps not
-    finished are listed with the command that runs each."""
+    Effects, contrasts, trends, diagnostics and a verdict on each of the paper's claims; the PDF shows
+    the plan, the claims, forest plots, per-language heatmaps, dose-response, seeds and label shares
+    (figures and CSV tables beside it in study_figures/ and study_tables/). Steps not finished are
+    listed with the command that runs each."""
     from alignlens.study.collect import write_study_json
     from alignlens.results import read_json
 
-    path = write_study_json(out)
+    path = write_study_json(out, progress=report_progress())
     doc = read_json(path)
     table = Table(title=f"study {doc['name']}: the paper's claims")
     for col in ("claim", "verdict", "text"):
@@ -645,6 +647,7 @@ def study_report(
         if s["status"] != "finished":
             console.print(f"{s['status']}: {s['name']}: {s['command']}", highlight=False, markup=False)
     console.print(f"wrote {path}")
+    console.print(f"wrote {path.with_name('study.pdf')} (figures: study_figures/, tables: study_tables/)")
 
 
 @app.command("models")

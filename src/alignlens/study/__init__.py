@@ -7,7 +7,8 @@ STUDY_DESIGN.md).
 - `steps`: running one step (training with resume, evaluation per (task, language) part, analyses,
   re-merging an adapter);
 - `runner`: `run_study` (plan, skip finished steps, re-run stale ones, lock, progress, interrupts);
-- `collect`: `collect_study(DIR)`, study.json (effects, contrasts, trends, diagnostics, claims).
+- `collect`: `collect_study(DIR)`, study.json (effects, contrasts, trends, diagnostics, claims);
+  `write_study_json` writes it and renders study.pdf (`alignlens.report.study`).
 """
 
 from alignlens.study.spec import Arm, Study, load_study

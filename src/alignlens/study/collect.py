@@ -94,10 +94,13 @@ def collect_study(out: str | Path) -> dict:
     for s in plan.steps:
         status = step_status(out, s)
         rec = step_record(out, s) or {}
+        done = status == "finished"
         steps.append({"name": s.name, "kind": s.kind, "run": run_name(plan, s) if s.kind != "train" else s.run,
                       "hash": s.hash, "status": status,
-                      "manifest": f"{s.folder}/manifest.json" if status == "finished" else None,
-                      "wall_s": rec.get("wall_s") if status == "finished" else None,
+                      "manifest": f"{s.folder}/manifest.json" if done else None,
+                      "wall_s": rec.get("wall_s") if done else None,
+                      "finished": rec.get("finished") if done else None,
+                      "commit": _step_commit(out / s.folder / "manifest.json") if done else None,
                       "command": _step_command(plan, out, s)})
         if status != "finished":
             missing.append(s.name)
@@ -126,6 +129,16 @@ def _name(task: str) -> str:
     return data.load_task(task).name
 
 
+def _step_commit(manifest: Path) -> str | None:
+    """The git commit a finished step's manifest records (None when it records none or is unreadable)."""
+    try:
+        m = read_json(manifest)
+    except AlignlensError:
+        return None
+    commit = m.get("git_commit") if isinstance(m, dict) else None
+    return commit if isinstance(commit, str) else None
+
+
 def _step_command(plan: Plan, out: Path, step: Step) -> str:
     from alignlens.study.runner import step_command
 
@@ -146,20 +159,17 @@ def _read_runs(plan: Plan, out: Path) -> dict[str, dict[str, dict[str, RunData]]
     return runs
 
 
-def write_study_json(out: str | Path) -> Path:
-    """Write DIR/study.json (atomically) and render DIR/study.pdf when the study report exists."""
+def write_study_json(out: str | Path, *, pdf: bool = True, progress=None) -> Path:
+    """Write DIR/study.json (atomically) and, with `pdf`, render DIR/study.pdf from it (with
+    study_figures/ and study_tables/: `report.study.render_study`; `progress(done, total, what)` per
+    page). Returns the study.json path."""
     out = Path(out)
     path = out / "study.json"
     write_json(path, collect_study(out))
-    # TODO(study report): study.pdf is rendered by `alignlens.report.study.render_study(study_json, pdf)`,
-    # another helper's work (design §6); until that module exists only study.json is written.
-    try:
-        from alignlens.report.study import render_study  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("alignlens.report.study",):
-            raise
-        return path
-    render_study(path, out / "study.pdf")
+    if pdf:
+        from alignlens.report.study import render_study
+
+        render_study(path, out / "study.pdf", progress=progress)
     return path
 
 
