@@ -128,13 +128,14 @@ class _AucPlan:
 def _language_draws(gold: np.ndarray, scores_a: np.ndarray | None, scores_b: np.ndarray | None, pred_a: np.ndarray,
                     pred_b: np.ndarray, n_labels: int, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
     """One language's AUC (two labels, `metrics.binary_scores`; else NaN, scores None) and label shares of a and b under the item-cluster
-    draws of `paired.cluster_bootstrap_delta` (same seed, same n: the same resamples), on its n
+    draws of `paired.cluster_bootstrap_delta` (same seed, same gold labels: the same label-stratified
+    resamples), on its n
     shared items: {"auc_a", "auc_b": [1 + n_resamples], "shares_a", "shares_b": [1 + n_resamples,
     n_labels]}, row 0 the point estimate (every item once)."""
     n = len(gold)
     aucs = (_AucPlan(gold, scores_a), _AucPlan(gold, scores_b)) if n_labels == 2 else None
     onehot_a, onehot_b = np.eye(n_labels)[pred_a], np.eye(n_labels)[pred_b]
-    blocks = [np.ones((1, n))] + [draw_counts(idx, n) for idx in _resamples(n, n_resamples, seed)]
+    blocks = [np.ones((1, n))] + [draw_counts(idx, n) for idx in _resamples(n, n_resamples, seed, gold)]
     out: dict[str, list] = {"auc_a": [], "auc_b": [], "shares_a": [], "shares_b": []}
     for w in blocks:
         total = w.sum(1, keepdims=True)
