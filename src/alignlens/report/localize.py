@@ -1,0 +1,400 @@
+"""The "Causal localisation" report of `alignlens localize`, built from localize.json only.
+
+Pages: a summary in words (`summary_lines`: per task and patching direction, the layers and sites
+whose recovery interval excludes 0 where the gap is significant, or that the gap is too small to
+localise, or plainly that nothing is significant; the steering and dose results), then per task and
+direction the recovery curves per layer (one panel per positions x site: the group "all" with its
+95% interval, the other groups as thin lines; a panel whose gap is not significant says so instead
+of drawing a curve), the steering Δ against the base with its controls, and the α curve of the
+weight-scale dose response. Tables (CSV): recovery.csv, steering.csv, dose.csv.
+
+`render_localize(localize_json, pdf)` writes the PDF with `<stem>_figures/` and `<stem>_tables/`
+beside it, swapped into place only when all succeeded (`results.writer.staged_swap`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from alignlens import AlignlensError, __version__, results
+from alignlens.report import fonts
+from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, top
+from alignlens.report.summary import contents_page, summary_pages
+
+SECTION = "Causal localisation"
+GROUP_ORDER = ("all", "trained", "untrained", "high-resource", "low-resource")
+SITE_COLOR = {"resid": "#4C72B0", "attn": "#DD8452", "mlp": "#55A868"}
+KIND_COLOR = {"alignment": "#C44E52", "control": "#8172B3", "random": "#999999"}
+
+
+def _num(x, digits: int = 2, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(c, digits: int = 2) -> str:
+    return "[—]" if not c else f"[{_num(c[0], digits)}, {_num(c[1], digits)}]"
+
+
+def _excludes_zero(c) -> bool:
+    return bool(c) and (c[0] > 0 or c[1] < 0)
+
+
+def _ranges(layers: list[int]) -> str:
+    """[1, 2, 3, 6] -> '1–3, 6'."""
+    out, run = [], []
+    for x in sorted(layers):
+        if run and x == run[-1] + 1:
+            run.append(x)
+            continue
+        if run:
+            out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [x]
+    if run:
+        out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def _recovery_cells(doc: dict, task: str, direction: str, group: str = "all") -> list[dict]:
+    return [r for r in doc["patching"]["recovery"] if r["task"] == task and r["direction"] == direction
+            and r["scope"] == "group" and r["name"] == group]
+
+
+# ---- the summary in words --------------------------------------------------------------------------
+
+
+def patching_lines(doc: dict) -> list[str]:
+    """Per task and direction (group "all"): the gap, and where recovery is significant (its 95%
+    interval excludes 0), or that the gap is too small to localise."""
+    lines = []
+    any_significant = False
+    for task in doc["tasks"]:
+        for d, roles in doc["patching"]["directions"].items():
+            cells = _recovery_cells(doc, task, d)
+            if not cells:
+                continue
+            head = f"• {task}, {d} ({roles['source']} → {roles['receiver']}):"
+            c0 = cells[0]
+            if c0["status"] == "no items":
+                lines.append(f"{head} no items.")
+                continue
+            gap = f"gap {_num(c0['gap'])} log-odds {_ci(c0['gap_ci95'])}"
+            if c0["status"] != "ok":
+                lines.append(f"{head} the gap is too small to localise ({gap}, MDE80 {_num(c0['gap_mde80'])}); no "
+                             "recovery is reported.")
+                continue
+            sig: dict[tuple[str, str], list[int]] = {}
+            for r in cells:
+                if _excludes_zero(r["recovery_ci95"]) and r["recovery_ci95"][0] > 0:
+                    sig.setdefault((r["positions"], r["site"]), []).append(int(r["layer"]))
+            if not sig:
+                lines.append(f"{head} {gap}; no site's recovery is significant (every interval includes 0).")
+                continue
+            any_significant = True
+            best = max((r for r in cells if r["recovery"] is not None), key=lambda r: r["recovery"])
+            where = "; ".join(f"{site} at {pos} positions, layers {_ranges(ls)}" for (pos, site), ls in sig.items())
+            lines.append(f"{head} {gap}; recovery significantly above 0 at: {where}. Largest: R = "
+                         f"{_num(best['recovery'])} {_ci(best['recovery_ci95'])} ({best['site']}, layer {best['layer']}, "
+                         f"{best['positions']}).")
+    if lines and not any_significant:
+        lines.append("• Nothing is localised: no site's recovery is significant where the gap is.")
+    return lines
+
+
+def _group(summary: dict, task: str, group: str = "all") -> dict | None:
+    return ((summary or {}).get(task) or {}).get("groups", {}).get(group)
+
+
+def steering_lines(doc: dict) -> list[str]:
+    st = doc.get("steering") or {}
+    if "skipped" in st:
+        return [f"• Steering: {st['skipped']}."]
+    lines = []
+    for task in doc["tasks"]:
+        moved, prior = [], []
+        for c in st.get("conditions", []):
+            if c["direction_kind"] != "alignment":
+                continue
+            g = _group(c["vs"].get("base"), task)
+            if g is None:
+                continue
+            acc = g["accuracy"]
+            tag = f"layer {c['layer']}, s = {c['scale']:g}: Δacc {_num(acc.get('delta'), 3, True)} {_ci(acc.get('ci95'), 3)}"
+            controls = []
+            for name, eff in c["vs"].items():
+                if name == "base":
+                    continue
+                gc = _group(eff, task)
+                if gc is not None:
+                    controls.append(f"vs {name} {_num(gc['accuracy'].get('delta'), 3, True)}"
+                                    f"{'*' if _excludes_zero(gc['accuracy'].get('ci95')) else ''}")
+            if controls:
+                tag += " (" + ", ".join(controls) + ")"
+            if g.get("accuracy_moved"):
+                moved.append(tag)
+            if g.get("prior_only"):
+                prior.append(f"layer {c['layer']}, s = {c['scale']:g}")
+        if moved:
+            lines.append(f"• Steering {task} with the alignment direction moves accuracy (all languages, 95% interval "
+                         f"excludes 0) at: " + "; ".join(moved) + " (* a control differs significantly).")
+        else:
+            lines.append(f"• Steering {task} with the alignment direction moves accuracy significantly at no layer "
+                         "and scale tried.")
+        if prior:
+            lines.append(f"  – It moves only the label prior (a label share shifts, AUC does not) at: {'; '.join(prior)}.")
+    return lines
+
+
+def dose_lines(doc: dict) -> list[str]:
+    dose = doc.get("dose") or {}
+    if "skipped" in dose:
+        return [f"• Dose response: {dose['skipped']}."]
+    lines = []
+    for task in doc["tasks"]:
+        parts = []
+        for key, e in dose.get("by_alpha", {}).items():
+            g = _group(e.get("vs_base"), task)
+            if g is None:
+                continue
+            acc = g["accuracy"]
+            parts.append(f"α = {key}: {_num(acc.get('delta'), 3, True)}{'*' if _excludes_zero(acc.get('ci95')) else ''}")
+        if parts:
+            lines.append(f"• Dose response {task} (W + α·ΔW, Δaccuracy vs α = 0, all languages; * interval excludes 0): "
+                         + ", ".join(parts) + ".")
+    return lines
+
+
+def summary_lines(doc: dict) -> list[str]:
+    models = doc["models"]
+    head = [f"• Models: base {short_path(models['base'])}, aligned {short_path(models['aligned'])}"
+            + (f", copy control {short_path(models['control'])}" if models.get("control") else "") + ". "
+            + "; ".join(f"{t}: {len(langs)} languages" for t, langs in doc["tasks"].items())
+            + f". Recovery R = mean(patched − receiver) / mean(source − receiver) of the gold-vs-other log-odds, with "
+            f"label-stratified item-cluster bootstrap 95% intervals ({doc['options']['bootstrap_resamples']} resamples); "
+            "reported only where the gap's interval excludes 0."]
+    return head + patching_lines(doc) + steering_lines(doc) + dose_lines(doc)
+
+
+# ---- pages ---------------------------------------------------------------------------------------
+
+
+def _recovery_page(doc: dict, task: str, direction: str) -> Page:
+    roles = doc["patching"]["directions"][direction]
+    positions, sites = doc["patching"]["positions"], doc["patching"]["sites"]
+    by_group = {g: _recovery_cells(doc, task, direction, g) for g in doc["groups"]}
+    first = by_group.get("all") or next(iter(by_group.values()), [])
+    gap = first[0] if first else None
+    sub = (f"{roles['source']} → {roles['receiver']}: the receiver's residual stream / attention / MLP output at one "
+           "layer replaced by the source's; recovery per layer (group all, 95% interval band; other groups thin). ")
+    if gap is not None:
+        sub += f"Gap (all languages) {_num(gap['gap'])} log-odds {_ci(gap['gap_ci95'])}, MDE80 {_num(gap['gap_mde80'])}."
+
+    def draw():
+        fig = new_fig(f"Recovery per layer — {task}, {direction}", sub)
+        t = top(fig, 0.84)
+        axes = fig.subplots(len(positions), len(sites), squeeze=False,
+                            gridspec_kw={"top": t, "bottom": 0.08, "left": 0.07, "right": 0.98, "hspace": 0.45})
+        for i, pos in enumerate(positions):
+            for j, site in enumerate(sites):
+                ax = axes[i][j]
+                ax.set_title(f"{site}, {pos} positions", fontsize=9)
+                cells = sorted((r for r in first if r["site"] == site and r["positions"] == pos), key=lambda r: r["layer"])
+                if gap is None or gap["status"] != "ok":
+                    ax.text(0.5, 0.5, "gap too small to localise" if gap is not None else "no items", ha="center",
+                            va="center", fontsize=9, transform=ax.transAxes)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    continue
+                xs = [r["layer"] for r in cells]
+                ax.plot(xs, [r["recovery"] for r in cells], "o-", color=SITE_COLOR.get(site, "black"), ms=3, lw=1.5)
+                lo = [r["recovery_ci95"][0] if r["recovery_ci95"] else math.nan for r in cells]
+                hi = [r["recovery_ci95"][1] if r["recovery_ci95"] else math.nan for r in cells]
+                ax.fill_between(xs, lo, hi, color=SITE_COLOR.get(site, "black"), alpha=0.18, lw=0)
+                for g, rows in by_group.items():
+                    if g == "all" or not rows or rows[0]["status"] != "ok":
+                        continue
+                    rs = sorted((r for r in rows if r["site"] == site and r["positions"] == pos), key=lambda r: r["layer"])
+                    ax.plot([r["layer"] for r in rs], [r["recovery"] for r in rs], lw=0.8, alpha=0.7, label=g)
+                ax.axhline(0, color="#444444", lw=0.7)
+                ax.axhline(1, color="#444444", lw=0.7, ls=":")
+                int_layers(ax)
+                ax.tick_params(labelsize=7)
+                ax.grid(alpha=0.3)
+                if i == len(positions) - 1:
+                    ax.set_xlabel("layer", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel("recovery", fontsize=8)
+                if i == 0 and j == len(sites) - 1 and len(by_group) > 1:
+                    ax.legend(fontsize=6, loc="best")
+        return fig
+
+    return Page(SECTION, f"Recovery: {task}, {direction}", f"recovery_{task}_{direction}", draw)
+
+
+def _steering_page(doc: dict, task: str) -> Page:
+    st = doc["steering"]
+    scales = st["scales"]
+    sub = ("Δ accuracy (all languages, macro mean) of the base model steered by s·v at each layer, against the unsteered "
+           "base, with item-cluster bootstrap 95% intervals: the alignment direction (aligned − base mean over training "
+           "questions), the copy control's direction and random directions of the same norm.")
+
+    def draw():
+        fig = new_fig(f"Steering with the alignment direction — {task}", sub)
+        t = top(fig, 0.84)
+        axes = fig.subplots(1, len(scales), squeeze=False, gridspec_kw={"top": t, "bottom": 0.12, "left": 0.07,
+                                                                       "right": 0.98, "wspace": 0.25})[0]
+        for ax, s in zip(axes, scales):
+            kinds: dict[str, list] = {}
+            for c in st["conditions"]:
+                if c["scale"] != s:
+                    continue
+                g = _group(c["vs"].get("base"), task)
+                if g is None:
+                    continue
+                kinds.setdefault(c["direction_kind"], []).append((c["layer"], g["accuracy"]))
+            offsets = {"alignment": -0.15, "control": 0.0, "random": 0.15}
+            for kind, pts in kinds.items():
+                for n, (layer, acc) in enumerate(sorted(pts, key=lambda p: p[0])):
+                    x = layer + offsets.get(kind, 0)
+                    ci = acc.get("ci95")
+                    if acc.get("delta") is None:
+                        continue
+                    yerr = [[acc["delta"] - ci[0]], [ci[1] - acc["delta"]]] if ci else None
+                    ax.errorbar([x], [acc["delta"]], yerr=yerr, fmt="o", color=KIND_COLOR.get(kind, "black"), ms=4,
+                                capsize=2, lw=1, label=kind if n == 0 else None)
+            ax.axhline(0, color="#444444", lw=0.7)
+            ax.set_title(f"scale s = {s:g}", fontsize=9)
+            ax.set_xlabel("layer (0 = embedding output)", fontsize=8)
+            int_layers(ax)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("Δ accuracy vs base", fontsize=8)
+        axes[0].legend(fontsize=7)
+        return fig
+
+    return Page(SECTION, f"Steering: {task}", f"steering_{task}", draw)
+
+
+def _dose_page(doc: dict, task: str) -> Page:
+    dose = doc["dose"]
+    sub = ("The base model with W + α·ΔW (ΔW of the aligned model's LoRA adapter): macro accuracy and ROC-AUC per "
+           "language group against α (α = 0 the base, α = 1 the aligned model).")
+
+    def draw():
+        fig = new_fig(f"Weight-scale dose response — {task}", sub)
+        t = top(fig, 0.84)
+        axes = fig.subplots(1, 2, squeeze=False, gridspec_kw={"top": t, "bottom": 0.12, "left": 0.07, "right": 0.98,
+                                                             "wspace": 0.2})[0]
+        alphas = dose["alphas"]
+        for metric, ax in zip(("accuracy", "roc_auc"), axes):
+            for g in doc["groups"]:
+                ys = []
+                for a in alphas:
+                    e = dose["by_alpha"][f"{a:g}"]["metrics"].get(task, {}).get("groups", {}).get(g)
+                    ys.append(math.nan if e is None or e.get(metric) is None else e[metric])
+                ax.plot(alphas, ys, "o-", ms=3, lw=1.5 if g == "all" else 0.9, label=g)
+            ax.axvline(0, color="#444444", lw=0.7)
+            ax.axvline(1, color="#444444", lw=0.7, ls=":")
+            ax.set_xlabel("α", fontsize=8)
+            ax.set_ylabel(metric.replace("roc_auc", "ROC-AUC"), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        return fig
+
+    return Page(SECTION, f"Dose response: {task}", f"dose_{task}", draw)
+
+
+def tables(doc: dict) -> list[Table]:
+    rec = Table("recovery.csv", ["task", "direction", "site", "layer", "positions", "scope", "name", "n_items", "gap",
+                                 "gap_lo", "gap_hi", "gap_mde80", "status", "recovery", "recovery_lo", "recovery_hi"],
+                [[r["task"], r["direction"], r["site"], r["layer"], r["positions"], r["scope"], r["name"], r["n_items"],
+                  r["gap"], *(r["gap_ci95"] or [None, None]), r["gap_mde80"], r["status"], r["recovery"],
+                  *(r["recovery_ci95"] or [None, None])] for r in doc["patching"]["recovery"]])
+    out = [rec]
+    st = doc.get("steering") or {}
+    if "conditions" in st:
+        rows = []
+        for c in st["conditions"]:
+            for vs, eff in c["vs"].items():
+                for task, e in eff.items():
+                    for g, ge in e["groups"].items():
+                        acc = ge["accuracy"]
+                        rows.append([task, c["direction_kind"], c["direction_seed"], c["layer"], c["scale"], vs, g,
+                                     acc.get("delta"), *(acc.get("ci95") or [None, None]),
+                                     (ge.get("auc") or {}).get("delta"), ge.get("prior_only")])
+        out.append(Table("steering.csv", ["task", "direction", "seed", "layer", "scale", "versus", "group",
+                                          "delta_accuracy", "lo", "hi", "delta_auc", "prior_only"], rows))
+    dose = doc.get("dose") or {}
+    if "by_alpha" in dose:
+        rows = []
+        for key, e in dose["by_alpha"].items():
+            for task, m in e["metrics"].items():
+                for g, ge in m["groups"].items():
+                    vs = _group(e.get("vs_base"), task, g)
+                    acc = (vs or {}).get("accuracy") or {}
+                    rows.append([task, e["alpha"], g, ge.get("accuracy"), ge.get("roc_auc"), acc.get("delta"),
+                                 *(acc.get("ci95") or [None, None])])
+        out.append(Table("dose.csv", ["task", "alpha", "group", "accuracy", "roc_auc", "delta_vs_alpha0", "lo", "hi"], rows))
+    return out
+
+
+def build(doc: dict) -> Section:
+    """The section's pages, tables and summary lines from localize.json's content `doc`."""
+    pages = []
+    for task in doc["tasks"]:
+        pages += [_recovery_page(doc, task, d) for d in doc["patching"]["directions"]]
+        if "conditions" in (doc.get("steering") or {}):
+            pages.append(_steering_page(doc, task))
+        if "by_alpha" in (doc.get("dose") or {}):
+            pages.append(_dose_page(doc, task))
+    return Section(pages, tables(doc), summary_lines(doc))
+
+
+def read_localize_file(path: Path) -> dict:
+    """localize.json, checked for the keys the report reads (AlignlensError naming the file otherwise)."""
+    doc = results.read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != "alignlens-localize/1":
+        raise AlignlensError(f"{path}: not a localize.json of format alignlens-localize/1 (write it with `alignlens "
+                             "localize`)")
+    for key in ("models", "tasks", "groups", "options", "patching", "steering", "dose"):
+        if key not in doc:
+            raise AlignlensError(f"{path}: key {key!r} is missing")
+    return doc
+
+
+def render_localize(localize_json: Path, pdf: Path, *, progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Render the localisation report of `localize_json` to `pdf` (a .pdf) with `<stem>_figures/`
+    and `<stem>_tables/` beside it (written in a staging folder and swapped in at the end).
+    `progress(done, total, what)` before the pages, after each page and after the tables."""
+    import matplotlib
+
+    from alignlens.report.render import write_pages, write_table
+    from alignlens.results.writer import staged_swap
+
+    pdf = Path(pdf)
+    if pdf.suffix.lower() != ".pdf":
+        raise AlignlensError(f"{pdf}: the report's output must end in .pdf")
+    doc = read_localize_file(Path(localize_json))
+    names = results.report_files(pdf.name)
+    tick = progress or (lambda done, total, what: None)
+    with staged_swap(pdf.parent, names) as stage:
+        pdf_path, fig_dir, tab_dir = (stage / name for name in names)
+        fig_dir.mkdir()
+        tab_dir.mkdir()
+        with matplotlib.rc_context(fonts.rc_params()):
+            section = build(doc)
+            pages = summary_pages(section.summary_lines) + section.pages
+            pages.insert(len(pages) - len(section.pages), contents_page(pages))
+            total = len(pages) + 1
+            tick(0, total, "sections built")
+            toc = write_pages(pages, pdf_path, fig_dir, f"alignlens {__version__} · localize",
+                              "alignlens causal localisation", lambda no, what: tick(no, total, what))
+        for table in section.tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc)]:
+            write_table(tab_dir, table)
+        (tab_dir / "summary.txt").write_text("\n".join(section.summary_lines) + "\n", encoding="utf-8")
+        tick(total, total, "tables written")
+    return pdf
