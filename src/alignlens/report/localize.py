@@ -4,8 +4,8 @@ Pages: a summary in words (`summary_lines`: per task and patching direction, the
 whose recovery interval excludes 0 where the gap is significant, or that the gap is too small to
 localise, or plainly that nothing is significant; the steering and dose results), then per task and
 direction the recovery curves per layer (one panel per positions x site: the group "all" with its
-95% interval, the other groups as thin lines; a panel whose gap is not significant says so instead
-of drawing a curve), the steering Δ against the base with its controls, and the α curve of the
+95% interval band, the other groups and languages as thin lines, each only where its gap is
+significant; when no gap is, the panels say the gap is too small to localise), the steering Δ against the base with its controls, and the α curve of the
 weight-scale dose response. Tables (CSV): recovery.csv, steering.csv, dose.csv.
 
 `render_localize(localize_json, pdf)` writes the PDF with `<stem>_figures/` and `<stem>_tables/`
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from alignlens import AlignlensError, __version__, results
 from alignlens.report import fonts
-from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, top
+from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, short_paths, top
 from alignlens.report.summary import contents_page, summary_pages
 
 SECTION = "Causal localisation"
@@ -66,9 +66,27 @@ def _recovery_cells(doc: dict, task: str, direction: str, group: str = "all") ->
 # ---- the summary in words --------------------------------------------------------------------------
 
 
+def _significant(cells: list[dict]) -> dict[tuple[str, str], list[int]]:
+    """{(positions, site): layers} whose recovery interval lies above 0."""
+    sig: dict[tuple[str, str], list[int]] = {}
+    for r in cells:
+        if r["recovery_ci95"] and r["recovery_ci95"][0] > 0:
+            sig.setdefault((r["positions"], r["site"]), []).append(int(r["layer"]))
+    return sig
+
+
+def _where(sig: dict[tuple[str, str], list[int]]) -> str:
+    """'resid layers 1–2 (last, all positions); attn layer 0 (last positions)'."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for (pos, site), ls in sig.items():
+        by.setdefault((site, f"layer{'s' if len(ls) > 1 else ''} {_ranges(ls)}"), []).append(pos)
+    return "; ".join(f"{site} {layers} ({', '.join(pos)} positions)" for (site, layers), pos in by.items())
+
+
 def patching_lines(doc: dict) -> list[str]:
-    """Per task and direction (group "all"): the gap, and where recovery is significant (its 95%
-    interval excludes 0), or that the gap is too small to localise."""
+    """Per task and direction: for the group "all", the gap and where recovery is significant (its
+    95% interval lies above 0), or that the gap is too small to localise; then each other group and
+    language whose gap is significant."""
     lines = []
     any_significant = False
     for task in doc["tasks"]:
@@ -78,27 +96,33 @@ def patching_lines(doc: dict) -> list[str]:
                 continue
             head = f"• {task}, {d} ({roles['source']} → {roles['receiver']}):"
             c0 = cells[0]
+            gap = f"gap {_num(c0['gap'])} log-odds {_ci(c0['gap_ci95'])}"
             if c0["status"] == "no items":
                 lines.append(f"{head} no items.")
-                continue
-            gap = f"gap {_num(c0['gap'])} log-odds {_ci(c0['gap_ci95'])}"
-            if c0["status"] != "ok":
-                lines.append(f"{head} the gap is too small to localise ({gap}, MDE80 {_num(c0['gap_mde80'])}); no "
-                             "recovery is reported.")
-                continue
-            sig: dict[tuple[str, str], list[int]] = {}
-            for r in cells:
-                if _excludes_zero(r["recovery_ci95"]) and r["recovery_ci95"][0] > 0:
-                    sig.setdefault((r["positions"], r["site"]), []).append(int(r["layer"]))
-            if not sig:
-                lines.append(f"{head} {gap}; no site's recovery is significant (every interval includes 0).")
-                continue
-            any_significant = True
-            best = max((r for r in cells if r["recovery"] is not None), key=lambda r: r["recovery"])
-            where = "; ".join(f"{site} at {pos} positions, layers {_ranges(ls)}" for (pos, site), ls in sig.items())
-            lines.append(f"{head} {gap}; recovery significantly above 0 at: {where}. Largest: R = "
-                         f"{_num(best['recovery'])} {_ci(best['recovery_ci95'])} ({best['site']}, layer {best['layer']}, "
-                         f"{best['positions']}).")
+            elif c0["status"] != "ok":
+                lines.append(f"{head} in all languages together the gap is too small to localise ({gap}, MDE80 "
+                             f"{_num(c0['gap_mde80'])}); no recovery is reported.")
+            else:
+                sig = _significant(cells)
+                if not sig:
+                    lines.append(f"{head} {gap}; no site's recovery is significant (every interval includes 0).")
+                else:
+                    any_significant = True
+                    best = max((r for r in cells if r["recovery"] is not None), key=lambda r: r["recovery"])
+                    lines.append(f"{head} {gap}; recovery significantly above 0 at: {_where(sig)}. Largest: R = "
+                                 f"{_num(best['recovery'])} {_ci(best['recovery_ci95'])} ({best['site']}, layer "
+                                 f"{best['layer']}, {best['positions']}).")
+            scopes = dict.fromkeys((r["scope"], r["name"]) for r in doc["patching"]["recovery"]
+                                   if r["task"] == task and r["direction"] == d and r["status"] == "ok"
+                                   and (r["scope"], r["name"]) != ("group", "all"))
+            for scope, name in scopes:
+                rows = [r for r in doc["patching"]["recovery"] if r["task"] == task and r["direction"] == d
+                        and (r["scope"], r["name"]) == (scope, name)]
+                sig = _significant(rows)
+                any_significant = any_significant or bool(sig)
+                what = f"{'group ' if scope == 'group' else ''}{name}: gap {_num(rows[0]['gap'])} {_ci(rows[0]['gap_ci95'])}"
+                lines.append(f"  – {what}; " + (f"recovery significant at {_where(sig)}." if sig else
+                                                "no site's recovery is significant."))
     if lines and not any_significant:
         lines.append("• Nothing is localised: no site's recovery is significant where the gap is.")
     return lines
@@ -111,7 +135,7 @@ def _group(summary: dict, task: str, group: str = "all") -> dict | None:
 def steering_lines(doc: dict) -> list[str]:
     st = doc.get("steering") or {}
     if "skipped" in st:
-        return [f"• Steering: {st['skipped']}."]
+        return [f"• Steering: {short_paths(st['skipped'])}."]
     lines = []
     for task in doc["tasks"]:
         moved, prior = [], []
@@ -151,7 +175,7 @@ def steering_lines(doc: dict) -> list[str]:
 def dose_lines(doc: dict) -> list[str]:
     dose = doc.get("dose") or {}
     if "skipped" in dose:
-        return [f"• Dose response: {dose['skipped']}."]
+        return [f"• Dose response: {short_paths(dose['skipped'])}."]
     lines = []
     for task in doc["tasks"]:
         parts = []
@@ -182,15 +206,23 @@ def summary_lines(doc: dict) -> list[str]:
 
 
 def _recovery_page(doc: dict, task: str, direction: str) -> Page:
+    """One panel per positions x site: the recovery curve per layer of group "all" (95% interval
+    band) and thin curves of the other groups and languages, each only where its gap is significant."""
     roles = doc["patching"]["directions"][direction]
     positions, sites = doc["patching"]["positions"], doc["patching"]["sites"]
-    by_group = {g: _recovery_cells(doc, task, direction, g) for g in doc["groups"]}
-    first = by_group.get("all") or next(iter(by_group.values()), [])
-    gap = first[0] if first else None
+    scopes: dict[tuple[str, str], list[dict]] = {}
+    for r in doc["patching"]["recovery"]:
+        if r["task"] == task and r["direction"] == direction:
+            scopes.setdefault((r["scope"], r["name"]), []).append(r)
+    main = scopes.get(("group", "all"), [])
+    shown = {k: v for k, v in scopes.items() if v and v[0]["status"] == "ok"}
     sub = (f"{roles['source']} → {roles['receiver']}: the receiver's residual stream / attention / MLP output at one "
-           "layer replaced by the source's; recovery per layer (group all, 95% interval band; other groups thin). ")
-    if gap is not None:
-        sub += f"Gap (all languages) {_num(gap['gap'])} log-odds {_ci(gap['gap_ci95'])}, MDE80 {_num(gap['gap_mde80'])}."
+           "layer replaced by the source's; recovery per layer where the gap is significant (group all with its 95% "
+           "interval band; other groups and languages thin). ")
+    if main:
+        g = main[0]
+        sub += (f"Gap (all languages) {_num(g['gap'])} log-odds {_ci(g['gap_ci95'])}, MDE80 {_num(g['gap_mde80'])}"
+                + ("" if g["status"] == "ok" else ": too small to localise") + ".")
 
     def draw():
         fig = new_fig(f"Recovery per layer — {task}, {direction}", sub)
@@ -201,23 +233,28 @@ def _recovery_page(doc: dict, task: str, direction: str) -> Page:
             for j, site in enumerate(sites):
                 ax = axes[i][j]
                 ax.set_title(f"{site}, {pos} positions", fontsize=9)
-                cells = sorted((r for r in first if r["site"] == site and r["positions"] == pos), key=lambda r: r["layer"])
-                if gap is None or gap["status"] != "ok":
-                    ax.text(0.5, 0.5, "gap too small to localise" if gap is not None else "no items", ha="center",
-                            va="center", fontsize=9, transform=ax.transAxes)
+                if not shown:
+                    ax.text(0.5, 0.5, "gap too small to localise", ha="center", va="center", fontsize=9,
+                            transform=ax.transAxes)
                     ax.set_xticks([])
                     ax.set_yticks([])
                     continue
-                xs = [r["layer"] for r in cells]
-                ax.plot(xs, [r["recovery"] for r in cells], "o-", color=SITE_COLOR.get(site, "black"), ms=3, lw=1.5)
-                lo = [r["recovery_ci95"][0] if r["recovery_ci95"] else math.nan for r in cells]
-                hi = [r["recovery_ci95"][1] if r["recovery_ci95"] else math.nan for r in cells]
-                ax.fill_between(xs, lo, hi, color=SITE_COLOR.get(site, "black"), alpha=0.18, lw=0)
-                for g, rows in by_group.items():
-                    if g == "all" or not rows or rows[0]["status"] != "ok":
-                        continue
+                for (scope, name), rows in shown.items():
                     rs = sorted((r for r in rows if r["site"] == site and r["positions"] == pos), key=lambda r: r["layer"])
-                    ax.plot([r["layer"] for r in rs], [r["recovery"] for r in rs], lw=0.8, alpha=0.7, label=g)
+                    xs = [r["layer"] for r in rs]
+                    if (scope, name) == ("group", "all"):
+                        color = SITE_COLOR.get(site, "black")
+                        ax.plot(xs, [r["recovery"] for r in rs], "o-", color=color, ms=3, lw=1.8, label="all")
+                        ax.fill_between(xs, [r["recovery_ci95"][0] if r["recovery_ci95"] else math.nan for r in rs],
+                                        [r["recovery_ci95"][1] if r["recovery_ci95"] else math.nan for r in rs],
+                                        color=color, alpha=0.18, lw=0)
+                    else:
+                        line, = ax.plot(xs, [r["recovery"] for r in rs], lw=0.9, alpha=0.8,
+                                        ls="-" if scope == "group" else "--", label=name)
+                        if len(shown) == 1:  # the only curve: its interval too
+                            ax.fill_between(xs, [r["recovery_ci95"][0] if r["recovery_ci95"] else math.nan for r in rs],
+                                            [r["recovery_ci95"][1] if r["recovery_ci95"] else math.nan for r in rs],
+                                            color=line.get_color(), alpha=0.15, lw=0)
                 ax.axhline(0, color="#444444", lw=0.7)
                 ax.axhline(1, color="#444444", lw=0.7, ls=":")
                 int_layers(ax)
@@ -227,7 +264,7 @@ def _recovery_page(doc: dict, task: str, direction: str) -> Page:
                     ax.set_xlabel("layer", fontsize=8)
                 if j == 0:
                     ax.set_ylabel("recovery", fontsize=8)
-                if i == 0 and j == len(sites) - 1 and len(by_group) > 1:
+                if i == 0 and j == len(sites) - 1:
                     ax.legend(fontsize=6, loc="best")
         return fig
 
@@ -380,6 +417,7 @@ def render_localize(localize_json: Path, pdf: Path, *, progress: Callable[[int, 
         raise AlignlensError(f"{pdf}: the report's output must end in .pdf")
     doc = read_localize_file(Path(localize_json))
     names = results.report_files(pdf.name)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
     tick = progress or (lambda done, total, what: None)
     with staged_swap(pdf.parent, names) as stage:
         pdf_path, fig_dir, tab_dir = (stage / name for name in names)
