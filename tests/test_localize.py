@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignlens import AlignlensError, RunInterrupted, data
+from alignlens import AlignlensError, data
 from alignlens.config import LocalizeConfig
 from alignlens.results import read_jsonl
 from alignlens.results.writer import files_under
-from fixtures import lora_merged, one_thread, save_tiny_base, tiny_hf_model, tree_snapshot  # noqa: F401  (module fixture)
+from fixtures import lora_merged, one_thread, save_tiny_base, tree_snapshot  # noqa: F401  (module fixture)
 
 LANGS = ("en", "de")
 

@@ -230,8 +230,28 @@ class EvalConfig:
                             balanced=self.balanced, where=where)
 
 
+class _SelectsItems:
+    """What the configs of commands that select items as `eval` does share (fields tasks, languages,
+    limit, batch_size, seed, bootstrap_resamples, items, balanced)."""
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
+                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
+                          items=self.items, balanced=self.balanced)
+
+    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
+        """This run's items of one (task, language): see `EvalConfig.select_items`."""
+        return self.eval_config().select_items(items, labels, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able options (lists, not tuples) as recorded in manifests."""
+        import json
+
+        return json.loads(json.dumps(asdict(self)))
+
+
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(_SelectsItems):
     """Options of `alignlens analyze` (recorded in each run's manifest)."""
 
     tasks: tuple[str, ...] = ("snli",)
@@ -292,20 +312,6 @@ class AnalyzeConfig:
                 or self.similarity_resamples < 0):
             raise AlignlensError(f"similarity resamples must be a whole number >= 0 (got {self.similarity_resamples!r})")
 
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
-                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
-                          items=self.items, balanced=self.balanced)
-
-    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
-        """This run's items of one (task, language): see `EvalConfig.select_items`."""
-        return self.eval_config().select_items(items, labels, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able options (lists, not tuples) as recorded in manifests."""
-        import json
-
-        return json.loads(json.dumps(asdict(self)))
 
     #: Options that may differ when a run is resumed (they do not change any number).
     RESUMABLE = ("save_activations",)
@@ -347,7 +353,7 @@ def parse_floats(values: str | Iterable[float] | None, what: str) -> tuple[float
 
 
 @dataclass(frozen=True)
-class LocalizeConfig:
+class LocalizeConfig(_SelectsItems):
     """Options of `alignlens localize` (recorded in its manifest): the item selection of `analyze`
     (tasks, languages, items, limit, balanced), then what the three analyses run.
 
@@ -406,15 +412,6 @@ class LocalizeConfig:
             raise AlignlensError(f"--random-directions must be a whole number from 0 to 100 (got {self.random_directions!r})")
         _positive(self.direction_items, "--direction-items", allow_none=True)
 
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
-                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
-                          items=self.items, balanced=self.balanced)
-
-    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
-        """This run's items of one (task, language): see `EvalConfig.select_items`."""
-        return self.eval_config().select_items(items, labels, where)
-
     def patch_directions(self, control: bool) -> tuple[str, ...]:
         """The patching directions run: `directions`, or a2b, b2a (and c2b with a `control` model).
         AlignlensError when c2b is asked for without a control model."""
@@ -438,12 +435,6 @@ class LocalizeConfig:
         if self.steer_layers is not None:
             return tuple(sorted(self.steer_layers))
         return tuple(sorted({max(1, n_layers // 4), max(1, n_layers // 2), max(1, (3 * n_layers) // 4)}))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able options (lists, not tuples) as recorded in the manifest."""
-        import json
-
-        return json.loads(json.dumps(asdict(self)))
 
     def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
         """Names of options that differ from a saved run's (manifest `options`)."""

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alignlens import AlignlensError, __version__, results
-from alignlens.report import fonts
 from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, short_paths, top
 from alignlens.report.summary import contents_page, summary_pages
 
@@ -407,32 +406,17 @@ def render_localize(localize_json: Path, pdf: Path, *, progress: Callable[[int, 
     """Render the localisation report of `localize_json` to `pdf` (a .pdf) with `<stem>_figures/`
     and `<stem>_tables/` beside it (written in a staging folder and swapped in at the end).
     `progress(done, total, what)` before the pages, after each page and after the tables."""
-    import matplotlib
-
-    from alignlens.report.render import write_pages, write_table
-    from alignlens.results.writer import staged_swap
+    from alignlens.report.render import render_pdf
 
     pdf = Path(pdf)
     if pdf.suffix.lower() != ".pdf":
         raise AlignlensError(f"{pdf}: the report's output must end in .pdf")
     doc = read_localize_file(Path(localize_json))
-    names = results.report_files(pdf.name)
-    pdf.parent.mkdir(parents=True, exist_ok=True)
-    tick = progress or (lambda done, total, what: None)
-    with staged_swap(pdf.parent, names) as stage:
-        pdf_path, fig_dir, tab_dir = (stage / name for name in names)
-        fig_dir.mkdir()
-        tab_dir.mkdir()
-        with matplotlib.rc_context(fonts.rc_params()):
-            section = build(doc)
-            pages = summary_pages(section.summary_lines) + section.pages
-            pages.insert(len(pages) - len(section.pages), contents_page(pages))
-            total = len(pages) + 1
-            tick(0, total, "sections built")
-            toc = write_pages(pages, pdf_path, fig_dir, f"alignlens {__version__} · localize",
-                              "alignlens causal localisation", lambda no, what: tick(no, total, what))
-        for table in section.tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc)]:
-            write_table(tab_dir, table)
-        (tab_dir / "summary.txt").write_text("\n".join(section.summary_lines) + "\n", encoding="utf-8")
-        tick(total, total, "tables written")
-    return pdf
+
+    def pages() -> tuple[list[Page], list[Table], list[str]]:
+        section = build(doc)
+        front = summary_pages(section.summary_lines)
+        every = front + section.pages
+        every.insert(len(front), contents_page(every))  # lazy: lists the final page list, itself included
+        return every, section.tables, section.summary_lines
+    return render_pdf(pdf, pages, f"alignlens {__version__} · localize", "alignlens causal localisation", progress)
