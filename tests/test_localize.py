@@ -291,3 +291,40 @@ def test_api_refuses_a_wrong_config_type(pair, tmp_path):
     with pytest.raises(AlignlensError, match="LocalizeConfig"):
         localize({"tasks": ["mini"]}, pair["base"], pair["aligned"], tmp_path / "x")
     assert LocalizeConfig(layers="all").layers is None
+
+
+def _doc(gap_ci, recoveries):
+    """A minimal localize.json content: one task, direction a2b, resid at layers 0..3, `last` positions."""
+    rows = [{"task": "t", "direction": "a2b", "source": "aligned", "receiver": "base", "scope": "group", "name": "all",
+             "languages": ["de"], "n_items": 8, "site": "resid", "layer": layer, "positions": "last", "gap": 0.5,
+             "gap_ci95": gap_ci, "gap_mde80": 0.2, "status": "ok" if gap_ci[0] > 0 else "gap too small",
+             "recovery": rec if gap_ci[0] > 0 else None, "recovery_ci95": ci if gap_ci[0] > 0 else None}
+            for layer, (rec, ci) in enumerate(recoveries)]
+    return {"format": "alignlens-localize/1", "models": {"base": "b", "aligned": "a"}, "tasks": {"t": ["de"]},
+            "groups": {"all": ["de"]}, "options": {"bootstrap_resamples": 200},
+            "patching": {"directions": {"a2b": {"source": "aligned", "receiver": "base"}}, "sites": ["resid"],
+                         "positions": ["last"], "recovery": rows},
+            "steering": {"skipped": "no steering (--no-steer)"}, "dose": {"skipped": "no dose"}}
+
+
+def test_report_names_significant_layers_or_says_nothing_is(tmp_path):
+    from alignlens.report.localize import build, render_localize, summary_lines
+
+    named = summary_lines(_doc([0.2, 0.8], [(0.1, [-0.2, 0.4]), (0.6, [0.3, 0.9]), (0.9, [0.5, 1.2]), (1.0, [0.9, 1.1])]))
+    assert any("recovery significantly above 0 at: resid layers 1–3 (last positions)" in line for line in named)
+    assert not any("Nothing is localised" in line for line in named)
+    none = summary_lines(_doc([0.2, 0.8], [(0.1, [-0.2, 0.4])] * 4))
+    assert any("no site's recovery is significant" in line for line in none)
+    assert any("Nothing is localised" in line for line in none)
+    small = _doc([-0.1, 0.8], [(None, None)] * 4)
+    lines = summary_lines(small)
+    assert any("gap is too small to localise" in line for line in lines) and any("Nothing is localised" in l for l in lines)
+    assert len(build(small).pages) == 1
+    path = tmp_path / "localize.json"
+    path.write_text(json.dumps(small), encoding="utf-8")
+    render_localize(path, tmp_path / "report.pdf")
+    assert (tmp_path / "report.pdf").stat().st_size > 0 and (tmp_path / "report_tables" / "recovery.csv").is_file()
+    path.write_text(json.dumps({**small, "format": "other"}), encoding="utf-8")
+    with pytest.raises(AlignlensError, match="not a localize.json"):
+        render_localize(path, tmp_path / "again.pdf")
+    assert not (tmp_path / "again.pdf").exists()

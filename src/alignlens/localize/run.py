@@ -38,9 +38,9 @@ from alignlens import AlignlensError, NumericalError, RunInterrupted, data
 from alignlens.config import LocalizeConfig, format_items
 from alignlens.results import now_iso, read_json, write_json, write_jsonl
 from alignlens.results.manifest import eval_data, ownership, provenance
+from alignlens.results.schema import LOCALIZE_FORMAT
 from alignlens.results.writer import LOCALIZE_FILES, OutputFolder, files_under, read_manifest
 
-FORMAT = "alignlens-localize/1"
 ROLES = ("base", "aligned", "control")
 #: The files of a finished run besides the report (written only for the analyses run).
 ROW_FILES = {"patching": "patching.jsonl", "steering": "steering.jsonl", "dose": "dose.jsonl"}
@@ -97,6 +97,10 @@ def plan_localize(config: LocalizeConfig, model: str, compare: str, control: str
         raise AlignlensError(f"localize needs a LocalizeConfig, got {type(config).__name__}")
     if not compare:
         raise AlignlensError("localize compares two models: give --compare ALIGNED")
+    from alignlens.distributed import env_world
+
+    if env_world().distributed:
+        raise AlignlensError("alignlens localize runs in one process; run it without torchrun")
     check_dtype(dtype, device)
     models = {"base": model, "aligned": compare, **({"control": control} if control else {})}
     for spec in models.values():
@@ -203,14 +207,15 @@ def _check_hashes(saved: dict, loaded: Mapping[str, Any], out: Path) -> None:
 
 
 def _manifest(plan: Plan, loaded: Mapping[str, Any], command: str, started: str, files: list[str], **extra: Any) -> dict:
-    import torch
-
+    """manifest.json: provenance (`results.manifest.provenance`: the models described, task data
+    hashes, options, seed, versions, commit, torch threads, times), the models by role, the
+    trained languages, the adapter of the dose response, `extra` (status, ...) and the files."""
     opts = plan.config.to_dict()
     return {**provenance(command=command, model={r: m.describe() for r, m in loaded.items()}, data=eval_data(opts),
                          options=opts, seed=plan.config.seed, started=started, finished=None),
             "models": dict(plan.models), "trained_languages": plan.trained_languages,
-            "adapter": str(plan.adapter.path) if plan.adapter is not None else None,
-            "torch_threads": torch.get_num_threads(), **extra, **ownership("localize", files)}
+            "adapter": str(plan.adapter.path) if plan.adapter is not None else None, **extra,
+            **ownership("localize", files)}
 
 
 class _Bars:
@@ -297,7 +302,7 @@ def aggregates(plan: Plan, rows: Mapping[str, list[dict]], directions_info: dict
     groups = language_groups(langs, plan.trained_languages)
     opts = {"n_resamples": cfg.bootstrap_resamples, "seed": cfg.seed}
     doc: dict[str, Any] = {
-        "format": FORMAT, "models": dict(plan.models), "trained_languages": plan.trained_languages,
+        "format": LOCALIZE_FORMAT, "models": dict(plan.models), "trained_languages": plan.trained_languages,
         "n_layers": n_layers, "tasks": {t: [c.lang for c in plan.cells if c.spec.name == t]
                                         for t in dict.fromkeys(c.spec.name for c in plan.cells)},
         "items": {f"{c.spec.name}/{c.lang}": format_items(it.index for it in c.items) for c in plan.cells},
@@ -417,7 +422,10 @@ def localize(config: LocalizeConfig, model: str, compare: str, out: str | Path, 
         except NumericalError as exc:
             if stage != out:
                 folder.abort()
-            raise NumericalError(f"{exc}; nothing was kept of this run's results") from None
+                raise NumericalError(f"{exc}; the new run was discarded, the earlier results in {out} are "
+                                     "unchanged") from None
+            raise NumericalError(f"{exc}; no results were written (finished (task, language) parts are kept in "
+                                 f"{out}/parts; a --resume would meet the same numbers)") from None
         except BaseException:
             if stage != out:
                 folder.abort()

@@ -18,9 +18,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from alignlens import AlignlensError, __version__, results
+from alignlens import AlignlensError, __version__
 from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, short_paths, top
 from alignlens.report.summary import contents_page, summary_pages
+from alignlens.results.schema import read_localize_file
 
 SECTION = "Causal localisation"
 GROUP_ORDER = ("all", "trained", "untrained", "high-resource", "low-resource")
@@ -388,18 +389,6 @@ def build(doc: dict) -> Section:
         if "by_alpha" in (doc.get("dose") or {}):
             pages.append(_dose_page(doc, task))
     return Section(pages, tables(doc), summary_lines(doc))
-
-
-def read_localize_file(path: Path) -> dict:
-    """localize.json, checked for the keys the report reads (AlignlensError naming the file otherwise)."""
-    doc = results.read_json(path)
-    if not isinstance(doc, dict) or doc.get("format") != "alignlens-localize/1":
-        raise AlignlensError(f"{path}: not a localize.json of format alignlens-localize/1 (write it with `alignlens "
-                             "localize`)")
-    for key in ("models", "tasks", "groups", "options", "patching", "steering", "dose"):
-        if key not in doc:
-            raise AlignlensError(f"{path}: key {key!r} is missing")
-    return doc
 
 
 def render_localize(localize_json: Path, pdf: Path, *, progress: Callable[[int, int, str], None] | None = None) -> Path:
