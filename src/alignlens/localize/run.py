@@ -354,6 +354,8 @@ def localize(config: LocalizeConfig, model: str, compare: str, out: str | Path, 
     folder: `OutputFolder` kind "localize", `force` replaces only the files its manifest lists, once
     the new ones are complete). An interrupted run in `out` is refused without `resume` (which
     continues it) or `force` (which starts over). Interrupted: RunInterrupted saying what was kept."""
+    from alignlens.engine import check_layer_entry
+    from alignlens.labels import label_sets
     from alignlens.localize.dose import check_adapter_base
     from alignlens.localize.patching import check_models, directions_by_name
     from alignlens.model import load_model
@@ -376,6 +378,10 @@ def localize(config: LocalizeConfig, model: str, compare: str, out: str | Path, 
         n_layers = loaded["base"].n_layers
         config.check_layers(n_layers)
         check_models(loaded, directions_by_name(plan.directions))
+        for role in dict.fromkeys(d.receiver for d in directions_by_name(plan.directions)):
+            check_layer_entry(loaded[role])  # an architecture the patched runs cannot enter is refused here
+        for cell in plan.cells:  # every label word must have tokens, before anything is written
+            label_sets(loaded["base"].tokenizer, cell.spec.labels, f"task {cell.spec.name}, language {cell.lang}")
         if plan.adapter is not None:
             check_adapter_base(loaded["base"], plan.adapter)
         if saved is not None:

@@ -318,7 +318,8 @@ def _steering_page(doc: dict, task: str) -> Page:
 def _dose_page(doc: dict, task: str) -> Page:
     dose = doc["dose"]
     sub = ("The base model with W + α·ΔW (ΔW of the aligned model's LoRA adapter): macro accuracy and ROC-AUC per "
-           "language group against α (α = 0 the base, α = 1 the aligned model).")
+           "language group against α (α = 0 the base, α = 1 the aligned model); bars: the item-cluster bootstrap 95% "
+           "interval of the all-languages Δ against α = 0.")
 
     def draw():
         fig = new_fig(f"Weight-scale dose response — {task}", sub)
@@ -332,7 +333,18 @@ def _dose_page(doc: dict, task: str) -> Page:
                 for a in alphas:
                     e = dose["by_alpha"][f"{a:g}"]["metrics"].get(task, {}).get("groups", {}).get(g)
                     ys.append(math.nan if e is None or e.get(metric) is None else e[metric])
-                ax.plot(alphas, ys, "o-", ms=3, lw=1.5 if g == "all" else 0.9, label=g)
+                if g == "all":  # drawn on top, with the paired interval of its Δ vs α = 0 around the α = 0 value
+                    ax.plot(alphas, ys, "o-", ms=4, lw=2.0, color="black", label=g, zorder=5)
+                    for a, y in zip(alphas, ys):
+                        vs = _group(dose["by_alpha"][f"{a:g}"].get("vs_base"), task)
+                        key = "accuracy" if metric == "accuracy" else "auc"
+                        e = (vs or {}).get(key) or {}
+                        if e.get("ci95") and e.get("delta") is not None and not math.isnan(y):
+                            lo, hi = (y - e["delta"] + c for c in e["ci95"])
+                            ax.errorbar([a], [y], yerr=[[y - lo], [hi - y]], fmt="none", color="black", capsize=3,
+                                        lw=1, zorder=5)
+                else:
+                    ax.plot(alphas, ys, "o-", ms=3, lw=0.9, label=g)
             ax.axvline(0, color="#444444", lw=0.7)
             ax.axvline(1, color="#444444", lw=0.7, ls=":")
             ax.set_xlabel("α", fontsize=8)
