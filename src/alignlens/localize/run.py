@@ -136,12 +136,16 @@ def plan_localize(config: LocalizeConfig, model: str, compare: str, control: str
     if config.dose:
         from alignlens.train.adapters import adapter_folder, read_adapter
 
-        try:
-            adapter_folder(folder if folder is not None else compare)
-        except AlignlensError as exc:
-            plan.dose_note = f"no weight-scale dose response: {exc}"
+        if folder is None:
+            plan.dose_note = (f"no weight-scale dose response: --compare {compare} is not a local folder (it needs an "
+                              "`alignlens train` LoRA output with adapter/)")
         else:
-            plan.adapter = read_adapter(folder if folder is not None else compare)
+            try:
+                adapter_folder(folder)
+            except AlignlensError as exc:
+                plan.dose_note = f"no weight-scale dose response: {exc}"
+            else:
+                plan.adapter = read_adapter(folder)
     else:
         plan.dose_note = "no weight-scale dose response (--no-dose)"
     return plan
