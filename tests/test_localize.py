@@ -328,3 +328,25 @@ def test_report_names_significant_layers_or_says_nothing_is(tmp_path):
     with pytest.raises(AlignlensError, match="not a localize.json"):
         render_localize(path, tmp_path / "again.pdf")
     assert not (tmp_path / "again.pdf").exists()
+
+
+@pytest.mark.integration
+def test_gemma_patched_with_itself_changes_nothing(tmp_path, capsys):
+    """Gemma-3-270m as base and as "aligned": every patched run (each site, layer, positions and
+    direction) gives the clean run's label probabilities (1e-5 relative; another computational path),
+    and the gap is reported as too small to localise."""
+    out = tmp_path / "gemma"
+    code, stdout, err = cli(["localize", "--compare", "gemma-3-270m", "--tasks", "emotion", "--languages", "de",
+                             "--items", "0-3", "--limit", "2", "--balanced", "--layers", "0,9,18", "--positions",
+                             "last,all", "--no-steer", "--no-dose", "--no-report", "--bootstrap-resamples", "100",
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    rows = read_jsonl(out / "patching.jsonl")
+    clean = {(r["index"], r["model"]): r["probs"] for r in rows if r["site"] == "clean"}
+    patched = [r for r in rows if r["site"] != "clean"]
+    assert len(patched) == 2 * (3 + 2 + 2) * 2 * 2  # directions x sites (resid 0,9,18; attn, mlp 0,9) x positions x items
+    for r in patched:
+        ref = clean[(r["index"], r["receiver"])]
+        for lab, p in r["probs"].items():
+            assert abs(p - ref[lab]) <= 1e-5 * ref[lab] + 1e-12
+    assert "too small to localise" in stdout
