@@ -285,17 +285,18 @@ def _steering_page(doc: dict, task: str) -> Page:
                                                                        "right": 0.98, "wspace": 0.25})[0]
         for ax, s in zip(axes, scales):
             kinds: dict[str, list] = {}
+            seeds = sorted({c["direction_seed"] for c in st["conditions"] if c["direction_kind"] == "random"})
             for c in st["conditions"]:
                 if c["scale"] != s:
                     continue
                 g = _group(c["vs"].get("base"), task)
                 if g is None:
                     continue
-                kinds.setdefault(c["direction_kind"], []).append((c["layer"], g["accuracy"]))
-            offsets = {"alignment": -0.15, "control": 0.0, "random": 0.15}
+                kinds.setdefault(c["direction_kind"], []).append((c["layer"], c["direction_seed"], g["accuracy"]))
+            offsets = {"alignment": -0.2, "control": -0.1}  # random directions side by side from 0 on
             for kind, pts in kinds.items():
-                for n, (layer, acc) in enumerate(sorted(pts, key=lambda p: p[0])):
-                    x = layer + offsets.get(kind, 0)
+                for n, (layer, seed, acc) in enumerate(sorted(pts, key=lambda p: (p[0], p[1] or 0))):
+                    x = layer + (offsets[kind] if kind in offsets else 0.25 * seeds.index(seed) / max(1, len(seeds)))
                     ci = acc.get("ci95")
                     if acc.get("delta") is None:
                         continue
