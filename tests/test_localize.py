@@ -5,6 +5,7 @@ run), refusals before any model loads, --force's scope, and resume."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def full_run(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
     proc = subprocess.run([sys.executable, "-m", "alignlens.cli.main", *_args(pair, out, "--control", pair["copy"],
                                                                             "--threads", "1")],
-                          capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
+                          capture_output=True, text=True, timeout=900, env={**os.environ,
                                                                            "ALIGNLENS_PROGRESS_SECONDS": "0.01"})
     assert proc.returncode == 0, proc.stderr
     return out, proc

@@ -411,6 +411,8 @@ class LocalizeConfig(_SelectsItems):
                 or not 0 <= self.random_directions <= 100):
             raise AlignlensError(f"--random-directions must be a whole number from 0 to 100 (got {self.random_directions!r})")
         _positive(self.direction_items, "--direction-items", allow_none=True)
+        if self.bootstrap_resamples < 2:
+            raise AlignlensError(f"--bootstrap-resamples must be at least 2 for an interval (got {self.bootstrap_resamples})")
 
     def patch_directions(self, control: bool) -> tuple[str, ...]:
         """The patching directions run: `directions`, or a2b, b2a (and c2b with a `control` model).
