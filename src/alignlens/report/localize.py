@@ -271,6 +271,14 @@ def _recovery_page(doc: dict, task: str, direction: str) -> Page:
     return Page(SECTION, f"Recovery: {task}, {direction}", f"recovery_{task}_{direction}", draw)
 
 
+def _panels(title: str, sub: str, n: int):
+    """A page with `n` panels side by side below its subtitle: (figure, axes)."""
+    fig = new_fig(title, sub)
+    axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"top": top(fig, 0.84), "bottom": 0.12, "left": 0.07,
+                                                          "right": 0.98, "wspace": 0.22})[0]
+    return fig, axes
+
+
 def _steering_page(doc: dict, task: str) -> Page:
     st = doc["steering"]
     scales = st["scales"]
@@ -279,10 +287,7 @@ def _steering_page(doc: dict, task: str) -> Page:
            "questions), the copy control's direction and random directions of the same norm.")
 
     def draw():
-        fig = new_fig(f"Steering with the alignment direction — {task}", sub)
-        t = top(fig, 0.84)
-        axes = fig.subplots(1, len(scales), squeeze=False, gridspec_kw={"top": t, "bottom": 0.12, "left": 0.07,
-                                                                       "right": 0.98, "wspace": 0.25})[0]
+        fig, axes = _panels(f"Steering with the alignment direction — {task}", sub, len(scales))
         for ax, s in zip(axes, scales):
             kinds: dict[str, list] = {}
             seeds = sorted({c["direction_seed"] for c in st["conditions"] if c["direction_kind"] == "random"})
@@ -323,10 +328,7 @@ def _dose_page(doc: dict, task: str) -> Page:
            "interval of the all-languages Δ against α = 0.")
 
     def draw():
-        fig = new_fig(f"Weight-scale dose response — {task}", sub)
-        t = top(fig, 0.84)
-        axes = fig.subplots(1, 2, squeeze=False, gridspec_kw={"top": t, "bottom": 0.12, "left": 0.07, "right": 0.98,
-                                                             "wspace": 0.2})[0]
+        fig, axes = _panels(f"Weight-scale dose response — {task}", sub, 2)
         alphas = dose["alphas"]
         for metric, ax in zip(("accuracy", "roc_auc"), axes):
             for g in doc["groups"]:
