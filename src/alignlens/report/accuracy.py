@@ -6,8 +6,9 @@ With two runs every Δ comes from `runs.paired` (`paired.compare_runs`: read fro
 or computed from the runs' predictions.jsonl): per language the accuracy Δ on the items both runs
 have, its paired bootstrap 95% interval and the exact McNemar test with Holm (and
 Benjamini-Hochberg) adjustment across the task's languages; per language group the macro Δ of
-accuracy and of balanced accuracy with an item-cluster bootstrap 95% interval over the items every
-language of the group shares. A language only one run has is listed with that run's own numbers
+ROC-AUC (two-label tasks: threshold-free, the metric the paper's claim is judged on), accuracy and
+balanced accuracy with a label-stratified item-cluster bootstrap 95% interval over the items every
+language of the group shares (each resample keeps the label counts). A language only one run has is listed with that run's own numbers
 and no Δ. "Significant" is written only for a Holm-adjusted p < 0.05.
 
 An interval that is no test (`paired.untestable`: fewer than `paired.MIN_ITEMS` items, no
@@ -189,7 +190,8 @@ def method_line(runs: Runs) -> list[str]:
     return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ ({runs.diff_label}) on the shared items "
             f"with a paired bootstrap 95% interval and an exact McNemar test, Holm-adjusted across a task's languages "
             f"(Benjamini–Hochberg as an extra column); per language group the macro Δ over its languages with an item-cluster "
-            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']}). "
+            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']}; "
+            f"{'label-stratified: each resample keeps the label counts' if p.get('bootstrap') else 'not stratified by label'}). "
             f"An interval on fewer than {MIN_ITEMS} items, with no discordant item or of zero width is no test and is reported "
             "as \"not testable (n=…)\" instead."]  # fmt: skip
 
@@ -296,6 +298,9 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
                     f"the interval {'excludes' if excludes0(acc['ci95']) else 'includes'} 0")  # fmt: skip
         lines = [f"• {task}: mean accuracy over {len(acc['languages'])} languages {fmt(acc['a'])}% → {fmt(acc['b'])}% "
                  f"(Δ {fmt(acc['delta'], sign=True)} points, {interval}). " + delta_text(bal, "Balanced accuracy") + "."]  # fmt: skip
+        if groups["all"].get("auc") is not None:
+            lines.append("   – " + delta_text(groups["all"]["auc"], "Threshold-free (the primary metric of a two-label task): "
+                                                                  "mean ROC-AUC") + ".")
     lines.append("   – Exact McNemar per language: " + _holm_text(pairs))
     others = [(g, v) for g, v in groups.items() if g != "all"]
     if others:
@@ -402,7 +407,9 @@ def group_header(names: list[str]) -> list[str]:
     a, b = names
     return ["task", "group", "n_languages", "languages", "missing_languages", "n_items",
             f"mean_acc_{a}", f"mean_acc_{b}", "mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi",
-            f"mean_bal_acc_{a}", f"mean_bal_acc_{b}", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi"]  # fmt: skip
+            f"mean_bal_acc_{a}", f"mean_bal_acc_{b}", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi",
+            f"mean_auc_{a}", f"mean_auc_{b}", "mean_auc_diff", "mean_auc_diff_ci95_lo", "mean_auc_diff_ci95_hi",
+            "mean_auc_diff_mde80"]  # fmt: skip
 
 
 CSV_HEADER = csv_header(["base", "aligned"])  # the default names' headers
@@ -440,16 +447,19 @@ def _group_csv_rows(runs: Runs, task: str, rows: list[AccRow]) -> list[list]:
     if groups:
         for g, v in groups.items():
             a, b = v["accuracy"], v["balanced_accuracy"]
-            ci_a, ci_b = ([None, None] if group_untestable(x) else x["ci95"] for x in (a, b))  # not testable: left empty
+            c = v.get("auc") or {"a": None, "b": None, "delta": None, "ci95": None, "n_items": 0}  # AUC: two-label tasks
+            ci_a, ci_b, ci_c = ([None, None] if group_untestable(x) else x["ci95"] for x in (a, b, c))  # not testable: left empty
             out.append([task, g, len(a["languages"]), " ".join(a["languages"]), " ".join(a["missing_languages"]), a["n_items"],
                         _num(a["a"]), _num(a["b"]), _num(a["delta"]), _num(ci_a[0]), _num(ci_a[1]),
-                        _num(b["a"]), _num(b["b"]), _num(b["delta"]), _num(ci_b[0]), _num(ci_b[1])])  # fmt: skip
+                        _num(b["a"]), _num(b["b"]), _num(b["delta"]), _num(ci_b[0]), _num(ci_b[1]),
+                        _num(c["a"]), _num(c["b"]), _num(c["delta"]), _num(ci_c[0]), _num(ci_c[1]), _num(c.get("mde80"))])  # fmt: skip
         return out
     if runs.compare:
         return out
     for g in single_group_means(runs, rows):
         out.append([task, g["group"], len(g["languages"]), " ".join(g["languages"]), "", "", _num(g["accuracy"]),
-                    math.nan, math.nan, math.nan, math.nan, _num(g["balanced_accuracy"]), math.nan, math.nan, math.nan, math.nan])  # fmt: skip
+                    math.nan, math.nan, math.nan, math.nan, _num(g["balanced_accuracy"]), math.nan, math.nan, math.nan, math.nan,
+                    math.nan, math.nan, math.nan, math.nan, math.nan, math.nan])  # fmt: skip
     return out
 
 
