@@ -301,6 +301,11 @@ def test_cells_then_report_equal_the_single_command(whole, files):
     out = files / "C"
     first = run_study(files / "s.toml", out, arm="base", progress=False)
     assert first.ran == ["eval/base/gemma3", "irrelevant/base/gemma3"] and first.study_json is None
+    partial = json.loads(write_study_json(out, pdf=False).read_text())  # only the base model so far
+    claims = {c["id"]: c for c in partial["claims"]}
+    assert claims[7]["verdict"] == "not run" and "Not run yet" in claims[7]["text"]  # its arms exist, unfinished
+    assert claims[4]["verdict"] == "not run" and "no arm of this study tests it" in claims[4]["text"]
+    (out / "study.json").unlink()
     for arm in ("de-copy", "de"):
         for seed in (1, 0):
             cell = run_study(files / "s.toml", out, arm=arm, seed=seed, progress=False)

@@ -416,7 +416,7 @@ def claims(plan: Plan, tasks: dict, variants: dict) -> list[dict]:
                 4: "aligned arms that differ only in their languages", 5: "an arm with another target",
                 6: "an arm with another task's questions", 7: "an aligned arm and its copy control (same languages)",
                 8: "irrelevant_labels = true and an aligned arm"}[cid]
-        verdict, sentence = _verdict(picked, need, resamples)
+        verdict, sentence = _verdict(picked, need, resamples, planned=_planned(study, cid))
         metric = sorted({e["metric"] for _, _, e in picked})
         out.append({"id": cid, "claim": text, "metric": metric[0] if len(metric) == 1 else (metric or None),
                     "test": f"label-stratified item-cluster x training-seed bootstrap, {resamples} resamples; "
@@ -426,9 +426,34 @@ def claims(plan: Plan, tasks: dict, variants: dict) -> list[dict]:
     return out
 
 
-def _verdict(picked: list[tuple[str, str, dict]], need: str, resamples: int) -> tuple[str, str]:
-    """(verdict, one sentence) of a claim from its effects' verdicts (direction +1)."""
+def _planned(study, cid: int) -> bool:
+    """Whether the study file has the arms (and options) that would test claim `cid` once their steps
+    are finished (`claims`: "not run" then says the steps are missing, not that no arm tests it)."""
+    aligned = [a for a in study.arms if a.control == "none"]
+    if cid in (1, 2, 3):
+        return bool(aligned)
+    if cid == 4:
+        kinds = {}
+        for a in aligned:
+            kinds.setdefault((a.target, a.questions), set()).add(len(a.languages))
+        return any(len(v) > 1 for v in kinds.values())
+    if cid == 5:
+        return any(a.target != "en" for a in aligned)
+    if cid == 6:
+        return any(a.questions != "same" for a in aligned)
+    if cid == 7:
+        return any(c.control == "copy" and set(c.languages) == set(a.languages) for a in aligned for c in study.arms)
+    return bool(study.irrelevant_labels and any(a.irrelevant_labels for a in aligned))
+
+
+def _verdict(picked: list[tuple[str, str, dict]], need: str, resamples: int, *,
+             planned: bool = False) -> tuple[str, str]:
+    """(verdict, one sentence) of a claim from its effects' verdicts (direction +1). `planned`: the
+    study has arms that test it (their steps are not finished yet)."""
     if not picked:
+        if planned:
+            return "not run", ("Not run yet: the study has the arms that test it, but their steps are not finished "
+                               "(see \"missing\"; `alignlens study run` continues them).")
         return "not run", f"Not run: no arm of this study tests it (it needs {need})."
     testable = [(t, e) for t, _, e in picked if e["verdict"] != "not testable"]
     if not testable:
