@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import shlex
 import signal
@@ -758,6 +759,31 @@ def _on_signal(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _reflow(doc: str) -> str:
+    """A docstring for --help: its paragraphs' hard line breaks joined (the help is wrapped to the
+    terminal; a break inside a paragraph made ragged lines below 105 columns); lines that start a list
+    item ("- ") or are indented stay on their own line."""
+    paragraphs = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in para.split("\n"):
+            if lines and not line.startswith(("- ", " ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(app_: typer.Typer) -> None:
+    """`_reflow` every command's docstring (of `app_` and its sub-apps) before typer reads it."""
+    for info in app_.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.callback.__doc__ = _reflow(info.callback.__doc__)
+    for group in app_.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
 def main() -> None:
     """Console entry point: one clear `error:` line for every failure, no traceback (set
     ALIGNLENS_DEBUG=1 to see one). Exit codes: see `alignlens --help`.
@@ -770,6 +796,7 @@ def main() -> None:
     KeyboardInterrupt that passed through exec()'d code (e.g. a dataclass being created when the
     signal came) into death by SIGINT, which would lose the exit code."""
     code: int | str | None = 0
+    _reflow_help(app)
     try:
         _run()
     except SystemExit as exc:
