@@ -109,7 +109,7 @@ def _train_kept(out: Path) -> Callable[[], str]:
     """What a `train` interrupted before its loop keeps (the loop itself saves a checkpoint and says so)."""
     def kept() -> str:
         from alignlens.distributed import env_world
-        from alignlens.train.trainer import resume_command
+        from alignlens.train.manifest import resume_command
 
         last = out / "checkpoints" / "last.pt"
         if last.is_file():
