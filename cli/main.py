@@ -39,6 +39,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="List and show the bundled (or your own) tasks and languages.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(
+    help=("The paper's settings as one replicated experiment: a TOML file names the arms (training languages, "
+          "target, questions, copy control, seeds); `study run` trains and evaluates every arm and seed on the same "
+          "held-out items, reusing every step already finished with the same content hash; `study report` writes "
+          "study.json: each arm's effect vs the base model with a label-stratified item x seed bootstrap interval, "
+          "p, MDE80, contrasts, dose-response trends and a verdict on each of the paper's claims. Bundled studies: "
+          "quick (20-45 min on a 2-core CPU), paper (the paper's arms; many hours on a CPU)."),
+    no_args_is_help=True)
+app.add_typer(study_app, name="study")
 console = Console(stderr=True, soft_wrap=True)  # status lines stay whole (paths copy-paste) when redirected
 out_console = Console()
 
@@ -536,6 +545,102 @@ def data_show(
         out_console.print("target-language label words: " + ", ".join(
             f"{lab} -> {words[lab]}" + (f" ({why[clash[lab]]})" if lab in clash else "") for lab in spec.labels),
             markup=False, highlight=False, soft_wrap=True)
+
+
+STUDY_FILE_HELP = "A study file (.toml) or the name of a bundled study (quick, paper)."
+
+
+@study_app.command("check")
+def study_check(
+    file: str = typer.Argument(..., help=STUDY_FILE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="A study folder: show each step's status there (finished, partial, stale, missing)."),
+) -> None:
+    """Validate a study file and print its plan: every step with its hash, status and estimated time.
+
+    Nothing is written and no model weights load (the models' tokenizers do: the training data are
+    tokenized to check --max-len and to estimate the training cost)."""
+    from alignlens.study.plan import resolve
+    from alignlens.study.runner import plan_rows
+    from alignlens.study.spec import load_study
+
+    study = load_study(file)
+    plan = resolve(study)
+    rows = plan_rows(plan, out)
+    table = Table(title=f"study {study.name}: {len(study.arms)} arm(s), {len(rows)} steps")
+    for col in ("step", "hash", "status", "est. time"):
+        table.add_column(col, justify="right" if col == "est. time" else "left", no_wrap=col == "step")
+    for r in rows:
+        table.add_row(r["step"], r["hash"], r["status"], _minutes(r["seconds"]))
+    out_console.print(table)
+    todo = [r for r in rows if r["status"] != "finished"]
+    out_console.print(f"{len(todo)} of {len(rows)} steps to run, about {_minutes(sum(r['seconds'] for r in todo))} "
+                      "(at Gemma-3-270m speed on one thread of a busy 2-core CPU; a run re-measures it)")
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@study_app.command("run")
+def study_run(
+    file: str = typer.Argument(..., help=STUDY_FILE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="The study folder (created; steps already finished there with the same hash are kept)."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="Run only this arm's steps (training and evaluation of each seed); 'base' runs the base model's evaluation. Cells run in several sittings or on several machines (copy the folders back) and `study report` joins them."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Run only this training seed (of --arm, or of every arm)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    force: bool = typer.Option(False, "--force", help="Run the selected steps again even when finished (only alignlens's files in their folders are replaced); also lets --out be a non-empty folder that holds no study (its files are kept)."),
+) -> None:
+    """Run the steps of a study not finished with their current hash, then write study.json and study.pdf.
+
+    Trains each arm and seed and evaluates every model on the same held-out items. A step interrupted earlier resumes (training from its checkpoint, evaluation at the next (task,
+    language)); a step whose folder holds another hash (its arm was edited) runs again. Ctrl-C or
+    SIGTERM stops with the command that continues. Under torchrun each step's training and evaluation
+    run data-parallel: torchrun --nproc_per_node=N -m alignlens study run FILE --out DIR [--arm A --seed S]."""
+    from alignlens.distributed import is_main
+    from alignlens.study.runner import run_study
+
+    summary = run_study(file, out, arm=arm, seed=seed, threads=threads, force=force, progress=True,
+                        command=_command_line())
+    if not is_main():
+        return
+    console.print(f"ran {len(summary.ran)} step(s), kept {len(summary.kept)} finished before "
+                  f"({summary.seconds / 60:.1f} min)")
+    if summary.study_json is not None:
+        console.print(f"wrote {summary.study_json} and {summary.study_json.with_name('study.pdf')}")
+    else:
+        console.print(f"{len(summary.missing)} step(s) of the study are not finished yet (first: {summary.missing[0]}); "
+                      f"run them (`alignlens study check {shlex.quote(file)} --out {shlex.quote(str(out))}` lists them), "
+                      f"then `alignlens study report {shlex.quote(str(out))}`")
+
+
+@study_app.command("report")
+def study_report(
+    out: Path = typer.Argument(..., help="A study folder (`alignlens study run ... --out DIR`)."),
+) -> None:
+    """Write DIR/study.json and DIR/study.pdf from the finished steps of a study folder (no model needed).
+
+    Effects, contrasts, trends, diagnostics and a verdict on each of the paper's claims; the PDF shows
+    the plan, the claims, forest plots, per-language heatmaps, dose-response, seeds and label shares
+    (figures and CSV tables beside it in study_figures/ and study_tables/). Steps not finished are
+    listed with the command that runs each."""
+    from alignlens.study.collect import write_study_json
+    from alignlens.results import read_json
+
+    path = write_study_json(out, progress=report_progress())
+    doc = read_json(path)
+    table = Table(title=f"study {doc['name']}: the paper's claims")
+    for col in ("claim", "verdict", "text"):
+        table.add_column(col)
+    for c in doc["claims"]:
+        table.add_row(str(c["id"]), c["verdict"], c["text"])
+    out_console.print(table)
+    for s in doc["steps"]:
+        if s["status"] != "finished":
+            console.print(f"{s['status']}: {s['name']}: {s['command']}", highlight=False, markup=False)
+    console.print(f"wrote {path}")
+    console.print(f"wrote {path.with_name('study.pdf')} (figures: study_figures/, tables: study_tables/)")
 
 
 @app.command("models")

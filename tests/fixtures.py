@@ -144,3 +144,34 @@ def one_thread():
 def tiny_base(tmp_path_factory):
     """A tiny random gemma3 base model folder (`save_tiny_base`), one per test module."""
     return str(save_tiny_base(tmp_path_factory.mktemp("tiny") / "gemma3", "gemma3", seed=0))
+
+
+def lora_merged(hf_model: torch.nn.Module, targets: tuple[str, ...] = ("q_proj", "v_proj"), r: int = 4, seed: int = 1,
+                scale: float = 0.2) -> torch.nn.Module:
+    """`hf_model` changed by a merged random LoRA on the `targets` modules only (peft; B ~ N(0,
+    scale²) instead of peft's zeros, so the update is not zero): a stand-in for an aligned model
+    whose difference lies in those projections (eval mode, plain HF model, ready to wrap)."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(hf_model, LoraConfig(r=r, lora_alpha=r, target_modules=list(targets), lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return peft_model.merge_and_unload().eval()
+
+
+def tiny_pair(arch: str = "gemma3", tokenizer: str = "sentencepiece", seed: int = 0, n_layers: int = 2,
+              targets: tuple[str, ...] = ("q_proj", "v_proj"), **config_overrides: Any) -> tuple[LoadedModel, LoadedModel]:
+    """(base, aligned): a tiny random model (`tiny_hf_model`, with `config_overrides`) and the same
+    model changed by a merged random LoRA on `targets` (`lora_merged`), sharing one tokenizer object."""
+    tok = tiny_tokenizer(tokenizer)
+    dev = torch.device("cpu")
+    out = []
+    for name, hf in ((f"tiny-{arch}", tiny_hf_model(arch, tok, seed, n_layers, **config_overrides)),
+                     (f"tiny-{arch}-aligned",
+                      lora_merged(tiny_hf_model(arch, tok, seed, n_layers, **config_overrides), targets))):
+        out.append(LoadedModel(wrap_bridge(name, hf, tok, dev, torch.float32), tok, name, name, None, dev,
+                               torch.float32, None, {"tiny": True}))
+    return out[0], out[1]

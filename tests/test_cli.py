@@ -42,6 +42,7 @@ def test_train_then_analyze_compare_with_report(tiny_folder, tmp_path):
     assert (out / "comparison.json").is_file() and (out / "report.pdf").stat().st_size > 10_000
     assert "de*" in proc.stdout  # the trained language is marked in the printed table
     assert f"; report: {out / 'report.pdf'}\n" in proc.stderr  # one line, not wrapped at 80 columns
+    assert "Loading weights" not in proc.stderr  # transformers' per-load bars are off: logs stay readable
     # never overwritten silently
     proc = run_cli("analyze", "--model", str(tiny_folder), "--limit", "1", "--languages", "en", "--out", str(out))
     assert proc.returncode == 2 and "not empty; pass --force" in proc.stderr

@@ -138,6 +138,38 @@ def test_all_label_sums_reported_over_kept_items():
         lens_report({"de": plain})
 
 
+def test_peaks_kept_labels_and_notes():
+    """Where P(target) and P(English) peak (the argmax of the mean curve, first layer on a tie), the
+    kept items' gold-label counts, the one-label flag and the notes of logit_lens.json."""
+    n, L = 12, 6
+    gold = np.arange(n) % 2
+    p_en = np.full((n, L, 2), 0.01)
+    p_tg = np.full((n, L, 2), 0.01)
+    p_tg[np.arange(n), :, gold] = [0.1, 0.2, 0.5, 0.4, 0.5, 0.3]  # peak 0.5 at layer 2 (and again at 4)
+    p_en[np.arange(n), :, gold] = [0.0, 0.3, 0.1, 0.1, 0.1, 0.1]
+    ent = np.ones((n, L))
+    caps = {"en": LensCapture(p_en, p_tg, ent, gold, np.array([True, True])),  # English: never dropped
+            "de": LensCapture(p_en, p_tg, ent, gold, np.array([False, False])),
+            "sw": LensCapture(p_en, p_tg, ent, gold, np.array([False, True])),  # label 1 overlaps: only label 0 kept
+            "ja": LensCapture(p_en, p_tg, ent, gold, np.array([True, True]))}  # nothing kept
+    rep = lens_report(caps, overlap_rule="token-set", labels=["positive", "negative"])
+    json.dumps(rep, allow_nan=False)
+    de, sw, ja = (rep["per_language"][x] for x in ("de", "sw", "ja"))
+    assert de["p_target_peak"] == {"layer": 2, "value": pytest.approx(0.5), "relative_depth": pytest.approx(0.4)}
+    assert de["p_en_peak"]["layer"] == 1 and de["p_en_peak"]["value"] == pytest.approx(0.3)
+    assert de["kept_gold_counts"] == [6, 6] and not de["one_label"]
+    assert rep["per_language"]["en"]["kept_gold_counts"] == [6, 6] and not rep["per_language"]["en"]["one_label"]
+    assert sw["kept_gold_counts"] == [6, 0] and sw["one_label"] and sw["n"] == 6
+    assert ja["n"] == 0 and ja["p_target_peak"] is None and not ja["one_label"]
+    notes = rep["notes"]
+    assert len(notes) == 2
+    assert notes[0].startswith("sw: all 6 kept items have the gold label 'positive'")
+    assert notes[1].startswith("ja: no item kept: all 12 items'") and "--lens-overlap first-token" in notes[1]
+    # under the first-token rule there is no looser rule to point to
+    loose = lens_report(caps, overlap_rule="first-token")["notes"]
+    assert "no item kept" in loose[1] and "--lens-overlap" not in loose[1] and "index 0" in loose[0]
+
+
 # ---- report: the paper's figure (language means over relative depth) and the CSV ------------------
 
 
@@ -238,3 +270,34 @@ def test_runs_with_different_lens_prompts_are_not_overlaid(lens_pair):
     assert "Logit lens — emotion" not in titles
     fig = next(p for p in section if p.title == "Logit lens — emotion (aligned)").draw()
     assert "near 0 by construction" in fig.texts[1].get_text().replace("\n", " ")
+
+
+def test_report_names_peaks_one_label_languages_and_the_looser_rule(lens_pair):
+    """The summary lists where P(target) peaks per language, the languages left with no item (with
+    the option that keeps them) and those whose kept items are all one label; logit_lens_peaks.csv
+    holds logit_lens.json's peaks; the empty panel names the option too."""
+    import csv
+
+    from alignlens.report import render_report
+    from alignlens.report.lens import no_items_text
+
+    base, aligned, files = lens_pair
+    out = render_report(base, aligned)
+    summary = out.with_name("report_tables").joinpath("summary.txt").read_text(encoding="utf-8")
+    per = files["aligned"]["tasks"]["emotion"]["per_language"]
+    zh = per["zh"]["p_target_peak"]
+    assert f"zh {zh['value']:.2f} at layer {zh['layer']} ({zh['relative_depth'] * 100:.0f}%)" in summary
+    assert "No item kept in ja (aligned)" in summary and "--lens-overlap first-token" in summary
+    # de's label 0 words overlap (the fixture), so its kept items are all label 1, 'negative', in both runs
+    assert "One gold label only among the kept items (de (base, aligned): all kept items 'negative';" in summary
+    rows = list(csv.DictReader((out.with_name("report_tables") / "logit_lens_peaks.csv").open(encoding="utf-8")))
+    for r in rows:
+        e = files[r["model"]]["tasks"]["emotion"]["per_language"][r["language"]]
+        if e["n"]:
+            assert int(r["p_target_peak_layer"]) == e["p_target_peak"]["layer"]
+            assert float(r["p_target_peak_value"]) == e["p_target_peak"]["value"]
+        assert r["one_label"] == ("yes" if e["one_label"] else "no")
+    de = next(r for r in rows if r["model"] == "base" and r["language"] == "de")
+    assert de["kept_gold_counts"] == "positive:0 negative:3"
+    assert "--lens-overlap first-token keeps them" in no_items_text(per["ja"], "token-set")
+    assert "--lens-overlap" not in no_items_text(per["ja"], "first-token")

@@ -307,3 +307,47 @@ def test_compare_runs_refuses_inconsistent_input():
         P.compare_runs([dict(a[0], pred="maybe")], b, n_resamples=10)
     with pytest.raises(AlignlensError, match="no .* in common"):
         P.compare_runs([r for r in a if r["lang"] == "fr"], b, n_resamples=10)
+
+
+def test_stratified_draws_keep_label_counts_and_cover_each_stratum():
+    gold = np.array([0] * 7 + [1] * 3 + [2] * 5)
+    rng = np.random.default_rng(0)
+    rng.shuffle(gold)
+    blocks = list(P._resamples(gold.size, 600, seed=4, strata=gold))
+    idx = np.concatenate(blocks)
+    assert idx.shape == (600, gold.size)
+    for row in idx:  # every resample keeps the label counts, each position drawn from its own label's items
+        assert np.array_equal(gold[row], gold)
+    for v in (0, 1, 2):  # within a stratum the draw is uniform over its items
+        pos = np.flatnonzero(gold == v)
+        counts = np.bincount(idx[:, pos].ravel(), minlength=gold.size)[pos]
+        assert counts.min() > 0.6 * counts.mean()
+    # unstratified draws change the label mix (what a balanced design must not do)
+    free = np.concatenate(list(P._resamples(gold.size, 200, seed=4)))
+    assert any(not np.array_equal(np.sort(gold[r]), np.sort(gold)) for r in free)
+
+
+def test_group_auc_is_label_stratified_with_an_mde():
+    # an aligned run that ranks better (AUC up) while its accuracy is held by a shifted threshold
+    rng = np.random.default_rng(2)
+    n, langs = 60, ["en", "de", "sw"]
+    gold = np.repeat([0, 1], n // 2)
+    rows_a, rows_b = [], []
+    for lang in langs:
+        sa = np.clip(0.5 + 0.15 * (gold - 0.5) + rng.normal(0, 0.2, n), 0.01, 0.99)
+        sb = np.clip(0.5 + 0.6 * (gold - 0.5) + rng.normal(0, 0.2, n), 0.01, 0.99)
+        for i in range(n):
+            for rows, s in ((rows_a, sa[i]), (rows_b, sb[i])):
+                rows.append({"task": "t", "lang": lang, "index": i, "gold": ["neg", "pos"][gold[i]],
+                             "pred": "pos" if s > 0.5 else "neg", "probs": {"neg": 1 - s, "pos": s}})
+    out = P.compare_runs(rows_a, rows_b, {"all": langs}, n_resamples=400, seed=1)["tasks"]["t"]["groups"]["all"]
+    auc = out["auc"]
+    from alignlens import metrics as M
+
+    def macro_auc(rows):
+        return np.mean([M.roc_auc(gold, np.array([r["probs"]["pos"] for r in rows if r["lang"] == lang]))
+                        for lang in langs])
+    assert auc["delta"] == pytest.approx(macro_auc(rows_b) - macro_auc(rows_a), abs=1e-12)
+    assert auc["ci95"][0] > 0  # a clear gain in ranking
+    from alignlens.effects import Z_MDE80
+    assert auc["mde80"] == pytest.approx(Z_MDE80 * auc["se"]) and auc["se"] > 0

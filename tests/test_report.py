@@ -411,8 +411,16 @@ def test_outputs_atomic_umask_and_force_scope(tmp_path: Path):
     run = make_synthetic_run(tmp_path / "run", 24, ["en", "de"], 4, tasks=("emotion",), n_items=6, analyses=())
     folder = tmp_path / "out"
     folder.mkdir()
-    (folder / ".alignlens-tmp-report.pdf.x1y2").write_bytes(b"left by a killed run")
-    (folder / ".alignlens-tmp-report_figures.k3").mkdir()
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a process that has ended
+    killed = f"{dead}@{socket.gethostname()}"
+    (folder / f".alignlens-tmp-{killed}.report.pdf.x1y2").write_bytes(b"left by a killed run")
+    (folder / f".alignlens-tmp-{killed}.report_figures.k3").mkdir()
+    (folder / ".alignlens-tmp-untagged.k4").write_bytes(b"whose? the report does not lock this folder")
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
     (folder / "report_old.pdf").write_bytes(b"%PDF-other")
     old_mask = os.umask(0o022)
@@ -420,7 +428,9 @@ def test_outputs_atomic_umask_and_force_scope(tmp_path: Path):
         out = render_report(run, out=folder / "report.pdf")
     finally:
         os.umask(old_mask)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".alignlens-tmp-")]
+    # a killed run's temporaries are removed; an untagged one stays (no lock says its owner is gone)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".alignlens-tmp-")] == [".alignlens-tmp-untagged.k4"]
+    (folder / ".alignlens-tmp-untagged.k4").unlink()
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     for d in ("report_figures", "report_tables"):
         assert stat.S_IMODE((folder / d).stat().st_mode) == 0o755

@@ -361,14 +361,16 @@ class _FakeRun:
 
 def test_ablation_reports_p_gold_changes_labelled_as_what_they_are():
     mod = _load_ablation()
-    row = mod._per_language("emotion", "zh", _FakeRun([1, 0, 0, 1], 0.50), _FakeRun([1, 1, 1, 1], 0.55), _FakeRun([1, 0, 0, 0], 0.40))
+    runs = {"base": _FakeRun([1, 0, 0, 1], 0.50), "ablated": _FakeRun([1, 1, 1, 1], 0.55), "control": _FakeRun([1, 0, 0, 0], 0.40)}
+    row = mod._per_language("emotion", "zh", runs)
+    assert row["accuracy_change"] == pytest.approx(0.5)
     assert row["mean_p_gold_diff"] == pytest.approx(0.05) and row["control_mean_p_gold_diff"] == pytest.approx(-0.10)
     assert row["rel_change_mean_p_gold"] == pytest.approx(0.10) and row["control_rel_change_mean_p_gold"] == pytest.approx(-0.20)
     assert not [k for k in row if k.endswith("p_gold_change") or k.endswith("relative_change")]  # no ambiguous names
     result = {"ablated_language": "zh", "per_language": {"zh": {**row, "mcnemar_p_base_vs_ablated_holm": 0.5}}}
     lines = mod.table_lines(result)
     assert "points" in lines[0] and "relative change" in lines[0]
-    assert "+5.0 pt (+10.0%)" in lines[-1] and "-10.0 pt (-20.0%)" in lines[-1]
+    assert "+5.0 pt (+10.0%)" in lines[-1] and "-10.0 pt (-20.0%)" in lines[-1] and "0.500" in lines[-1]
     assert set(mod.UNITS) >= {"mean_p_gold_diff", "rel_change_mean_p_gold"} and "not points" in mod.UNITS["rel_change_mean_p_gold"]
 
 
@@ -408,3 +410,20 @@ def test_neuron_figures_have_integer_layer_ticks(tmp_path: Path):
                     assert ticks and all(float(x).is_integer() for x in ticks), (page.title, ax.get_title(), ticks)
                     checked += 1
     assert checked >= 4  # two heatmaps, the per-layer totals and the activation-probability change
+
+
+def test_two_label_claims_are_judged_on_auc_first_with_the_mde():
+    """Issue 21: accuracy is confounded with the threshold; the verdict reads the threshold-free AUC
+    when the groups have it, and an inconclusive AUC interval states its MDE, never a refutation."""
+    from alignlens.report.verdicts import claim_text, neutral_text
+
+    groups = _groups([-0.02, 0.06], [-0.03, 0.05])  # accuracy: inconclusive
+    groups["all"]["auc"] = {**_group([0.01, 0.05]), "mde80": 0.028}
+    groups["untrained"]["auc"] = {**_group([0.009, 0.049], langs=2), "mde80": 0.03}
+    verdict, sentence = claim_text("emotion", groups, {"bal": {}, "auc": None})  # an accuracy prior shift does not move AUC
+    assert verdict == "holds" and "ROC-AUC" in sentence and "macro accuracy" not in sentence
+    groups["untrained"]["auc"] = {**_group([-0.01, 0.04], langs=2), "mde80": 0.031}
+    verdict, sentence = claim_text("emotion", groups, None)
+    assert verdict == "inconclusive" and "does not hold" not in sentence
+    assert "±3.1 points would go undetected" in sentence and "label-stratified" in sentence
+    assert "ROC-AUC" in neutral_text("a − b", groups, None) and "±3.1" in neutral_text("a − b", groups, None)

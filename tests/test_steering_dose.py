@@ -446,10 +446,11 @@ def test_weighted_auc_and_group_bootstrap_match_paired():
                                   {"all": ["de", "sw"]}, metric=lambda g, s: M.roc_auc(g, s), n_resamples=300, seed=3)
     assert abs(eff["auc"]["delta"] - ref["all"]["delta"]) <= 1e-12
     assert np.allclose(eff["auc"]["ci95"], ref["all"]["ci95"], atol=1e-12) and eff["auc"]["n_undefined"] == 0
-    share = cluster_bootstrap_delta({l: np.ones(n, int) for l in langs},
+    share = cluster_bootstrap_delta({l: gold for l in langs},  # the same label-stratified draws; metric: share "yes"
                                     {l: (a > 0.5).astype(int) for l, (a, _) in langs.items()},
                                     {l: (b > 0.5).astype(int) for l, (_, b) in langs.items()},
-                                    {l: list(range(n)) for l in langs}, {"all": ["de", "sw"]}, n_resamples=300, seed=3)
+                                    {l: list(range(n)) for l in langs}, {"all": ["de", "sw"]},
+                                    metric=lambda g, p: float(np.mean(p == 1)), n_resamples=300, seed=3)
     assert abs(eff["shares"]["yes"]["delta"] - share["all"]["delta"]) <= 1e-12
     assert np.allclose(eff["shares"]["yes"]["ci95"], share["all"]["ci95"], atol=1e-12)
 

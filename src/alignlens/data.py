@@ -539,6 +539,16 @@ def _n_demonstrations(spec: TaskSpec, lang: str) -> tuple[int, str]:
     return n, f"{n} occurrence(s) of the answer cue {cue!r} (task.json gives no 'shots')"
 
 
+def _sub_quoted_labels(spec: TaskSpec, lang: str, words: dict[str, str]) -> tuple[str, list[str], int, str]:
+    """(the demonstrations of `lang` with each quoted English label `"<label>"` replaced by
+    `"<words[label]>"`, the labels found quoted in order, the number of demonstrations, how it was
+    counted: `_n_demonstrations`)."""
+    demos = spec.prompts[lang].demonstrations
+    pattern = re.compile('"(' + "|".join(re.escape(lab) for lab in sorted(spec.labels, key=len, reverse=True)) + ')"')
+    n_demos, how = _n_demonstrations(spec, lang)
+    return pattern.sub(lambda m: f'"{words[m.group(1)]}"', demos), pattern.findall(demos), n_demos, how
+
+
 def target_label_demonstrations(spec: TaskSpec, lang: str) -> str:
     """The demonstrations of `lang` with each quoted English label word `"<label>"` replaced by the
     quoted target-language word `"<word>"` (`target_label_words`), as the paper's lens prompts
@@ -550,17 +560,13 @@ def target_label_demonstrations(spec: TaskSpec, lang: str) -> str:
     word is refused. Each refusal is an AlignlensError naming task.json, the task, language and
     counts (use --lens-prompts english-labels for such a task)."""
     words = target_label_words(spec, lang)
-    demos = spec.prompts[lang].demonstrations
     where = f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}"
-    pattern = re.compile('"(' + "|".join(re.escape(lab) for lab in sorted(spec.labels, key=len, reverse=True)) + ')"')
-    found = pattern.findall(demos)
-    n_demos, how = _n_demonstrations(spec, lang)
+    out, found, n_demos, how = _sub_quoted_labels(spec, lang, words)
     if len(found) != n_demos or n_demos == 0:
         raise AlignlensError(
             f"{where}: target-label lens prompts need one quoted English label word per demonstration, but the "
             f"demonstrations quote a label {len(found)} time(s) for {n_demos} demonstration(s) ({how}); fix "
             "'demonstrations' or use --lens-prompts english-labels")
-    out = pattern.sub(lambda m: f'"{words[m.group(1)]}"', demos)
     kept = {lab: found.count(lab) if words[lab] == lab else 0 for lab in spec.labels}  # e.g. Malay "entailment"
     left = [lab for lab in spec.labels if out.count(f'"{lab}"') > kept[lab]]
     if left:
@@ -583,6 +589,51 @@ def target_label_spec(spec: TaskSpec, lang: str) -> TaskSpec:
     paper's lens prompts, `target_label_prompt_prefix + query`."""
     prompt = dataclasses.replace(spec.prompts[lang], demonstrations=target_label_demonstrations(spec, lang))
     return dataclasses.replace(spec, prompts={**spec.prompts, lang: prompt})
+
+
+#: The paper's irrelevant label words (emotion_eval_2shot_irrelative.py): English "ox" for positive and
+#: "horse" for negative, in every language's demonstrations, scored over their English token sets.
+PAPER_IRRELEVANT_WORDS: dict[str, str] = {"positive": "ox", "negative": "horse"}
+
+
+def irrelevant_label_spec(spec: TaskSpec, words: dict[str, str]) -> TaskSpec:
+    """A copy of `spec` whose labels are irrelevant words (`words`: English label -> word, one for
+    every label; the new labels keep the task's label order) and whose demonstrations, in every
+    language, quote those words instead of the English labels (the paper's irrelevant-label
+    evaluation: "ox" for positive, "horse" for negative). Scoring then sums the token sets of the
+    words. Gold labels map by position: load items with `spec` and relabel them with
+    `relabel_items(items, words)`. Label words of the target languages are dropped (they name the
+    old labels). Refused (AlignlensError naming task and language): a label without a word, an empty
+    word, a word with a quote or a line break, one word for two labels, or demonstrations that do
+    not quote one English label per demonstration."""
+    missing = [lab for lab in spec.labels if lab not in words]
+    if missing:
+        raise AlignlensError(f"task {spec.name}: irrelevant label words give no word for label {missing[0]!r} "
+                             f"(labels: {', '.join(spec.labels)})")
+    for lab in spec.labels:
+        w = words[lab]
+        if not isinstance(w, str) or not w.strip() or any(c in w for c in '"\n\r'):
+            raise AlignlensError(f"task {spec.name}: irrelevant label word {w!r} for label {lab!r} must be a non-empty "
+                                 "word without quotes or line breaks")
+    new_labels = tuple(words[lab].strip() for lab in spec.labels)
+    if len(set(new_labels)) != len(new_labels):
+        raise AlignlensError(f"task {spec.name}: irrelevant label words {list(new_labels)} give two labels the same word")
+    prompts = {}
+    for lang, prompt in spec.prompts.items():
+        out, found, n_demos, how = _sub_quoted_labels(spec, lang, {lab: words[lab].strip() for lab in spec.labels})
+        if len(found) != n_demos or n_demos == 0:
+            raise AlignlensError(
+                f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}: irrelevant label words need one quoted "
+                f"English label word per demonstration, but the demonstrations quote a label {len(found)} time(s) for "
+                f"{n_demos} demonstration(s) ({how})")
+        prompts[lang] = dataclasses.replace(prompt, demonstrations=out, label_words={})
+    return dataclasses.replace(spec, labels=new_labels, prompts=prompts)
+
+
+def relabel_items(items: list[Item], words: dict[str, str]) -> list[Item]:
+    """`items` with each gold label replaced by its word in `words` (English label -> word): the
+    gold labels of `irrelevant_label_spec`'s task, by position."""
+    return [dataclasses.replace(it, label=words[it.label].strip()) for it in items]
 
 
 def check_languages(languages: list[str], known: tuple[str, ...] | list[str], what: str = "languages") -> None:
@@ -640,8 +691,9 @@ class TranslationPair:
     answer: str
 
 
-def translation_instruction(lang: str) -> str:
-    return f"\nTranslate the input from {language_name(lang)} to English:\n"
+def translation_instruction(lang: str, target: str = "en") -> str:
+    """The instruction after a question in `lang`: "\nTranslate the input from <Lang> to <Target>:\n"."""
+    return f"\nTranslate the input from {language_name(lang)} to {language_name(target)}:\n"
 
 
 def load_question_translation(
@@ -689,30 +741,35 @@ def default_train_items(task: str | Path | TaskSpec) -> tuple[int, ...]:
 
 def load_task_question_translation(
     task: str | Path | TaskSpec, languages: list[str], items: list[int] | tuple[int, ...],
-    per_language: int | None = None, seed: int = 0,
+    per_language: int | None = None, seed: int = 0, target: str = "en",
 ) -> list[TranslationPair]:
-    """X -> English question pairs from a task's own parallel test files, questions only (no answers).
+    """X -> target question pairs from a task's own parallel test files, questions only (no answers).
 
-    For each language X of `languages` (not English) and each item index in `items` (at most
+    For each language X of `languages` (not the target) and each item index in `items` (at most
     `per_language` of them per language, a seeded sample, all when None or when there are fewer):
     input = the item's question in X (`task_query`: X template and fields, ending at the answer's
-    opening quote) + "\nTranslate the input from <X> to English:\n"; answer = the same item's
-    English question. Pairs are in language order, then file order. An index missing from a
-    file is an AlignlensError naming the file, task and language."""
+    opening quote) + "\nTranslate the input from <X> to <Target>:\n"; answer = the same item's
+    question in `target` (default English; any language the task has a file for). Pairs are in
+    language order, then file order. An index missing from a file is an AlignlensError naming the
+    file, task and language."""
     spec = task if isinstance(task, TaskSpec) else load_task(task)
-    default_train_items(spec)  # checks that the English file and prompt exist
-    if "en" in languages:
-        raise AlignlensError(f"task {spec.name}: English is the translation target, not a source language "
-                             "(for English -> English pairs use --control copy)")
+    default_train_items(spec)  # checks that the English (reference) file and prompt exist
+    if target in languages:
+        copy = " (for English -> English pairs use --control copy)" if target == "en" else ""
+        raise AlignlensError(f"task {spec.name}: {language_name(target)} ({target}) is the translation target, "
+                             f"not a source language{copy}")
+    if target not in spec.languages:
+        raise AlignlensError(f"task {spec.name} has no {target} items to translate into (target language {target}; "
+                             f"it has: {', '.join(spec.languages)})")
     languages = task_languages(spec, list(languages))
     if not items:
         raise AlignlensError(f"task {spec.name}: no training items given")
-    english = {it.index: it for it in load_items(spec, "en")}
+    targets = {it.index: it for it in load_items(spec, target)}
     rng = random.Random(seed)
     pairs: list[TranslationPair] = []
     for lang in languages:
         source = {it.index: it for it in load_items(spec, lang)}
-        for what, table in ((lang, source), ("en", english)):
+        for what, table in ((lang, source), (target, targets)):
             missing = [i for i in items if i not in table]
             if missing:
                 raise AlignlensError(f"{_item_file(spec.folder, what)}: training item(s) {format_items(missing, 5)} missing "
@@ -720,8 +777,8 @@ def load_task_question_translation(
         idx = list(items)
         if per_language is not None and per_language < len(idx):
             idx = sorted(rng.sample(idx, per_language))
-        instr = translation_instruction(lang)
-        pairs.extend(TranslationPair(lang, task_query(spec, lang, source[i]) + instr, task_query(spec, "en", english[i]))
+        instr = translation_instruction(lang, target)
+        pairs.extend(TranslationPair(lang, task_query(spec, lang, source[i]) + instr, task_query(spec, target, targets[i]))
                      for i in idx)
     return pairs
 

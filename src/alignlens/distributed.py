@@ -107,6 +107,18 @@ def is_main() -> bool:
     return world().is_main
 
 
+def main_process() -> bool:
+    """Rank 0 of the running group, or, before the group starts, of the one the launcher asked for
+    (only rank 0 locks and writes output folders; the others must not see its lock as another
+    run's). A malformed launcher environment counts as rank 0 (it is refused elsewhere, by name)."""
+    if initialized():
+        return is_main()
+    try:
+        return env_world().is_main
+    except AlignlensError:
+        return True
+
+
 def rank_device(device: torch.device) -> torch.device:
     """The device of this rank: a CUDA device without an index (`cuda`, or `auto` resolved to it)
     becomes `cuda:LOCAL_RANK` when the launcher asked for several processes; anything else is kept."""

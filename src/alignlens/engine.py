@@ -229,16 +229,95 @@ def _batch_view(cache: Any, n: int) -> Any:
     return view
 
 
+def suffix_positions(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention_mask long [batch, k + width], position_ids [batch, width]) of a right-padded
+    suffix batch (`mask` [batch, width], 1 = real token) after k cached tokens."""
+    n, width = mask.shape
+    attn = torch.cat([torch.ones((n, k), dtype=torch.long, device=mask.device), mask.long()], dim=1)
+    return attn, (k + torch.arange(width, device=mask.device)).unsqueeze(0).expand(n, -1)
+
+
 def _suffix_forward(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, k: int, cache: Any) -> torch.Tensor:
     """Final hidden states [batch, width, d_model] of query tokens `ids` at positions k, k+1, ...
     after the prefix's key/value `cache` (batch 1; None: no prefix, k = 0)."""
-    n, width = ids.shape
     kwargs: dict[str, Any] = {"use_cache": False}
     if cache is not None:
-        kwargs = {"past_key_values": _batch_view(cache, n), "use_cache": True}
-    attn = torch.cat([torch.ones((n, k), dtype=torch.long, device=ids.device), mask], dim=1)
-    positions = (k + torch.arange(width, device=ids.device)).unsqueeze(0).expand(n, -1)
+        kwargs = {"past_key_values": _batch_view(cache, ids.shape[0]), "use_cache": True}
+    attn, positions = suffix_positions(mask, k)
     return body(input_ids=ids, attention_mask=attn, position_ids=positions, **kwargs).last_hidden_state
+
+
+# ---- passes that enter the decoder at a block (cross-model patching, `alignlens.localize`) ----
+
+
+def check_layer_entry(model: LoadedModel) -> None:
+    """AlignlensError unless `decoder_pass` can enter this model's decoder at a block with a given
+    residual (`decoder_entry.check_entry`: verified on the model once, by its outputs)."""
+    from alignlens.decoder_entry import check_entry
+
+    hf = model.hf_model
+    check_entry(decoder_body(hf), Unembed.from_hf(hf).final_norm, model.n_layers,
+                int(hf.get_input_embeddings().weight.shape[0]), model.device)
+
+
+@torch.no_grad()
+def decoder_pass(model: LoadedModel, *, ids: torch.Tensor | None = None, layer: int = 0,
+                 residual: torch.Tensor | None = None, cache: Any = None, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None, fwd_hooks: Sequence[Hook] = (),
+                 keep_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """One pass of the decoder body: (final-normed states [batch, width, d_model], the key/value
+    cache after it when `keep_cache`, else None).
+
+    Either `ids` [batch, width] (token ids, a plain pass from the embeddings; `layer` 0) or
+    `residual` [batch, width, d_model]: the pass enters at block `layer` (0..n_layers; 0 = the
+    embedding output, n_layers = straight to the final norm) with it as that block's hidden-state
+    input, and blocks < `layer` are not computed (`alignlens.decoder_entry`; the model is checked
+    once by `check_layer_entry`); their hooks do not fire, hooks at block `layer` and above do.
+    `cache`: the key/value cache of the tokens before these (batch 1: shared by every row, broadcast
+    without copying; or one per row); never modified (the pass updates a view of it). Its blocks
+    below `layer` are never read but must exist (their lengths set the attention mask's size; see
+    `compose_cache`). `attention_mask` [batch, cached + width] (default all ones) and `position_ids`
+    [batch, width] (default cached, cached + 1, ...). `fwd_hooks`: TransformerLens hooks for this pass."""
+    from alignlens.decoder_entry import decoder_layers, entered_at
+
+    body = decoder_body(model.hf_model)
+    x = ids if residual is None else residual
+    n, width = x.shape[0], x.shape[1]
+    past = cache.get_seq_length() if cache is not None else 0
+    dev = model.device
+    if attention_mask is None:
+        attention_mask = torch.ones((n, past + width), dtype=torch.long, device=dev)
+    if position_ids is None:
+        position_ids = (past + torch.arange(width, device=dev)).unsqueeze(0).expand(n, -1)
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids,
+                              "use_cache": keep_cache or cache is not None}
+    if cache is not None:
+        kwargs["past_key_values"] = _batch_view(cache, n)
+    with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+        if residual is None:
+            if layer != 0:
+                raise ValueError("decoder_pass: token ids enter at layer 0; pass a residual to enter at a block")
+            out = body(input_ids=ids, **kwargs)
+        else:
+            check_layer_entry(model)
+            residual = residual.to(device=dev, dtype=model.dtype)
+            with entered_at(body, decoder_layers(body, model.n_layers), Unembed.from_hf(model.hf_model).final_norm,
+                            layer, residual):
+                out = body(inputs_embeds=residual, **kwargs)
+    return out.last_hidden_state, (out.past_key_values if keep_cache else None)
+
+
+def compose_cache(below: Any, above: Any, layer: int) -> Any:
+    """A key/value cache whose blocks < `layer` are `below`'s and the rest `above`'s (no copy):
+    a prefix run that entered at block `layer` filled only the blocks from there; its blocks
+    below come from a full run of the same tokens (never read by a pass entering at `layer`, but
+    their lengths set the attention mask). AlignlensError for caches without per-block layers."""
+    if not hasattr(below, "layers") or not hasattr(above, "layers") or len(below.layers) != len(above.layers):
+        raise AlignlensError(f"cannot combine key/value caches of types {type(below).__name__} and "
+                             f"{type(above).__name__} (per-block layers needed)")
+    out = copy.copy(above)
+    out.layers = list(below.layers[:layer]) + list(above.layers[layer:])
+    return out
 
 
 #: Default rows per LM-head call (`score_prompts(head_rows=...)`) and the fewest rows a call has.

@@ -14,6 +14,11 @@ unembedding applied to the last-position residual after each block), report per-
 
 Items whose gold label's English and target-language token sets collide (`labels.label_overlap`)
 are dropped for that language (as Wendler et al. 2024 and the paper), except for English itself.
+Per language the report also gives where ``p_target`` and ``p_en`` peak (layer, value, relative
+depth layer / (layers - 1)) and the gold-label counts of the kept items: when they all have one gold
+label (the others' words overlap), the language's lens mean is that label's alone (`one_label`).
+`notes` say so, and name each language left with no item, pointing to ``--lens-overlap first-token``
+when the strict token-set rule dropped them.
 The model side (``lens_label_probs``: residual states -> these probabilities) runs in the capture
 pass, `alignlens.capture.capturer`, on the prompts `AnalyzeConfig.lens_prompts` names.
 """
@@ -30,7 +35,7 @@ import torch
 from alignlens import AlignlensError
 from alignlens.stats import mean_ci
 
-__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report"]
+__all__ = ["LensCapture", "entropy_bits", "lens_summary", "lens_report", "curve_peak", "language_notes"]
 
 _METRICS = ("p_en", "p_target", "p_en_all", "p_target_all", "p_correct", "entropy_bits")
 
@@ -81,6 +86,47 @@ def _np(x, dtype=np.float64) -> np.ndarray:
 
 def _json(arr: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in np.asarray(arr, dtype=np.float64)]
+
+
+def curve_peak(mean) -> dict | None:
+    """Where a per-layer mean curve [n_layers] peaks: {"layer", "value", "relative_depth" (layer /
+    (n_layers - 1))}; the first layer of the maximum; None when no value is finite."""
+    m = np.asarray([np.nan if v is None else v for v in mean], dtype=np.float64)
+    if not np.isfinite(m).any():
+        return None
+    i = int(np.nanargmax(m))
+    return {"layer": i, "value": float(m[i]), "relative_depth": i / max(len(m) - 1, 1)}
+
+
+def kept_gold_counts(cap: LensCapture, drop_overlap: bool = True) -> list[int]:
+    """How many kept items (`lens_summary`'s rule) have each gold label: [n_labels] counts."""
+    gold = _np(cap.gold, np.int64).reshape(-1)
+    overlap = _np(cap.overlap, np.bool_).reshape(-1)
+    keep = ~overlap[gold] if drop_overlap else np.ones(gold.shape[0], dtype=bool)
+    return [int(c) for c in np.bincount(gold[keep], minlength=overlap.shape[0])]
+
+
+def language_notes(per_language: Mapping[str, dict], overlap_rule: str | None, labels=None) -> list[str]:
+    """What a reader must know about some languages' lens means (logit_lens.json `notes`): those
+    left with no item by the overlap rule (with the looser rule to use when it was the token-set
+    one) and those whose kept items all have one gold label. `labels` names the label indices."""
+    rule = overlap_rule or "token-set"
+    notes = []
+    for lang, e in per_language.items():
+        dropped = e.get("n_dropped_overlap") or 0
+        if e.get("n") == 0 and dropped:
+            how = ("share a token (token-set rule); --lens-overlap first-token (drop an item only when the two sets' "
+                   "first tokens are equal, as Wendler et al. 2024) keeps them" if rule == "token-set" else
+                   f"collide under the {rule} rule")
+            notes.append(f"{lang}: no item kept: all {dropped} items' gold labels have English and target-language "
+                         f"token sets that {how}")
+        elif e.get("one_label"):
+            counts = e.get("kept_gold_counts") or []
+            j = next(k for k, c in enumerate(counts) if c)
+            name = f"'{labels[j]}'" if labels is not None and j < len(labels) else f"index {j}"
+            notes.append(f"{lang}: all {e['n']} kept items have the gold label {name} (the other labels' words overlap "
+                         "and are dropped), so its lens means are that label's alone")
+    return notes
 
 
 def lens_summary(
@@ -142,18 +188,23 @@ def lens_report(
     *,
     prompts: str | None = None,
     overlap_rule: str | None = None,
+    labels=None,
 ) -> dict:
     """JSON-able logit-lens summary. Overlap-dropping is skipped for ``english``.
 
     Schema::
 
         {"n_layers": L, ["lens_prompts": "target-labels" | "english-labels", "overlap_rule": str,]
-         "per_language": {lang: {"n": int, "n_dropped_overlap": int,
+         "per_language": {lang: {"n": int, "n_dropped_overlap": int, "kept_gold_counts": [n_labels],
+            "one_label": bool, "p_target_peak": {"layer", "value", "relative_depth"} | None, "p_en_peak": ...,
             "p_en": {"mean": [L], "lo": [L], "hi": [L]}, "p_target": {...},
-            ["p_en_all": {...}, "p_target_all": {...},] "p_correct": {...}, "entropy_bits": {...}}}}
+            ["p_en_all": {...}, "p_target_all": {...},] "p_correct": {...}, "entropy_bits": {...}}},
+         "notes": [str]}
 
     `prompts` (as "lens_prompts") and `overlap_rule` (how the values were captured) are recorded when given; the
-    all-label sums when captured. NaN (e.g. n == 0 after dropping) is reported as None.
+    all-label sums when captured. `one_label`: every kept item has the same gold label (n > 0). `notes`
+    (`language_notes`; `labels` names the label indices there): languages with no kept item and
+    one-label languages. NaN (e.g. n == 0 after dropping) is reported as None.
     """
     if not per_lang:
         raise AlignlensError("lens_report: no languages given")
@@ -170,9 +221,13 @@ def lens_report(
             out["n_layers"] = n_layers
         elif out["n_layers"] != n_layers:
             raise AlignlensError(f"lens_report: {lang} has {n_layers} layers, expected {out['n_layers']}")
-        entry: dict = {"n": n, "n_dropped_overlap": dropped}
+        counts = kept_gold_counts(cap, drop_overlap=drop_overlap and lang != english)
+        entry: dict = {"n": n, "n_dropped_overlap": dropped, "kept_gold_counts": counts,
+                       "one_label": n > 0 and sum(c > 0 for c in counts) == 1,
+                       "p_target_peak": curve_peak(metrics["p_target"][0]), "p_en_peak": curve_peak(metrics["p_en"][0])}
         for name in (m for m in _METRICS if m in metrics):
             mean, lo, hi = metrics[name]
             entry[name] = {"mean": _json(mean), "lo": _json(lo), "hi": _json(hi)}
         out["per_language"][lang] = entry
+    out["notes"] = language_notes(out["per_language"], overlap_rule, labels)
     return out

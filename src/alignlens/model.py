@@ -588,12 +588,19 @@ def load_hf(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtyp
         kwargs.update(device_map=dmap, offload_folder=str(offload_dir()))
         if mem:
             kwargs["max_memory"] = mem
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: alignlens says what it loads, and logs stay readable
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001 - turned into one clear line
         raise AlignlensError(f"cannot load model {spec!r} (tried {facts['tried']}): {_first_line(exc)}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if is_dispatched(hf_model):
         hf_model = hf_model.eval()  # placed by the map: a .to() would undo it
     else:

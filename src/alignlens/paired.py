@@ -25,8 +25,8 @@ from numpy.typing import ArrayLike
 
 from alignlens import AlignlensError, NumericalError
 from alignlens import metrics as M
-from alignlens.effects import MIN_ITEMS
-from alignlens.weighted import (draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy,
+from alignlens.effects import MIN_ITEMS, Z_MDE80
+from alignlens.weighted import (draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_auc,
                                 weighted_balanced_accuracy)
 from alignlens.stats import _bools, benjamini_hochberg, holm, mcnemar_exact
 
@@ -65,23 +65,40 @@ def untestable(n: int, ci: Sequence[float | None] | None, n_discordant: int | No
 # --------------------------------------------------------------------------------------------------
 
 
-def _resamples(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Blocks of bootstrap draws: int arrays [c, n] of item positions (with replacement)."""
+def _resamples(n: int, n_resamples: int, seed: int, strata: ArrayLike | None = None) -> Iterator[np.ndarray]:
+    """Blocks of bootstrap draws: int arrays [c, n] of item positions (with replacement). With
+    `strata` [n] (the items' gold label ids) every draw is label-stratified: each label's items are
+    drawn from that label's items only, so every resample keeps the label counts (a balanced design
+    stays balanced; accuracy and AUC are not moved by a changed label mix)."""
     rng = np.random.default_rng(seed)
+    groups = None
+    if strata is not None:
+        st = np.asarray(strata)
+        if st.shape != (n,):
+            raise ValueError(f"strata: expected {n} labels, got shape {st.shape}")
+        groups = [np.flatnonzero(st == v) for v in np.unique(st)]
     done = 0
     while done < n_resamples:
         c = min(_CHUNK, n_resamples - done)
-        yield rng.integers(0, n, size=(c, n))
+        if groups is None:
+            yield rng.integers(0, n, size=(c, n))
+        else:
+            idx = np.empty((c, n), dtype=np.int64)
+            for pos in groups:
+                idx[:, pos] = pos[rng.integers(0, pos.size, size=(c, pos.size))]
+            yield idx
         done += c
 
 
 def paired_delta_ci(
-    correct_a: ArrayLike, correct_b: ArrayLike, n_resamples: int = 2000, seed: int = 0
+    correct_a: ArrayLike, correct_b: ArrayLike, n_resamples: int = 2000, seed: int = 0, *,
+    gold: ArrayLike | None = None,
 ) -> tuple[float, float]:
     """95% percentile bootstrap interval of accuracy_b - accuracy_a on the same n items.
 
     correct_a, correct_b: bool [n], item i of one is item i of the other; items are resampled
-    jointly (a draw takes both runs' answers to that item). Raises ValueError for n = 0.
+    jointly (a draw takes both runs' answers to that item); with `gold` [n] label ids, within each
+    gold label (label-stratified: `_resamples`). Raises ValueError for n = 0.
     """
     a, b = _bools(correct_a, "correct_a"), _bools(correct_b, "correct_b")
     if a.shape != b.shape:
@@ -90,12 +107,14 @@ def paired_delta_ci(
     if n == 0:
         raise ValueError("paired_delta_ci: no items")
     d = b.astype(np.float64) - a.astype(np.float64)
-    deltas = np.concatenate([draw_counts(idx, n) @ d / n for idx in _resamples(n, n_resamples, seed)])
+    deltas = np.concatenate([draw_counts(idx, n) @ d / n for idx in _resamples(n, n_resamples, seed, gold)])
     lo, hi = percentile_ci(deltas)
     return (lo, hi)
 
 
 def _vector_metric(name: str, gold: np.ndarray, pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if name == "auc":  # pred: the binary scores (`metrics.binary_scores`)
+        return weighted_auc(pred, gold, w)
     """Metric of each weighted resample: w [c, n] item counts -> [c] values."""
     if name == "accuracy":
         return weighted_accuracy(gold == pred, w)
@@ -112,6 +131,7 @@ def cluster_bootstrap_delta(
     metric: str | Metric = "accuracy",
     n_resamples: int = 2000,
     seed: int = 0,
+    stratify: bool = True,
 ) -> dict[str, dict]:
     """Macro Δ = mean over a group's languages of metric(b) - metric(a), with an item-cluster interval.
 
@@ -119,21 +139,31 @@ def cluster_bootstrap_delta(
     For each group (name -> languages) only the item ids present in every language of the group
     (that has data) are used. A bootstrap resample draws those items with replacement ONCE and
     uses the same draw in every language, so effects shared by an item across languages move
-    together (a cluster bootstrap over items). `metric` is "accuracy", "balanced_accuracy" (mean
-    recall over the classes present in the resample's gold), or any callable metric(gold, pred)
-    -> float on [n] arrays (slower: called per resample and language).
+    together (a cluster bootstrap over items). With `stratify` (the default) the draw is also
+    label-stratified (`_resamples`: by the gold labels of the shared items, which are the same in
+    every language), so each resample keeps the label counts. `metric` is "accuracy",
+    "balanced_accuracy" (mean recall over the classes present in the resample's gold), "auc"
+    (ROC-AUC of two-label tasks: pred_a/pred_b are then the items' scores, `metrics.binary_scores`),
+    or any callable metric(gold, pred) -> float on [n] arrays (slower: called per resample and
+    language).
 
-    Returns {group: {"delta", "ci95": [lo, hi], "a", "b" (macro metric of each run), "n_items",
+    Returns {group: {"delta", "ci95": [lo, hi], "a", "b" (macro metric of each run), "se", "mde80"
+    (the Δ the interval's test detects with 80% power: `effects.Z_MDE80` × se), "n_items",
     "languages" (used), "missing_languages" (in the group but without items)}}. With no language
-    or no shared item, delta/ci95/a/b are None and n_items is 0. Deterministic given `seed`.
+    or no shared item, delta/ci95/a/b/se/mde80 are None and n_items is 0. Deterministic given `seed`.
     """
-    if isinstance(metric, str) and metric not in ("accuracy", "balanced_accuracy"):
-        raise ValueError(f"metric: unknown name {metric!r} (accuracy, balanced_accuracy or a callable)")
+    if isinstance(metric, str) and metric not in ("accuracy", "balanced_accuracy", "auc"):
+        raise ValueError(f"metric: unknown name {metric!r} (accuracy, balanced_accuracy, auc or a callable)")
+    scores = metric == "auc"
     data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict]] = {}
     for lang in indices:
         if lang not in gold or lang not in pred_a or lang not in pred_b:
             raise ValueError(f"language {lang}: indices given but gold/pred_a/pred_b missing")
-        g, pa, pb = (M._ids(x[lang], f"{n}[{lang}]") for x, n in ((gold, "gold"), (pred_a, "pred_a"), (pred_b, "pred_b")))  # fmt: skip
+        g = M._ids(gold[lang], f"gold[{lang}]")
+        if scores:
+            pa, pb = (np.asarray(x[lang], dtype=np.float64) for x in (pred_a, pred_b))
+        else:
+            pa, pb = (M._ids(x[lang], f"{n}[{lang}]") for x, n in ((pred_a, "pred_a"), (pred_b, "pred_b")))
         idx = list(indices[lang])
         if not (len(g) == len(pa) == len(pb) == len(idx)):
             raise ValueError(f"language {lang}: gold, pred_a, pred_b, indices differ in length ({len(g)}, {len(pa)}, {len(pb)}, {len(idx)})")
@@ -148,7 +178,7 @@ def cluster_bootstrap_delta(
         used = [l for l in dict.fromkeys(langs) if l in data]
         missing = [l for l in dict.fromkeys(langs) if l not in data]
         shared = [i for i in data[used[0]][3] if all(i in data[l][3] for l in used[1:])] if used else []
-        res = {"delta": None, "ci95": None, "a": None, "b": None, "n_items": len(shared),
+        res = {"delta": None, "ci95": None, "a": None, "b": None, "se": None, "mde80": None, "n_items": len(shared),
                "languages": used, "missing_languages": missing}  # fmt: skip
         out[name] = res
         if not shared:
@@ -173,14 +203,19 @@ def cluster_bootstrap_delta(
             return np.mean(ma, axis=0), np.mean(mb, axis=0)
 
         a0, b0 = per_resample(np.ones((1, n)), np.arange(n)[None, :])
+        if scores and not (np.isfinite(a0[0]) and np.isfinite(b0[0])):
+            continue  # AUC undefined: the shared items have one gold label only (no interval, no test)
         deltas = []
-        for idx in _resamples(n, n_resamples, seed):
+        strata = cols[0][0] if stratify else None  # gold ids of the shared items (the same in every language)
+        for idx in _resamples(n, n_resamples, seed, strata):
             ra, rb = per_resample(draw_counts(idx, n) if isinstance(metric, str) else None, idx)
             deltas.append(rb - ra)
         d = np.concatenate(deltas)
         if not (np.all(np.isfinite(d)) and np.isfinite(a0[0]) and np.isfinite(b0[0])):
             raise NumericalError(f"cluster bootstrap of group {name}: the metric gave a non-finite value")
-        res.update(delta=float(b0[0] - a0[0]), ci95=percentile_ci(d), a=float(a0[0]), b=float(b0[0]))
+        se = float(np.std(d, ddof=1)) if d.size > 1 else None
+        res.update(delta=float(b0[0] - a0[0]), ci95=percentile_ci(d), a=float(a0[0]), b=float(b0[0]), se=se,
+                   mde80=None if se is None else Z_MDE80 * se)
     return out
 
 
@@ -212,11 +247,12 @@ def _compare_language(task: str, lang: str, cell: dict, ra: list[Mapping], rb: l
     entry = {
         "n": int(g.size), "only_a": cell["only_a"], "only_b": cell["only_b"],
         "acc_a": ma["accuracy"], "acc_b": mb["accuracy"], "delta": mb["accuracy"] - ma["accuracy"],
-        "delta_ci95": list(paired_delta_ci(ca, cb, n_resamples=n_resamples, seed=seed)),
+        "delta_ci95": list(paired_delta_ci(ca, cb, n_resamples=n_resamples, seed=seed, gold=g)),
         "balanced_acc_a": ma["balanced_accuracy"], "balanced_acc_b": mb["balanced_accuracy"],
         "mcnemar": mcnemar_exact(ca, cb), "metrics_a": ma, "metrics_b": mb,
     }  # fmt: skip
-    return entry, (g, pa, pb)
+    return entry, (g, pa, pb, M.binary_scores(prob_a) if len(labels) == 2 else None,
+                   M.binary_scores(prob_b) if len(labels) == 2 else None)
 
 
 def compare_runs(
@@ -239,9 +275,10 @@ def compare_runs(
           shared items, pred as recorded in the rows)}}; Holm and BH adjust the McNemar p-values
           across the task's languages;
       "omitted_languages": {lang: {"only_a", "only_b"}} for languages with no shared item;
-      "groups": {group: {"accuracy": ..., "balanced_accuracy": ...}} (cluster_bootstrap_delta over
-          the items shared by every language of the group; groups=None means {"all": every
-          language of the task}).
+      "groups": {group: {"accuracy": ..., "balanced_accuracy": ..., "auc": ... (two-label tasks)}}
+          (cluster_bootstrap_delta over the items shared by every language of the group,
+          label-stratified; groups=None means {"all": every language of the task}).
+    Every bootstrap is label-stratified (per language: `paired_delta_ci` with the gold labels).
     Top level: {"tasks", "n_shared", "n_only_a", "n_only_b", "n_resamples", "seed"}.
     Raises AlignlensError naming the row for a malformed row, a repeated item, labels that differ
     between the runs, a gold label that differs for the same item, or no shared item at all.
@@ -269,15 +306,15 @@ def compare_runs(
         labels = labels_a.get(task) or labels_b[task]
         entry: dict = {"labels": labels, "languages": {}, "omitted_languages": {}, "groups": {}}
         tasks[task] = entry
-        gold_l, pa_l, pb_l, idx_l = {}, {}, {}, {}
+        gold_l, pa_l, pb_l, idx_l, sa_l, sb_l = {}, {}, {}, {}, {}, {}
         for lang, c in langs.items():
             if not c["shared"]:
                 entry["omitted_languages"][lang] = {"only_a": c["only_a"], "only_b": c["only_b"]}
                 continue
-            entry["languages"][lang], (g, pa, pb) = _compare_language(
+            entry["languages"][lang], (g, pa, pb, sa, sb) = _compare_language(
                 task, lang, c, [ia[(task, lang, i)] for i in c["shared"]], [ib[(task, lang, i)] for i in c["shared"]],
                 labels, n_resamples, seed)
-            gold_l[lang], pa_l[lang], pb_l[lang], idx_l[lang] = g, pa, pb, c["shared"]
+            gold_l[lang], pa_l[lang], pb_l[lang], idx_l[lang], sa_l[lang], sb_l[lang] = g, pa, pb, c["shared"], sa, sb
         present = list(entry["languages"])
         ps = [entry["languages"][l]["mcnemar"]["p_value"] for l in present]
         for l, ph, pbh in zip(present, holm(ps), benjamini_hochberg(ps)):
@@ -288,6 +325,9 @@ def compare_runs(
                                        n_resamples=n_resamples, seed=seed)
             for m in ("accuracy", "balanced_accuracy")
         }  # fmt: skip
+        if len(labels) == 2:  # threshold-free: the primary metric of two-label tasks (`effects.primary_metric`)
+            by_metric["auc"] = cluster_bootstrap_delta(gold_l, sa_l, sb_l, idx_l, task_groups, metric="auc",
+                                                       n_resamples=n_resamples, seed=seed)
         entry["groups"] = {name: {m: by_metric[m][name] for m in by_metric} for name in task_groups}
     return {
         "tasks": tasks, "n_shared": n_shared,

@@ -145,9 +145,8 @@ def _check_held_out(model: str, split: dict, given: str, spec: data.TaskSpec, ev
     """Refuse to evaluate items `model` was trained on, when task `spec` (given as `given`: a name
     or folder) is the task of its training `split` (by name or folder): the indices this run
     evaluates in any language (`chosen`, per language; item i is the same question in every
-    language, and its English text was the training target) must not meet its `train_items`. The
-    message names the model, task, overlapping count and first indices, and the held-out items
-    among `every` (all items of each language) to use instead."""
+    language, and its English text was the training target) must not meet its `train_items`
+    (`refuse_trained`, with `every`: all items of each language)."""
     same = split["task"] in (spec.name, given) or (
         split.get("task_folder") and Path(split["task_folder"]).resolve() == spec.folder.resolve())
     if not same:
@@ -155,15 +154,36 @@ def _check_held_out(model: str, split: dict, given: str, spec: data.TaskSpec, ev
     if split.get("train_items") is None:
         raise AlignlensError(f"{Path(split['folder']) / 'manifest.json'}: trained on task {spec.name} but records no "
                              f"train_items; cannot check that the evaluated items are held out")
-    trained = set(split["train_items"])
+    refuse_trained(spec, set(split["train_items"]), every, chosen, f"model {model}")
+
+
+def check_held_out(config: EvalConfig | AnalyzeConfig, task: str, trained: set[int], who: str,
+                   flag: str = "--items") -> None:
+    """Refuse (AlignlensError) when the items `config` evaluates of `task` (a name or folder), over
+    every evaluated language (`config.select_items`), meet `trained`, the item indices `who` (e.g. a
+    study's arm) was trained on (`refuse_trained`; held-out items suggested as `flag`). For a check
+    before anything trains; a run's models are checked by `resolve_plan`."""
+    spec = data.load_task(task)
+    langs = data.task_languages(spec, list(config.languages) if config.languages else None)
+    every = [data.load_items(spec, lang) for lang in langs]
+    chosen = [config.select_items(items, spec.labels, _where(spec, lang)) for lang, items in zip(langs, every)]
+    refuse_trained(spec, trained, every, chosen, who, flag)
+
+
+def refuse_trained(spec: data.TaskSpec, trained: set[int], every: list[Sequence[data.Item]],
+                   chosen: list[Sequence[data.Item]], who: str, flag: str = "--items") -> None:
+    """AlignlensError when the evaluated items of task `spec` (`chosen`, per language; item i is
+    the same question in every language) meet `trained`, the item indices `who` was trained on:
+    the message names the overlapping count and first indices and the held-out items among `every`
+    (all items of each language) to evaluate instead, as `flag`."""
     evaluated = {it.index for items in chosen for it in items}
     overlap = sorted(trained & evaluated)
     if overlap:
         free = sorted({it.index for items in every for it in items} - trained)
-        hint = f"evaluate held-out items, e.g. --items {format_items(free)}" if free else \
+        hint = f"evaluate held-out items, e.g. {flag} {format_items(free)}" if free else \
             "no item of this task is held out"
         raise AlignlensError(
-            f"model {model} was trained on task {spec.name} items {format_items(trained, 5)}: {len(overlap)} of "
+            f"{who} was trained on task {spec.name} items {format_items(trained, 5)}: {len(overlap)} of "
             f"the {len(evaluated)} {spec.name} items this run evaluates overlap (first: "
             f"{', '.join(map(str, overlap[:5]))}); {hint}")
 

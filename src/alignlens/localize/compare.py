@@ -23,7 +23,8 @@ import numpy as np
 
 from alignlens import AlignlensError
 from alignlens import metrics as M
-from alignlens.paired import _interval, _resamples, _weights, compare_runs
+from alignlens.effects import draw_counts, percentile_ci
+from alignlens.paired import _resamples, compare_runs
 
 
 def _label_id(v: str | int, labels: Sequence[str]) -> int:
@@ -127,13 +128,14 @@ class _AucPlan:
 def _language_draws(gold: np.ndarray, scores_a: np.ndarray | None, scores_b: np.ndarray | None, pred_a: np.ndarray,
                     pred_b: np.ndarray, n_labels: int, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
     """One language's AUC (two labels, `metrics.binary_scores`; else NaN, scores None) and label shares of a and b under the item-cluster
-    draws of `paired.cluster_bootstrap_delta` (same seed, same n: the same resamples), on its n
+    draws of `paired.cluster_bootstrap_delta` (same seed, same gold labels: the same label-stratified
+    resamples), on its n
     shared items: {"auc_a", "auc_b": [1 + n_resamples], "shares_a", "shares_b": [1 + n_resamples,
     n_labels]}, row 0 the point estimate (every item once)."""
     n = len(gold)
     aucs = (_AucPlan(gold, scores_a), _AucPlan(gold, scores_b)) if n_labels == 2 else None
     onehot_a, onehot_b = np.eye(n_labels)[pred_a], np.eye(n_labels)[pred_b]
-    blocks = [np.ones((1, n))] + [_weights(idx, n) for idx in _resamples(n, n_resamples, seed)]
+    blocks = [np.ones((1, n))] + [draw_counts(idx, n) for idx in _resamples(n, n_resamples, seed, gold)]
     out: dict[str, list] = {"auc_a": [], "auc_b": [], "shares_a": [], "shares_b": []}
     for w in blocks:
         total = w.sum(1, keepdims=True)
@@ -155,9 +157,9 @@ def _group_auc_shares(draws: list[dict[str, np.ndarray]], labels: Sequence[str])
     auc = None
     if len(labels) == 2 and np.isfinite(d_auc[0]):
         ok = d_auc[1:][np.isfinite(d_auc[1:])]
-        auc = {"delta": float(d_auc[0]), "ci95": _interval(ok) if len(ok) else None, "a": float(mean["auc_a"][0]),
+        auc = {"delta": float(d_auc[0]), "ci95": percentile_ci(ok) if len(ok) else None, "a": float(mean["auc_a"][0]),
                "b": float(mean["auc_b"][0]), "n_undefined": int(len(d_auc) - 1 - len(ok))}
-    shares = {lab: {"delta": float(d_sh[0, j]), "ci95": _interval(d_sh[1:, j]), "a": float(mean["shares_a"][0, j]),
+    shares = {lab: {"delta": float(d_sh[0, j]), "ci95": percentile_ci(d_sh[1:, j]), "a": float(mean["shares_a"][0, j]),
                     "b": float(mean["shares_b"][0, j])} for j, lab in enumerate(labels)}
     return {"auc": auc, "shares": shares}
 

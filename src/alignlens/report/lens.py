@@ -15,7 +15,10 @@ Two runs are overlaid only on the languages both have, only where both evaluated
 and only when both ran the lens on the same prompts: lens values are saved as means over each
 run's own items, so they cannot be restricted to shared items afterwards -- otherwise each run gets
 its own pages. Models of different depth are drawn against relative depth. A panel with no item
-(all dropped by the overlap rule) says why.
+(all dropped by the overlap rule) says why, and under the token-set rule that `--lens-overlap
+first-token` keeps them; a language whose kept items all have one gold label is flagged (its lens
+mean is that label's alone). Per language, where P(target) peaks (layer, value, relative depth) is
+marked on its panel, listed in logit_lens_peaks.csv and in the summary.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 
 import numpy as np
 
+from alignlens.lens import curve_peak
 from alignlens.report.languages import lang_label, order_languages
 from alignlens.report.layout import COLOR, LINESTYLE, Page, Section, Table, int_layers, new_fig, top
 from alignlens.report.runs import Runs, arr
@@ -54,19 +58,22 @@ def build(runs: Runs) -> Section:
     section = Section()
     if not any(r.lens is not None for r in runs.runs):
         return section
-    csv_rows = []
+    csv_rows, peak_rows = [], []
     for task in runs.tasks("lens"):
         tdicts = [(r.lens or {}).get("tasks", {}).get(task, {}) for r in runs.runs]
         per = [t.get("per_language", {}) for t in tdicts]
         rule = next((t["overlap_rule"] for t in tdicts if t.get("overlap_rule")), "token-set")
         modes = [lens_prompts(t) for t in tdicts]
         csv_rows += _csv_rows(runs, task, per, modes)
+        peak_rows += _peak_rows(runs, task, per, modes)
         groups, notes = _plan(runs, task, per, modes)
+        notes += flag_notes(runs, task, per, rule)
         if runs.depth_axis:
             notes.append(f"The models have {runs.overlap.n_layers[0]} and {runs.overlap.n_layers[1]} layers: "
                          "the x axis is relative depth, layer / (layers − 1).")  # fmt: skip
         line = _summary_line(runs, task, per, groups, modes)
         section.summary_lines += [line] if line else []
+        section.summary_lines += peak_lines(runs, task, per, groups) + [f"   – {n}" for n in flag_notes(runs, task, per, rule)]
         for idxs, langs in groups:
             own = len(groups) > 1 and len(idxs) == 1
             suffix = f" ({runs.roles[idxs[0]]})" if own else ""
@@ -83,8 +90,96 @@ def build(runs: Runs) -> Section:
                                           m=mode, n=" ".join(notes): _draw(runs, t, s, c, rule, n, m)))  # fmt: skip
     header = ["task", "model", "lens_prompts", "language", "layer", "n"] + [
         f"{q}_{s}" for q in QUANTITIES for s in ("mean", "lo", "hi")]
-    section.tables = [Table("logit_lens.csv", header, csv_rows)]
+    section.tables = [Table("logit_lens.csv", header, csv_rows), Table("logit_lens_peaks.csv", PEAK_HEADER, peak_rows)]
     return section
+
+
+def task_labels(runs: Runs, task: str) -> list[str]:
+    """The task's label words (summary.json of the first run that has the task)."""
+    for r in runs.runs:
+        labels = ((r.summary.get("tasks") or {}).get(task) or {}).get("labels")
+        if labels:
+            return list(labels)
+    return []
+
+
+def peak(e: dict, q: str = "p_target") -> dict | None:
+    """Where a language's mean `q` peaks (logit_lens.json's `<q>_peak`, or computed from its mean
+    curve for files written before it was recorded)."""
+    return e.get(f"{q}_peak") if f"{q}_peak" in e else curve_peak(arr((e.get(q) or {}).get("mean")))
+
+
+def one_label(e: dict) -> bool | None:
+    """True when every kept item has one gold label (None: not recorded, a file of an older alignlens)."""
+    return e.get("one_label") if "one_label" in e else None
+
+
+def flag_notes(runs: Runs, task: str, per: list[dict], rule: str) -> list[str]:
+    """Languages with no kept item (and, under the token-set rule, the option that keeps them) and
+    languages whose kept items all have one gold label, per run."""
+    labels = task_labels(runs, task)
+    empty, single = {}, {}
+    for i, p in enumerate(per):
+        for lang, e in p.items():
+            if e.get("n") == 0 and e.get("n_dropped_overlap"):
+                empty.setdefault(lang, []).append(runs.roles[i])
+            elif one_label(e):
+                j = next(k for k, c in enumerate(e.get("kept_gold_counts") or []) if c)
+                single.setdefault((lang, labels[j] if j < len(labels) else f"label {j}"), []).append(runs.roles[i])
+    both = len([p for p in per if p]) > 1
+    out = []
+    if empty:
+        who = "; ".join(f"{l}" + (f" ({', '.join(r)})" if both else "") for l, r in empty.items())
+        fix = (" `alignlens analyze --lens-overlap first-token` (drop an item only when the first tokens of its label's "
+               "English and target-language sets are equal, as Wendler et al. 2024) keeps them." if rule == "token-set" else "")
+        out.append(f"No item kept in {who}: every item's gold label has English and target-language token sets that "
+                   f"overlap ({rule} rule).{fix}")
+    if single:
+        who = "; ".join(f"{l}" + (f" ({', '.join(r)})" if both else "") + f": all kept items '{lab}'"
+                        for (l, lab), r in single.items())
+        out.append(f"One gold label only among the kept items ({who}; the other labels' words overlap): these languages' "
+                   "lens means are that label's alone, not the task's.")
+    return out
+
+
+def peak_lines(runs: Runs, task: str, per: list[dict], groups: list[Group]) -> list[str]:
+    """Per run, where P(target) peaks in each shown language (value, layer, relative depth)."""
+    shown = {i: langs for idxs, langs in groups for i in idxs}
+    lines = []
+    for i, p in enumerate(per):
+        bits = []
+        for lang in shown.get(i, []):
+            e = p.get(lang)
+            pk = peak(e) if e and e.get("n") != 0 else None
+            if pk:
+                bits.append(f"{lang} {pk['value']:.2f} at layer {pk['layer']} ({pk['relative_depth'] * 100:.0f}%)")
+        if bits:
+            who = f"{runs.roles[i]}: " if len([x for x in per if x]) > 1 else ""
+            lines.append(f"   – {who}P(target-language gold label) peaks at: " + ", ".join(bits) + ".")
+    return lines
+
+
+PEAK_HEADER = ["task", "model", "lens_prompts", "language", "n", "n_dropped_overlap", "kept_gold_counts", "one_label",
+               "p_target_peak_layer", "p_target_peak_value", "p_target_peak_relative_depth", "p_en_peak_layer",
+               "p_en_peak_value", "p_en_peak_relative_depth"]
+
+
+def _peak_rows(runs: Runs, task: str, per: list[dict], modes: list[str]) -> list[list]:
+    """Rows of logit_lens_peaks.csv: per run and language its kept items by gold label and its peaks."""
+    labels = task_labels(runs, task)
+    rows = []
+    for i, p in enumerate(per):
+        for lang, e in p.items():
+            counts = e.get("kept_gold_counts")
+            named = " ".join(f"{labels[k] if k < len(labels) else k}:{c}" for k, c in enumerate(counts)) if counts else ""
+            flag = one_label(e)
+            row = [task, runs.roles[i], modes[i], lang, e.get("n", ""), e.get("n_dropped_overlap", ""), named,
+                   "" if flag is None else ("yes" if flag else "no")]
+            for q in ("p_target", "p_en"):
+                pk = peak(e, q) if e.get("n") != 0 else None
+                row += [pk["layer"], pk["value"], pk["relative_depth"]] if pk else ["", "", ""]
+            rows.append(row)
+    return rows
 
 
 def _plan(runs: Runs, task: str, per: list[dict], modes: list[str]) -> tuple[list[Group], list[str]]:
@@ -130,11 +225,12 @@ def _csv_rows(runs: Runs, task: str, per: list[dict], modes: list[str]) -> list[
 
 
 def no_items_text(e: dict, rule: str) -> str:
-    """Why a lens panel has no items (n = 0)."""
+    """Why a lens panel has no items (n = 0), and under the token-set rule what keeps them."""
     dropped = e.get("n_dropped_overlap") or 0
     if dropped:
         return (f"no items: all {dropped} items' gold labels\nhave overlapping English and target\n"
-                f"words ({rule} rule), so none is kept")
+                f"words ({rule} rule), so none is kept"
+                + ("\n(--lens-overlap first-token keeps them)" if rule == "token-set" else ""))
     return "no items"
 
 
@@ -155,7 +251,7 @@ def _strip(runs: Runs, strip, rows: list[np.ndarray], ent_max: float):
 def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: str, ent_max: float):
     """One language's lens panel (curves of every run in `series`) and its entropy strip.
     Returns (the strip's image or None, the largest x drawn)."""
-    ent_rows, ns, empty = [], [], []
+    ent_rows, ns, empty, flags = [], [], [], []
     x_max = 0.0
     for i, p in series:
         e = p.get(l)
@@ -174,11 +270,18 @@ def _panel(runs: Runs, ax, strip, l: str, series: list[tuple[int, dict]], rule: 
             ax.plot(xs, m, color=COLORS[q], ls=LINESTYLE[runs.style(i)], lw=1.2 if gold else 0.9)
             if gold and len(lo) == len(m) and len(hi) == len(m):
                 ax.fill_between(xs, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=COLORS[q], alpha=0.12, lw=0)
+        pk = peak(e) if e.get("n") != 0 else None
+        if pk and pk["layer"] < len(runs.layer_x(len(arr(e["p_target"]["mean"])))):
+            ax.plot([runs.layer_x(len(arr(e["p_target"]["mean"])))[pk["layer"]]], [pk["value"]], "v",
+                    color=COLORS["p_target"], ms=4.5, zorder=4)
+        if one_label(e):
+            flags.append("one label")
         ent_rows.append(arr(e["entropy_bits"]["mean"]))
     if empty:
         ax.text(0.5, 0.5, "\n".join(empty), transform=ax.transAxes, ha="center", va="center", fontsize=6.5,
                 color="#444444", bbox={"facecolor": "white", "edgecolor": "#bbbbbb", "alpha": 0.9})  # fmt: skip
-    ax.set_title(f"{lang_label(l)}{' *' if l in runs.trained else ''}  (n={'/'.join(ns)})", fontsize=8.5, pad=3)
+    flag = f", {flags[0]}" if flags else ""
+    ax.set_title(f"{lang_label(l)}{' *' if l in runs.trained else ''}  (n={'/'.join(ns)}{flag})", fontsize=8.5, pad=3)
     return _strip(runs, strip, ent_rows, ent_max), x_max
 
 
@@ -189,8 +292,9 @@ def _draw(runs: Runs, title: str, series: list[tuple[int, dict]], langs: list[st
 
     fig = new_fig(title, "Logit lens " + PROMPTS_TEXT[mode] + ": probability of the gold label's English token set "
                   "(purple, the paper's latent) and of its target-language token set (green, out) after final norm + "
-                  "unembedding at each layer (mean over items with 95% interval); light thin lines: the same summed over "
-                  "every label's set. Strip below each panel: mean next-token entropy (bits) per layer"
+                  "unembedding at each layer (mean over items with 95% interval); ▼: where P(target) peaks; light thin lines: "
+                  "the same summed over every label's set. 'one label': every kept item has the same gold label (its "
+                  "mean is that label's). Strip below each panel: mean next-token entropy (bits) per layer"
                   + (f", rows = {' / '.join(runs.roles)}." if len(series) > 1 else ".") + (f" {note}" if note else ""))  # fmt: skip
     n = len(langs)
     ncols = 5 if n > 8 else min(max(n, 1), 4)

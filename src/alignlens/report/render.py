@@ -50,12 +50,34 @@ def write_table(folder: Path, table: Table) -> None:
             w.writerow(["" if (isinstance(x, float) and math.isnan(x)) else x for x in r])
 
 
+def write_pages(pages: list[Page], pdf_path: Path, fig_dir: Path, note: str, title: str,
+                tick: Callable[[int, str], None] | None = None) -> list[list]:
+    """Draw `pages` into the PDF `pdf_path` (footer: `note` and the page number), the exported ones
+    also as `fig_dir/NN_<slug>.png|svg`; `tick(page_no, what)` after each page. Returns the rows of
+    contents.csv ([page, section, title, figure file])."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    rows = []
+    with PdfPages(pdf_path, metadata={"Title": title, "Creator": f"alignlens {__version__}"}) as pdf:
+        for no, page in enumerate(pages, start=1):
+            fig = page.draw()
+            footer(fig, no, len(pages), note)
+            pdf.savefig(fig)
+            stem = f"{no:02d}_{page.slug}"
+            if page.export:
+                fig.savefig(fig_dir / f"{stem}.png", dpi=110)
+                fig.savefig(fig_dir / f"{stem}.svg")
+            rows.append([no, page.section, page.title, f"{stem}.png" if page.export else ""])
+            if tick is not None:
+                tick(no, f"page {no}/{len(pages)}: {page.title}")
+    return rows
+
+
 def _render_into(runs: Runs, pdf_path: Path, fig_dir: Path, tab_dir: Path, progress: ProgressFn | None) -> None:
     """Draw every page into `pdf_path` (PNG/SVG into `fig_dir`), write the tables, contents and
     summary into `tab_dir`. Calls `progress(done, total, what)` once before the pages, after each
     page, and after the tables."""
     import matplotlib
-    from matplotlib.backends.backend_pdf import PdfPages
 
     tick = progress or (lambda done, total, what: None)
     with matplotlib.rc_context(fonts.rc_params()):
@@ -63,18 +85,8 @@ def _render_into(runs: Runs, pdf_path: Path, fig_dir: Path, tab_dir: Path, progr
         total = len(report.pages) + 1
         tick(0, total, "sections built")
         note = f"alignlens {__version__} · " + " vs ".join(runs.role_label(i) for i in range(len(runs.runs)))
-        toc_rows = []
-        with PdfPages(pdf_path, metadata={"Title": "alignlens report", "Creator": f"alignlens {__version__}"}) as pdf:
-            for no, page in enumerate(report.pages, start=1):
-                fig = page.draw()
-                footer(fig, no, len(report.pages), note)
-                pdf.savefig(fig)
-                stem = f"{no:02d}_{page.slug}"
-                if page.export:
-                    fig.savefig(fig_dir / f"{stem}.png", dpi=110)
-                    fig.savefig(fig_dir / f"{stem}.svg")
-                toc_rows.append([no, page.section, page.title, f"{stem}.png" if page.export else ""])
-                tick(no, total, f"page {no}/{len(report.pages)}: {page.title}")
+        toc_rows = write_pages(report.pages, pdf_path, fig_dir, note, "alignlens report",
+                               lambda no, what: tick(no, total, what))
     for table in report.tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc_rows)]:
         write_table(tab_dir, table)
     (tab_dir / "summary.txt").write_text("\n".join(report.summary_lines) + "\n", encoding="utf-8")
@@ -104,7 +116,7 @@ def write_report(runs: Runs, out: Path, *, force: bool = False, progress: Progre
             if p.exists():
                 raise AlignlensError(f"{p}: already exists (use --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results.clean_stale_temps(out.parent, max_depth=0)
+    results.clean_stale_temps(out.parent, max_depth=0, locked=False)  # not our folder: only dead runs' temporaries
     with staged_swap(out.parent, names) as stage:
         pdf, fig_dir, tab_dir = (stage / name for name in names)
         fig_dir.mkdir()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -15,6 +17,49 @@ from alignlens import AlignlensError
 
 #: Every temporary file or folder alignlens creates starts with this (stale ones are removed).
 TEMP_PREFIX = ".alignlens-tmp-"
+#: An untagged temporary of another host (shared file systems) counts as stale after this long.
+_FOREIGN_STALE_S = 24 * 3600
+
+
+def temp_prefix(label: str) -> str:
+    """Prefix of a new temporary for `label` (a file name, "new", "old", ...): `TEMP_PREFIX`, then
+    the owner `pid@host`, so `clean_stale_temps` removes it only once its process is gone."""
+    return f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}.{label}."
+
+
+def _owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) of a temporary named by `temp_prefix`; None for an untagged one."""
+    tag = name[len(TEMP_PREFIX):].split(".", 1)[0]
+    pid, at, host = tag.partition("@")
+    return (int(pid), host) if at and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale(path: Path, locked: bool) -> bool:
+    """Whether the temporary `path` is a killed run's leftover. One of this host's: when its owner
+    process is gone (never this process's own). Another host's, or an untagged one (older
+    versions, or a name every torchrun rank must agree on): only when the caller holds the lock of
+    the folder it cleans (`locked`), and another host's only once `_FOREIGN_STALE_S` old."""
+    owner = _owner(path.name)
+    if owner is None:
+        return locked
+    pid, host = owner
+    if host == socket.gethostname():
+        return pid != os.getpid() and not _alive(pid)
+    try:
+        old = time.time() - path.lstat().st_mtime > _FOREIGN_STALE_S
+    except OSError:
+        return False
+    return locked and old
 
 
 def _umask() -> int:
@@ -41,9 +86,9 @@ def atomic_path(path: str | Path, folder: bool = False) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -80,19 +125,23 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def clean_stale_temps(folder: str | Path, max_depth: int = 2) -> list[Path]:
+def clean_stale_temps(folder: str | Path, max_depth: int = 2, *, locked: bool = True) -> list[Path]:
     """Remove temporaries (`TEMP_PREFIX*`) left in `folder` (and its subfolders, to `max_depth`)
-    by a killed run. Returns what was removed."""
+    by a killed run; a live run's are never touched (`_stale`: their owner process is checked).
+    `locked`: the caller holds `folder`'s output lock (`results.lock`), so untagged temporaries
+    there are stale too; pass False for a folder it does not lock (a report's parent folder).
+    Returns what was removed."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         if p.name.startswith(TEMP_PREFIX):
-            _remove(p)
-            removed.append(p)
+            if _stale(p, locked):
+                _remove(p)
+                removed.append(p)
         elif max_depth > 0 and p.is_dir() and not p.is_symlink():
-            removed += clean_stale_temps(p, max_depth - 1)
+            removed += clean_stale_temps(p, max_depth - 1, locked=locked)
     return removed
 
 

@@ -18,6 +18,9 @@ Shapes of the JSON files (keys that readers rely on):
   neurons: per_language.<lang>.{count_a, count_b, count_per_layer_a, count_per_layer_b}, ...}
 - manifest.json: {alignlens_version, command, model{spec, name, hash, n_layers, ...}, data{tasks.<task>.hash, ...},
   options, seed, versions, git_commit, started, finished}
+- study.json (`alignlens study report`, schema "alignlens.study/1", written by `study.collect`): {name, study,
+  arms, steps, missing, resampling, tasks.<task>.{labels, languages, primary_metric, runs, effects, per_language,
+  contrasts, trends, diagnostics}, variants.<variant>.<task> (the same), claims[{id, claim, verdict, text}]}
 """
 
 from __future__ import annotations
@@ -438,3 +441,35 @@ def read_comparison_file(path: Path) -> dict:
     comp = read_json(path)
     _check_comparison(comp, path)
     return comp
+
+
+#: The schema of study.json this version writes and reads.
+STUDY_SCHEMA = "alignlens.study/1"
+_STUDY_KEYS = (("name", str), ("study", dict), ("arms", list), ("steps", list), ("missing", list),
+               ("resampling", dict), ("tasks", dict), ("variants", dict), ("claims", list))
+_STUDY_TASK_KEYS = (("labels", list), ("languages", list), ("primary_metric", str), ("runs", dict), ("effects", list),
+                    ("per_language", list), ("contrasts", list), ("trends", list), ("diagnostics", dict))
+
+
+def read_study_file(path: Path) -> dict:
+    """study.json, read and checked: its schema (`STUDY_SCHEMA`) and the keys the study report reads
+    (one AlignlensError naming the file and the key otherwise)."""
+    d = read_json(path)
+    schema = d.get("schema") if isinstance(d, dict) else None
+    if schema != STUDY_SCHEMA:
+        _fail(path, f"not a study.json of schema {STUDY_SCHEMA} (schema: {schema!r}); write it with `alignlens study report DIR`")
+    for key, kind in _STUDY_KEYS:
+        _get(d, key, path, kind)
+    sections = [("tasks", d["tasks"])] + [(f"variants.{v}", s) for v, s in d["variants"].items()]
+    for where, tasks in sections:
+        if not isinstance(tasks, dict):
+            _fail(path, f"key '{where}' should be a dict, got {type(tasks).__name__}")
+        for task, sec in tasks.items():
+            for key, kind in _STUDY_TASK_KEYS:
+                if not isinstance(sec, dict) or not isinstance(sec.get(key), kind):
+                    _fail(path, f"key '{where}.{task}.{key}' missing or not a {kind.__name__}")
+    for i, claim in enumerate(d["claims"]):
+        for key in ("id", "claim", "verdict", "text"):
+            if not isinstance(claim, dict) or key not in claim:
+                _fail(path, f"claims[{i}]: missing key '{key}'")
+    return d

@@ -23,7 +23,7 @@ from typing import Any
 from alignlens import AlignlensError
 
 from alignlens.results import lock
-from alignlens.results.io import (TEMP_PREFIX, _honour_umask, _remove, atomic_path, clean_stale_temps,
+from alignlens.results.io import (TEMP_PREFIX, _honour_umask, _remove, atomic_path, clean_stale_temps, temp_prefix,
                                   write_json, write_jsonl)
 
 MANIFEST = "manifest.json"
@@ -295,7 +295,10 @@ class OutputFolder:
         is writing to, a non-empty folder without `force`, one that holds no alignlens manifest or
         another command's results, or one where a file alignlens did not write is in the way."""
         check_out_path(self.path)
-        lock.probe(self.path)
+        from alignlens.distributed import main_process
+
+        if main_process():  # under torchrun rank 0 holds the lock, which the other ranks would see as busy
+            lock.probe(self.path)
         self.owned = frozenset() if self.resume or not self.has_content() else self._replaceable()
 
     def _replaceable(self) -> frozenset[str]:
@@ -354,7 +357,7 @@ class OutputFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             clean_stale_temps(self.path)
             if self.has_content():
-                self._stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}new.", dir=self.path))
+                self._stage = Path(tempfile.mkdtemp(prefix=temp_prefix("new"), dir=self.path))
                 _honour_umask(self._stage, folder=True)
                 return self._stage
         except OSError as exc:
@@ -427,7 +430,7 @@ def swap_in(dest: Path, stage: Path, owned: Sequence[str]) -> None:
     `stage/rel` renamed into place, then the old ones are dropped. Nothing outside `owned` is
     touched. If a rename fails (or the swap is interrupted), the new files already moved are put back
     into `stage` and the old ones restored, then the error is raised: `dest` is as it was."""
-    trash = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old.", dir=dest))
+    trash = Path(tempfile.mkdtemp(prefix=temp_prefix("old"), dir=dest))
     moved_out: list[str] = []
     moved_in: list[str] = []
     drop_old = False
@@ -469,7 +472,7 @@ def staged_swap(dest: Path, owned: Sequence[str]) -> Iterator[Path]:
     block succeeds they get the umask's modes and replace the old ones in `dest` (`swap_in`), and
     an alignlens manifest in `dest` that lists its files lists them (`record_written`). The
     staging folder is always removed: on a failure `dest` keeps its previous files, untouched."""
-    stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}new.", dir=dest))
+    stage = Path(tempfile.mkdtemp(prefix=temp_prefix("new"), dir=dest))
     try:
         yield stage
         for rel in owned:

@@ -29,7 +29,7 @@ import torch
 
 from alignlens import AlignlensError
 from alignlens.results import atomic_path, clean_stale_temps
-from alignlens.results.io import TEMP_PREFIX, _honour_umask, _remove
+from alignlens.results.io import _honour_umask, _remove, temp_prefix
 from alignlens.results.manifest import git_commit, ownership
 from alignlens.results.writer import OutputFolder, files_under, read_manifest, read_owner, remove_owned
 
@@ -284,7 +284,7 @@ def save_folder(path: Path, save: Callable[[Path], None]) -> list[str]:
             save(tmp)
             files = sorted(files_under(tmp))
         return files
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=path.parent))
     try:
         save(tmp)
         _honour_umask(tmp, folder=True)

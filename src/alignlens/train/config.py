@@ -33,7 +33,8 @@ BATCHINGS: tuple[str, ...] = ("bucketed", "random")
 RUNTIME_OPTIONS: tuple[str, ...] = ("keep_checkpoints", "threads")
 
 #: Options without an `alignlens train` flag (library only): messages name them by their field name.
-LIBRARY_ONLY: tuple[str, ...] = ("append_eos", "warmup", "weight_decay", "max_grad_norm", "lora_dropout")
+LIBRARY_ONLY: tuple[str, ...] = ("append_eos", "warmup", "weight_decay", "max_grad_norm", "lora_dropout",
+                                 "target_language")
 
 #: Largest seed: numpy's global RNG (seeded by a run) takes 0 .. 2**32 - 1.
 MAX_SEED = 2 ** 32 - 1
@@ -62,6 +63,10 @@ class TrainConfig:
     #: "copy": the control run, English -> English pairs of the same questions (same items, split,
     #: steps and settings), to tell alignment from generic fine-tuning. None: X -> English.
     control: str | None = None
+    #: The translation target: the answer of each pair is the item's question in this language (with
+    #: a task: any language it has items in, not a source language; the bundled SNLI set and the
+    #: copy control: English only). The paper varies it (e.g. zh).
+    target_language: str = "en"
     languages: list[str] | None = None  # source languages; None -> zh,de unless only data_files are given
     per_language: int | None = 600  # sampled per language (bundled: None = all 10,000; with a task: at
     # most this many of the split's items, all of them when the split is smaller)
@@ -216,6 +221,13 @@ class TrainConfig:
              "--control copy builds English copies of the task's or the bundled questions; it cannot be "
              "combined with --data files")
         need(self.task is not None or self.train_items is None, "--train-items needs --task (the task whose items they are)")
+        need(isinstance(self.target_language, str) and bool(self.target_language.strip()),
+             f"target_language must be a language code (got {self.target_language!r})")
+        if self.target_language != "en":
+            need(self.task is not None, f"target language {self.target_language} needs a task (the bundled SNLI "
+                 "question-translation set has English targets only)")
+            need(self.control is None, f"the copy control copies the English questions: it needs target language en "
+                 f"(got {self.target_language})")
         if self.task is not None:
             self._resolve_task()
 
@@ -256,10 +268,15 @@ class TrainConfig:
                                      f"({format_items(missing, 5)}; it has items {format_items(have, 5)})")
         self.train_items = format_items(indices)
         langs = self.resolved_languages()
-        if "en" in langs:
-            raise AlignlensError(f"--languages: English is the translation target, not a source language "
-                                 f"(task {spec.name}; for English -> English pairs use --control copy)")
+        target = self.target_language
+        if target in langs:
+            copy = "; for English -> English pairs use --control copy" if target == "en" else ""
+            raise AlignlensError(f"--languages: {'English' if target == 'en' else target} is the translation target, "
+                                 f"not a source language (task {spec.name}{copy})")
         data.task_languages(spec, langs)
+        if target not in spec.languages:
+            raise AlignlensError(f"target language {target}: task {spec.name} has no {target} items to translate into "
+                                 f"(it has: {', '.join(spec.languages)})")
 
     def train_indices(self) -> tuple[int, ...]:
         """The task's item indices trained on (empty without a task)."""

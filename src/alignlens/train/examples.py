@@ -3,9 +3,11 @@
 Pairs come from the task's own questions (`TrainConfig.task`, its `train_items`: same-task
 alignment), else from the bundled SNLI question-translation set; `control="copy"` turns them into
 English -> English copies (`data.english_copies`); `data_source` says which in the manifest.
+`TrainConfig.target_language` (default en; with a task, any of its languages) is the language
+translated into.
 
-One example is `prompt = <question in X>\\nTranslate the input from X to English:\\n` followed by
-`target = <English question><eos>`: `tokenizer(prompt)` (BOS as the tokenizer adds it) +
+One example is `prompt = <question in X>\\nTranslate the input from X to <Target>:\\n` followed by
+`target = <target-language question><eos>`: `tokenizer(prompt)` (BOS as the tokenizer adds it) +
 `tokenizer(target, no specials)` + EOS (`append_eos`, so the model also learns where the
 translation stops). Sequences longer than `max_len` are cut from the right (the prompt is kept:
 "truncated"); a pair whose prompt alone fills `max_len` is "dropped". Counts per language and
@@ -81,7 +83,8 @@ def load_pairs(config: TrainConfig) -> list:
     langs = config.resolved_languages()
     if config.task is not None:
         pairs += data.load_task_question_translation(config.task, langs, config.train_indices(),
-                                                     config.per_language, seed=config.seed)
+                                                     config.per_language, seed=config.seed,
+                                                     target=config.target_language)
     elif langs:
         pairs += data.load_question_translation(langs, config.per_language, seed=config.seed)
     if config.control == "copy":
@@ -132,8 +135,9 @@ def data_source(config: TrainConfig) -> dict:
         direction = "English -> English (copy control)"
         pairs = f"English copies in the slots of {names}" if names else "English copies"
     else:
-        direction = "X -> English"
-        pairs = f"{names} -> English" if names else "pairs as given"
+        target = language_name(config.target_language)
+        direction = f"X -> {target}"
+        pairs = f"{names} -> {target}" if names else "pairs as given"
     return {"source": " + ".join(parts), "task": task, "task_folder": folder,
             "train_items": config.train_items if task is not None else None, "control": config.control,
             "direction": direction, "description": f"{what}; {pairs}; {reading}"}

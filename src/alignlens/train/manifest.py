@@ -45,6 +45,18 @@ def first_command(state: TrainState, command: str) -> str:
     return first["command"] if first["session"] == 1 else ""
 
 
+def _pair_format(config: TrainConfig) -> str:
+    """The manifest's `data.format`: how one pair reads (X -> target, or the English copy control)."""
+    from alignlens.languages import language_name
+
+    if config.control == "copy":
+        return ("prompt = <English question>\\nTranslate the input from English to English:\\n; target = <English "
+                "question>" + (" + EOS" if config.append_eos else ""))
+    target = language_name(config.target_language)
+    return (f"prompt = <X question>\\nTranslate the input from <X> to {target}:\\n; target = <{target} question>"
+            + (" + EOS" if config.append_eos else ""))
+
+
 def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, state: TrainState, *, total_steps: int,
                       steps_per_epoch: int, n_trainable: int, device: torch.device, elapsed: float,
                       best_weights: bool, batching: dict, command: str = "", world_size: int = 1,
@@ -68,9 +80,7 @@ def training_manifest(config: TrainConfig, base_info: dict, data: TrainData, sta
         "examples": {split: {lang: {k: c[k] for k in COUNT_KEYS} for lang, c in rows.items()}
                      for split, rows in counts.items()},
         "train_tokens": sum(len(e.ids) for e in data.train), "seed": config.seed,
-        "format": ("prompt = <English question>\\nTranslate the input from English to English:\\n; "
-                   if config.control == "copy" else "prompt = <X question>\\nTranslate the input from <X> to English:\\n; ")
-                  + "target = <English question>" + (" + EOS" if config.append_eos else "")}
+        "format": _pair_format(config)}
     return {
         **provenance(command=first_command(state, command), model=base_info, data=data_section, options=config.to_dict(),
                      seed=config.seed, started=state.started, finished=now_iso()),
