@@ -30,6 +30,11 @@ items everywhere).
 Prompt (paper): `demonstrations + "\\n" + query_template.format(**item)`; the answer is scored on
 the next token. The logit lens's target-label prompts (`target_label_prompt_prefix`) are the same with
 each quoted English label word in the demonstrations replaced by the language's `label_words` word.
+
+Over 600 lines by choice: the prompt builders and the question-translation (training) pairs below
+read the `TaskSpec`/`Item` types and checked file readers defined here, and some 45 modules (the
+pipeline, localize, study, training, tests) use them as `data.<name>`; a `prompts`/`pairs` split
+would have to re-export them from here through an import cycle or change every importer.
 """
 
 from __future__ import annotations
