@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alignlens import AlignlensError
-from alignlens.config import AnalyzeConfig, EvalConfig, NeuronOptions
+from alignlens.config import AnalyzeConfig, EvalConfig, LocalizeConfig, NeuronOptions
 from alignlens.model import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -391,6 +391,76 @@ def analyze_cmd(
                                f"accuracy — base: {model}, aligned: {compare}")
     else:
         print_accuracy_table(res["runs"]["base"], f"accuracy — {model}")
+    console.print(f"wrote {out} in {time.time() - t0:.0f}s" + (f"; report: {res['report']}" if res["report"] else ""))
+
+
+_LOCALIZE = LocalizeConfig()
+
+
+@app.command("localize")
+def localize_cmd(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP + " The base model (receiver of a2b, steered, dosed)."),
+    compare: str = typer.Option(..., "--compare", "-c", help="The aligned model (e.g. an `alignlens train` output; with a LoRA adapter/ the weight-scale dose response runs too)."),
+    control: Optional[str] = typer.Option(None, "--control", help="A copy-control model (e.g. `alignlens train --control copy`): a negative source for patching (c2b) and a control direction for steering."),
+    tasks: str = typer.Option(",".join(_LOCALIZE.tasks), "--tasks", "-t", help=TASKS_HELP),
+    languages: Optional[str] = typer.Option(None, "--languages", "-l", help="Comma-separated language codes; default: all of each task (slow: patching runs every site for every language)."),
+    limit: int = typer.Option(_LOCALIZE.limit, "--limit", "-n", min=1, help="Items per language: the first N of each test file (a fixed subset)."),
+    items: Optional[str] = typer.Option(None, "--items", help=ITEMS_HELP),
+    balanced: bool = typer.Option(False, "--balanced", help=BALANCED_HELP),
+    sites: str = typer.Option(",".join(_LOCALIZE.sites), "--sites", help="Patching sites: resid (the residual stream entering block l; layer n_layers: the last block's output), attn, mlp (block l's attention / MLP output)."),
+    positions: str = typer.Option(",".join(_LOCALIZE.positions), "--positions", help="Patched positions: last (the prompt's last token), query (the item's own tokens after the few-shot prefix), all (every prompt token)."),
+    layers: str = typer.Option("all", "--layers", help="Patching layers, e.g. 0,3,6, or all (resid 0..n_layers, attn/mlp 0..n_layers-1)."),
+    directions: Optional[str] = typer.Option(None, "--directions", help="Patching directions: a2b (aligned -> base: does this site carry the gain?), b2a (base -> aligned: does removing it undo the gain?), c2b (control -> base, needs --control). Default: a2b,b2a (and c2b with --control)."),
+    steer: bool = typer.Option(True, "--steer/--no-steer", help="Steer the base model with the alignment direction (mean aligned − base residual over training-split questions) and its controls."),
+    steer_layers: Optional[str] = typer.Option(None, "--steer-layers", help="Hidden-state layers steered, e.g. 4,9,13 (0 the embedding output, l the output of block l-1; default n/4, n/2, 3n/4)."),
+    steer_scales: str = typer.Option(",".join(f"{s:g}" for s in _LOCALIZE.steer_scales), "--steer-scales", help="Steering scales s (s·v added at the query positions)."),
+    random_directions: int = typer.Option(_LOCALIZE.random_directions, "--random-directions", min=0, max=100, help="Random control directions (same norm per layer), one per seed."),
+    direction_items: int = typer.Option(_LOCALIZE.direction_items, "--direction-items", min=1, help="Training-split items per language averaged into the steering direction (never evaluated items)."),
+    dose: bool = typer.Option(True, "--dose/--no-dose", help="Weight-scale dose response W + α·ΔW (only when --compare is a LoRA `alignlens train` output)."),
+    alphas: str = typer.Option(",".join(f"{a:g}" for a in _LOCALIZE.alphas), "--alphas", help="α values of the dose response (0 = base, 1 = aligned)."),
+    batch_size: int = typer.Option(_LOCALIZE.batch_size, "--batch-size", "-b", min=1, help="Items per forward pass."),
+    seed: int = typer.Option(_LOCALIZE.seed, "--seed", help="Seed of the bootstrap intervals and the random directions."),
+    bootstrap_resamples: int = typer.Option(_LOCALIZE.bootstrap_resamples, "--bootstrap-resamples", min=2, help="Bootstrap resamples of every interval."),
+    out: Path = typer.Option(Path("runs/localize"), "--out", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its finished (task, language) parts; the models, options and --threads must be the same (checked)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Render OUT/report.pdf at the end."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+) -> None:
+    """Where does alignment act? Cross-model activation patching, steering with the alignment direction
+    and the weight-scale dose response, with paired statistics (`alignlens.localize.localize`).
+
+    Per (task, language) and item: the receiver model's activation at one site (residual stream,
+    attention or MLP output of one layer) and positions is replaced by the source model's on the
+    same prompt; recovery = mean(patched − receiver) / mean(source − receiver) of the gold-vs-other
+    label log-odds, per language and language group, with label-stratified item-cluster bootstrap
+    intervals, reported only where the gap itself is significant. Same item selection and checks
+    as `analyze` (held-out items only).
+
+    Writes OUT/patching.jsonl, steering.jsonl, dose.jsonl (per-item rows), localize.json
+    (aggregates), manifest.json and report.pdf ("Causal localisation").
+    """
+    from alignlens.localize.run import localize
+
+    _start(lambda: "localize stopped before any results were written")  # later the run says what it kept
+    cfg = LocalizeConfig(
+        tasks=_csv(tasks), languages=_csv(languages), limit=limit, items=items, balanced=balanced,
+        batch_size=batch_size, seed=seed, bootstrap_resamples=bootstrap_resamples, sites=_csv(sites),
+        positions=_csv(positions), layers=None if layers.strip() == "all" else layers, directions=_csv(directions),
+        steer=steer, steer_layers=steer_layers, steer_scales=_csv(steer_scales), random_directions=random_directions,
+        direction_items=direction_items, dose=dose, alphas=_csv(alphas))
+    _set_threads(threads)
+    t0 = time.time()
+    with progress_bar() as progress:
+        res = localize(cfg, model, compare, out, control=control, force=force, resume=resume, device=device,
+                       dtype=dtype, report=report, progress=progress, command=_command_line(),
+                       log=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), report_progress=report_progress())
+    from alignlens.report.localize import summary_lines
+
+    for line in summary_lines(res)[1:]:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {out} in {time.time() - t0:.0f}s" + (f"; report: {res['report']}" if res["report"] else ""))
 
 

@@ -72,7 +72,7 @@ def test_names_replace_base_and_aligned_in_every_text_and_table(named_report: Pa
     tables = named_report.with_name(named_report.stem + "_tables")
     summary = (tables / "summary.txt").read_text(encoding="utf-8")
     assert "accuracy Δ (control − aligned)" in summary  # the method line names the direction
-    assert "   – control − aligned: macro accuracy Δ over all 4 languages" in summary  # the neutral line
+    assert "   – control − aligned: macro ROC-AUC Δ over all 4 languages" in summary  # the neutral line (AUC first)
     assert "Labels used" in summary and "aligned " in summary and "control " in summary
     for text, where in ((summary, "summary.txt"), (_tables_text(tables), "tables")):
         assert not re.search(r"\bbase\b", text, re.I), where
@@ -97,10 +97,12 @@ def test_neutral_line_states_the_numbers_the_claim_would_judge(named_report: Pat
     summary = (tables / "summary.txt").read_text(encoding="utf-8")
     _, groups = _csv(tables / "accuracy_groups.csv")
     g = {r["group"]: r for r in groups}
-    lo, d, hi = (float(g["all"][k]) for k in ("mean_diff_ci95_lo", "mean_diff", "mean_diff_ci95_hi"))
+    lo, d, hi = (float(g["all"][k]) for k in ("mean_auc_diff_ci95_lo", "mean_auc_diff", "mean_auc_diff_ci95_hi"))
     verdict = "lies above 0" if lo > 0 else "lies below 0" if hi < 0 else "includes 0"
-    assert (f"control − aligned: macro accuracy Δ over all 4 languages {fmt(d, sign=True)} points, 95% CI "
+    assert (f"control − aligned: macro ROC-AUC Δ over all 4 languages {fmt(d, sign=True)} points, 95% CI "
             f"[{fmt(lo, sign=True)}, {fmt(hi, sign=True)}], the interval {verdict}") in summary  # fmt: skip
+    if verdict == "includes 0":  # an inconclusive interval states what it could have detected
+        assert f"±{fmt(float(g['all']['mean_auc_diff_mde80']))} points would go undetected" in summary
     assert f"over the {g['untrained']['n_languages']} untrained languages" in summary
     assert "holds" not in summary and "does not hold" not in summary
 

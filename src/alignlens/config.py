@@ -261,8 +261,28 @@ class EvalConfig:
                             balanced=self.balanced, where=where)
 
 
+class _SelectsItems:
+    """What the configs of commands that select items as `eval` does share (fields tasks, languages,
+    limit, batch_size, seed, bootstrap_resamples, items, balanced)."""
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
+                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
+                          items=self.items, balanced=self.balanced)
+
+    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
+        """This run's items of one (task, language): see `EvalConfig.select_items`."""
+        return self.eval_config().select_items(items, labels, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able options (lists, not tuples) as recorded in manifests."""
+        import json
+
+        return json.loads(json.dumps(asdict(self)))
+
+
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(_SelectsItems):
     """Options of `alignlens analyze` (recorded in each run's manifest)."""
 
     tasks: tuple[str, ...] = ("snli",)
@@ -323,20 +343,6 @@ class AnalyzeConfig:
                 or self.similarity_resamples < 0):
             raise AlignlensError(f"similarity resamples must be a whole number >= 0 (got {self.similarity_resamples!r})")
 
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(tasks=self.tasks, languages=self.languages, limit=self.limit, batch_size=self.batch_size,
-                          seed=self.seed, prefix_cache=True, bootstrap_resamples=self.bootstrap_resamples,
-                          items=self.items, balanced=self.balanced)
-
-    def select_items(self, items: Sequence[Any], labels: Sequence[str], where: str = "items") -> list[Any]:
-        """This run's items of one (task, language): see `EvalConfig.select_items`."""
-        return self.eval_config().select_items(items, labels, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able options (lists, not tuples) as recorded in manifests."""
-        import json
-
-        return json.loads(json.dumps(asdict(self)))
 
     #: Options that may differ when a run is resumed (they do not change any number).
     RESUMABLE = ("save_activations",)
@@ -345,6 +351,128 @@ class AnalyzeConfig:
         """Names of options that differ from a saved run's (manifest `options`)."""
         mine = self.to_dict()
         return [f.name for f in fields(self) if f.name not in self.RESUMABLE and saved.get(f.name) != mine[f.name]]
+
+
+#: Cross-model patching (`alignlens localize`, `localize.patching`): the sites (each block's residual
+#: stream input, attention output, MLP output), the position sets, and the directions by name ->
+#: (source, receiver) model roles.
+SITE_KINDS = ("resid", "attn", "mlp")
+PATCH_POSITIONS = ("last", "query", "all")
+PATCH_DIRECTIONS = {"a2b": ("aligned", "base"), "b2a": ("base", "aligned"), "c2b": ("control", "base")}
+
+
+def parse_floats(values: str | Iterable[float] | None, what: str) -> tuple[float, ...] | None:
+    """'-1,0.5,2' or numbers -> a tuple of distinct finite floats (None stays None); anything else
+    is an AlignlensError naming `what`."""
+    import math
+
+    if values is None:
+        return None
+    raw = _unique(values, what)
+    out: list[float] = []
+    for v in raw:
+        try:
+            x = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            x = None
+        if x is None or not math.isfinite(x):
+            raise AlignlensError(f"{what}: {v!r} is not a finite number")
+        if x in out:
+            raise AlignlensError(f"{what}: {x:g} is given more than once")
+        out.append(x)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LocalizeConfig(_SelectsItems):
+    """Options of `alignlens localize` (recorded in its manifest): the item selection of `analyze`
+    (tasks, languages, items, limit, balanced), then what the three analyses run.
+
+    Patching: `sites` (`SITE_KINDS`), `positions` (`PATCH_POSITIONS`), `layers` (None: every layer;
+    resid sites at 0..n_layers, attn/mlp at blocks 0..n_layers-1), `directions` (`PATCH_DIRECTIONS`
+    names; None: a2b and b2a, plus c2b when a control model is given). Steering (`steer`): the
+    hidden-state `steer_layers` (0 the embedding output, l the output of block l-1; None: n/4, n/2,
+    3n/4), `steer_scales`, `random_directions` control seeds, `direction_items` training-split items
+    per language averaged into the direction (None: all of the split). Dose (`dose`, only for a
+    LoRA-aligned `alignlens train` output): `alphas`. Layers are checked against the model once its
+    size is known."""
+
+    tasks: tuple[str, ...] = ("emotion",)
+    languages: tuple[str, ...] | None = None
+    limit: int | None = 24
+    items: str | None = None
+    balanced: bool = False
+    batch_size: int = 8
+    seed: int = 0
+    bootstrap_resamples: int = 2000
+    sites: tuple[str, ...] = SITE_KINDS
+    positions: tuple[str, ...] = PATCH_POSITIONS
+    layers: tuple[int, ...] | None = None
+    directions: tuple[str, ...] | None = None
+    steer: bool = True
+    steer_layers: tuple[int, ...] | None = None
+    steer_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    random_directions: int = 3
+    direction_items: int | None = 64
+    dose: bool = True
+    alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+
+    def __post_init__(self) -> None:
+        base = self.eval_config()  # validates the shared options
+        for name in ("tasks", "languages", "items"):
+            object.__setattr__(self, name, getattr(base, name))
+        for name, allowed, what in (("sites", SITE_KINDS, "--sites"), ("positions", PATCH_POSITIONS, "--positions"),
+                                    ("directions", tuple(PATCH_DIRECTIONS), "--directions")):
+            value = _unique(getattr(self, name), what, allow_none=name == "directions")
+            bad = [v for v in value or () if v not in allowed]
+            if bad:
+                raise AlignlensError(f"{what}: unknown {bad[0]!r} (use {', '.join(allowed)})")
+            object.__setattr__(self, name, value)
+        layers = self.layers
+        if isinstance(layers, str) and layers.strip() == "all":
+            layers = None
+        object.__setattr__(self, "layers", parse_layers(layers, "--layers"))
+        object.__setattr__(self, "steer_layers", parse_layers(self.steer_layers, "--steer-layers"))
+        object.__setattr__(self, "steer_scales", parse_floats(self.steer_scales, "--steer-scales"))
+        object.__setattr__(self, "alphas", parse_floats(self.alphas, "--alphas"))
+        for name in ("steer", "dose"):
+            if not isinstance(getattr(self, name), bool):
+                raise AlignlensError(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if (not isinstance(self.random_directions, int) or isinstance(self.random_directions, bool)
+                or not 0 <= self.random_directions <= 100):
+            raise AlignlensError(f"--random-directions must be a whole number from 0 to 100 (got {self.random_directions!r})")
+        _positive(self.direction_items, "--direction-items", allow_none=True)
+        if self.bootstrap_resamples < 2:
+            raise AlignlensError(f"--bootstrap-resamples must be at least 2 for an interval (got {self.bootstrap_resamples})")
+
+    def patch_directions(self, control: bool) -> tuple[str, ...]:
+        """The patching directions run: `directions`, or a2b, b2a (and c2b with a `control` model).
+        AlignlensError when c2b is asked for without a control model."""
+        if self.directions is None:
+            return ("a2b", "b2a") + (("c2b",) if control else ())
+        if "c2b" in self.directions and not control:
+            raise AlignlensError("--directions c2b patches the copy-control model into the base: give --control")
+        return self.directions
+
+    def check_layers(self, n_layers: int) -> None:
+        """--layers in 0..n_layers (the resid sites; attn/mlp exist at 0..n_layers-1) and
+        --steer-layers in 0..n_layers (hidden-state rows)."""
+        for what, values in (("--layers", self.layers), ("--steer-layers", self.steer_layers)):
+            bad = [x for x in values or () if x > n_layers]
+            if bad:
+                raise AlignlensError(f"{what}: layer {bad[0]} does not exist (this model's layers are 0..{n_layers}: "
+                                     f"0 the embedding output, l the output of block l - 1)")
+
+    def default_steer_layers(self, n_layers: int) -> tuple[int, ...]:
+        """`steer_layers`, or n/4, n/2, 3n/4 of the model's `n_layers` blocks (distinct, >= 1)."""
+        if self.steer_layers is not None:
+            return tuple(sorted(self.steer_layers))
+        return tuple(sorted({max(1, n_layers // 4), max(1, n_layers // 2), max(1, (3 * n_layers) // 4)}))
+
+    def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
+        """Names of options that differ from a saved run's (manifest `options`)."""
+        mine = self.to_dict()
+        return [f.name for f in fields(self) if saved.get(f.name) != mine[f.name]]
 
 
 def defaults(cls: type) -> dict[str, Any]:

@@ -36,6 +36,9 @@ __all__ = [
 ]  # fmt: skip
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
+#: compare_runs' "bootstrap": how its intervals resample (a comparison.json without it predates the
+#: label-stratified bootstraps and the AUC group Δs, and the report recomputes it).
+BOOTSTRAP = "label-stratified item-cluster"
 _CHUNK = 256  # resamples drawn per block (bounds memory to _CHUNK x n_items)
 
 
@@ -279,7 +282,8 @@ def compare_runs(
           (cluster_bootstrap_delta over the items shared by every language of the group,
           label-stratified; groups=None means {"all": every language of the task}).
     Every bootstrap is label-stratified (per language: `paired_delta_ci` with the gold labels).
-    Top level: {"tasks", "n_shared", "n_only_a", "n_only_b", "n_resamples", "seed"}.
+    Top level: {"tasks", "n_shared", "n_only_a", "n_only_b", "n_resamples", "seed", "bootstrap"
+    (`BOOTSTRAP`)}.
     Raises AlignlensError naming the row for a malformed row, a repeated item, labels that differ
     between the runs, a gold label that differs for the same item, or no shared item at all.
     """
@@ -333,7 +337,7 @@ def compare_runs(
         "tasks": tasks, "n_shared": n_shared,
         "n_only_a": sum(c["only_a"] for t in cells.values() for c in t.values()),
         "n_only_b": sum(c["only_b"] for t in cells.values() for c in t.values()),
-        "n_resamples": n_resamples, "seed": seed,
+        "n_resamples": n_resamples, "seed": seed, "bootstrap": BOOTSTRAP,
     }  # fmt: skip
 
 

@@ -8,13 +8,17 @@
   bootstrap interval, reported only where the gap itself is significant.
 - `steering`, `dose`, `compare`: the alignment direction added to the base model, the weight-scale
   dose response W + α·ΔW, and paired effects of two conditions' per-item rows.
+- `run`: the command: `localize(LocalizeConfig(...), base, aligned, out, control=...)` runs all three
+  for every (task, language) and writes patching.jsonl, steering.jsonl, dose.jsonl, localize.json,
+  manifest.json and report.pdf (`report.localize`).
 """
 
 from alignlens.localize.patching import (DIRECTIONS, POSITIONS, SITE_KINDS, Direction, PatchRun, Site,
                                          directions_by_name, log_odds, make_sites, patch_language, reference_patch,
                                          run_patches)
 from alignlens.localize.recovery import GAP_TOO_SMALL, item_weights, recovery
+from alignlens.localize.run import localize
 
 __all__ = ["DIRECTIONS", "POSITIONS", "SITE_KINDS", "Direction", "PatchRun", "Site", "directions_by_name",
            "log_odds", "make_sites", "patch_language", "reference_patch", "run_patches",
-           "GAP_TOO_SMALL", "item_weights", "recovery"]
+           "GAP_TOO_SMALL", "item_weights", "recovery", "localize"]

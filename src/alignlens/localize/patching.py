@@ -44,16 +44,14 @@ import numpy as np
 import torch
 
 from alignlens import AlignlensError, data, distributed
+# the sites, positions and directions (name -> (source, receiver) model roles), defined with the options
+from alignlens.config import PATCH_DIRECTIONS as DIRECTIONS, PATCH_POSITIONS as POSITIONS, SITE_KINDS
 from alignlens.engine import (HEAD_ROWS, Hook, Unembed, cached_lengths, check_layer_entry, compose_cache,
                               decoder_pass, encode, head_probs, nonfinite_error, plan_batches,
                               suffix_positions, _right_padded)
 from alignlens.labels import label_sets
 from alignlens.model import LoadedModel
 
-SITE_KINDS = ("resid", "attn", "mlp")
-POSITIONS = ("last", "query", "all")
-#: Direction names of the CLI: (source, receiver) model roles.
-DIRECTIONS = {"a2b": ("aligned", "base"), "b2a": ("base", "aligned"), "c2b": ("control", "base")}
 #: Label probabilities below this count as it in log-odds (float32's smallest positive value).
 TINY = 1.4e-45
 

@@ -6,8 +6,9 @@ With two runs every Δ comes from `runs.paired` (`paired.compare_runs`: read fro
 or computed from the runs' predictions.jsonl): per language the accuracy Δ on the items both runs
 have, its paired bootstrap 95% interval and the exact McNemar test with Holm (and
 Benjamini-Hochberg) adjustment across the task's languages; per language group the macro Δ of
-accuracy and of balanced accuracy with an item-cluster bootstrap 95% interval over the items every
-language of the group shares. A language only one run has is listed with that run's own numbers
+ROC-AUC (two-label tasks: threshold-free, the metric the paper's claim is judged on), accuracy and
+balanced accuracy with a label-stratified item-cluster bootstrap 95% interval over the items every
+language of the group shares (each resample keeps the label counts). A language only one run has is listed with that run's own numbers
 and no Δ. "Significant" is written only for a Holm-adjusted p < 0.05.
 
 An interval that is no test (`paired.untestable`: fewer than `paired.MIN_ITEMS` items, no

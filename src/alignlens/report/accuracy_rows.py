@@ -174,7 +174,9 @@ def group_header(names: list[str]) -> list[str]:
     a, b = names
     return ["task", "group", "n_languages", "languages", "missing_languages", "n_items",
             f"mean_acc_{a}", f"mean_acc_{b}", "mean_diff", "mean_diff_ci95_lo", "mean_diff_ci95_hi",
-            f"mean_bal_acc_{a}", f"mean_bal_acc_{b}", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi"]  # fmt: skip
+            f"mean_bal_acc_{a}", f"mean_bal_acc_{b}", "mean_bal_diff", "mean_bal_diff_ci95_lo", "mean_bal_diff_ci95_hi",
+            f"mean_auc_{a}", f"mean_auc_{b}", "mean_auc_diff", "mean_auc_diff_ci95_lo", "mean_auc_diff_ci95_hi",
+            "mean_auc_diff_mde80"]  # fmt: skip
 
 
 CSV_HEADER = csv_header(["base", "aligned"])  # the default names' headers
@@ -212,14 +214,18 @@ def group_csv_rows(runs: Runs, task: str, rows: list[AccRow]) -> list[list]:
     if groups:
         for g, v in groups.items():
             a, b = v["accuracy"], v["balanced_accuracy"]
-            ci_a, ci_b = ([None, None] if group_untestable(x) else x["ci95"] for x in (a, b))  # not testable: left empty
+            c = v.get("auc") or {"a": None, "b": None, "delta": None, "ci95": None, "n_items": 0}  # AUC: two-label tasks
+            ci_a, ci_b, ci_c = ([None, None] if group_untestable(x) else x["ci95"] for x in (a, b, c))  # not testable: left empty
             out.append([task, g, len(a["languages"]), " ".join(a["languages"]), " ".join(a["missing_languages"]), a["n_items"],
                         as_float(a["a"]), as_float(a["b"]), as_float(a["delta"]), as_float(ci_a[0]), as_float(ci_a[1]),
-                        as_float(b["a"]), as_float(b["b"]), as_float(b["delta"]), as_float(ci_b[0]), as_float(ci_b[1])])  # fmt: skip
+                        as_float(b["a"]), as_float(b["b"]), as_float(b["delta"]), as_float(ci_b[0]), as_float(ci_b[1]),
+                        as_float(c["a"]), as_float(c["b"]), as_float(c["delta"]), as_float(ci_c[0]), as_float(ci_c[1]),
+                        as_float(c.get("mde80"))])  # fmt: skip
         return out
     if runs.compare:
         return out
     for g in single_group_means(runs, rows):
         out.append([task, g["group"], len(g["languages"]), " ".join(g["languages"]), "", "", as_float(g["accuracy"]),
-                    math.nan, math.nan, math.nan, math.nan, as_float(g["balanced_accuracy"]), math.nan, math.nan, math.nan, math.nan])  # fmt: skip
+                    math.nan, math.nan, math.nan, math.nan, as_float(g["balanced_accuracy"]), math.nan, math.nan, math.nan, math.nan,
+                    math.nan, math.nan, math.nan, math.nan, math.nan, math.nan])  # fmt: skip
     return out

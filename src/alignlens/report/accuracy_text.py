@@ -26,7 +26,8 @@ def method_line(runs: Runs) -> list[str]:
     return [f"• Paired statistics, {runs.paired_source}: per language the accuracy Δ ({runs.diff_label}) on the shared items "
             f"with a paired bootstrap 95% interval and an exact McNemar test, Holm-adjusted across a task's languages "
             f"(Benjamini–Hochberg as an extra column); per language group the macro Δ over its languages with an item-cluster "
-            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']}). "
+            f"bootstrap 95% interval over the items all its languages share ({p['n_resamples']} resamples, seed {p['seed']}; "
+            f"{'label-stratified: each resample keeps the label counts' if p.get('bootstrap') else 'not stratified by label'}). "
             f"An interval on fewer than {MIN_ITEMS} items, with no discordant item or of zero width is no test and is reported "
             "as \"not testable (n=…)\" instead."]  # fmt: skip
 
@@ -133,6 +134,9 @@ def compare_lines(runs: Runs, task: str, rows: list[AccRow]) -> tuple[list[str],
                     f"the interval {'excludes' if excludes0(acc['ci95']) else 'includes'} 0")  # fmt: skip
         lines = [f"• {task}: mean accuracy over {len(acc['languages'])} languages {fmt(acc['a'])}% → {fmt(acc['b'])}% "
                  f"(Δ {fmt(acc['delta'], sign=True)} points, {interval}). " + delta_text(bal, "Balanced accuracy") + "."]  # fmt: skip
+        if groups["all"].get("auc") is not None:
+            lines.append("   – " + delta_text(groups["all"]["auc"], "Threshold-free (the primary metric of a two-label task): "
+                                                                  "mean ROC-AUC") + ".")
     lines.append("   – Exact McNemar per language: " + _holm_text(pairs))
     others = [(g, v) for g, v in groups.items() if g != "all"]
     if others:

@@ -73,6 +73,36 @@ def write_pages(pages: list[Page], pdf_path: Path, fig_dir: Path, note: str, tit
     return rows
 
 
+def render_pdf(pdf: Path, build: Callable[[], tuple[list[Page], list[Table], list[str] | None]], note: str, title: str,
+               progress: ProgressFn | None = None) -> Path:
+    """Draw the pages `build()` returns into `pdf` (footer `note`, PDF title `title`) with PNG/SVG
+    figures in `<stem>_figures/` and the tables (CSV; contents.csv; summary.txt when it returns
+    summary lines) in `<stem>_tables/`, written in a staging folder beside `pdf` and swapped in
+    only when all succeeded (`staged_swap`). `progress(done, total, what)` before the pages, after
+    each page and after the tables. Used by the study and localisation reports."""
+    import matplotlib
+
+    names = results.report_files(pdf.name)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temps(pdf.parent, max_depth=0, locked=False)  # only dead runs' temporaries
+    tick = progress or (lambda done, total, what: None)
+    with staged_swap(pdf.parent, names) as stage:
+        pdf_path, fig_dir, tab_dir = (stage / name for name in names)
+        fig_dir.mkdir()
+        tab_dir.mkdir()
+        with matplotlib.rc_context(fonts.rc_params()):
+            pages, tables, summary_lines = build()
+            total = len(pages) + 1
+            tick(0, total, "sections built")
+            toc = write_pages(pages, pdf_path, fig_dir, note, title, lambda no, what: tick(no, total, what))
+        for table in tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc)]:
+            write_table(tab_dir, table)
+        if summary_lines is not None:
+            (tab_dir / "summary.txt").write_text("\n".join(summary_lines) + "\n", encoding="utf-8")
+        tick(total, total, "tables written")
+    return pdf
+
+
 def _render_into(runs: Runs, pdf_path: Path, fig_dir: Path, tab_dir: Path, progress: ProgressFn | None) -> None:
     """Draw every page into `pdf_path` (PNG/SVG into `fig_dir`), write the tables, contents and
     summary into `tab_dir`. Calls `progress(done, total, what)` once before the pages, after each

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlens import AlignlensError
+from alignlens.paired import BOOTSTRAP
 from alignlens.report.layout import short_path
 from alignlens.results.io import read_json, read_jsonl
 from alignlens.results.schema import Cell, Run, load_run, read_comparison_file
@@ -385,7 +386,12 @@ def load_runs(run_dir: Path, compare_dir: Path | None = None, names=None) -> Run
     comp, why = find_comparison(a, b)
     notes = [why] if why else []
     paired, source, other = None, "", ""
-    if comp is not None:
+    older = comp is not None and comp["accuracy"].get("bootstrap") != BOOTSTRAP
+    if older:
+        notes.append(f"{short_path(a.path.resolve().parent / 'comparison.json')} was written by an older alignlens (no "
+                     "label-stratified bootstrap, no ROC-AUC group Δs); the paired statistics were recomputed from the "
+                     "runs' predictions.jsonl")
+    if comp is not None and not older:
         why = paired_mismatch(comp["accuracy"], overlap, trained)
         other = written_for(a, b) if why else ""
         if other:  # the file is another pair's: not theirs to use, nothing wrong with it

@@ -21,6 +21,11 @@ Shapes of the JSON files (keys that readers rely on):
 - study.json (`alignlens study report`, schema "alignlens.study/1", written by `study.collect`): {name, study,
   arms, steps, missing, resampling, tasks.<task>.{labels, languages, primary_metric, runs, effects, per_language,
   contrasts, trends, diagnostics}, variants.<variant>.<task> (the same), claims[{id, claim, verdict, text}]}
+- localize.json (`alignlens localize`, format "alignlens-localize/1", written by `localize.run.aggregates`):
+  {format, models.{base, aligned, control?}, trained_languages, n_layers, tasks.<task>: [languages], items,
+  groups.<group>: [languages], options, patching.{directions.<name>.{source, receiver}, sites, positions, clean,
+  recovery: [`localize.recovery.recovery` rows]}, steering ({skipped} or {layers, scales, directions, base,
+  conditions, ...}: `steering_summary`), dose ({skipped} or `dose_summary`)}
 """
 
 from __future__ import annotations
@@ -472,4 +477,23 @@ def read_study_file(path: Path) -> dict:
         for key in ("id", "claim", "verdict", "text"):
             if not isinstance(claim, dict) or key not in claim:
                 _fail(path, f"claims[{i}]: missing key '{key}'")
+    return d
+
+
+LOCALIZE_FORMAT = "alignlens-localize/1"
+_LOCALIZE_KEYS = (("models", dict), ("tasks", dict), ("groups", dict), ("options", dict), ("patching", dict),
+                  ("patching.directions", dict), ("patching.sites", list), ("patching.positions", list),
+                  ("patching.recovery", list), ("steering", dict), ("dose", dict))
+
+
+def read_localize_file(path: Path) -> dict:
+    """localize.json, read and checked: its format (`LOCALIZE_FORMAT`) and the keys the localisation
+    report reads (one AlignlensError naming the file and the key otherwise)."""
+    d = read_json(path)
+    fmt = d.get("format") if isinstance(d, dict) else None
+    if fmt != LOCALIZE_FORMAT:
+        _fail(path, f"not a localize.json of format {LOCALIZE_FORMAT} (format: {fmt!r}); write it with `alignlens "
+                    "localize`")
+    for key, kind in _LOCALIZE_KEYS:
+        _get(d, key, path, kind)
     return d

@@ -2,7 +2,7 @@
 (replace only those, and only once the new ones are complete).
 
 Ownership: every manifest alignlens writes records the command kind (`"kind"`: eval, analyze,
-train) and the relative paths of the files it wrote (`"files"`); `alignlens analyze` writes one
+train, localize) and the relative paths of the files it wrote (`"files"`); `alignlens analyze` writes one
 for the whole folder (`OUT/manifest.json`) beside those of its roles (`OUT/base`, `OUT/aligned`).
 `read_owner` reads them; older alignlens manifests without a file list (recognised by their
 `alignlens_version` and `git_commit` keys) stand for the file names alignlens wrote then
@@ -28,7 +28,7 @@ from alignlens.results.io import (TEMP_PREFIX, _honour_umask, _remove, atomic_pa
 
 MANIFEST = "manifest.json"
 #: The commands whose output folders alignlens tells apart (`"kind"` in a manifest).
-KINDS = ("eval", "analyze", "train")
+KINDS = ("eval", "analyze", "train", "localize")
 
 #: Files of one evaluated model (`alignlens eval`).
 EVAL_FILES = ("predictions.jsonl", "summary.json", "manifest.json")
@@ -42,6 +42,10 @@ ANALYZE_FILES = tuple(f"{role}/{f}" for role in ROLES for f in ANALYSIS_FILES) +
 #: What `alignlens train` writes besides merged/ and adapter/ (checkpoints/ is removed at the end
 #: unless kept).
 TRAIN_FILES = ("manifest.json", "train_log.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+#: What `alignlens localize` writes into its output folder (`parts/`: the finished (task, language)
+#: parts of a run still working, removed when it ends).
+LOCALIZE_FILES = ("patching.jsonl", "steering.jsonl", "dose.jsonl", "localize.json", "manifest.json", "report.pdf",
+                  "report_figures", "report_tables", "parts")
 #: Names of the files HF writes into a model folder (train's merged/) and a peft adapter folder.
 MODEL_FOLDER_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
                       "model.safetensors.index.json", "pytorch_model*.bin", "tokenizer*", "special_tokens_map.json",
@@ -57,6 +61,7 @@ LEGACY_FILES = {
     "role": ANALYSIS_FILES[:-1] + ("activations/*.safetensors",),
     "analyze": ("comparison.json", "report.pdf", "report_figures/*", "report_tables/*"),
     "train": _TRAIN_NAMES + ("checkpoints/*.dcp/**/*",),
+    "localize": LOCALIZE_FILES[:5] + ("report_figures/*", "report_tables/*", "parts/*"),
 }
 #: Paths a new run of each kind writes, checked before it starts: each must be free or listed by
 #: the previous run's manifest ("x/": a folder the run adds files to; globs: HF's file names).
@@ -66,6 +71,7 @@ PLANNED = {
         f"{role}/activations/" for role in ROLES) + ("manifest.json", "comparison.json", "report.pdf",
                                                       "report_figures/", "report_tables/"),
     "train": _TRAIN_NAMES + ("checkpoints/", "merged/", "adapter/"),
+    "localize": LOCALIZE_FILES[:6] + ("report_figures/", "report_tables/", "parts/"),
 }
 
 
@@ -268,7 +274,7 @@ def check_out_path(path: Path) -> None:
 
 
 class OutputFolder:
-    """An output folder of one command (`kind`: eval, analyze, train) and the `--force` policy.
+    """An output folder of one command (`kind`: eval, analyze, train, localize) and the `--force` policy.
 
     alignlens replaces only the files the folder's alignlens manifest lists (`read_owner`),
     only in a folder of the same command, never anything else, and only after the new results are

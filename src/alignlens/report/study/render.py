@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from alignlens import AlignlensError, __version__, results
-from alignlens.report import fonts
+from alignlens import AlignlensError, __version__
 from alignlens.report.layout import Page, Section, Table
-from alignlens.report.render import ProgressFn, write_pages, write_table
+from alignlens.report.render import ProgressFn, render_pdf
 from alignlens.report.study import claims, diagnostics, dose, forest, heatmap, irrelevant, seeds, title
 from alignlens.report.summary import contents_page
 from alignlens.results.schema import read_study_file
-from alignlens.results.writer import staged_swap
 
 #: The sections in report order; each a pure `build(study.json dict) -> Section`.
 SECTIONS: tuple[Callable[[dict], Section], ...] = (title.build, claims.build, forest.build, heatmap.build, dose.build,
@@ -34,28 +32,9 @@ def render_study(study_json: Path, pdf: Path, *, progress: ProgressFn | None = N
     `pdf` (a .pdf), with `<stem>_figures/` (PNG + SVG per figure page) and `<stem>_tables/` (CSV,
     contents.csv) beside it. The three replace earlier ones only when everything was written.
     `progress(done, total, what)` before the pages, after each page and after the tables."""
-    import matplotlib
-
     pdf = Path(pdf)
     if pdf.suffix.lower() != ".pdf":
         raise AlignlensError(f"{pdf}: the study report's output must end in .pdf")
     doc = read_study_file(Path(study_json))
-    names = results.report_files(pdf.name)
-    pdf.parent.mkdir(parents=True, exist_ok=True)
-    results.clean_stale_temps(pdf.parent, max_depth=0, locked=False)  # only dead runs' temporaries
-    tick = progress or (lambda done, total, what: None)
-    with staged_swap(pdf.parent, names) as stage:
-        pdf_path, fig_dir, tab_dir = (stage / name for name in names)
-        fig_dir.mkdir()
-        tab_dir.mkdir()
-        with matplotlib.rc_context(fonts.rc_params()):
-            pages, tables = build_pages(doc)
-            total = len(pages) + 1
-            tick(0, total, "sections built")
-            note = f"alignlens {__version__} · study {doc.get('name', '?')}"
-            toc = write_pages(pages, pdf_path, fig_dir, note, f"alignlens study {doc.get('name', '')}",
-                              lambda no, what: tick(no, total, what))
-        for table in tables + [Table("contents.csv", ["page", "section", "title", "figure"], toc)]:
-            write_table(tab_dir, table)
-        tick(total, total, "tables written")
-    return pdf
+    return render_pdf(pdf, lambda: (*build_pages(doc), None), f"alignlens {__version__} · study {doc.get('name', '?')}",
+                      f"alignlens study {doc.get('name', '')}", progress)
