@@ -85,7 +85,8 @@ from alignlens.config import AnalyzeConfig  # noqa: E402
 from alignlens.engine import Unembed, decoder_body, encode, reference_probs  # noqa: E402
 from alignlens.labels import label_sets, label_token_ids  # noqa: E402
 from alignlens.model import LoadedModel, load_model  # noqa: E402
-from alignlens.pipeline import capture_run, capture_spec, run_analyses  # noqa: E402
+from alignlens.pipeline import capture_run, run_analyses  # noqa: E402
+from alignlens.plan import capture_spec  # noqa: E402
 
 #: Tolerances of the comparison (see the module docstring).
 PROB_TOL = 1e-4

@@ -39,7 +39,7 @@ from alignlens.model import load_hf, resolve_device  # noqa: E402
 from alignlens.train import TargetLossModel, TrainConfig  # noqa: E402
 from alignlens.train.config import BATCHINGS  # noqa: E402
 from alignlens.train.examples import collate, encode, epoch_order, load_pairs, micro_batches, padding_share  # noqa: E402
-from alignlens.train.trainer import wrap_lora  # noqa: E402
+from alignlens.train.run import wrap_lora  # noqa: E402
 
 
 def _pad8(n: int) -> int:

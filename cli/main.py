@@ -20,9 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alignlens import AlignlensError
-from alignlens.config import AnalyzeConfig, EvalConfig, LocalizeConfig
+from alignlens.config import AnalyzeConfig, EvalConfig, LocalizeConfig, NeuronOptions
 from alignlens.model import DEFAULT_MODEL
-from alignlens.neurons import NeuronOptions
 
 app = typer.Typer(
     name="alignlens",
@@ -120,7 +119,7 @@ def _train_kept(out: Path) -> Callable[[], str]:
     """What a `train` interrupted before its loop keeps (the loop itself saves a checkpoint and says so)."""
     def kept() -> str:
         from alignlens.distributed import env_world
-        from alignlens.train.trainer import resume_command
+        from alignlens.train.manifest import resume_command
 
         last = out / "checkpoints" / "last.pt"
         if last.is_file():
@@ -290,7 +289,7 @@ def eval_cmd(
     cfg = EvalConfig(tasks=_csv(tasks), languages=_csv(languages), limit=None if all_items else limit,
                      batch_size=batch_size, seed=seed, prefix_cache=not no_prefix_cache, items=items,
                      balanced=balanced)
-    _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
+    plan = _check_inputs(cfg, [model], device, dtype, device_map, max_memory)
     folder = OutputFolder(out, "eval", force) if out is not None else None
     if folder is not None:
         folder.check()  # before loading the model
@@ -298,7 +297,7 @@ def eval_cmd(
     with _process_group(device) as world, folder.writing() if folder is not None else nullcontext():
         m = _load(model, device, dtype, device_map, max_memory)  # with --out locked: one run at a time there
         with _progress_for(world) as progress:
-            summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line())
+            summary = evaluate(m, cfg, out, force=force, progress=progress, command=_command_line(), plan=plan)
     if not world.is_main:
         return
     print_accuracy_table(summary, f"accuracy — {model}", m.info.get("trained_languages"))
@@ -307,27 +306,20 @@ def eval_cmd(
 
 
 def _check_inputs(cfg, models: list[str], device: str, dtype: str, device_map: Optional[str] = None,
-                  max_memory: Optional[str] = None) -> None:
-    """Everything checkable without a model: tasks and their data files, languages, the item
-    selection (--items, --balanced), models, device, dtype, --device-map/--max-memory, and that no
-    model was trained on the items evaluated (`pipeline.check_training_overlap`)."""
-    from alignlens import data
+                  max_memory: Optional[str] = None):
+    """Everything checkable without a model: device, dtype, --device-map/--max-memory, the run's data
+    (`plan.resolve_plan`: tasks and their data files, languages, the item selection (--items,
+    --limit, --balanced), that no model was trained on the items evaluated and, for analyze, the
+    lens prompts and PCA languages) and the models. Returns the `RunPlan` the run then follows."""
     from alignlens.model import check_dtype, check_model_spec, check_placement
-    from alignlens.pipeline import check_training_overlap
+    from alignlens.plan import resolve_plan
 
     check_dtype(dtype, device)
     check_placement(device_map, max_memory, device)
-    selecting = cfg.items is not None or cfg.balanced
-    data.validate_tasks(list(cfg.tasks), list(cfg.languages) if cfg.languages else None,
-                        None if selecting else cfg.limit)
-    if selecting:
-        for t in cfg.tasks:
-            spec = data.load_task(t)
-            for lang in data.task_languages(spec, list(cfg.languages) if cfg.languages else None):
-                cfg.select_items(data.load_items(spec, lang), spec.labels, f"task {spec.name}, language {lang}")
+    plan = resolve_plan(cfg, models)
     for spec in models:
         check_model_spec(spec)
-    check_training_overlap(cfg, models)
+    return plan
 
 
 _NEURON_DEFAULTS = NeuronOptions()
@@ -384,12 +376,13 @@ def analyze_cmd(
         lens_prompts=lens_prompts, similarity_pooling=similarity_pooling, pca_languages=_csv(pca_languages),
         scatter_layers=scatter_layers, similarity_resamples=similarity_resamples, similarity_robust=similarity_robust,
     )
-    _check_inputs(cfg.eval_config(), [model] + ([compare] if compare else []), device, dtype, device_map, max_memory)
+    plan = _check_inputs(cfg, [model] + ([compare] if compare else []), device, dtype, device_map, max_memory)
     _set_threads(threads)
     t0 = time.time()
     with _process_group(device) as world, _progress_for(world) as progress:
         res = analyze(cfg, model, compare, out, force=force, resume=resume, device=device, dtype=dtype, report=report,
-                      device_map=device_map, max_memory=max_memory, progress=progress, command=_command_line(),
+                      device_map=device_map, max_memory=max_memory, plan=plan, progress=progress,
+                      command=_command_line(),
                       log=(lambda s: console.print(f"[dim]{s}[/dim]")) if world.is_main else (lambda s: None),
                       report_progress=report_progress() if world.is_main else None)
     if not world.is_main:

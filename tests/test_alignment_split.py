@@ -14,7 +14,7 @@ import pytest
 
 from alignlens import AlignlensError, data
 from alignlens.config import AnalyzeConfig, EvalConfig, format_items, parse_items
-from alignlens.pipeline import check_training_overlap
+from alignlens.plan import resolve_plan
 from alignlens.results import write_json
 from alignlens.results.schema import read_training_split
 from alignlens.train import TrainConfig
@@ -183,7 +183,7 @@ def test_default_split_is_disjoint_from_the_first_half_evaluation(task, held_out
         chosen = cfg.select_items(data.load_items(spec, lang), spec.labels)
         assert len(chosen) == len(en) // 2
         assert not {data.task_query(spec, "en", en[it.index]) for it in chosen} & targets
-    check_training_overlap(cfg, [])  # nothing to check without a trained model
+    resolve_plan(cfg, [])  # nothing to check without a trained model
 
 
 def fake_training_output(folder: Path, **data_keys) -> Path:
@@ -198,27 +198,27 @@ def test_refusal_names_task_overlap_and_the_held_out_items(tmp_path):
     model = fake_training_output(tmp_path / "aligned", task="emotion", train_items="250-499",
                                  source="task questions")
     assert read_training_split(model)["train_items"] == tuple(range(250, 500))
-    check_training_overlap(EvalConfig(tasks=("emotion", "snli"), items="0-249", limit=None), [str(model)])
-    check_training_overlap(EvalConfig(tasks=("snli",), items="250-299", limit=None), [str(model)])  # other task
+    resolve_plan(EvalConfig(tasks=("emotion", "snli"), items="0-249", limit=None), [str(model)])
+    resolve_plan(EvalConfig(tasks=("snli",), items="250-299", limit=None), [str(model)])  # other task
     with pytest.raises(AlignlensError) as err:
-        check_training_overlap(AnalyzeConfig(tasks=("emotion",), languages=("de",), items="240-259", limit=None),
+        resolve_plan(AnalyzeConfig(tasks=("emotion",), languages=("de",), items="240-259", limit=None),
                                ["gemma-3-270m", str(model)])
     msg = str(err.value)
     assert "task emotion" in msg and "10 of the 20 emotion items" in msg and "first: 250, 251, 252, 253, 254" in msg
     assert "--items 0-249" in msg and "\n" not in msg
     (model / "merged").mkdir()  # the merged/ model of a training output is checked against its parent's manifest
     with pytest.raises(AlignlensError, match="10 of the 20"):
-        check_training_overlap(EvalConfig(tasks=("emotion",), languages=("de",), items="240-259", limit=None),
+        resolve_plan(EvalConfig(tasks=("emotion",), languages=("de",), items="240-259", limit=None),
                                [str(model / "merged")])
     # the first 300 of every language: items 250-299 overlap
     with pytest.raises(AlignlensError, match="50 of the 300"):
-        check_training_overlap(EvalConfig(tasks=("emotion",), limit=300), [str(model)])
+        resolve_plan(EvalConfig(tasks=("emotion",), limit=300), [str(model)])
     # a manifest that records the split only in its options (read the same way)
     other = tmp_path / "opts"
     other.mkdir()
     write_json(other / "manifest.json", {"data": {"languages": ["de"]}, "options": {"task": "paws", "train_items": "0-9"}})
     with pytest.raises(AlignlensError, match="task paws items 0-9: 1 of the 1"):
-        check_training_overlap(EvalConfig(tasks=("paws",), items="9", limit=None), [str(other)])
+        resolve_plan(EvalConfig(tasks=("paws",), items="9", limit=None), [str(other)])
     assert read_training_split(tmp_path / "nothing-here") == {}
 
 

@@ -13,6 +13,7 @@ from alignlens import AlignlensError
 from alignlens import effects as E
 from alignlens import metrics as M
 from alignlens import paired as P
+from alignlens import weighted as W
 from alignlens.stats import holm, mcnemar_exact
 
 TWO = ("neg", "pos")
@@ -59,7 +60,7 @@ def direct_auc(scores, gold, w) -> float:
 @pytest.mark.parametrize("form", ["pair kernel", "sorted"])
 def test_weighted_auc_equals_direct_and_rank_auc_with_ties(form, monkeypatch):
     if form == "sorted":  # the form used above _KERNEL_MAX_PAIRS (positive, negative) pairs
-        monkeypatch.setattr(E, "_KERNEL_MAX_PAIRS", 0)
+        monkeypatch.setattr(W, "_KERNEL_MAX_PAIRS", 0)
     rng = np.random.default_rng(1)
     n = 40
     gold = rng.integers(0, 2, n)

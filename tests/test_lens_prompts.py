@@ -109,20 +109,21 @@ def test_target_label_prompts_refuse_what_they_cannot_build(tmp_path, demos, wor
 
 
 def test_analyze_refuses_before_loading_a_model(tmp_path):
-    """pipeline.analyze builds every target-label prompt before any model loads."""
-    from alignlens.pipeline import analyze, check_lens_prompts
+    """pipeline.analyze builds every target-label prompt before any model loads (`plan.resolve_plan`)."""
+    from alignlens.pipeline import analyze
+    from alignlens.plan import resolve_plan
 
     spec = _custom_task(tmp_path, "A\nLabel: yes\nB\nLabel: no", {"yes": "ja", "no": "nein"})
     cfg = AnalyzeConfig(tasks=[str(spec.folder)], languages=["xx"], limit=1)
     with pytest.raises(AlignlensError, match="quote a label 0 time"):
-        check_lens_prompts(cfg)
+        resolve_plan(cfg)
     from fixtures import save_tiny_base
 
     model = save_tiny_base(tmp_path / "tiny", vocab_size=300)
     with pytest.raises(AlignlensError, match="quote a label 0 time"):
         analyze(cfg, str(model), out=tmp_path / "out", report=False)
     assert not (tmp_path / "out").exists()
-    check_lens_prompts(AnalyzeConfig(tasks=[str(spec.folder)], languages=["xx"], lens_prompts="english-labels"))
+    resolve_plan(AnalyzeConfig(tasks=[str(spec.folder)], languages=["xx"], lens_prompts="english-labels"))
 
 
 def test_lens_prompts_option_is_checked():

@@ -203,7 +203,7 @@ def test_trainer_driven_by_hand_equals_train(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
     from alignlens.train import Checkpoint
-    from alignlens.train.trainer import setup
+    from alignlens.train.run import setup
 
     cfg = dict(per_language=20, eval_every=0, lora_dropout=0.1, epochs=2)
     ref = train(_cfg(**cfg), tiny_base, tmp_path / "ref", progress=False)

@@ -96,7 +96,7 @@ def test_bucketed_steps_give_the_loss_and_gradients_of_one_example_per_row(tiny_
     GPT-2 (float64 LayerNorm) every weight (full fine-tuning)."""
     from fixtures import save_tiny_base
 
-    from alignlens.train.trainer import wrap_lora
+    from alignlens.train.run import wrap_lora
 
     if arch == "gemma3-lora":
         model, tok = _load(tiny_base)
@@ -275,7 +275,7 @@ def test_fused_frozen_head_equals_logits_and_cross_entropy(monkeypatch, softcap)
 
 def test_target_loss_uses_the_fused_head_only_for_a_frozen_head(tiny_base, monkeypatch):
     from alignlens.train import loss as loss_mod
-    from alignlens.train.trainer import wrap_lora
+    from alignlens.train.run import wrap_lora
 
     calls = []
     real = loss_mod._FrozenHeadCrossEntropy.apply

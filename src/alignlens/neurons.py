@@ -22,8 +22,7 @@ Quantiles use Tang's definition: the k-th smallest value with k = round(ratio * 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from scipy import stats as sps
 
 from alignlens import AlignlensError
 from alignlens.capture.reducers import ActivationCounter
+from alignlens.config import NeuronOptions  # noqa: F401  (re-exported: defined with the other run options)
 
 __all__ = [
     "NeuronOptions",
@@ -45,36 +45,6 @@ __all__ = [
 ]
 
 CountState = ActivationCounter | Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class NeuronOptions:
-    """LAPE options (defaults and their sources are recorded in the report).
-
-    filter_rate: candidate quantile of all activation probabilities (Tang et al.: 0.95).
-    top_rate: fraction of neurons kept by lowest entropy (our issue: 0.05; Tang et al.'s code: 0.01).
-    top_rate_of: "all" -> round(top_rate * all neurons), as Tang's code; "candidates" -> of candidates.
-    activation_bar_ratio: quantile of all probabilities a selected neuron's p[lang] must exceed
-        to be specific to lang (Tang et al.: 0.95).
-    active_threshold: a neuron is "active" for a language if p > this value. None (default) uses
-        the activation bar itself, i.e. "strongly active" (high-activation sets without the
-        entropy filter). A literal 0.0 ("fires at least once") is nearly all neurons for SiLU/GELU
-        gates, which makes the active-set overlap uninformative.
-    """
-
-    filter_rate: float = 0.95
-    top_rate: float = 0.05
-    top_rate_of: Literal["all", "candidates"] = "all"
-    activation_bar_ratio: float = 0.95
-    active_threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("filter_rate", "top_rate", "activation_bar_ratio"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise AlignlensError(f"NeuronOptions.{name} must be in (0, 1], got {v}")
-        if self.top_rate_of not in ("all", "candidates"):
-            raise AlignlensError(f"NeuronOptions.top_rate_of must be 'all' or 'candidates', got {self.top_rate_of!r}")
 
 
 _SOURCES = {

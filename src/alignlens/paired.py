@@ -25,10 +25,9 @@ from numpy.typing import ArrayLike
 
 from alignlens import AlignlensError, NumericalError
 from alignlens import metrics as M
-from alignlens.effects import (
-    MIN_ITEMS, Z_MDE80, draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_auc,
-    weighted_balanced_accuracy,
-)
+from alignlens.effects import MIN_ITEMS, Z_MDE80
+from alignlens.weighted import (draw_counts, index_rows, label_id, percentile_ci, weighted_accuracy, weighted_auc,
+                                weighted_balanced_accuracy)
 from alignlens.stats import _bools, benjamini_hochberg, holm, mcnemar_exact
 
 __all__ = [

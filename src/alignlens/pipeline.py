@@ -25,7 +25,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -43,30 +43,20 @@ from alignlens.languages import paper_order
 from alignlens.lens import lens_report
 from alignlens.model import LoadedModel, load_model
 from alignlens.neurons import compare_neurons, neuron_report
+from alignlens.plan import RunPlan, plan_for
 from alignlens.results import OutputFolder, now_iso, read_json, read_jsonl, write_json
 from alignlens.results.schema import resume_command
 from alignlens.resume import FolderBefore, check_resume, check_resume_model, refuse_interrupted
-from alignlens.similarity import resolve_pca_languages, similarity_analysis
+from alignlens.similarity import similarity_analysis
 
 
 def default_pair_layers(n_layers: int) -> list[int]:
     return sorted({max(0, n_layers // 4 - 1), n_layers // 2 - 1, (3 * n_layers) // 4 - 1, n_layers - 1})
 
 
-def capture_spec(spec: data.TaskSpec, lang: str, lens_prompts: str) -> data.TaskSpec | None:
-    """The task whose prompts the capture pass of (`spec`, `lang`) runs, when they differ from the
-    evaluation prompts: `data.target_label_spec` for "target-labels" (AlignlensError naming the task
-    and language if its demonstrations cannot carry the target words); None when the evaluation pass
-    can capture too ("english-labels", or target words equal to the English ones, as English or PAWS)."""
-    if lens_prompts == "english-labels":
-        return None
-    target = data.target_label_spec(spec, lang)
-    return None if target.prompts[lang].demonstrations == spec.prompts[lang].demonstrations else target
-
-
-def _capture_pass(model: LoadedModel, spec: data.TaskSpec, lang: str, items: list[data.Item], capturer: Capturer,
+def _capture_pass(model: LoadedModel, spec: data.TaskSpec, lang: str, items: Sequence[data.Item], capturer: Capturer,
                   batch_size: int, fwd_hooks: list, on_batch_done: Callable[[int], None] | None) -> None:
-    """The separate capture pass: the items' queries after `spec`'s demonstrations (`capture_spec`),
+    """The separate capture pass: the items' queries after `spec`'s demonstrations (`plan.capture_spec`),
     run through the engine for `capturer` only (its label probabilities are dropped: accuracy comes
     from the evaluation pass; no content-free queries)."""
     where = f"task {spec.name}, language {lang} (capture pass, target-label prompts)"
@@ -100,70 +90,50 @@ def gather_capture(cap: LanguageCapture) -> LanguageCapture:
     return cap
 
 
-def run_plan(config: AnalyzeConfig) -> list[tuple[data.TaskSpec, str, list[data.Item], data.TaskSpec | None]]:
-    """(task spec, language, the selected items, the capture pass's spec or None: `capture_spec`) of
-    every (task, language) of `config`, in run order (no model)."""
-    plan = []
-    for t in config.tasks:
-        spec = data.load_task(t)
-        for lang in data.task_languages(spec, config.languages):
-            plan.append((spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
-                                                         f"task {spec.name}, language {lang}"),
-                         capture_spec(spec, lang, config.lens_prompts)))
-    return plan
-
-
-def check_lens_prompts(config: AnalyzeConfig) -> None:
-    """Build every target-label prompt of the run (no model): a task or language whose
-    demonstrations cannot carry the target words fails here, before any model loads."""
-    for t in config.tasks:
-        spec = data.load_task(t)
-        for lang in data.task_languages(spec, config.languages):
-            capture_spec(spec, lang, config.lens_prompts)
-
-
 def capture_run(
-    model: LoadedModel, config: AnalyzeConfig, *, shard_dir: Path | None = None, progress: Any = None,
-    fwd_hooks: list = (),
+    model: LoadedModel, config: AnalyzeConfig, *, plan: RunPlan | None = None, shard_dir: Path | None = None,
+    progress: Any = None, fwd_hooks: list = (),
 ) -> tuple[list[LanguageResult], dict[tuple[str, str], LanguageCapture]]:
-    """Evaluate and capture every (task, language). The evaluation (predictions, accuracy) always
-    runs on the English-label prompts; the capture (lens, states, neurons) on `config.lens_prompts`:
-    with "target-labels" a second pass on the target-label prompts (`capture_spec`), else (or where
-    those equal the evaluation prompts) the same pass. With `shard_dir`, finished (task, language)
-    shards found there are loaded instead of recomputed (refused, AlignlensError, when their data,
-    items or prompts differ: `shards.shard_mismatch`), and new ones are saved with their data hash."""
+    """Evaluate and capture every (task, language) of `plan` (None: `plan.resolve_plan(config)`).
+    The evaluation (predictions, accuracy) always runs on the English-label prompts; the capture
+    (lens, states, neurons) on `config.lens_prompts`: with "target-labels" a second pass on the
+    target-label prompts (`PlanEntry.capture`), else (or where those equal the evaluation prompts)
+    the same pass. With `shard_dir`, finished (task, language) shards found there are loaded instead
+    of recomputed (refused, AlignlensError, when their data, items or prompts differ:
+    `shards.shard_mismatch`), and new ones are saved with their data hash."""
     check_neuron_hooks(model)
-    plan = run_plan(config)
-    total = sum(len(i) * (1 if c is None else 2) for _, _, i, c in plan)
+    plan = plan_for(config, plan)
+    total = sum(len(e.items) * (1 if e.capture is None else 2) for e in plan)
     bar = progress.add_task("capturing", total=total) if progress is not None else None
     done = (lambda n: progress.advance(bar, n)) if progress is not None else None
     results, captures = [], {}
-    for spec, lang, items, cap_spec in plan:
-        path = shard_path(shard_dir, spec.name, lang) if shard_dir is not None else None
-        data_hash = shard_data_hash(spec, lang, items) if path is not None else None
+    for e in plan:
+        path = shard_path(shard_dir, e.spec.name, e.lang) if shard_dir is not None else None
+        data_hash = shard_data_hash(e.spec, e.lang, e.items) if path is not None else None
+        passes = 1 if e.capture is None else 2
         # rank 0's view of the saved shards decides for every rank (it alone writes them)
         if path is not None and distributed.broadcast_object(path.is_file()):
-            why = shard_mismatch(path, data_hash, [it.index for it in items], config.lens_prompts)
+            why = shard_mismatch(path, data_hash, [it.index for it in e.items], config.lens_prompts)
             if why is not None:
                 raise AlignlensError(f"cannot reuse {path}: {why}; use --force to start again")
             result, cap = load_shard(path)
             if progress is not None:
-                progress.advance(bar, len(items) * (1 if cap_spec is None else 2))
+                progress.advance(bar, len(e.items) * passes)
         else:
             if progress is not None:
-                progress.update(bar, description=f"{model.spec.split('/')[-1][:24]} {spec.name} {lang}")
-            capturer = Capturer(model, spec, lang, config.lens_overlap, config.lens_prompts)
+                progress.update(bar, description=f"{model.spec.split('/')[-1][:24]} {e.spec.name} {e.lang}")
+            capturer = Capturer(model, e.spec, e.lang, config.lens_overlap, config.lens_prompts)
             result = evaluate_language(
-                model, spec, lang, items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
-                probes=[capturer] if cap_spec is None else [], on_batch_done=done,
+                model, e.spec, e.lang, e.items, batch_size=config.batch_size, fwd_hooks=fwd_hooks,
+                probes=[capturer] if e.capture is None else [], on_batch_done=done,
             )
-            if cap_spec is not None:  # the capture pass: same items, target-label demonstrations
-                _capture_pass(model, cap_spec, lang, items, capturer, config.batch_size, fwd_hooks, done)
+            if e.capture is not None:  # the capture pass: same items, target-label demonstrations
+                _capture_pass(model, e.capture, e.lang, e.items, capturer, config.batch_size, fwd_hooks, done)
             cap = gather_capture(capturer.capture)
             if path is not None:
                 distributed.on_main(lambda: save_shard(shard_dir, result, cap, data_hash=data_hash))
         results.append(result)
-        captures[(spec.name, lang)] = cap
+        captures[(e.spec.name, e.lang)] = cap
     return results, captures
 
 
@@ -229,23 +199,12 @@ def task_similarity(task: str, per_lang: dict[str, tuple[LanguageResult, Languag
     return out
 
 
-def check_similarity_options(config: AnalyzeConfig) -> None:
-    """The PCA languages of every task (no model): each must be among the task's analysed languages."""
-    for t in config.tasks:
-        spec = data.load_task(t)
-        langs = data.task_languages(spec, config.languages)
-        if "en" in langs:
-            try:
-                resolve_pca_languages(langs, config.pca_languages)
-            except AlignlensError as e:
-                raise AlignlensError(f"task {spec.name}: {e}") from None
-
-
 def analyze_model(
-    model: LoadedModel, config: AnalyzeConfig, run_dir: Path, *, progress: Any = None, command: str = "",
-    extra_manifest: dict | None = None,
+    model: LoadedModel, config: AnalyzeConfig, run_dir: Path, *, plan: RunPlan | None = None, progress: Any = None,
+    command: str = "", extra_manifest: dict | None = None,
 ) -> dict:
-    """Evaluate, capture and analyse one model into `run_dir` (which must exist). Returns the summary.
+    """Evaluate, capture and analyse one model into `run_dir` (which must exist), on `plan`'s items
+    (None: `plan.resolve_plan(config)`). Returns the summary.
 
     A manifest marked `"status": "running"` is written first, so `--resume` can check that it
     continues the same model and options; the final manifest replaces it. Under torchrun every rank
@@ -255,14 +214,15 @@ def analyze_model(
     t0 = time.time()
     check_rows(config.pair_layers, model.n_layers)
     check_rows(config.scatter_layers, model.n_layers, "--scatter-layers")
+    plan = plan_for(config, plan)
     torch.manual_seed(config.seed)
     manifest = make_manifest(model, config.eval_config(), command=command, started=started,
                              extra={"options": config.to_dict(), **(extra_manifest or {}),
                                     "world_size": distributed.world().size,
-                                    **ownership("analyze", analysis_files(config))})
+                                    **ownership("analyze", analysis_files(config, plan))})
     distributed.on_main(lambda: write_json(run_dir / "manifest.json", {**manifest, "status": "running", "finished": None}))
     shard_dir = run_dir / "activations" if config.save_activations else None
-    results, captures = capture_run(model, config, shard_dir=shard_dir, progress=progress)
+    results, captures = capture_run(model, config, plan=plan, shard_dir=shard_dir, progress=progress)
     t_capture = time.time() - t0
 
     def finish() -> dict:
@@ -274,14 +234,12 @@ def analyze_model(
     return distributed.broadcast_object(distributed.on_main(finish))
 
 
-def analysis_files(config: AnalyzeConfig) -> list[str]:
+def analysis_files(config: AnalyzeConfig, plan: RunPlan) -> list[str]:
     """The files `analyze_model` writes into a run folder (relative paths): the evaluation and
-    analysis files and, with --save-activations, one shard per (task, language)."""
+    analysis files and, with --save-activations, one shard per (task, language) of `plan`."""
     files = [f for f in ANALYSIS_FILES if f != "activations"]
     if config.save_activations:
-        for t in config.tasks:
-            spec = data.load_task(t)
-            files += [f"activations/{shard_path(Path(), spec.name, lang)}" for lang in data.task_languages(spec, config.languages)]
+        files += [f"activations/{shard_path(Path(), e.spec.name, e.lang)}" for e in plan]
     return files
 
 
@@ -290,11 +248,12 @@ def analyze(
     *, force: bool = False, resume: bool = False, device: str = "auto", dtype: str = "auto", report: bool = True,
     progress: Any = None, command: str = "", log: Callable[[str], None] = lambda s: None,
     report_progress: Callable[[int, int, str], None] | None = None,
-    device_map: str | dict | None = None, max_memory: str | dict | None = None,
+    device_map: str | dict | None = None, max_memory: str | dict | None = None, plan: RunPlan | None = None,
 ) -> dict[str, Any]:
     """The main job. Returns {"runs": {name: summary}, "report": path or None, "trained_languages": [...]}.
 
-    Everything is checked before a model is loaded (options, models, output folder), and the
+    Everything is checked before a model is loaded (options, models, the data: `plan`, resolved from
+    `config` and the models by `plan.resolve_plan` unless given, output folder), and the
     folder stays locked until the run ends (a second run into it is refused at once). A new folder
     is written directly; over an earlier analyze run (`force`: only the files its manifests list
     are replaced), the new run is staged and swapped in at the end, so a failure leaves the
@@ -318,9 +277,7 @@ def analyze(
             check_rows(config.pair_layers, n_layers)
             check_rows(config.scatter_layers, n_layers, "--scatter-layers")
     check_dtype(dtype, device)
-    check_training_overlap(config, [spec for _, spec in specs])
-    check_lens_prompts(config)
-    check_similarity_options(config)
+    plan = plan_for(config, plan, [spec for _, spec in specs])
     if resume and force:
         raise AlignlensError("--resume continues the run in --out and --force starts it again: give only one of them")
     folder = OutputFolder(out, "analyze", force, resume=resume)
@@ -328,7 +285,7 @@ def analyze(
     done: set[str] = set()
     before = FolderBefore.take(out)
     if resume:
-        saved, done = check_resume(out, specs, config, run_plan(config), report=report)
+        saved, done = check_resume(out, specs, config, plan, report=report)
         config = dataclasses.replace(config, save_activations=True)
     elif not force:
         refuse_interrupted(out, command)
@@ -340,8 +297,8 @@ def analyze(
         started = now_iso()
         state = {"role": None}
         try:
-            summaries, trained = _analyze_roles(config, specs, stage, saved, done, device, dtype, progress, command, log,
-                                                state, placement={"device_map": device_map, "max_memory": max_memory})
+            summaries, trained = _analyze_roles(config, plan, specs, stage, saved, done, device, dtype, progress, command,
+                                                log, state, placement={"device_map": device_map, "max_memory": max_memory})
 
             def finish() -> Path | None:  # rank 0 alone: comparison, report, the swap into place
                 if compare:
@@ -393,7 +350,7 @@ def analyze_manifest(folder: Path, specs: list[tuple[str, str]], command: str, s
                            extra={"models": {role: spec for role, spec in specs}})
 
 
-def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: Path, saved: dict, done: set[str],
+def _analyze_roles(config: AnalyzeConfig, plan: RunPlan, specs: list[tuple[str, str]], stage: Path, saved: dict, done: set[str],
                    device: str, dtype: str, progress: Any, command: str, log: Callable[[str], None],
                    state: dict, placement: dict | None = None) -> tuple[dict, list[str]]:
     """Load and analyse each (role, model) in turn, except the roles in `done` (finished before a
@@ -413,68 +370,12 @@ def _analyze_roles(config: AnalyzeConfig, specs: list[tuple[str, str]], stage: P
         log(f"loading {spec}")
         m = load_model(spec, device=device, dtype=dtype, **(placement or {}))
         check_resume_model(saved.get(name), m, run_dir)
-        summaries[name] = analyze_model(m, config, run_dir, progress=progress, command=command,
+        summaries[name] = analyze_model(m, config, run_dir, plan=plan, progress=progress, command=command,
                                         extra_manifest={"role": name, "run_models": dict(specs)})
         if name == "aligned":
             trained = list(m.info.get("trained_languages", []))
         del m
     return summaries, trained
-
-
-def check_training_overlap(config: Any, models: list[str]) -> None:
-    """Refuse to evaluate items a model was trained on (no model is loaded).
-
-    For each model that is an `alignlens train` output whose training manifest names one of the
-    evaluated tasks (`results.schema.read_training_split`), the indices this run evaluates (the
-    config's `select_items` over every evaluated language: item i is the same question in every
-    language, and its English text was the training target) must not meet its `train_items`.
-    `config`: an EvalConfig or AnalyzeConfig. Raises AlignlensError naming the model, the task, the
-    overlapping count and first indices, and the held-out items to use instead (`check_held_out`)."""
-    from alignlens.results.schema import read_training_split
-
-    for spec in models:
-        folder = Path(spec).expanduser()
-        if folder.name == "merged" and not (folder / "manifest.json").is_file():
-            folder = folder.parent  # the `merged/` model of an `alignlens train` output
-        split = read_training_split(folder) if folder.is_dir() else {}
-        if not split.get("task"):
-            continue
-        for t in config.tasks:
-            ts = data.load_task(t)
-            same = split["task"] in (ts.name, t) or (
-                split.get("task_folder") and Path(split["task_folder"]).resolve() == ts.folder.resolve())
-            if not same:
-                continue
-            if split.get("train_items") is None:
-                raise AlignlensError(f"{folder / 'manifest.json'}: trained on task {ts.name} but records no "
-                                     f"train_items; cannot check that the evaluated items are held out")
-            check_held_out(config, t, set(split["train_items"]), f"model {spec}")
-
-
-def check_held_out(config: Any, task: str, trained: set[int], who: str, flag: str = "--items") -> None:
-    """Refuse (AlignlensError) when the items `config` (EvalConfig or AnalyzeConfig) evaluates of
-    `task`, over every evaluated language (`select_items`; item i is the same question in every
-    language), meet `trained`, the item indices `who` (e.g. "model runs/aligned") was trained on.
-    The message names the overlap and suggests held-out items (as `flag`)."""
-    from alignlens.config import format_items
-
-    ts = data.load_task(task)
-    evaluated: set[int] = set()
-    every: set[int] = set()
-    for lang in data.task_languages(ts, config.languages):
-        items = data.load_items(ts, lang)
-        every |= {it.index for it in items}
-        chosen = config.select_items(items, ts.labels, f"task {ts.name}, language {lang}")
-        evaluated |= {it.index for it in chosen}
-    overlap = sorted(trained & evaluated)
-    if overlap:
-        free = sorted(every - trained)
-        hint = f"evaluate held-out items, e.g. {flag} {format_items(free)}" if free else \
-            "no item of this task is held out"
-        raise AlignlensError(
-            f"{who} was trained on task {ts.name} items {format_items(trained, 5)}: {len(overlap)} of "
-            f"the {len(evaluated)} {ts.name} items this run evaluates overlap (first: "
-            f"{', '.join(map(str, overlap[:5]))}); {hint}")
 
 
 def _peek_n_layers(spec: str) -> int | None:

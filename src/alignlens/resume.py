@@ -22,6 +22,7 @@ import torch
 from alignlens import AlignlensError
 from alignlens.capture.shards import shard_data_hash, shard_mismatch, shard_path
 from alignlens.config import AnalyzeConfig
+from alignlens.plan import RunPlan
 from alignlens.results import ANALYZE_FILES, ROLES, atomic_write_bytes, clean_stale_temps
 from alignlens.results.io import _remove
 from alignlens.results.manifest import task_hash
@@ -56,11 +57,11 @@ def run_differences(folder: AnalyzeFolder, specs: list[tuple[str, str]], config:
     return diff
 
 
-def check_resume(out: Path, specs: list[tuple[str, str]], config: AnalyzeConfig, plan: list, *,
+def check_resume(out: Path, specs: list[tuple[str, str]], config: AnalyzeConfig, plan: RunPlan, *,
                  report: bool) -> tuple[dict[str, dict | None], set[str]]:
     """Check, before any model loads, that `specs` ((role, model spec) pairs) and `config` continue
-    the analyze run in `out` exactly. `plan`: `pipeline.run_plan(config)`. Returns each role's saved
-    manifest (None: not started) and the roles already finished (kept as they are, not recomputed).
+    the analyze run in `out` exactly. `plan`: the data `config` resolves to (`plan.resolve_plan`).
+    Returns each role's saved manifest (None: not started) and the roles already finished (kept as they are, not recomputed).
 
     Refused (AlignlensError, one line with what to do): nothing started in `out`; a finished run
     (nothing to resume, unless its report is missing and `report`; with other options: --force or
@@ -101,7 +102,7 @@ def _check_threads(out: Path, saved: dict[str, dict | None]) -> None:
                 f"resume with --threads {n} (float results differ in the last bits between thread counts)")
 
 
-def _check_data(out: Path, saved: dict[str, dict | None], done: set[str], config: AnalyzeConfig, plan: list) -> None:
+def _check_data(out: Path, saved: dict[str, dict | None], done: set[str], config: AnalyzeConfig, plan: RunPlan) -> None:
     """A finished role's task data (manifest `data.tasks.<task>.hash`) and every saved shard of an
     unfinished role (`shard_mismatch`) must be what this run reads now."""
     for role, m in saved.items():
@@ -109,17 +110,17 @@ def _check_data(out: Path, saved: dict[str, dict | None], done: set[str], config
             continue
         if role in done:
             tasks = ((m.get("data") or {}).get("tasks") or {})
-            for spec in {s.name: s for s, _, _, _ in plan}.values():
+            for spec in {s.name: s for s in plan.tasks}.values():
                 h = (tasks.get(spec.name) or {}).get("hash")
                 if h is not None and h != task_hash(spec.folder):
                     raise AlignlensError(
                         f"cannot resume {out}: the data of task {spec.name} ({spec.folder}) changed since {out / role} "
                         "was computed; use --force to start again")
             continue
-        for spec, lang, items, _ in plan:
-            path = shard_path(out / role / "activations", spec.name, lang)
+        for e in plan:
+            path = shard_path(out / role / "activations", e.spec.name, e.lang)
             if path.is_file():
-                why = shard_mismatch(path, shard_data_hash(spec, lang, items), [it.index for it in items],
+                why = shard_mismatch(path, shard_data_hash(e.spec, e.lang, e.items), [it.index for it in e.items],
                                      config.lens_prompts)
                 if why is not None:
                     raise AlignlensError(f"cannot resume {out / role}: {why}; use --force to start again")

@@ -86,11 +86,12 @@ def plan_localize(config: LocalizeConfig, model: str, compare: str, control: str
                   device: str = "auto", dtype: str = "auto") -> Plan:
     """Every check that needs no model, in the order a user fixes them: device and dtype, models,
     tasks and their data, the item selection (--items, --balanced, --limit), held-out items
-    (`pipeline.check_training_overlap`, also for the control), layers against the models' config
+    (`plan.resolve_plan`, also for the control), layers against the models' config
     (when local), directions, the steering direction's training items (disjoint from the evaluated
     ones), the LoRA adapter of the dose response. AlignlensError on the first problem."""
     from alignlens.model import check_dtype, check_model_spec
-    from alignlens.pipeline import _peek_n_layers, check_training_overlap
+    from alignlens.pipeline import _peek_n_layers
+    from alignlens.plan import resolve_plan
     from alignlens.results.schema import read_training, read_training_split
 
     if not isinstance(config, LocalizeConfig):
@@ -114,7 +115,7 @@ def plan_localize(config: LocalizeConfig, model: str, compare: str, control: str
         for lang in data.task_languages(spec, config.languages):
             cells.append(Cell(spec, lang, config.select_items(data.load_items(spec, lang), spec.labels,
                                                               f"task {spec.name}, language {lang}")))
-    check_training_overlap(config, list(models.values()))
+    resolve_plan(config.eval_config(), list(models.values()))  # held-out items of every trained model
     for spec in models.values():
         n_layers = _peek_n_layers(spec)
         if n_layers is not None:

@@ -101,7 +101,7 @@ def _trained_items(alignment: Mapping | None, spec: data.TaskSpec) -> tuple[int,
     on this task."""
     if not alignment or not alignment.get("task"):
         return None
-    folder = alignment.get("task_folder")  # as pipeline.check_training_overlap matches it
+    folder = alignment.get("task_folder")  # as plan.resolve_plan matches it
     same = alignment["task"] == spec.name or bool(folder and Path(folder).resolve() == spec.folder.resolve())
     return tuple(alignment["train_items"]) if same and alignment.get("train_items") is not None else None
 

@@ -280,7 +280,7 @@ def resolve(study: Study, *, tokenize: bool = True) -> Plan:
 
 def _train_tokens(arm: Arm, cfg: TrainConfig, pairs: list, tokenizers: dict, build_data) -> int:
     """Training tokens of one (arm, seed) with its model's tokenizer; refuses dropped data."""
-    from alignlens.train.trainer import load_training_tokenizer
+    from alignlens.train.run import load_training_tokenizer
 
     if arm.model not in tokenizers:
         tokenizers[arm.model] = load_training_tokenizer(arm.model)

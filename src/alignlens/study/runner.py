@@ -179,7 +179,7 @@ def run_study(source: str | Path, out: str | Path, *, arm: str | None = None, se
     training step (tests use them to interrupt). Raises AlignlensError before anything is written
     for a bad file, selection or folder; RunInterrupted on Ctrl-C/SIGTERM."""
     from alignlens.model import resolve_device
-    from alignlens.train.trainer import torch_threads
+    from alignlens.train.run import torch_threads
 
     t0 = time.perf_counter()
     study = load_study(source)

@@ -8,9 +8,9 @@ Each refusal is one AlignlensError line naming the table it is about: `[study]`,
 feasible), arm names (unique, `[A-Za-z0-9_.+-]`, not "base"), seeds, models
 (`model.check_model_spec`), every arm's resolved `train.TrainConfig` (`TrainConfig.from_preset`:
 target language, copy control, question source), its training items disjoint from the evaluated
-items of the same task (`pipeline.check_held_out`), the irrelevant label words of every task when
-`irrelevant_labels` is on (`data.irrelevant_label_spec`), the analysis options
-(`pipeline.check_lens_prompts`, `check_similarity_options`) and the contrasts.
+items of the same task (`alignlens.plan.check_held_out`), the irrelevant label words of every task
+when `irrelevant_labels` is on (`data.irrelevant_label_spec`), the analysis options (the capture
+prompts and PCA languages of `alignlens.plan.resolve_plan`) and the contrasts.
 
 `load_study(source)` reads a file or a bundled study name (`studies/<name>.toml`, shipped as
 `alignlens.studies`); `parse_study(raw, ...)` validates an already parsed table. The steps and their
@@ -29,6 +29,7 @@ from typing import Any
 from alignlens import AlignlensError, data
 from alignlens.config import AnalyzeConfig, EvalConfig
 from alignlens.model import DEFAULT_MODEL, check_model_spec
+from alignlens.plan import check_held_out, resolve_plan
 from alignlens.train.config import MAX_SEED, RUNTIME_OPTIONS, TrainConfig
 
 #: Question sources of an arm besides a task name: the evaluated task's own questions, or the
@@ -303,10 +304,7 @@ def parse_study(raw: dict, *, default_name: str = "study", source: str = "", tex
         data.validate_tasks(list(tasks), list(languages) if languages else None)
         eval_cfg = EvalConfig(tasks=tasks, languages=languages, limit=limit, batch_size=batch_size,
                               items=None if items is None else str(items), balanced=balanced)
-        for t in tasks:
-            spec = data.load_task(t)
-            for lang in data.task_languages(spec, list(languages) if languages else None):
-                eval_cfg.select_items(data.load_items(spec, lang), spec.labels, f"task {spec.name}, language {lang}")
+        resolve_plan(eval_cfg)  # every item file, whole, and the selection of each (task, language)
     except AlignlensError as exc:
         raise _again(exc, where) from None
     words = {k: v.strip() for k, v in words_raw.items()}
@@ -317,13 +315,10 @@ def parse_study(raw: dict, *, default_name: str = "study", source: str = "", tex
             except AlignlensError as exc:
                 raise _again(exc, "[study.irrelevant_words]") from None
     if analyses:
-        from alignlens.pipeline import check_lens_prompts, check_similarity_options
-
         acfg = AnalyzeConfig(tasks=tasks, languages=languages, limit=limit, batch_size=batch_size,
                              items=eval_cfg.items, balanced=balanced, save_activations=True)
         try:
-            check_lens_prompts(acfg)
-            check_similarity_options(acfg)
+            resolve_plan(acfg)  # the capture pass's prompts (--lens-prompts) and the PCA languages too
         except AlignlensError as exc:
             raise _again(exc, where) from None
 
@@ -424,8 +419,6 @@ def _parse_arm(a: dict, i: int, tasks: tuple[str, ...], seeds: tuple[int, ...], 
         qspec = data.load_task(qtask)
         for t in tasks:
             if data.load_task(t).folder.resolve() == qspec.folder.resolve():
-                from alignlens.pipeline import check_held_out
-
                 check_held_out(eval_cfg, t, set(cfg.train_indices()), f"{where} (training items)", flag="items =")
     return Arm(name=name, index=i, languages=langs, target=target, questions=questions, questions_task=qtask,
                control=control, seeds=arm_seeds, model=arm_model, train=arm_train, **arm_flags)

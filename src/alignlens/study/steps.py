@@ -96,7 +96,7 @@ def ensure_merged(train_dir: Path, base_model: str) -> None:
 
         from alignlens.model import load_hf
         from alignlens.train.checkpoint import save_folder
-        from alignlens.train.trainer import load_training_tokenizer
+        from alignlens.train.run import load_training_tokenizer
 
         tokenizer = load_training_tokenizer(base_model)
         hf, _, _ = load_hf(base_model, torch.device("cpu"), torch.float32, tokenizer=tokenizer)

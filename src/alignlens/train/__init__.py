@@ -10,8 +10,12 @@ Modules, in the order a run uses them:
 - `examples`: pairs, the seeded validation split, tokens (truncated/dropped counts), batches;
 - `loss`: `TargetLossModel`, the target-only cross-entropy as a module's forward;
 - `checkpoint`: `TrainState`, `Checkpoint` (exact save/restore), the log, the output folder;
-- `trainer`: `train` (the entry point) and `Trainer` (step / validate / checkpoint / finish),
-  `training_manifest`.
+- `parallel`: the model wrapped for torchrun (DDP, FSDP2) and the sharded checkpoint state;
+- `adapters`: a saved LoRA adapter read as ΔW = B·A·scaling (`lora_delta`, the one merge formula);
+- `export`: `adapter/` and `merged/` of a finished run;
+- `manifest`: the run's manifest, its session log and the command that resumes it;
+- `trainer`: `Trainer`, the loop (step / validate / checkpoint / finish);
+- `run`: `train`, the entry point (checks, setup of data and model, resume options).
 
 `train(config, model_spec, out_dir)` writes `merged/` (loads with `alignlens.model.load_model`),
 `adapter/` (LoRA), `manifest.json` and `train_log.jsonl`.
@@ -20,7 +24,8 @@ Modules, in the order a run uses them:
 from alignlens.train.checkpoint import Checkpoint, TrainState
 from alignlens.train.config import PRESETS, TrainConfig
 from alignlens.train.loss import TargetLossModel
-from alignlens.train.trainer import Trainer, TrainInterrupted, TrainResult, train
+from alignlens.train.run import train
+from alignlens.train.trainer import Trainer, TrainInterrupted, TrainResult
 
 __all__ = ["PRESETS", "Checkpoint", "TargetLossModel", "TrainConfig", "TrainInterrupted", "TrainResult",
            "TrainState", "Trainer", "train"]

@@ -10,8 +10,8 @@ An `alignlens train` output with LoRA has `adapter/` in peft's format: `adapter_
 transposed when `fan_in_fan_out` (GPT-2's Conv1D stores [in, out]); `rank_pattern` and
 `alpha_pattern` give per-module r and lora_alpha, matched as peft matches them
 (`peft.utils.other.get_pattern_key`). The product is taken in float32 in the order peft's
-`get_delta_weight` and the trainer's `merged_tensors` take it ((B @ A), transposed, times scaling),
-so W + 1·ΔW equals their merge.
+`get_delta_weight` takes it ((B @ A), transposed, times scaling), so W + 1·ΔW equals its merge;
+the trainer's streamed merge (`export.merged_tensors`) uses `lora_delta` itself.
 
 Only plain LoRA on Linear (or Conv1D) layers is read: DoRA, LoRA biases, embedding or convolution
 LoRA, extra saved modules (`modules_to_save`), layer replication, trainable tokens and other peft
@@ -61,8 +61,8 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, fan_in_fan_out:
     """ΔW of one LoRA layer, float32: (B @ A), transposed when `fan_in_fan_out`, times `scaling`.
 
     a: lora_A weight [r, in]; b: lora_B weight [out, r]. Returns [out, in] ([in, out] with
-    `fan_in_fan_out`). The same operations, in the same order, as peft's `get_delta_weight` and
-    `trainer.merged_tensors` (so W + ΔW is bit-identical to their merge in float32)."""
+    `fan_in_fan_out`). The same operations, in the same order, as peft's `get_delta_weight` (so W + ΔW
+    is bit-identical to its merge in float32); `export.merged_tensors` merges with it."""
     delta = b.float() @ a.float()
     return (delta.T if fan_in_fan_out else delta) * scaling
 

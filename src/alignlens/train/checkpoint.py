@@ -86,7 +86,7 @@ class TrainState:
     sessions: int = 1
     train_loss: float | None = None  # of the last optimizer step
     #: one record per session, in order: its number, start time, command and runtime options
-    #: (`config.RUNTIME_OPTIONS`), see `trainer.session_record`; empty in checkpoints saved before
+    #: (`config.RUNTIME_OPTIONS`), see `manifest.session_record`; empty in checkpoints saved before
     session_log: list[dict] = dataclasses.field(default_factory=list)
     rng: dict | None = None
 

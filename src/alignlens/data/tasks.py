@@ -1,44 +1,16 @@
-"""Tasks, languages, items and prompts.
+"""Task specs and their items, read and checked (the `data` package's first part; the file formats:
+`alignlens.data`).
 
-A *task* is a folder with a `task.json` spec and one `<lang>.jsonl` (or `.jsonl.gz`) file of
-items per language. The three tasks of the paper (`emotion`, `snli`, `paws`) are bundled in
-`alignlens/resources/data`; users add their own by passing a folder path wherever a task name
-is accepted.
-
-task.json keys: `labels` (English label words), `fields` (text fields of an item; every query
-template must use each of them), `shots` (optional, informational), `ignored_fields` (optional:
-item keys that are kept out of the prompts, e.g. ids), `max_field_chars` (optional, default
-`MAX_FIELD_CHARS`: the longest item field accepted, in characters), and `languages`: {lang:
-{"demonstrations", "query_template", "label_words" (optional: English label -> word in that
-language, for the logit lens; if given, not empty and no word twice)}}. Every language listed
-needs exactly one item file (`<lang>.jsonl` or `<lang>.jsonl.gz`, not both). The query template
-uses `{field}` placeholders (`{{`/`}}` for literal braces) and ends where the answer's first token
-follows; demonstrations are literal text.
-
-Everything is checked when loaded (`load_task`, `load_items`; `validate_tasks` for a whole run,
-before any model loads): each problem is one AlignlensError line naming file, line, field and,
-where they apply, task, language and label.
-
-Item lines: {"index": int (optional, defaults to the line number), "label": English label
-(required in the reference file; elsewhere optional, and if given equal to the reference's),
-<field>: str, ...}; no other keys except `ignored_fields`. Test sets are parallel across
-languages: the *reference* file is the English one (else the first language in paper order);
-gold labels come from it for every language, and every language's file must list the same item
-indices in the same order (so `--limit`, `--items` and the means over languages cover the same
-items everywhere).
-
-Prompt (paper): `demonstrations + "\\n" + query_template.format(**item)`; the answer is scored on
-the next token. The logit lens's target-label prompts (`target_label_prompt_prefix`) are the same with
-each quoted English label word in the demonstrations replaced by the language's `label_words` word.
+`load_task` reads a task folder's task.json into a `TaskSpec`; `load_items` a language's item file
+into `Item`s, against the reference (English) file that holds the gold labels and the item order;
+`validate_tasks` checks a whole run's tasks and languages before any model loads. Each problem is one
+AlignlensError line naming file, line, field and, where they apply, task, language and label.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
-import random
-import re
 import string
 import zlib
 from dataclasses import dataclass, field
@@ -48,14 +20,13 @@ from pathlib import Path
 
 from alignlens import AlignlensError
 from alignlens.config import format_items
-from alignlens.languages import language_name, paper_order
+from alignlens.languages import paper_order
 
 BUNDLED_TASKS: tuple[str, ...] = ("emotion", "snli", "paws")
 #: The longest item field accepted by default, in characters (task.json `max_field_chars` changes
 #: it). The bundled data's longest field has 1,233; 10,000 characters are 2,000-5,000 tokens,
 #: and a field far longer makes every forward pass that holds it slow (minutes on a CPU).
 MAX_FIELD_CHARS = 10_000
-QT_LANGUAGES: tuple[str, ...] = ("de", "es", "it", "sw", "zh")
 
 
 def data_root() -> Path:
@@ -478,164 +449,6 @@ def _labels_from_reference(spec: TaskSpec, lang: str, rows: tuple[dict, ...], re
     return labels
 
 
-def build_prompt(spec: TaskSpec, lang: str, item: Item) -> str:
-    """The paper's prompt: demonstrations, a newline, then the filled query template."""
-    p = spec.prompts[lang]
-    return p.demonstrations + "\n" + p.query_template.format(**item.fields)
-
-
-def prompt_prefix(spec: TaskSpec, lang: str) -> str:
-    """The part of every prompt of `lang` that precedes the query (demonstrations + newline)."""
-    return spec.prompts[lang].demonstrations + "\n"
-
-
-def target_label_words(spec: TaskSpec, lang: str) -> dict[str, str]:
-    """English label -> its word in `lang` (task.json `label_words`), for every label.
-
-    English may leave a label out (its word is the label itself); any other language must give
-    every label's word, else an AlignlensError naming the task, language, label and the way out."""
-    if lang not in spec.prompts:
-        raise AlignlensError(f"task {spec.name!r} has no prompt for language {lang!r} (has: {', '.join(spec.languages)})")
-    words = spec.prompts[lang].label_words
-    missing = [lab for lab in spec.labels if lab not in words]
-    if missing and lang != "en":
-        raise AlignlensError(
-            f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}: field 'languages.{lang}.label_words' "
-            f"has no word for label {missing[0]!r} (needed for target-label lens prompts; add it, or use "
-            "--lens-prompts english-labels)")
-    return {lab: words.get(lab, lab) for lab in spec.labels}
-
-
-def label_word_collisions(spec: TaskSpec, lang: str) -> dict[str, str]:
-    """English label -> how its `lang` word (task.json `label_words`) collides with the English word,
-    for the labels whose words collide: "identical" (the same word) or "same first character".
-
-    The logit lens cannot tell such words apart and drops their items (`labels.label_overlap`):
-    an identical word under either rule; a word sharing only its first character under the default
-    `token-set` rule wherever the vocabulary has that character as a token (Gemma's does for every
-    bundled case). A shared first character is necessary for a token-set overlap (a common token
-    must be a common prefix), so every other label is safe from it. English (whose words are its
-    own) and labels without a word give nothing."""
-    if lang == "en" or lang not in spec.prompts:
-        return {}
-    out: dict[str, str] = {}
-    for label, word in spec.prompts[lang].label_words.items():
-        word = word.strip()
-        if word == label:
-            out[label] = "identical"
-        elif word[:1] == label[:1]:
-            out[label] = "same first character"
-    return out
-
-
-def _n_demonstrations(spec: TaskSpec, lang: str) -> tuple[int, str]:
-    """(number of demonstrations, how it was found): the task's `shots`, else the number of times the
-    query template's answer cue (its text after the last placeholder, e.g. '\\nEmotion: "') occurs."""
-    if spec.shots is not None:
-        return spec.shots, f"the task's shots = {spec.shots}"
-    template = spec.prompts[lang].query_template
-    cue = template.format(**{f: "\0" for f in spec.fields}).rsplit("\0", 1)[-1]
-    n = spec.prompts[lang].demonstrations.count(cue) if cue else 0
-    return n, f"{n} occurrence(s) of the answer cue {cue!r} (task.json gives no 'shots')"
-
-
-def _sub_quoted_labels(spec: TaskSpec, lang: str, words: dict[str, str]) -> tuple[str, list[str], int, str]:
-    """(the demonstrations of `lang` with each quoted English label `"<label>"` replaced by
-    `"<words[label]>"`, the labels found quoted in order, the number of demonstrations, how it was
-    counted: `_n_demonstrations`)."""
-    demos = spec.prompts[lang].demonstrations
-    pattern = re.compile('"(' + "|".join(re.escape(lab) for lab in sorted(spec.labels, key=len, reverse=True)) + ')"')
-    n_demos, how = _n_demonstrations(spec, lang)
-    return pattern.sub(lambda m: f'"{words[m.group(1)]}"', demos), pattern.findall(demos), n_demos, how
-
-
-def target_label_demonstrations(spec: TaskSpec, lang: str) -> str:
-    """The demonstrations of `lang` with each quoted English label word `"<label>"` replaced by the
-    quoted target-language word `"<word>"` (`target_label_words`), as the paper's lens prompts
-    (`prompt_prefix` in its zsm_emotion_2shot.py).
-
-    Checked: the number of replacements equals the number of demonstrations (`shots`, else the
-    answer-cue count), and afterwards no English label word is left quoted except where it is its
-    own label's target word (Malay SNLI "entailment"); a target word that is another label's English
-    word is refused. Each refusal is an AlignlensError naming task.json, the task, language and
-    counts (use --lens-prompts english-labels for such a task)."""
-    words = target_label_words(spec, lang)
-    where = f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}"
-    out, found, n_demos, how = _sub_quoted_labels(spec, lang, words)
-    if len(found) != n_demos or n_demos == 0:
-        raise AlignlensError(
-            f"{where}: target-label lens prompts need one quoted English label word per demonstration, but the "
-            f"demonstrations quote a label {len(found)} time(s) for {n_demos} demonstration(s) ({how}); fix "
-            "'demonstrations' or use --lens-prompts english-labels")
-    kept = {lab: found.count(lab) if words[lab] == lab else 0 for lab in spec.labels}  # e.g. Malay "entailment"
-    left = [lab for lab in spec.labels if out.count(f'"{lab}"') > kept[lab]]
-    if left:
-        other = [w for w, t in words.items() if t == left[0] and w != left[0]]
-        why = f" (it is the target word of label {other[0]!r})" if other else ""
-        raise AlignlensError(f"{where}: the English label word {left[0]!r} is still quoted in the target-label "
-                             f"demonstrations{why}; fix 'label_words' or 'demonstrations', or use --lens-prompts "
-                             "english-labels")
-    return out
-
-
-def target_label_prompt_prefix(spec: TaskSpec, lang: str) -> str:
-    """`prompt_prefix` with target-language label words in the demonstrations (the paper's lens prompt)."""
-    return target_label_demonstrations(spec, lang) + "\n"
-
-
-def target_label_spec(spec: TaskSpec, lang: str) -> TaskSpec:
-    """A copy of `spec` whose `lang` demonstrations carry the target-language label words (the other
-    languages, labels and items unchanged): run it through the evaluation engine to get the
-    paper's lens prompts, `target_label_prompt_prefix + query`."""
-    prompt = dataclasses.replace(spec.prompts[lang], demonstrations=target_label_demonstrations(spec, lang))
-    return dataclasses.replace(spec, prompts={**spec.prompts, lang: prompt})
-
-
-#: The paper's irrelevant label words (emotion_eval_2shot_irrelative.py): English "ox" for positive and
-#: "horse" for negative, in every language's demonstrations, scored over their English token sets.
-PAPER_IRRELEVANT_WORDS: dict[str, str] = {"positive": "ox", "negative": "horse"}
-
-
-def irrelevant_label_spec(spec: TaskSpec, words: dict[str, str]) -> TaskSpec:
-    """A copy of `spec` whose labels are irrelevant words (`words`: English label -> word, one for
-    every label; the new labels keep the task's label order) and whose demonstrations, in every
-    language, quote those words instead of the English labels (the paper's irrelevant-label
-    evaluation: "ox" for positive, "horse" for negative). Scoring then sums the token sets of the
-    words. Gold labels map by position: load items with `spec` and relabel them with
-    `relabel_items(items, words)`. Label words of the target languages are dropped (they name the
-    old labels). Refused (AlignlensError naming task and language): a label without a word, an empty
-    word, a word with a quote or a line break, one word for two labels, or demonstrations that do
-    not quote one English label per demonstration."""
-    missing = [lab for lab in spec.labels if lab not in words]
-    if missing:
-        raise AlignlensError(f"task {spec.name}: irrelevant label words give no word for label {missing[0]!r} "
-                             f"(labels: {', '.join(spec.labels)})")
-    for lab in spec.labels:
-        w = words[lab]
-        if not isinstance(w, str) or not w.strip() or any(c in w for c in '"\n\r'):
-            raise AlignlensError(f"task {spec.name}: irrelevant label word {w!r} for label {lab!r} must be a non-empty "
-                                 "word without quotes or line breaks")
-    new_labels = tuple(words[lab].strip() for lab in spec.labels)
-    if len(set(new_labels)) != len(new_labels):
-        raise AlignlensError(f"task {spec.name}: irrelevant label words {list(new_labels)} give two labels the same word")
-    prompts = {}
-    for lang, prompt in spec.prompts.items():
-        out, found, n_demos, how = _sub_quoted_labels(spec, lang, {lab: words[lab].strip() for lab in spec.labels})
-        if len(found) != n_demos or n_demos == 0:
-            raise AlignlensError(
-                f"{spec.folder / 'task.json'}: task {spec.name}, language {lang}: irrelevant label words need one quoted "
-                f"English label word per demonstration, but the demonstrations quote a label {len(found)} time(s) for "
-                f"{n_demos} demonstration(s) ({how})")
-        prompts[lang] = dataclasses.replace(prompt, demonstrations=out, label_words={})
-    return dataclasses.replace(spec, labels=new_labels, prompts=prompts)
-
-
-def relabel_items(items: list[Item], words: dict[str, str]) -> list[Item]:
-    """`items` with each gold label replaced by its word in `words` (English label -> word): the
-    gold labels of `irrelevant_label_spec`'s task, by position."""
-    return [dataclasses.replace(it, label=words[it.label].strip()) for it in items]
-
-
 def check_languages(languages: list[str], known: tuple[str, ...] | list[str], what: str = "languages") -> None:
     unknown = [lang for lang in languages if lang not in known]
     if unknown:
@@ -677,144 +490,3 @@ def validate_tasks(tasks: list[str], languages: list[str] | None = None, limit: 
         spec = load_task(t)
         for lang in task_languages(spec, languages):
             load_items(spec, lang, limit)
-
-
-# ---- question-translation (training) data ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TranslationPair:
-    """One question-translation training example (paper's format)."""
-
-    lang: str
-    input: str
-    answer: str
-
-
-def translation_instruction(lang: str, target: str = "en") -> str:
-    """The instruction after a question in `lang`: "\nTranslate the input from <Lang> to <Target>:\n"."""
-    return f"\nTranslate the input from {language_name(lang)} to {language_name(target)}:\n"
-
-
-def load_question_translation(
-    languages: list[str], per_language: int | None = None, seed: int = 0
-) -> list[TranslationPair]:
-    """Bundled SNLI question-translation pairs for `languages` (de es it sw zh).
-
-    `per_language` examples per language are sampled without replacement with `seed`
-    (all 10,000 when None). Input: `<question in X>` + the translation instruction; answer: the
-    English question.
-    """
-    check_languages(languages, QT_LANGUAGES, "question-translation languages")
-    rng = random.Random(seed)
-    pairs: list[TranslationPair] = []
-    for lang in languages:
-        path = data_root() / "qt" / "snli" / f"{lang}.jsonl.gz"
-        with _open_text(path) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        idx = list(range(len(rows)))
-        if per_language is not None:
-            if per_language > len(rows):
-                raise AlignlensError(f"--per-language {per_language} exceeds the {len(rows)} {lang} examples")
-            idx = sorted(rng.sample(idx, per_language))
-        instr = translation_instruction(lang)
-        pairs.extend(TranslationPair(lang, rows[i]["text"] + instr, rows[i]["english"]) for i in idx)
-    return pairs
-
-
-def task_query(spec: TaskSpec, lang: str, item: Item) -> str:
-    """The question of `item` in `lang`: its query template filled with the item's fields, no
-    demonstrations, ending where the answer would follow (at the answer's opening quote)."""
-    return spec.prompts[lang].query_template.format(**item.fields)
-
-
-def default_train_items(task: str | Path | TaskSpec) -> tuple[int, ...]:
-    """The default alignment training split of a task: the second half of its English items in
-    file order (items 250-499 of 500, 300-599 of 600), leaving the first half for evaluation."""
-    spec = task if isinstance(task, TaskSpec) else load_task(task)
-    if _item_file(spec.folder, "en") is None or "en" not in spec.prompts:
-        raise AlignlensError(f"task {spec.name}: task-question alignment needs an English item file and prompt "
-                             f"(the translation target) in {spec.folder}")
-    indices = [it.index for it in load_items(spec, "en")]
-    return tuple(sorted(indices[len(indices) // 2:]))
-
-
-def load_task_question_translation(
-    task: str | Path | TaskSpec, languages: list[str], items: list[int] | tuple[int, ...],
-    per_language: int | None = None, seed: int = 0, target: str = "en",
-) -> list[TranslationPair]:
-    """X -> target question pairs from a task's own parallel test files, questions only (no answers).
-
-    For each language X of `languages` (not the target) and each item index in `items` (at most
-    `per_language` of them per language, a seeded sample, all when None or when there are fewer):
-    input = the item's question in X (`task_query`: X template and fields, ending at the answer's
-    opening quote) + "\nTranslate the input from <X> to <Target>:\n"; answer = the same item's
-    question in `target` (default English; any language the task has a file for). Pairs are in
-    language order, then file order. An index missing from a file is an AlignlensError naming the
-    file, task and language."""
-    spec = task if isinstance(task, TaskSpec) else load_task(task)
-    default_train_items(spec)  # checks that the English (reference) file and prompt exist
-    if target in languages:
-        copy = " (for English -> English pairs use --control copy)" if target == "en" else ""
-        raise AlignlensError(f"task {spec.name}: {language_name(target)} ({target}) is the translation target, "
-                             f"not a source language{copy}")
-    if target not in spec.languages:
-        raise AlignlensError(f"task {spec.name} has no {target} items to translate into (target language {target}; "
-                             f"it has: {', '.join(spec.languages)})")
-    languages = task_languages(spec, list(languages))
-    if not items:
-        raise AlignlensError(f"task {spec.name}: no training items given")
-    targets = {it.index: it for it in load_items(spec, target)}
-    rng = random.Random(seed)
-    pairs: list[TranslationPair] = []
-    for lang in languages:
-        source = {it.index: it for it in load_items(spec, lang)}
-        for what, table in ((lang, source), (target, targets)):
-            missing = [i for i in items if i not in table]
-            if missing:
-                raise AlignlensError(f"{_item_file(spec.folder, what)}: training item(s) {format_items(missing, 5)} missing "
-                                     f"(task {spec.name}, language {what}; {len(missing)} of {len(items)})")
-        idx = list(items)
-        if per_language is not None and per_language < len(idx):
-            idx = sorted(rng.sample(idx, per_language))
-        instr = translation_instruction(lang, target)
-        pairs.extend(TranslationPair(lang, task_query(spec, lang, source[i]) + instr, task_query(spec, target, targets[i]))
-                     for i in idx)
-    return pairs
-
-
-def english_copies(pairs: list[TranslationPair]) -> list[TranslationPair]:
-    """The copy control of `pairs`: English -> English (input = the English question + "\nTranslate
-    the input from English to English:\n", answer = the English question), one per pair, in the
-    same order and with the same `lang` (the language whose slot the copy fills), so a control run
-    has the same items, split and steps as the alignment run it controls."""
-    instr = translation_instruction("en")
-    return [TranslationPair(p.lang, p.answer + instr, p.answer) for p in pairs]
-
-
-def load_translation_file(path: str | Path) -> list[TranslationPair]:
-    """User training data: JSONL of {"input", "answer"} pairs or {"lang", "text", "english"}.
-
-    Bad lines raise an AlignlensError naming the file, line and field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AlignlensError(f"{path}: no such file")
-    pairs: list[TranslationPair] = []
-    for lineno, row in iter_json_objects(path):
-        if "input" in row or "answer" in row:
-            keys = ("input", "answer")
-        else:
-            keys = ("lang", "text", "english")
-        for k in keys:
-            if k not in row:
-                raise AlignlensError(f"{path}:{lineno}: missing field {k!r}")
-            if not isinstance(row[k], str) or not row[k].strip():
-                raise AlignlensError(f"{path}:{lineno}: field {k!r} must be a non-empty string")
-        if keys[0] == "input":
-            pairs.append(TranslationPair(str(row.get("lang", "")), row["input"], row["answer"]))
-        else:
-            pairs.append(TranslationPair(row["lang"], row["text"] + translation_instruction(row["lang"]), row["english"]))
-    if not pairs:
-        raise AlignlensError(f"{path}: no examples")
-    return pairs
