@@ -139,44 +139,67 @@ def _cal_blanks(rows: list[AccRow]) -> str:
     return "; " + "; ".join(out) if out else ""
 
 
+def _group_metrics(chunk: list[tuple[str, str, dict]]) -> list[tuple[str, str, str]]:
+    """(key, short name, long name) of the group Δs shown: ROC-AUC first when the groups have it
+    (two-label tasks: threshold-free, the metric the paper's claim is judged on), then accuracy and
+    balanced accuracy."""
+    auc = [("auc", "AUC", "ROC-AUC")] if any(v.get("auc") for _, _, v in chunk) else []
+    return auc + [("accuracy", "acc", "accuracy"), ("balanced_accuracy", "bal. acc", "balanced accuracy")]
+
+
+_EMPTY = {"a": None, "b": None, "delta": None, "ci95": None, "n_items": 0}
+
+
 def draw_groups(runs: Runs, chunk: list[tuple[str, str, dict]], part: str):
     a_, b_ = runs.roles
-    untestable_here = any(group_untestable(v[k]) for _, _, v in chunk for k in ("accuracy", "balanced_accuracy"))
+    metrics = _group_metrics(chunk)
+    untestable_here = any(group_untestable(v.get(k) or _EMPTY) for _, _, v in chunk for k, _, _ in metrics)
     note = f" {NOT_TESTABLE_NOTE} In the chart: a hollow marker, no interval." if untestable_here else ""
-    sub = (f"Macro Δ = mean over a group's languages of ({runs.diff_label}), for accuracy and for balanced accuracy, on the items every "
-           "language of the group has in both runs (items). 95% CI: item-cluster bootstrap (an item is drawn once and used in every "
-           f"language, since the languages share their items). green/red: the interval excludes 0. trained / untrained: the {b_} "
+    names = ", ".join(long for _, _, long in metrics)
+    sub = (f"Macro Δ = mean over a group's languages of ({runs.diff_label}), for {names}, on the items every "
+           "language of the group has in both runs (items). 95% CI: label-stratified item-cluster bootstrap (an item is drawn "
+           f"once and used in every language, since the languages share their items; each resample keeps the label counts). "
+           f"green/red: the interval excludes 0. trained / untrained: the {b_} "
            f"model's training languages (its manifest). Chart: the same Δs with their intervals." + note)  # fmt: skip
     fig = new_fig(f"Macro Δ by language group{part}", sub)
-    header = ["task", "group", "languages", "items", f"acc {a_}", f"acc {b_}", "Δ acc [95% CI]", f"bal. acc\n{a_}",
-              f"bal. acc\n{b_}", "Δ bal. acc [95% CI]"]  # fmt: skip
+    header = ["task", "group", "languages", "items"]
+    for _, short, _ in metrics:
+        header += [f"{short}\n{a_}", f"{short}\n{b_}", f"Δ {short} [95% CI]"]
     cells, colors = [], []
     for task, g, v in chunk:
-        a, b = v["accuracy"], v["balanced_accuracy"]
-        langs = len(a["languages"])
+        a = v["accuracy"]
         miss = f" (+{len(a['missing_languages'])} not compared)" if a["missing_languages"] else ""
-        cells.append([task, g, f"{langs}{miss}", str(a["n_items"]), fmt(a["a"]), fmt(a["b"]),
-                      delta_ci(a["delta"], a["ci95"], a["n_items"], group_untestable(a), short=True), fmt(b["a"]), fmt(b["b"]),
-                      delta_ci(b["delta"], b["ci95"], b["n_items"], group_untestable(b), short=True)])  # fmt: skip
-        col = [WHITE] * len(header)
-        for k, x in ((6, a), (9, b)):
-            if excludes0(x["ci95"], group_untestable(x)):
-                col[k] = GREEN if x["delta"] > 0 else RED
+        row, col = [task, g, f"{len(a['languages'])}{miss}", str(a["n_items"])], [WHITE] * 4
+        for key, _, _ in metrics:
+            x = v.get(key) or _EMPTY
+            why = group_untestable(x)
+            row += [fmt(x["a"]), fmt(x["b"]), delta_ci(x["delta"], x["ci95"], x["n_items"], why, short=True)]
+            col += [WHITE, WHITE, (GREEN if x["delta"] > 0 else RED) if excludes0(x["ci95"], why) else WHITE]
+        cells.append(row)
         colors.append(col)
-    bottom = _table(fig, cells, colors, header, [0.1, 0.1, 0.12, 0.06, 0.07, 0.08, 0.16, 0.07, 0.08, 0.16], fontsize=8.5)
+    widths = [0.1, 0.1, 0.12, 0.06] + [0.07, 0.07, 0.16] * len(metrics)
+    scale = 1.0 / sum(widths) if sum(widths) > 1.0 else 1.0
+    bottom = _table(fig, cells, colors, header, [w * scale for w in widths], fontsize=8.5 if len(metrics) < 3 else 7.5)
     if bottom - 0.1 >= 0.25:  # room for the intervals as a chart
-        _forest(fig.add_axes([0.2, 0.12, 0.75, bottom - 0.2]), chunk, runs.diff_label)
+        _forest(fig.add_axes([0.2, 0.12, 0.75, bottom - 0.2]), chunk, runs.diff_label, metrics)
     return fig
 
 
-def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned − base") -> None:
-    """Macro Δ (points) with 95% item-cluster intervals, accuracy and balanced accuracy, one row per task × group."""
+def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned − base",
+            metrics: list[tuple[str, str, str]] | None = None) -> None:
+    """Macro Δ (points) with 95% item-cluster intervals, one marker per metric (`_group_metrics`), one row
+    per task × group."""
+    metrics = metrics or _group_metrics(chunk)
+    palette = {"auc": "#2a9d4b", "accuracy": COLOR["base"], "balanced_accuracy": COLOR["aligned"]}
+    offsets = np.linspace(0.2, -0.2, len(metrics)) if len(metrics) > 1 else np.zeros(1)
     y = np.arange(len(chunk))[::-1]
-    for off, key, color, name in ((0.15, "accuracy", COLOR["base"], "accuracy"), (-0.15, "balanced_accuracy", COLOR["aligned"], "balanced accuracy")):
-        ok = np.array([not group_untestable(v[key]) for _, _, v in chunk])
-        d = np.array([as_float(v[key]["delta"]) for _, _, v in chunk]) * 100
-        lo = np.array([as_float((v[key]["ci95"] or [None, None])[0]) for _, _, v in chunk]) * 100
-        hi = np.array([as_float((v[key]["ci95"] or [None, None])[1]) for _, _, v in chunk]) * 100
+    for off, (key, _, name) in zip(offsets, metrics):
+        color = palette[key]
+        vals = [v.get(key) or _EMPTY for _, _, v in chunk]
+        ok = np.array([not group_untestable(x) for x in vals])
+        d = np.array([as_float(x["delta"]) for x in vals]) * 100
+        lo = np.array([as_float((x["ci95"] or [None, None])[0]) for x in vals]) * 100
+        hi = np.array([as_float((x["ci95"] or [None, None])[1]) for x in vals]) * 100
         ax.errorbar(d[ok], (y + off)[ok], xerr=np.vstack([d - lo, hi - d])[:, ok], fmt="o", color=color, ms=4, capsize=2, lw=1,
                     label=f"Δ {name}")  # fmt: skip
         ax.plot(d[~ok], (y + off)[~ok], "o", mfc="none", color=color, ms=4)  # no interval: not testable
@@ -184,16 +207,16 @@ def _forest(ax, chunk: list[tuple[str, str, dict]], diff_label: str = "aligned �
         middle = (span.min() + span.max()) / 2
         for k in np.flatnonzero(~ok & np.isfinite(d)):
             right = d[k] <= middle  # the label on the side with more room
-            ax.annotate(f"not testable (n={chunk[k][2][key]['n_items']})", (d[k], y[k] + off), xytext=(5 if right else -5, 0),
+            ax.annotate(f"not testable (n={vals[k]['n_items']})", (d[k], y[k] + off), xytext=(5 if right else -5, 0),
                         textcoords="offset points", fontsize=6.5, va="center", ha="left" if right else "right", color=color)  # fmt: skip
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{t}: {g}" for t, g, _ in chunk], fontsize=8)
-    ax.set_xlabel(f"macro Δ, {diff_label} (points), with 95% item-cluster bootstrap interval", fontsize=8.5)
+    ax.set_xlabel(f"macro Δ, {diff_label} (points), with 95% label-stratified item-cluster bootstrap interval", fontsize=8.5)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(-0.7, len(chunk) - 0.3)
-    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(metrics), frameon=False)
 
 
 def draw_bars(runs: Runs, tasks: list[str]):
