@@ -9,7 +9,7 @@ import numpy as np
 
 from alignlens.report.languages import lang_label
 from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import arm_names, sections, slug, title_suffix
+from alignlens.report.study.doc import paged, arm_names, sections, slug, title_suffix
 
 SECTION = "Label shares and collapse"
 RUNS_PER_PANEL = 22
@@ -132,17 +132,11 @@ def share_pages(doc: dict, task: str, sec: dict, variant: str, section: str = SE
     chunks = [runs[i:i + RUNS_PER_PANEL] for i in range(0, len(runs), RUNS_PER_PANEL)]
     pages = []
     for what, name, sub in (("shares", "Label shares", sub_shares), ("cal", "Calibrated accuracy", sub_cal)):
-        for k, chunk in enumerate(chunks):
-            part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-            title = f"{name}{title_suffix(task, variant)}{part}"
-
-            def draw(chunk=chunk, title=title, what=what, sub=sub):
-                fig = new_fig(title, sub)
-                t = top(fig, 0.86) + 0.01
-                h = min(t - 0.16, 0.04 + 0.032 * len(chunk))
-                _panel(fig, [0.14, t - h, 0.82, h], sec, chunk, langs, what, threshold)
-                return fig
-            pages.append(Page(section, title, slug(what, task, variant, str(k + 1) if part else ""), draw))
+        def draw(fig, chunk, what=what):
+            t = top(fig, 0.86) + 0.01
+            h = min(t - 0.16, 0.04 + 0.032 * len(chunk))
+            _panel(fig, [0.14, t - h, 0.82, h], sec, chunk, langs, what, threshold)
+        pages += paged(section, name, what, task, variant, chunks, sub, draw)
     return pages
 
 

@@ -11,7 +11,7 @@ import math
 import shlex
 from collections.abc import Iterator
 
-from alignlens.report.layout import short_paths, wrap_to_width
+from alignlens.report.layout import Page, new_fig, short_paths, wrap_to_width
 
 #: Verdicts of study.json (effects, contrasts, trends and claims), in the order the report explains them.
 VERDICTS = ("supported", "contradicted", "inconclusive", "mixed", "not testable", "not run")
@@ -185,6 +185,24 @@ def slug(*parts: str) -> str:
     left out), letters, digits, '_' and '-' only."""
     text = "_".join(p for p in parts if p and p != "standard")
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in text)
+
+
+def paged(section: str, name: str, what: str, task: str, variant: str, chunks: list, sub: str,
+          draw_chunk) -> list[Page]:
+    """One Page per chunk: title '<name> — <task>[, <variant>] (k/n)' (the part only when there are
+    several), file name `slug(what, task, variant, k)`, drawn as `new_fig(title, sub)` then
+    `draw_chunk(fig, chunk)`."""
+    pages = []
+    for k, chunk in enumerate(chunks):
+        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        title = f"{name}{title_suffix(task, variant)}{part}"
+
+        def draw(chunk=chunk, title=title):
+            fig = new_fig(title, sub)
+            draw_chunk(fig, chunk)
+            return fig
+        pages.append(Page(section, title, slug(what, task, variant, str(k + 1) if part else ""), draw))
+    return pages
 
 
 def chunk_blocks(rows: list, key, size: int) -> list[list]:

@@ -12,9 +12,9 @@ import math
 import numpy as np
 
 from alignlens.languages import paper_order
-from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (INCONCLUSIVE, VERDICT_COLOR, chunk_blocks, ci, metric_name, num, pval, sections, slug,
-                                        test_text, title_suffix)
+from alignlens.report.layout import Page, Section, Table, top
+from alignlens.report.study.doc import (paged, INCONCLUSIVE, VERDICT_COLOR, chunk_blocks, ci, metric_name, num, pval, sections, slug,
+                                        test_text)
 from alignlens.report.study.forest import ROWS_PER_PAGE, forest
 
 SECTION = "Dose-response and contrasts"
@@ -75,22 +75,15 @@ def dose_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
            f"log2(number of languages), per doubling, band: its 95% interval. Verdict on the claim slope > 0 (more languages "
            f"help more); {INCONCLUSIVE}. With two language counts the slope is their difference over Δlog2. {test_text(doc)}.")
     chunks = [trends[i:i + PANELS_PER_PAGE] for i in range(0, len(trends), PANELS_PER_PAGE)]
-    pages = []
-    for k, chunk in enumerate(chunks):
-        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        title = f"Dose-response{title_suffix(task, variant)}{part}"
 
-        def draw(chunk=chunk, title=title):
-            fig = new_fig(title, sub)
-            cols = 1 if len(chunk) == 1 else 2
-            rows = math.ceil(len(chunk) / cols)
-            gs = fig.add_gridspec(rows, cols, left=0.08 if cols == 2 else 0.2, right=0.96 if cols == 2 else 0.8,
-                                  top=top(fig, 0.86) - 0.02, bottom=0.09, hspace=0.45, wspace=0.25)
-            for i, t in enumerate(chunk):
-                _dose_panel(fig.add_subplot(gs[i // cols, i % cols]), t)
-            return fig
-        pages.append(Page(SECTION, title, slug("dose", task, variant, str(k + 1) if part else ""), draw))
-    return pages
+    def draw(fig, chunk):
+        cols = 1 if len(chunk) == 1 else 2
+        rows = math.ceil(len(chunk) / cols)
+        gs = fig.add_gridspec(rows, cols, left=0.08 if cols == 2 else 0.2, right=0.96 if cols == 2 else 0.8,
+                              top=top(fig, 0.86) - 0.02, bottom=0.09, hspace=0.45, wspace=0.25)
+        for i, t in enumerate(chunk):
+            _dose_panel(fig.add_subplot(gs[i // cols, i % cols]), t)
+    return paged(SECTION, "Dose-response", "dose", task, variant, chunks, sub, draw)
 
 
 def contrast_label(c: dict) -> str:
@@ -115,18 +108,11 @@ def contrast_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
            f"{INCONCLUSIVE} (grey band). {test_text(doc)}.{no_dose}")
     rows = [(contrast_label(c), c) for c in cs]
     chunks = chunk_blocks(rows, lambda r: r[1].get("kind"), ROWS_PER_PAGE)
-    pages = []
-    for k, chunk in enumerate(chunks):
-        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        title = f"Contrasts{title_suffix(task, variant)}{part}"
 
-        def draw(chunk=chunk, title=title):
-            fig = new_fig(title, sub)
-            t = top(fig, 0.86) - 0.03
-            forest(fig.add_axes([0.25, 0.09, 0.43, t - 0.09]), chunk, m, f"contrast of Δ {metric_name(m)}, 95% interval")
-            return fig
-        pages.append(Page(SECTION, title, slug("contrasts", task, variant, str(k + 1) if part else ""), draw))
-    return pages
+    def draw(fig, chunk):
+        t = top(fig, 0.86) - 0.03
+        forest(fig.add_axes([0.25, 0.09, 0.43, t - 0.09]), chunk, m, f"contrast of Δ {metric_name(m)}, 95% interval")
+    return paged(SECTION, "Contrasts", "contrasts", task, variant, chunks, sub, draw)
 
 
 def _v(x):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (INCONCLUSIVE, METRIC_SHORT, VERDICT_COLOR, VERDICT_FILL, arms_with_effects,
+from alignlens.report.layout import Page, Section, Table, top
+from alignlens.report.study.doc import (paged, INCONCLUSIVE, METRIC_SHORT, VERDICT_COLOR, VERDICT_FILL, arms_with_effects,
                                         chunk_blocks, effect_of, fit, est_ci, excludes_zero, metric_name, num, primary_effects, pval,
                                         sections, slug, test_text, title_suffix)
 from alignlens.report.study.table import PAGE_W_PT, Column, table_pages
@@ -97,19 +97,11 @@ def forest_pages(doc: dict, task: str, sec: dict, variant: str, section: str = S
            "the arm's seeds pooled) with its 95% interval, on the items every run shares (label in brackets: number of "
            f"languages). {test_text(doc)}. Verdict on the claim Δ > 0; {INCONCLUSIVE} (grey band). trained: the arm's "
            "training languages; untrained: neither those nor its target.")
-    pages = []
-    for k, chunk in enumerate(chunks):
-        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        title = f"Effects vs base{title_suffix(task, variant)}{part}"
 
-        def draw(chunk=chunk, title=title):
-            fig = new_fig(title, sub)
-            t = top(fig, 0.86) - 0.03
-            ax = fig.add_axes([0.19, 0.09, 0.49, t - 0.09])
-            forest(ax, chunk, m, f"Δ {metric_name(m)} (arm − base), 95% interval")
-            return fig
-        pages.append(Page(section, title, slug("effects", task, variant, str(k + 1) if part else ""), draw))
-    return pages
+    def draw(fig, chunk):
+        t = top(fig, 0.86) - 0.03
+        forest(fig.add_axes([0.19, 0.09, 0.49, t - 0.09]), chunk, m, f"Δ {metric_name(m)} (arm − base), 95% interval")
+    return paged(section, "Effects vs base", "effects", task, variant, chunks, sub, draw)
 
 
 TABLE_FILL = "#d9efd3", "#f6d2d2"

@@ -10,9 +10,9 @@ import math
 import numpy as np
 
 from alignlens.report.languages import lang_label
-from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (arm_names, excludes_zero, metric_name, sections, slug, target, test_text,
-                                        title_suffix, trained)
+from alignlens.report.layout import Page, Section, Table, top
+from alignlens.report.study.doc import (paged, arm_names, excludes_zero, metric_name, sections, slug, target, test_text,
+                                        trained)
 
 SECTION = "Per language"
 ARMS_PER_PAGE = 24
@@ -76,19 +76,12 @@ def heatmap_pages(doc: dict, task: str, sec: dict, variant: str, section: str = 
            "training languages; dashed: its translation target (other than English). n/t: not testable. "
            f"{test_text(doc)}, restricted to the language.")
     chunks = [arms[i:i + ARMS_PER_PAGE] for i in range(0, len(arms), ARMS_PER_PAGE)]
-    pages = []
-    for k, chunk in enumerate(chunks):
-        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        title = f"Per-language Δ {metric_name(m)}{title_suffix(task, variant)}{part}"
 
-        def draw(chunk=chunk, title=title):
-            fig = new_fig(title, sub)
-            t = top(fig, 0.86) + 0.01
-            h = min(t - 0.16, 0.05 + 0.06 * len(chunk))
-            draw_heatmap(fig, [0.12, t - h, 0.84, h], doc, sec, chunk, langs, cells)
-            return fig
-        pages.append(Page(section, title, slug("per_language", task, variant, str(k + 1) if part else ""), draw))
-    return pages
+    def draw(fig, chunk):
+        t = top(fig, 0.86) + 0.01
+        h = min(t - 0.16, 0.05 + 0.06 * len(chunk))
+        draw_heatmap(fig, [0.12, t - h, 0.84, h], doc, sec, chunk, langs, cells)
+    return paged(section, f"Per-language Δ {metric_name(m)}", "per_language", task, variant, chunks, sub, draw)
 
 
 HEADER = ["arm", "lang", "metric", "trained", "estimate", "ci95_lo", "ci95_hi", "se", "p", "mde80", "verdict", "n_items",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignlens.report.layout import Page, Section, Table, new_fig, top
-from alignlens.report.study.doc import (arms_with_effects, chunk_blocks, ci, fit, metric_name, num, primary_effects, sections, slug,
-                                        test_text, title_suffix)
+from alignlens.report.layout import Page, Section, Table, top
+from alignlens.report.study.doc import (paged, arms_with_effects, chunk_blocks, ci, fit, metric_name, num, primary_effects, sections, slug,
+                                        test_text)
 
 SECTION = "Training seeds"
 SHOWN_GROUPS = ("all", "trained", "untrained")
@@ -98,17 +98,7 @@ def seed_pages(doc: dict, task: str, sec: dict, variant: str) -> list[Page]:
            "the seeds, its interval resampling items and seeds, the study's test). The spread of the seeds is the "
            f"training noise the pooled interval includes. {test_text(doc)}.")
     chunks = chunk_blocks(rows, lambda r: r[0], ROWS_PER_PAGE)
-    pages = []
-    for k, chunk in enumerate(chunks):
-        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        title = f"Training seeds{title_suffix(task, variant)}{part}"
-
-        def draw(chunk=chunk, title=title):
-            fig = new_fig(title, sub)
-            _draw(fig, chunk, m)
-            return fig
-        pages.append(Page(SECTION, title, slug("seeds", task, variant, str(k + 1) if part else ""), draw))
-    return pages
+    return paged(SECTION, "Training seeds", "seeds", task, variant, chunks, sub, lambda fig, chunk: _draw(fig, chunk, m))
 
 
 HEADER = ["arm", "group", "metric", "seed", "estimate", "ci95_lo", "ci95_hi", "se", "levels"]
