@@ -21,6 +21,7 @@ from pathlib import Path
 from alignlens import AlignlensError, __version__
 from alignlens.report.layout import Page, Section, Table, int_layers, new_fig, short_path, short_paths, top
 from alignlens.report.summary import contents_page, summary_pages
+from alignlens.report.verdicts import excludes0
 from alignlens.results.schema import read_localize_file
 
 SECTION = "Causal localisation"
@@ -37,10 +38,6 @@ def _num(x, digits: int = 2, sign: bool = False) -> str:
 
 def _ci(c, digits: int = 2) -> str:
     return "[—]" if not c else f"[{_num(c[0], digits)}, {_num(c[1], digits)}]"
-
-
-def _excludes_zero(c) -> bool:
-    return bool(c) and (c[0] > 0 or c[1] < 0)
 
 
 def _ranges(layers: list[int]) -> str:
@@ -154,7 +151,7 @@ def steering_lines(doc: dict) -> list[str]:
                 gc = _group(eff, task)
                 if gc is not None:
                     controls.append(f"vs {name} {_num(gc['accuracy'].get('delta'), 3, True)}"
-                                    f"{'*' if _excludes_zero(gc['accuracy'].get('ci95')) else ''}")
+                                    f"{'*' if excludes0(gc['accuracy'].get('ci95')) else ''}")
             if controls:
                 tag += " (" + ", ".join(controls) + ")"
             if g.get("accuracy_moved"):
@@ -184,7 +181,7 @@ def dose_lines(doc: dict) -> list[str]:
             if g is None:
                 continue
             acc = g["accuracy"]
-            parts.append(f"α = {key}: {_num(acc.get('delta'), 3, True)}{'*' if _excludes_zero(acc.get('ci95')) else ''}")
+            parts.append(f"α = {key}: {_num(acc.get('delta'), 3, True)}{'*' if excludes0(acc.get('ci95')) else ''}")
         if parts:
             lines.append(f"• Dose response {task} (W + α·ΔW, Δaccuracy vs α = 0, all languages; * interval excludes 0): "
                          + ", ".join(parts) + ".")
